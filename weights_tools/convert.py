@@ -1,0 +1,117 @@
+"""Convert a Hugging Face or CTranslate2 Whisper directory into an Amanuensis model directory.
+
+The converted directory holds:
+    amanuensis.json          format marker and version, source, dims
+    config.json              Hugging Face Whisper config (dims and token ids)
+    generation_config.json   alignment heads, suppressed tokens, language ids
+    encoder.safetensors      encoder weights, fp32, in the kernel layout (see layout.py)
+    decoder.safetensors      decoder weights, fp32, Hugging Face names and layout
+    tokenizer.json           the model's tokenizer
+It is written into a temporary sibling and renamed into place, so a failed or
+interrupted conversion never leaves a half-written model behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from encoder.dims import ModelDimensions
+from encoder.errors import AmanuensisError
+from weights_tools import ct2, hf, layout, names
+from weights_tools.safetensors_io import write_safetensors
+
+FORMAT = "amanuensis-whisper"
+FORMAT_VERSION = 1
+MANIFEST = "amanuensis.json"
+REQUIRED_SPECIAL_TOKENS = ("<|endoftext|>", "<|startoftranscript|>")
+
+
+def source_format(directory: Path) -> str:
+    """'converted', 'ct2' or 'hf' for a model directory; AmanuensisError otherwise."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AmanuensisError(f"{directory}: not a directory")
+    if (directory / MANIFEST).is_file():
+        return "converted"
+    if (directory / "model.bin").is_file():
+        return "ct2"
+    if (directory / "config.json").is_file():
+        return "hf"
+    raise AmanuensisError(
+        f"{directory}: not a Whisper model directory (expected model.bin for CTranslate2, "
+        f"config.json + model.safetensors for Hugging Face, or {MANIFEST} for a converted model)")
+
+
+def _check_tokenizer(path: Path) -> None:
+    if not path.is_file():
+        raise AmanuensisError(f"{path}: tokenizer.json is missing (needed to turn tokens into text)")
+    content = {t.get("content") for t in hf.read_json(path).get("added_tokens", []) if isinstance(t, dict)}
+    missing = [t for t in REQUIRED_SPECIAL_TOKENS if t not in content]
+    if missing:
+        raise AmanuensisError(f"{path}: special token(s) {', '.join(missing)} missing: not a Whisper tokenizer")
+
+
+def read_source(directory: Path) -> tuple[ModelDimensions, dict, dict, dict]:
+    """Read and check a source: (dims, config, generation config, {HF name: fp32 array})."""
+    directory = Path(directory)
+    kind = source_format(directory)
+    if kind == "converted":
+        raise AmanuensisError(f"{directory}: already a converted Amanuensis model")
+    _check_tokenizer(directory / "tokenizer.json")
+    config, generation, tensors = (ct2.read_ct2 if kind == "ct2" else hf.read_hf)(directory)
+    dims = ModelDimensions.from_hf_config(config, source=str(directory / "config.json"))
+    expected = {**names.encoder_shapes(dims), **names.decoder_shapes(dims)}
+    names.check_tensors(tensors, expected, f"{directory} (dims from config: {dims})")
+    return dims, config, generation, tensors
+
+
+def _write(tmp: Path, source: Path, dims, config, generation, tensors) -> None:
+    kind = source_format(source)
+    encoder = layout.encoder_to_kernel({k: v for k, v in tensors.items() if k.startswith("encoder.")}, dims)
+    write_safetensors(tmp / "encoder.safetensors", encoder, {"layout": "kernel-v1"})
+    write_safetensors(tmp / "decoder.safetensors",
+                      {k: v for k, v in tensors.items() if k.startswith("decoder.")}, {"layout": "hf"})
+    shutil.copyfile(source / "tokenizer.json", tmp / "tokenizer.json")
+    config = {**config, **dims.hf_fields()}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": str(source),
+                "source_format": kind, "encoder_layout": "kernel-v1", "dims": dims.as_dict()}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    _apply_umask(tmp)
+
+
+def _apply_umask(directory: Path) -> None:
+    """mkdtemp makes 0700 and safetensors may write 0600: give the result ordinary permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for f in directory.iterdir():
+        os.chmod(f, 0o666 & ~umask)
+
+
+def convert(source: Path, out: Path, force: bool = False) -> Path:
+    """Convert `source` into `out`; refuse to overwrite anything but a converted model (with force)."""
+    source, out = Path(source).resolve(), Path(out).resolve()
+    if out.exists():
+        if not (force and out.is_dir() and (out / MANIFEST).is_file()):
+            why = "pass --force to replace it" if (out / MANIFEST).is_file() else "it is not a converted model"
+            raise AmanuensisError(f"{out}: already exists; not overwriting ({why})")
+    dims, config, generation, tensors = read_source(source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        _write(tmp, source, dims, config, generation, tensors)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,53 @@
+"""Open a converted model directory: manifest, dims, configs, encoder weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from encoder.dims import ModelDimensions
+from encoder.errors import AmanuensisError
+from weights_tools import layout, names
+from weights_tools.convert import FORMAT, FORMAT_VERSION, MANIFEST
+from weights_tools.hf import read_json
+from weights_tools.safetensors_io import read_safetensors
+
+
+@dataclass
+class ConvertedModel:
+    """A converted Amanuensis model directory (see convert.py for its files)."""
+
+    path: Path
+    manifest: dict
+    config: dict
+    dims: ModelDimensions
+
+    @classmethod
+    def open(cls, path: Path) -> "ConvertedModel":
+        path = Path(path)
+        manifest = read_json(path / MANIFEST)
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raise AmanuensisError(f"{path / MANIFEST}: format {manifest.get('format')!r} version "
+                                  f"{manifest.get('format_version')!r}; this Amanuensis reads {FORMAT} "
+                                  f"version {FORMAT_VERSION}: convert the model again")
+        config = read_json(path / "config.json")
+        return cls(path, manifest, config, ModelDimensions.from_hf_config(config, str(path / "config.json")))
+
+    @property
+    def name(self) -> str:
+        return Path(self.manifest.get("source", self.path)).name
+
+    @cached_property
+    def encoder_weights(self) -> dict[str, np.ndarray]:
+        """Encoder weights in the kernel layout, checked against the dims."""
+        weights = read_safetensors(self.path / "encoder.safetensors")
+        names.check_tensors(weights, layout.kernel_shapes(self.dims), str(self.path / "encoder.safetensors"))
+        return weights
+
+    def decoder_weights(self) -> dict[str, np.ndarray]:
+        """Decoder weights with Hugging Face names, checked against the dims."""
+        weights = read_safetensors(self.path / "decoder.safetensors")
+        names.check_tensors(weights, names.decoder_shapes(self.dims), str(self.path / "decoder.safetensors"))
+        return weights
