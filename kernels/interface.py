@@ -1,0 +1,35 @@
+"""The kernel interface every backend implements, and the names the layer graph uses.
+
+A backend is an object with a `name` and one method per kernel below. Inputs
+and outputs are float32 numpy arrays, time-major, weights in the kernel layout.
+
+    linear(x, w, b, gelu=False, residual=None)   act(x @ w + b) + residual
+    conv1d_k3(x, w, b, stride=1, gelu=True)      Whisper's k=3 pad-1 conv as im2col + matmul
+    attention(qkv, n_head)                       softmax(Q Kᵀ/√d) V per head, whole sequence
+    layernorm(x, gamma, beta, eps=1e-5)          over the last axis
+    add(x, y)                                    elementwise sum
+
+`kernels.reference` is the specification; backends are tested against it.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+KERNELS = ("linear", "conv1d_k3", "attention", "layernorm", "add")
+
+
+class Backend:
+    """Base class: subclasses implement every name in KERNELS."""
+
+    name = "abstract"
+
+    def supports(self, kernel: str) -> bool:
+        return kernel in KERNELS and callable(getattr(self, kernel, None))
+
+    @contextmanager
+    def session(self):
+        """Context around one graph run (the CPU backend pins BLAS to one thread per worker here)."""
+        yield
+
+    def describe(self) -> str:
+        return self.name
