@@ -80,9 +80,14 @@ def read_safetensors(path: Path, dtype=np.float32) -> dict[str, np.ndarray]:
                 raise AmanuensisError(
                     f"{path}: tensor {name!r} {kind}{shape} has offsets [{begin}, {end}] that do not fit "
                     f"its size or the file ({size} bytes): truncated or corrupt file")
-            arr = np.frombuffer(mm, dtype=np_dtype, count=nbytes // np_dtype.itemsize, offset=start + begin)
-            out[name] = arr.reshape(shape).astype(dtype)
+            out[name] = _copy_out(mm, np_dtype, nbytes, start + begin, shape, dtype)
     return out
+
+
+def _copy_out(buf, src_dtype, nbytes, offset, shape, dtype) -> np.ndarray:
+    """Copy one tensor out of the mmap (no view may outlive it) and convert it to `dtype`."""
+    view = np.frombuffer(buf, dtype=src_dtype, count=nbytes // src_dtype.itemsize, offset=offset)
+    return view.reshape(shape).astype(dtype, copy=True)
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:

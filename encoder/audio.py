@@ -1,0 +1,143 @@
+"""Audio in, log-mel out: decoding, mono mix, 16 kHz resampling, 30 s windows, Whisper's log-mel.
+
+Decoding uses soundfile (wav, flac, ogg, aiff, ...) and falls back to PyAV
+(mp3, m4a, opus, video containers, ...). Resampling uses soxr.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from encoder.dims import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from encoder.errors import AmanuensisError
+
+
+def _read_soundfile(path: Path):
+    import soundfile
+
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)   # (samples, channels)
+    except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError):
+        return None
+    return data.mean(axis=1), rate
+
+
+def _read_av(path: Path):
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AmanuensisError(f"{path}: no audio stream in this file")
+            stream = container.streams.audio[0]
+            rate = stream.rate or stream.codec_context.sample_rate
+            to_float = av.AudioResampler(format="fltp")   # planar float, same rate and layout
+            parts = []
+            for frame in container.decode(stream):
+                for out in to_float.resample(frame):
+                    parts.append(out.to_ndarray().mean(axis=0))            # (channels, n) -> mono
+    except AmanuensisError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError, IndexError) as e:
+        raise AmanuensisError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+    samples = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+    return samples, rate
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode `path` to mono float32 samples at `sample_rate` Hz."""
+    path = Path(path)
+    if not path.exists():
+        raise AmanuensisError(f"{path}: file not found")
+    if not path.is_file():
+        raise AmanuensisError(f"{path}: not a file")
+    decoded = _read_soundfile(path) or _read_av(path)
+    samples, rate = decoded
+    if samples.size == 0:
+        raise AmanuensisError(f"{path}: contains no audio samples")
+    if not np.all(np.isfinite(samples)):
+        raise AmanuensisError(f"{path}: audio contains NaN or infinite samples")
+    return resample(samples, rate, sample_rate)
+
+
+def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """soxr high-quality resampling to `target` Hz (a no-op when the rates match)."""
+    samples = np.asarray(samples, np.float32)
+    if rate == target:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, rate, target).astype(np.float32)
+
+
+def as_samples(audio) -> np.ndarray:
+    """Accept a path or an array of 16 kHz mono samples."""
+    if isinstance(audio, (str, Path)):
+        return load_audio(audio)
+    samples = np.asarray(audio, np.float32)
+    if samples.ndim != 1:
+        raise AmanuensisError(f"audio array must be 1-D mono samples at {SAMPLE_RATE} Hz, got shape {samples.shape}")
+    if samples.size == 0:
+        raise AmanuensisError("audio array is empty")
+    if not np.all(np.isfinite(samples)):
+        raise AmanuensisError("audio array contains NaN or infinite samples")
+    return samples
+
+
+def windows(samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Consecutive 30 s windows: (start sample, samples) pairs; the last may be shorter."""
+    return [(start, samples[start:start + N_SAMPLES]) for start in range(0, len(samples), N_SAMPLES)]
+
+
+def _hz_to_mel(f):
+    """Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
+    f = np.asarray(f, np.float64)
+    mel = f / (200.0 / 3)
+    log_part = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (math.log(6.4) / 27.0)
+    return np.where(f >= 1000.0, log_part, mel)
+
+
+def _mel_to_hz(m):
+    m = np.asarray(m, np.float64)
+    return np.where(m >= 15.0, 1000.0 * np.exp((math.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
+
+
+@lru_cache(maxsize=4)
+def mel_filters(n_mels: int) -> np.ndarray:
+    """Slaney-normalised triangular mel filters, (n_mels, N_FFT // 2 + 1), 0 to 8 kHz."""
+    fft_freqs = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    hz = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(SAMPLE_RATE / 2), n_mels + 2))
+    lower = (fft_freqs[None, :] - hz[:-2, None]) / (hz[1:-1] - hz[:-2])[:, None]
+    upper = (hz[2:, None] - fft_freqs[None, :]) / (hz[2:] - hz[1:-1])[:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (hz[2:] - hz[:-2]))[:, None]       # Slaney: equal area per filter
+    return weights
+
+
+@lru_cache(maxsize=1)
+def _hann() -> np.ndarray:
+    n = np.arange(N_FFT)
+    return 0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)      # periodic Hann
+
+
+def log_mel_spectrogram(samples: np.ndarray, n_mels: int) -> np.ndarray:
+    """Whisper's log-mel of one window: (n_mels, 3000) float32.
+
+    The samples are zero-padded (or cut) to 30 s, framed with a centred, reflect-
+    padded 400-sample periodic Hann window every 160 samples, |STFT|² (last frame
+    dropped), Slaney mel filters, log10 with a 1e-10 floor, clamped to max − 8,
+    then (x + 4) / 4.
+    """
+    x = np.zeros(N_SAMPLES, np.float64)
+    n = min(len(samples), N_SAMPLES)
+    x[:n] = samples[:n]
+    x = np.pad(x, N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:N_FRAMES]  # (3000, 400)
+    power = np.abs(np.fft.rfft(frames * _hann(), axis=-1)) ** 2                          # (3000, 201)
+    mel = mel_filters(n_mels) @ power.T                                                  # (n_mels, 3000)
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)

@@ -1,0 +1,146 @@
+"""Layer-by-layer parity with PyTorch: our graph vs transformers' WhisperEncoder on the same weights.
+
+`python -m encoder.parity AUDIO --model M [--device cpu] [--json]` prints, for the
+mel and every boundary tensor (conv stem, each block, final output) of the first
+30 s window, the max and mean absolute error and the cosine similarity; it exits
+1 when any layer misses the thresholds. Needs the test extras (torch, transformers).
+
+Thresholds, per tensor: cosine >= 0.99999 and max abs <= max(1e-3, 2 x floor), where
+floor is PyTorch's own fp32 error on that tensor (fp32 vs the same model in float64),
+measured in the same run. The floor only matters where activations are large: the
+pre-norm output of tiny.en's last block reaches |x| ~ 630, where fp32 itself lands
+~1e-2 from the exact result; every other boundary faces the flat 1e-3.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+import numpy as np
+
+from encoder.errors import AmanuensisError
+from encoder.graph import OUTPUT, block_output
+
+MAX_ABS = 1e-3        # fp32 thresholds at every layer
+MIN_COSINE = 0.99999
+
+
+def _torch():
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise AmanuensisError("parity needs torch and transformers: pip install 'amanuensis[test]'") from None
+    return torch, transformers
+
+
+def torch_encoder(converted):
+    """transformers' WhisperEncoder holding our converted weights (mapped back to HF layout)."""
+    torch, transformers = _torch()
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from weights_tools.layout import kernel_to_encoder
+
+    config = transformers.WhisperConfig(**{k: v for k, v in converted.config.items() if k != "architectures"})
+    encoder = WhisperEncoder(config).eval()
+    hf = kernel_to_encoder(converted.encoder_weights, converted.dims)
+    state = {k.removeprefix("encoder."): torch.from_numpy(np.ascontiguousarray(v)) for k, v in hf.items()}
+    encoder.load_state_dict(state, strict=True)
+    return encoder
+
+
+def torch_states(encoder, mel: np.ndarray) -> dict[str, np.ndarray]:
+    """Boundary tensors of PyTorch's forward pass (in the encoder's dtype), under our graph's names."""
+    torch, _ = _torch()
+    dtype = next(encoder.parameters()).dtype
+    got = {}
+    hooks = [encoder.conv1.register_forward_hook(
+        lambda m, i, o: got.__setitem__("conv1", torch.nn.functional.gelu(o)[0].T))]
+    for idx, layer in enumerate(encoder.layers):
+        hooks.append(layer.register_forward_hook(
+            lambda m, i, o, idx=idx: got.__setitem__(block_output(idx), (o[0] if isinstance(o, tuple) else o)[0])))
+    try:
+        with torch.no_grad():
+            out = encoder(torch.from_numpy(mel[None]).to(dtype), output_hidden_states=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    got["embed"] = out.hidden_states[0][0]
+    got[OUTPUT] = out.last_hidden_state[0]
+    return {k: v.float().numpy() for k, v in got.items()}
+
+
+def diff(ours: np.ndarray, ref: np.ndarray) -> dict:
+    """max abs, mean abs and cosine similarity of two same-shaped tensors."""
+    if ours.shape != ref.shape:
+        raise AmanuensisError(f"shape mismatch: ours {ours.shape}, reference {ref.shape}")
+    a, b = ours.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
+    err = np.abs(a - b)
+    return {"max_abs": float(err.max()), "mean_abs": float(err.mean()), "cosine": cosine}
+
+
+def compare(model, samples: np.ndarray, encoder=None) -> list[dict]:
+    """Per-layer comparison of `model` (ours) with PyTorch fp32 on the first 30 s of `samples`.
+
+    Also measures each tensor's fp32 floor (PyTorch fp32 vs float64) for the threshold.
+    """
+    _, transformers = _torch()
+    from encoder.dims import N_SAMPLES, SAMPLE_RATE
+
+    window = samples[:N_SAMPLES]
+    mel = model.mel(window)
+    extractor = transformers.WhisperFeatureExtractor(feature_size=model.dims.n_mels)
+    ref_mel = extractor(window, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
+    names = ["conv1", "embed"] + [block_output(i) for i in range(model.dims.n_audio_layer)] + [OUTPUT]
+    ours = model.encode(mel, keep=names).tensors
+    encoder = encoder or torch_encoder(model.converted)
+    ref = torch_states(encoder, mel)
+    exact = torch_states(copy.deepcopy(encoder).double(), mel)
+    rows = [{"name": "mel", **diff(mel, ref_mel), "floor": 0.0}]
+    for name in names:
+        rows.append({"name": name, **diff(ours[name], ref[name]), "floor": diff(ref[name], exact[name])["max_abs"]})
+    for row in rows:
+        row["ok"] = row["max_abs"] <= max(MAX_ABS, 2 * row["floor"]) and row["cosine"] >= MIN_COSINE
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'layer':24} {'max abs':>10} {'mean abs':>10} {'cosine':>12} {'fp32 floor':>11}  ok "
+             f"(max abs <= max({MAX_ABS:g}, 2 x floor), cosine >= {MIN_COSINE})"]
+    for r in rows:
+        lines.append(f"{r['name']:24} {r['max_abs']:10.2e} {r['mean_abs']:10.2e} {r['cosine']:12.9f} "
+                     f"{r['floor']:11.2e}  {'yes' if r['ok'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from encoder.model import DEVICES, load_model, report_device
+
+    parser = argparse.ArgumentParser(prog="python -m encoder.parity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("audio", help="audio file (the first 30 s are compared)")
+    parser.add_argument("--model", default="tiny.en", help="default name, model directory or hub id (default tiny.en)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help="backend for our side (default cpu)")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"layers": [{"name", "max_abs", "mean_abs", "cosine", "floor", "ok"}, ...]}')
+    args = parser.parse_args(argv)
+    from encoder.audio import load_audio
+
+    _torch()
+    samples = load_audio(args.audio)
+    model = load_model(args.model, args.device)
+    report_device(model)
+    rows = compare(model, samples)
+    if args.json:
+        print(json.dumps({"model": args.model, "device": model.backend.name, "thresholds":
+                          {"max_abs": MAX_ABS, "floor_factor": 2, "cosine": MIN_COSINE}, "layers": rows}, indent=2))
+    else:
+        print(format_rows(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    from encoder.cli import run_main
+
+    run_main(main)

@@ -1,0 +1,75 @@
+"""Run a layer graph on a backend, recording which backend ran each node and how long it took."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from encoder.errors import AmanuensisError
+from encoder.graph import INPUT, OUTPUT, Graph, Node
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node: str
+    kernel: str
+    backend: str
+    ms: float
+    flops: int
+
+
+@dataclass
+class RunResult:
+    output: np.ndarray                                     # (n_audio_ctx, d_model) encoder output
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)   # the tensors asked for with keep=
+    records: list[NodeRecord] = field(default_factory=list)
+
+    def profile(self) -> list[dict]:
+        """Per node: name, kernel, backend, time, FLOPs, achieved GFLOP/s."""
+        return [{"node": r.node, "kernel": r.kernel, "backend": r.backend, "ms": round(r.ms, 3),
+                 "gflops": round(r.flops / r.ms / 1e6, 1) if r.ms > 0 else None} for r in self.records]
+
+
+class Runner:
+    """Executes `graph` with `weights` on `backend`; frees each activation after its last use."""
+
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend):
+        self.graph, self.weights, self.backend = graph, weights, backend
+        self._last_use = graph.last_use()
+        for node in graph.nodes:
+            if not backend.supports(node.kernel):
+                raise AmanuensisError(f"backend {backend.name!r} has no kernel {node.kernel!r} (node {node.name})")
+
+    def _call(self, node: Node, values: dict) -> np.ndarray:
+        args = [values[t] for t in node.inputs] + [self.weights[w] for w in node.weights]
+        kwargs = dict(node.params)
+        if node.residual:
+            kwargs["residual"] = values[node.residual]
+        return getattr(self.backend, node.kernel)(*args, **kwargs)
+
+    def run(self, mel: np.ndarray, keep=()) -> RunResult:
+        """Run one window. mel: (n_mels, frames) as Whisper lays it out. keep: tensor names, or "all"."""
+        expected = self.graph.shapes[INPUT][::-1]
+        if mel.shape != expected:
+            raise AmanuensisError(f"mel input has shape {mel.shape}, the model expects {expected}")
+        keep_all = keep == "all"
+        keep = set(self.graph.shapes) if keep_all else set(keep)
+        unknown = keep - set(self.graph.shapes)
+        if unknown:
+            raise AmanuensisError(f"no tensor named {sorted(unknown)} in the graph")
+        values = {INPUT: np.ascontiguousarray(mel.T, dtype=np.float32)}   # time-major (frames, n_mels)
+        kept = {INPUT: values[INPUT]} if INPUT in keep else {}
+        records = []
+        with self.backend.session():
+            for i, node in enumerate(self.graph.nodes):
+                start = time.perf_counter()
+                values[node.name] = self._call(node, values)
+                ms = (time.perf_counter() - start) * 1e3
+                records.append(NodeRecord(node.name, node.kernel, self.backend.name, ms, node.flops))
+                if node.name in keep:
+                    kept[node.name] = values[node.name]
+                for t in set(node.activation_inputs):
+                    if self._last_use[t] == i:
+                        del values[t]
+        return RunResult(values[OUTPUT], kept, records)
