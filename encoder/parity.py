@@ -5,11 +5,16 @@ mel and every boundary tensor (conv stem, each block, final output) of the first
 30 s window, the max and mean absolute error and the cosine similarity; it exits
 1 when any layer misses the thresholds. Needs the test extras (torch, transformers).
 
-Thresholds, per tensor: cosine >= 0.99999 and max abs <= max(1e-3, 2 x floor), where
-floor is PyTorch's own fp32 error on that tensor (fp32 vs the same model in float64),
-measured in the same run. The floor only matters where activations are large: the
-pre-norm output of tiny.en's last block reaches |x| ~ 630, where fp32 itself lands
-~1e-2 from the exact result; every other boundary faces the flat 1e-3.
+Thresholds, per tensor: cosine >= 0.99999 and
+    max abs <= max(1e-3, 1e-4 x peak, 4 x floor)
+where peak is the tensor's largest |value| in PyTorch, and floor is PyTorch's own
+fp32 error on that tensor (PyTorch fp32 vs the same model in float64), measured
+in the same run. For tensors of magnitude <= 10 whose fp32 floor is small (every
+boundary on real speech but the last block's pre-norm output) this is the flat
+1e-3. The relaxation exists because fp32 accumulation cannot do better where
+activations are large: tiny.en's last block reaches |x| ~ 630, and on loud noise
+PyTorch fp32 itself lands up to 2e-2 (last block) and 1.5e-3 (final output) from
+float64. Our error against float64 is of the same size as PyTorch's.
 """
 from __future__ import annotations
 
@@ -22,8 +27,15 @@ import numpy as np
 from encoder.errors import AmanuensisError
 from encoder.graph import OUTPUT, block_output
 
-MAX_ABS = 1e-3        # fp32 thresholds at every layer
+MAX_ABS = 1e-3        # fp32 thresholds at every layer (see the module docstring)
+PEAK_FACTOR = 1e-4
+FLOOR_FACTOR = 4
 MIN_COSINE = 0.99999
+
+
+def bound(row: dict) -> float:
+    """The max-abs bound of one compared tensor."""
+    return max(MAX_ABS, PEAK_FACTOR * row["peak"], FLOOR_FACTOR * row["floor"])
 
 
 def _torch():
@@ -78,7 +90,8 @@ def diff(ours: np.ndarray, ref: np.ndarray) -> dict:
     a, b = ours.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
     cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
     err = np.abs(a - b)
-    return {"max_abs": float(err.max()), "mean_abs": float(err.mean()), "cosine": cosine}
+    return {"max_abs": float(err.max()), "mean_abs": float(err.mean()), "cosine": cosine,
+            "peak": float(np.abs(b).max())}
 
 
 def compare(model, samples: np.ndarray, encoder=None) -> list[dict]:
@@ -102,16 +115,18 @@ def compare(model, samples: np.ndarray, encoder=None) -> list[dict]:
     for name in names:
         rows.append({"name": name, **diff(ours[name], ref[name]), "floor": diff(ref[name], exact[name])["max_abs"]})
     for row in rows:
-        row["ok"] = row["max_abs"] <= max(MAX_ABS, 2 * row["floor"]) and row["cosine"] >= MIN_COSINE
+        row["bound"] = bound(row)
+        row["ok"] = row["max_abs"] <= row["bound"] and row["cosine"] >= MIN_COSINE
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'layer':24} {'max abs':>10} {'mean abs':>10} {'cosine':>12} {'fp32 floor':>11}  ok "
-             f"(max abs <= max({MAX_ABS:g}, 2 x floor), cosine >= {MIN_COSINE})"]
+    lines = [f"{'layer':24} {'max abs':>10} {'mean abs':>10} {'cosine':>12} {'peak':>8} {'fp32 floor':>11} "
+             f"{'bound':>9}  ok (max abs <= bound = max({MAX_ABS:g}, {PEAK_FACTOR:g} x peak, {FLOOR_FACTOR} x floor), "
+             f"cosine >= {MIN_COSINE})"]
     for r in rows:
-        lines.append(f"{r['name']:24} {r['max_abs']:10.2e} {r['mean_abs']:10.2e} {r['cosine']:12.9f} "
-                     f"{r['floor']:11.2e}  {'yes' if r['ok'] else 'NO'}")
+        lines.append(f"{r['name']:24} {r['max_abs']:10.2e} {r['mean_abs']:10.2e} {r['cosine']:12.9f} {r['peak']:8.2f} "
+                     f"{r['floor']:11.2e} {r['bound']:9.2e}  {'yes' if r['ok'] else 'NO'}")
     return "\n".join(lines)
 
 
@@ -123,7 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="tiny.en", help="default name, model directory or hub id (default tiny.en)")
     parser.add_argument("--device", default="cpu", choices=DEVICES, help="backend for our side (default cpu)")
     parser.add_argument("--json", action="store_true",
-                        help='print {"layers": [{"name", "max_abs", "mean_abs", "cosine", "floor", "ok"}, ...]}')
+                        help='print {"layers": [{"name", "max_abs", "mean_abs", "cosine", "peak", "floor", "bound", "ok"}, ...]}')
     args = parser.parse_args(argv)
     from encoder.audio import load_audio
 
@@ -134,7 +149,8 @@ def main(argv=None) -> int:
     rows = compare(model, samples)
     if args.json:
         print(json.dumps({"model": args.model, "device": model.backend.name, "thresholds":
-                          {"max_abs": MAX_ABS, "floor_factor": 2, "cosine": MIN_COSINE}, "layers": rows}, indent=2))
+                          {"max_abs": MAX_ABS, "peak_factor": PEAK_FACTOR,
+                           "floor_factor": FLOOR_FACTOR, "cosine": MIN_COSINE}, "layers": rows}, indent=2))
     else:
         print(format_rows(rows))
     return 0 if all(r["ok"] for r in rows) else 1

@@ -73,3 +73,21 @@ class Runner:
                     if self._last_use[t] == i:
                         del values[t]
         return RunResult(values[OUTPUT], kept, records)
+
+
+def format_profile(profiles: list[list[dict]]) -> str:
+    """Per-node table summed over windows: backend(s) that ran it, total ms, GFLOP/s."""
+    total: dict[str, dict] = {}
+    for window in profiles:
+        for row in window:
+            t = total.setdefault(row["node"], {"kernel": row["kernel"], "backends": set(), "ms": 0.0, "gflop": 0.0})
+            t["backends"].add(row["backend"])
+            t["ms"] += row["ms"]
+            if row["gflops"]:
+                t["gflop"] += row["gflops"] * row["ms"] / 1e3
+    lines = [f"{'node':32} {'kernel':10} {'backend':8} {'ms':>9} {'GFLOP/s':>8}   ({len(profiles)} window(s))"]
+    for name, t in total.items():
+        rate = t["gflop"] / t["ms"] * 1e3 if t["ms"] else 0.0
+        lines.append(f"{name:32} {t['kernel']:10} {','.join(sorted(t['backends'])):8} {t['ms']:9.2f} {rate:8.1f}")
+    lines.append(f"{'total':32} {'':10} {'':8} {sum(t['ms'] for t in total.values()):9.2f}")
+    return "\n".join(lines)

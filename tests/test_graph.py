@@ -1,0 +1,79 @@
+"""The layer graph: structure from the dims, FLOPs, buffer plan, runner provenance."""
+import numpy as np
+import pytest
+
+from encoder.errors import AmanuensisError
+from encoder.graph import INPUT, OUTPUT, build_encoder_graph, format_graph
+from tests.helpers import small_dims
+
+
+@pytest.fixture(scope="module")
+def tiny_graph(tiny):
+    return build_encoder_graph(tiny.dims)
+
+
+def test_nodes_follow_whisper_order(tiny_graph):
+    kernels = [n.kernel for n in tiny_graph.nodes]
+    block = ["layernorm", "linear", "attention", "linear", "layernorm", "linear", "linear"]
+    assert kernels == ["conv1d_k3", "conv1d_k3", "add"] + block * 4 + ["layernorm"]
+    assert tiny_graph.node("layers.2.fc1").params == (("gelu", True),)
+    assert tiny_graph.node("layers.2.fc2").residual == "layers.2.self_attn.out_proj"
+    assert tiny_graph.node("layers.2.self_attn.out_proj").residual == "layers.1.fc2"
+    assert tiny_graph.shapes[INPUT] == (3000, 80) and tiny_graph.shapes[OUTPUT] == (1500, 384)
+
+
+def test_matmul_flops_of_tiny_en(tiny_graph):
+    """36.9 GFLOP of matmuls per window (the figure the performance issue uses)."""
+    d, t = 384, 1500
+    matmul = 2 * 3000 * 240 * d + 2 * t * 3 * d * d + 4 * (2 * t * d * (3 * d + d + 4 * d + 4 * d) + 4 * t * t * d)
+    assert abs(matmul / 1e9 - 36.9) < 0.05
+    total = sum(n.flops for n in tiny_graph.nodes)
+    assert matmul < total < 1.02 * matmul
+
+
+def test_graph_scales_with_dims():
+    dims = small_dims()
+    graph = build_encoder_graph(dims)
+    assert len(graph.nodes) == 3 + 7 * 5 + 1
+    assert graph.shapes[INPUT] == (3000, 128)
+    assert graph.node("layers.4.self_attn").params == (("n_head", 8),)
+
+
+def test_buffer_plan_never_overlaps_live_tensors(tiny_graph):
+    plan = tiny_graph.buffer_plan()
+    holder = {t: b["index"] for b in plan for t in b["tensors"]}
+    sizes = {b["index"]: b["bytes"] for b in plan}
+    last = tiny_graph.last_use()
+    produced = {INPUT: -1, **{n.name: i for i, n in enumerate(tiny_graph.nodes)}}
+    for t, b in holder.items():
+        assert sizes[b] >= 4 * np.prod(tiny_graph.shapes[t])
+    for a in holder:
+        for c in holder:
+            if a < c and holder[a] == holder[c]:
+                # live ranges [produced, last use] must not intersect
+                assert last[a] < produced[c] or last[c] < produced[a], (a, c)
+    assert len(plan) <= 4
+
+
+def test_format_lists_every_node_and_the_plan(tiny_graph):
+    text = format_graph(tiny_graph)
+    for node in tiny_graph.nodes:
+        assert node.name in text
+    assert "buffer plan" in text and "GFLOP per 30 s window" in text
+
+
+def test_runner_records_backend_and_time_for_every_node(tiny):
+    mel = np.zeros((80, 3000), np.float32) - 1.0
+    result = tiny.encode(mel, keep=["layers.0.fc1"])
+    assert [r.node for r in result.records] == [n.name for n in tiny.graph.nodes]
+    assert {r.backend for r in result.records} == {"cpu"}
+    assert all(r.ms > 0 for r in result.records)
+    assert result.tensors["layers.0.fc1"].shape == (1500, 1536)
+    assert np.isfinite(result.output).all() and np.abs(result.output).max() > 0
+
+
+def test_runner_rejects_bad_input(tiny):
+    with pytest.raises(AmanuensisError, match=r"mel input has shape \(80, 100\)"):
+        tiny.encode(np.zeros((80, 100), np.float32))
+    with pytest.raises(AmanuensisError, match="no tensor named"):
+        tiny.encode(np.zeros((80, 3000), np.float32), keep=["nope"])

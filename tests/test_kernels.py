@@ -1,0 +1,132 @@
+"""The cpu backend against the reference kernels (the specification)."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import get_backend, reference
+from kernels.cpu import CpuBackend, erf
+
+be = CpuBackend(threads=2)
+
+
+def rand(rng, *shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+def assert_close(ours, ref, atol, rtol=1e-5):
+    err = np.abs(ours.astype(np.float64) - ref) - rtol * np.abs(ref)
+    assert ours.shape == ref.shape
+    assert err.max() <= atol, f"max excess error {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}"
+
+
+def test_erf_accuracy_on_a_dense_grid():
+    x = np.linspace(-8, 8, 400001, dtype=np.float32)
+    exact = np.array([math.erf(v) for v in x.astype(np.float64)])
+    assert np.abs(erf(x) - exact).max() < 4e-7
+
+
+def test_gelu_matches_exact_erf_form():
+    x = np.linspace(-12, 12, 100001, dtype=np.float32).reshape(1, -1)
+    w, b = np.eye(1, dtype=np.float32), np.zeros(1, np.float32)
+    with be.session():
+        ours = be.linear(x.T.copy(), w, b, gelu=True).ravel()
+    exact = reference.gelu(x.ravel()).astype(np.float64)
+    assert np.abs(ours - exact).max() <= 4e-7 * 12
+
+
+@settings(max_examples=25, deadline=None)
+@given(t=st.integers(1, 300), k=st.integers(1, 200), n=st.integers(1, 200), gelu=st.booleans(),
+       residual=st.booleans(), seed=st.integers(0, 2**16))
+def test_linear_matches_reference(t, k, n, gelu, residual, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = rand(rng, t, k), rand(rng, k, n, scale=1 / math.sqrt(k)), rand(rng, n)
+    r = rand(rng, t, n) if residual else None
+    with be.session():
+        ours = be.linear(x, w, b, gelu=gelu, residual=r)
+    assert_close(ours, reference.linear(x, w, b, gelu=gelu, residual=r), atol=2e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(t=st.integers(1, 200), c=st.integers(1, 64), n=st.integers(1, 64), stride=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**16))
+def test_conv1d_k3_matches_reference(t, c, n, stride, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = rand(rng, t, c), rand(rng, 3 * c, n, scale=1 / math.sqrt(3 * c)), rand(rng, n)
+    with be.session():
+        ours = be.conv1d_k3(x, w, b, stride=stride)
+    assert ours.shape == ((t - 1) // stride + 1, n)
+    assert_close(ours, reference.conv1d_k3(x, w, b, stride=stride), atol=2e-5)
+
+
+def test_conv1d_is_whisper_conv():
+    """Our im2col weight order reproduces torch's Conv1d(k=3, padding=1)."""
+    torch = pytest.importorskip("torch")
+    from weights_tools.layout import conv_to_kernel
+
+    rng = np.random.default_rng(1)
+    x, w, b = rand(rng, 50, 7), rand(rng, 5, 7, 3), rand(rng, 5)
+    for stride in (1, 2):
+        ref = torch.nn.functional.conv1d(torch.from_numpy(x.T[None]), torch.from_numpy(w), torch.from_numpy(b),
+                                         stride=stride, padding=1)[0].T.numpy()
+        ours = reference.conv1d_k3(x, conv_to_kernel(w), b, stride=stride, gelu=False)
+        assert_close(ours, ref.astype(np.float64), atol=1e-5)
+
+
+@settings(max_examples=15, deadline=None)
+@given(t=st.integers(1, 400), heads=st.sampled_from([1, 2, 6]), d=st.sampled_from([8, 64]), seed=st.integers(0, 2**16))
+def test_attention_matches_reference(t, heads, d, seed):
+    rng = np.random.default_rng(seed)
+    qkv = rand(rng, t, 3 * heads * d, scale=2.0)
+    with be.session():
+        ours = be.attention(qkv, heads)
+    assert_close(ours, reference.attention(qkv, heads), atol=2e-5)
+
+
+def test_attention_spans_the_whole_sequence():
+    """A query must see a key 1400 positions away (the 64-row-block bug would miss it)."""
+    t, d = 1500, 64
+    qkv = np.zeros((t, 3 * d), np.float32)
+    qkv[:, 0] = 10.0                      # every query looks along dimension 0
+    qkv[1400, d] = 10.0                   # only key 1400 answers
+    qkv[1400, 2 * d:] = 1.0               # and carries value 1
+    with be.session():
+        out = be.attention(qkv, 1)
+    assert np.all(out[:, 0] > 0.99)
+
+
+def test_layernorm_matches_reference():
+    rng = np.random.default_rng(3)
+    x, g, b = rand(rng, 333, 384, scale=30.0), rand(rng, 384), rand(rng, 384)
+    x += 100.0   # a large mean must not cost precision
+    with be.session():
+        ours = be.layernorm(x, g, b)
+    assert_close(ours, reference.layernorm(x, g, b), atol=2e-5)
+
+
+def test_add_matches_reference():
+    rng = np.random.default_rng(4)
+    x, y = rand(rng, 100, 10), rand(rng, 100, 10)
+    assert_close(be.add(x, y), reference.add(x, y), atol=0)
+
+
+def test_session_restores_blas_threads():
+    from threadpoolctl import threadpool_info
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    with be.session():
+        inside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert all(n == 1 for n in inside) and after == before
+
+
+def test_unbuilt_backends_are_an_error_not_a_fallback():
+    from encoder.errors import AmanuensisError
+
+    for name in ("npu", "emu"):
+        with pytest.raises(AmanuensisError, match="not built yet"):
+            get_backend(name)
+    with pytest.raises(AmanuensisError, match="unknown device"):
+        get_backend("gpu")
