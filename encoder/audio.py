@@ -43,8 +43,9 @@ def _read_av(path: Path):
         raise
     except (av.error.FFmpegError, ValueError, OSError, IndexError) as e:
         raise AmanuensisError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
-    samples = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
-    return samples, rate
+    if not parts:
+        raise AmanuensisError(f"{path}: cannot decode audio (no audio frames found: not an audio file, or truncated)")
+    return np.concatenate(parts).astype(np.float32), rate
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

