@@ -25,6 +25,14 @@ def _attention(prefix: str, d: int) -> dict:
             **_linear(f"{prefix}.v_proj", d, d), **_linear(f"{prefix}.out_proj", d, d)}
 
 
+def _block(p: str, d: int, f: int, cross: bool) -> dict:
+    """One transformer block: self-attention, cross-attention (decoder only), feed-forward."""
+    shapes = {**_norm(f"{p}.self_attn_layer_norm", d), **_attention(f"{p}.self_attn", d)}
+    if cross:
+        shapes.update({**_norm(f"{p}.encoder_attn_layer_norm", d), **_attention(f"{p}.encoder_attn", d)})
+    return {**shapes, **_norm(f"{p}.final_layer_norm", d), **_linear(f"{p}.fc1", f, d), **_linear(f"{p}.fc2", d, f)}
+
+
 def encoder_shapes(dims: ModelDimensions) -> dict[str, tuple]:
     """HF names and shapes of the encoder (conv stem, blocks, ln_post)."""
     d, f = dims.n_audio_state, dims.n_audio_mlp
@@ -35,12 +43,7 @@ def encoder_shapes(dims: ModelDimensions) -> dict[str, tuple]:
         **_norm("encoder.layer_norm", d),
     }
     for i in range(dims.n_audio_layer):
-        p = f"encoder.layers.{i}"
-        shapes.update(_norm(f"{p}.self_attn_layer_norm", d))
-        shapes.update(_attention(f"{p}.self_attn", d))
-        shapes.update(_norm(f"{p}.final_layer_norm", d))
-        shapes.update(_linear(f"{p}.fc1", f, d))
-        shapes.update(_linear(f"{p}.fc2", d, f))
+        shapes.update(_block(f"encoder.layers.{i}", d, f, cross=False))
     return shapes
 
 
@@ -53,14 +56,7 @@ def decoder_shapes(dims: ModelDimensions) -> dict[str, tuple]:
         **_norm("decoder.layer_norm", d),
     }
     for i in range(dims.n_text_layer):
-        p = f"decoder.layers.{i}"
-        shapes.update(_norm(f"{p}.self_attn_layer_norm", d))
-        shapes.update(_attention(f"{p}.self_attn", d))
-        shapes.update(_norm(f"{p}.encoder_attn_layer_norm", d))
-        shapes.update(_attention(f"{p}.encoder_attn", d))
-        shapes.update(_norm(f"{p}.final_layer_norm", d))
-        shapes.update(_linear(f"{p}.fc1", f, d))
-        shapes.update(_linear(f"{p}.fc2", d, f))
+        shapes.update(_block(f"decoder.layers.{i}", d, f, cross=True))
     return shapes
 
 
