@@ -212,3 +212,31 @@ def test_hub_id_offline_fails_with_a_message(monkeypatch):
 def test_unknown_model_name():
     with pytest.raises(AmanuensisError, match="unknown model 'tinyy'"):
         resolve_model("tinyy")
+
+
+# Official sizes: (d_model, enc layers, dec layers, heads, mels, vocab, million parameters as the hub lists them)
+OFFICIAL = {
+    "tiny.en": (384, 4, 4, 6, 80, 51864, 37.8), "base": (512, 6, 6, 8, 80, 51865, 72.6),
+    "small": (768, 12, 12, 12, 80, 51865, 242), "medium.en": (1024, 24, 24, 16, 80, 51864, 764),
+    "large-v2": (1280, 32, 32, 20, 80, 51865, 1540), "large-v3": (1280, 32, 32, 20, 128, 51866, 1540),
+    "large-v3-turbo": (1280, 32, 4, 20, 128, 51866, 809),
+}
+
+
+@pytest.mark.parametrize("size", OFFICIAL)
+def test_shape_table_fits_every_official_size(size):
+    """The converter's expected tensors add up to each released model's parameter count (in millions)."""
+    from encoder.dims import ModelDimensions
+
+    d, enc, dec, heads, mels, vocab, millions = OFFICIAL[size]
+    dims = ModelDimensions.from_hf_config({
+        "num_mel_bins": mels, "max_source_positions": 1500, "d_model": d, "encoder_attention_heads": heads,
+        "encoder_layers": enc, "encoder_ffn_dim": 4 * d, "vocab_size": vocab, "max_target_positions": 448,
+        "decoder_attention_heads": heads, "decoder_layers": dec, "decoder_ffn_dim": 4 * d})
+    assert dims.head_dim == 64 and dims.is_multilingual == (vocab > 51864)
+    shapes = {**names.encoder_shapes(dims), **names.decoder_shapes(dims)}
+    total = sum(int(np.prod(s)) for s in shapes.values())
+    assert abs(total / 1e6 - millions) / millions < 0.02, total
+    kernel = layout.kernel_shapes(dims)
+    assert sum(int(np.prod(s)) for s in kernel.values()) == \
+        sum(int(np.prod(s)) for n, s in names.encoder_shapes(dims).items()) + enc * d   # + the zero key bias
