@@ -11,13 +11,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from encoder.dims import FRAMES_PER_SECOND
 from encoder.errors import AmanuensisError
+from encoder.fileio import atomic_write
 
 SUFFIXES = (".safetensors", ".npy")
 
@@ -69,17 +69,6 @@ def _keys(paths: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_embeddings(path: Path, paths: list[str], results: list, meta: dict) -> None:
     """Write the states of every input with `meta` to `path`, atomically."""
     meta = {**meta, "frame_rate": FRAMES_PER_SECOND, "sources": paths,
@@ -88,12 +77,12 @@ def write_embeddings(path: Path, paths: list[str], results: list, meta: dict) ->
         from weights_tools.safetensors_io import write_safetensors
 
         tensors = dict(zip(_keys(paths), (r.states for r in results)))
-        _atomic(path, lambda tmp: write_safetensors(tmp, tensors, {k: json.dumps(v) for k, v in meta.items()}))
+        atomic_write(path, lambda tmp: write_safetensors(tmp, tensors, {k: json.dumps(v) for k, v in meta.items()}))
     else:
         array = results[0].states if len(results) == 1 else np.stack([r.states for r in results])
-        _atomic(path, lambda tmp: np.save(open(tmp, "wb"), array.astype(np.float32)))
+        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), array.astype(np.float32)))
         sidecar = path.with_name(path.name + ".json")
-        _atomic(sidecar, lambda tmp: tmp.write_text(json.dumps({**meta, "shape": list(array.shape)}, indent=2)))
+        atomic_write(sidecar, lambda tmp: tmp.write_text(json.dumps({**meta, "shape": list(array.shape)}, indent=2)))
 
 
 def main(argv=None) -> int:

@@ -120,3 +120,14 @@ def test_undecodable_input_leaves_no_output(tmp_path):
     r = run_cli(bad, "--output", tmp_path / "x.safetensors")
     assert r.returncode == 2 and "fake.flac: cannot decode audio" in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.flac"]
+
+
+def test_outputs_get_ordinary_permissions(clip, tmp_path):
+    import os
+    import stat
+
+    from encoder.fileio import umask_mode
+
+    out = tmp_path / "perm.safetensors"
+    assert run_cli(clip, "--output", out).returncode == 0
+    assert stat.S_IMODE(os.stat(out).st_mode) == umask_mode()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from encoder.dims import ModelDimensions
 from encoder.errors import AmanuensisError
+from encoder.fileio import umask_mode
 from weights_tools import ct2, hf, layout, names
 from weights_tools.safetensors_io import write_safetensors
 
@@ -81,16 +82,8 @@ def _write(tmp: Path, source: Path, dims, config, generation, tensors) -> None:
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": str(source),
                 "source_format": kind, "encoder_layout": "kernel-v1", "dims": dims.as_dict()}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    _apply_umask(tmp)
-
-
-def _apply_umask(directory: Path) -> None:
-    """mkdtemp makes 0700 and safetensors may write 0600: give the result ordinary permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-    for f in directory.iterdir():
-        os.chmod(f, 0o666 & ~umask)
+    # mkdtemp makes the directory 0700: give it ordinary permissions.
+    os.chmod(tmp, umask_mode(0o777))
 
 
 def convert(source: Path, out: Path, force: bool = False) -> Path:

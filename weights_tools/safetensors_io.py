@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from encoder.errors import AmanuensisError
+from encoder.fileio import atomic_write
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -94,8 +94,5 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     """Write fp32 tensors to `path` via a temporary file and a rename (never half-written)."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    save_file(arrays, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()}))
