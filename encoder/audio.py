@@ -142,3 +142,119 @@ def log_mel_spectrogram(samples: np.ndarray, n_mels: int) -> np.ndarray:
     log_spec = np.log10(np.maximum(mel, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+class AudioStream:
+    """A long file as 16 kHz mono samples, decoded and resampled chunk by chunk.
+
+    `window(start, length)` returns samples [start, start + length); starts must not
+    go backwards by more than what is still buffered, which holds for Whisper's
+    seek loop (it only moves forward). Memory stays bounded by about one window.
+    """
+
+    CHUNK = 1 << 16   # samples per decoded block
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.duration = _read_probe(self.path)   # seconds, best estimate before decoding
+        self._chunks = self._decode()
+        self._buf = np.zeros(0, np.float32)
+        self._buf_start = 0
+        self._eof = False
+
+    def _decode(self):
+        import soxr
+
+        source, rate = _open_chunks(self.path, self.CHUNK)
+        resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+        produced = False
+        for block in source:
+            if not np.all(np.isfinite(block)):
+                raise AmanuensisError(f"{self.path}: audio contains NaN or infinite samples")
+            out = block if resampler is None else resampler.resample_chunk(block)
+            produced = produced or block.size > 0
+            if out.size:
+                yield out
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            if tail.size:
+                yield tail
+        if not produced:
+            raise AmanuensisError(f"{self.path}: contains no audio samples")
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        """Samples [start, start + length), shorter at the end of the file."""
+        if start < self._buf_start:
+            raise AmanuensisError("internal: audio stream asked to go backwards")
+        drop = start - self._buf_start
+        self._buf, self._buf_start = self._buf[drop:], start
+        while len(self._buf) < length and not self._eof:
+            try:
+                self._buf = np.concatenate([self._buf, next(self._chunks)])
+            except StopIteration:
+                self._eof = True
+        return self._buf[:length].copy()
+
+
+def _read_probe(path: Path) -> float:
+    """Duration in seconds (0 if unknown); raises AmanuensisError for missing files."""
+    if not path.exists():
+        raise AmanuensisError(f"{path}: file not found")
+    if not path.is_file():
+        raise AmanuensisError(f"{path}: not a file")
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+        return info.frames / info.samplerate
+    except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError):
+        pass
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AmanuensisError(f"{path}: no audio stream in this file")
+            return float(container.duration or 0) / 1e6
+    except AmanuensisError:
+        raise
+    except (av.error.FFmpegError, ValueError, OSError, IndexError) as e:
+        raise AmanuensisError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+
+
+def _open_chunks(path: Path, chunk: int):
+    """(iterator of mono float32 blocks, sample rate) from soundfile, else PyAV."""
+    import soundfile
+
+    try:
+        f = soundfile.SoundFile(str(path))
+    except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError):
+        return _av_chunks(path)
+
+    def blocks():
+        with f:
+            for block in f.blocks(blocksize=chunk, dtype="float32", always_2d=True):
+                yield block.mean(axis=1)
+    return blocks(), f.samplerate
+
+
+def _av_chunks(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+        stream = container.streams.audio[0]
+        rate = stream.rate or stream.codec_context.sample_rate
+    except (av.error.FFmpegError, ValueError, OSError, IndexError) as e:
+        raise AmanuensisError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+
+    def blocks():
+        to_float = av.AudioResampler(format="fltp")
+        try:
+            with container:
+                for frame in container.decode(stream):
+                    for out in to_float.resample(frame):
+                        yield out.to_ndarray().mean(axis=0).astype(np.float32)
+        except av.error.FFmpegError as e:
+            raise AmanuensisError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+    return blocks(), rate

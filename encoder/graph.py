@@ -6,6 +6,8 @@ Phases (names of boundary tensors in brackets):
           attention [.self_attn] → out-projection + residual [.self_attn.out_proj] →
           norm [.final_layer_norm] → fc1 + GELU [.fc1] → fc2 + residual [.fc2]
   post    ln_post [layer_norm]
+  cross   (for transcription) per decoder layer i, the cross-attention keys and values of
+          the encoder output in one matmul [cross_kv.i]: matmul work for the encoder's kernels
 Each node names its kernel (kernels/interface.py), its activation inputs, its
 weights (encoder.safetensors names), FLOPs and bytes moved (fp32).
 
@@ -46,6 +48,7 @@ class Graph:
     nodes: list[Node]
     shapes: dict[str, tuple]              # every activation tensor, the input included
     weight_shapes: dict[str, tuple] = field(default_factory=dict)
+    outputs: tuple[str, ...] = (OUTPUT,)  # tensors handed back by every run
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -62,7 +65,8 @@ class Graph:
         for i, node in enumerate(self.nodes):
             for t in node.activation_inputs:
                 last[t] = i
-        last[OUTPUT] = len(self.nodes)
+        for t in self.outputs:
+            last[t] = len(self.nodes)
         return last
 
     def buffer_plan(self) -> list[dict]:
@@ -131,9 +135,14 @@ def block_output(i: int) -> str:
     return f"layers.{i}.fc2"
 
 
-def build_encoder_graph(dims: ModelDimensions) -> Graph:
-    """The encoder graph for one 30 s window of `dims`."""
-    from weights_tools.layout import kernel_shapes
+def cross_kv_output(i: int) -> str:
+    """Name of decoder layer i's cross-attention [K | V] tensor (n_audio_ctx, 2·d_model)."""
+    return f"cross_kv.{i}"
+
+
+def build_encoder_graph(dims: ModelDimensions, cross_kv: bool = False) -> Graph:
+    """The encoder graph for one 30 s window of `dims` (with the decoder's cross K/V if asked)."""
+    from weights_tools.layout import cross_kv_shapes, kernel_shapes
 
     t, d, c = dims.n_audio_ctx, dims.n_audio_state, dims.n_mels
     frames = 2 * t                                           # conv2 has stride 2
@@ -149,8 +158,15 @@ def build_encoder_graph(dims: ModelDimensions) -> Graph:
         nodes += _block(i, x, dims)
         x = block_output(i)
     nodes.append(_layernorm(OUTPUT, x, "encoder.layer_norm", t, d))
+    weights = kernel_shapes(dims)
+    outputs = (OUTPUT,)
+    if cross_kv:
+        for i in range(dims.n_text_layer):
+            nodes.append(_linear(cross_kv_output(i), OUTPUT, f"decoder.layers.{i}.encoder_attn.kv_proj", t, d, 2 * d))
+        weights = {**weights, **cross_kv_shapes(dims)}
+        outputs += tuple(cross_kv_output(i) for i in range(dims.n_text_layer))
     shapes = {INPUT: (frames, c), **{n.name: n.shape for n in nodes}}
-    return Graph(dims, nodes, shapes, kernel_shapes(dims))
+    return Graph(dims, nodes, shapes, weights, outputs)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -183,13 +199,15 @@ def main(argv=None) -> int:
                                      description="Print the encoder's layer graph: nodes, kernels, shapes, "
                                      "FLOPs, bytes and the activation buffer plan.")
     parser.add_argument("--model", default="tiny.en", help="default name, model directory or hub id (default tiny.en)")
+    parser.add_argument("--encoder-only", action="store_true",
+                        help="leave out the decoder's cross-attention K/V projections (what embed runs)")
     args = parser.parse_args(argv)
     from weights_tools.model_dir import ConvertedModel
     from weights_tools.resolve import resolve_model
 
     model = ConvertedModel.open(resolve_model(args.model))
     print(f"model {args.model}: {model.dims}\n")
-    print(format_graph(build_encoder_graph(model.dims)))
+    print(format_graph(build_encoder_graph(model.dims, cross_kv=not args.encoder_only)))
     return 0
 
 

@@ -49,6 +49,8 @@ class WhisperEncoderModel:
         self.backend, self.device_note = select_backend(device)
         self.graph = build_encoder_graph(self.dims)
         self.runner = Runner(self.graph, converted.encoder_weights, self.backend)
+        self._cross_runner = None
+        self._transcriber = None
 
     @property
     def name(self) -> str:
@@ -61,6 +63,38 @@ class WhisperEncoderModel:
     def encode(self, mel: np.ndarray, keep=()) -> RunResult:
         """Run the encoder graph on one window's log-mel (n_mels, 3000)."""
         return self.runner.run(mel, keep=keep)
+
+    def encode_with_cross(self, mel: np.ndarray) -> RunResult:
+        """Run the graph with the decoder's cross-attention K/V nodes (for transcription)."""
+        if self._cross_runner is None:
+            graph = build_encoder_graph(self.dims, cross_kv=True)
+            weights = {**self.converted.encoder_weights, **self.converted.cross_kv_weights()}
+            self._cross_runner = Runner(graph, weights, self.backend)
+        return self._cross_runner.run(mel)
+
+    @property
+    def transcriber(self):
+        """The decoder side (ONNX Runtime session, tokenizer), built on first use."""
+        if self._transcriber is None:
+            from decoder.pipeline import Transcriber
+
+            self._transcriber = Transcriber(self)
+        return self._transcriber
+
+    def transcribe(self, audio, options=None, progress: bool = False, **decoding) -> dict:
+        """Transcribe a path or 16 kHz samples: {"text", "segments", "language", ...}.
+
+        Keyword arguments are DecodingOptions fields (language, task, beam_size, ...).
+        """
+        from dataclasses import replace
+
+        from decoder.decoding import DecodingOptions
+        from decoder.pipeline import TranscribeOptions
+
+        options = options or TranscribeOptions()
+        if decoding:
+            options = replace(options, decoding=replace(options.decoding or DecodingOptions(), **decoding))
+        return self.transcriber.transcribe(audio, options, progress)
 
     def layer_tensor(self, layer: int) -> str:
         """Graph tensor of hidden state `layer`, numbered as Hugging Face's hidden_states."""

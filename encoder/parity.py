@@ -160,3 +160,31 @@ if __name__ == "__main__":
     from encoder.cli import run_main
 
     run_main(main)
+
+
+def torch_whisper(converted):
+    """transformers' WhisperForConditionalGeneration holding our converted weights, with a matching
+    generation config (the reference for decoder logits and greedy transcripts)."""
+    torch, transformers = _torch()
+    from weights_tools.layout import kernel_to_encoder
+
+    config = transformers.WhisperConfig(**{k: v for k, v in converted.config.items() if k != "architectures"})
+    model = transformers.WhisperForConditionalGeneration(config).eval()
+    weights = {**kernel_to_encoder(converted.encoder_weights, converted.dims), **converted.decoder_weights()}
+    state = {f"model.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise AmanuensisError(f"reference model: missing {missing}, unexpected {unexpected}")
+    gen = converted.generation_config
+    fields = dict(
+        decoder_start_token_id=config.decoder_start_token_id, eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id, max_length=config.max_target_positions,
+        suppress_tokens=config.suppress_tokens, begin_suppress_tokens=config.begin_suppress_tokens,
+        no_timestamps_token_id=gen.get("notimestamps_token_id"), is_multilingual=gen.get("is_multilingual", False),
+        task_to_id={"transcribe": gen.get("transcribe_token_id"), "translate": gen.get("translate_token_id")},
+        alignment_heads=gen.get("alignment_heads"))
+    if gen.get("is_multilingual"):   # transformers detects the language whenever lang_to_id exists
+        fields["lang_to_id"] = gen.get("lang_to_id")
+    model.generation_config = transformers.GenerationConfig(**fields)
+    return model

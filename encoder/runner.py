@@ -22,7 +22,7 @@ class NodeRecord:
 @dataclass
 class RunResult:
     output: np.ndarray                                     # (n_audio_ctx, d_model) encoder output
-    tensors: dict[str, np.ndarray] = field(default_factory=dict)   # the tensors asked for with keep=
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)   # graph outputs and tensors asked for
     records: list[NodeRecord] = field(default_factory=list)
 
     def profile(self) -> list[dict]:
@@ -72,6 +72,7 @@ class Runner:
                 for t in set(node.activation_inputs):
                     if self._last_use[t] == i:
                         del values[t]
+        kept.update({t: values[t] for t in self.graph.outputs})
         return RunResult(values[OUTPUT], kept, records)
 
 

@@ -6,6 +6,7 @@ The converted directory holds:
     generation_config.json   alignment heads, suppressed tokens, language ids
     encoder.safetensors      encoder weights, fp32, in the kernel layout (see layout.py)
     decoder.safetensors      decoder weights, fp32, Hugging Face names and layout
+    decoder.onnx             the decoder graph; its weights are external data in decoder.safetensors
     tokenizer.json           the model's tokenizer
 It is written into a temporary sibling and renamed into place, so a failed or
 interrupted conversion never leaves a half-written model behind.
@@ -75,6 +76,10 @@ def _write(tmp: Path, source: Path, dims, config, generation, tensors) -> None:
     write_safetensors(tmp / "encoder.safetensors", encoder, {"layout": "kernel-v1"})
     write_safetensors(tmp / "decoder.safetensors",
                       {k: v for k, v in tensors.items() if k.startswith("decoder.")}, {"layout": "hf"})
+    from weights_tools.onnx_decoder import build_decoder_onnx
+
+    heads = [tuple(h) for h in generation.get("alignment_heads") or []]
+    (tmp / "decoder.onnx").write_bytes(build_decoder_onnx(dims, tmp / "decoder.safetensors", heads))
     shutil.copyfile(source / "tokenizer.json", tmp / "tokenizer.json")
     config = {**config, **dims.hf_fields()}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))

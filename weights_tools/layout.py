@@ -105,3 +105,20 @@ def kernel_shapes(dims: ModelDimensions) -> dict[str, tuple]:
             f"{p}.fc2.weight": (f, d), f"{p}.fc2.bias": (d,),
         })
     return shapes
+
+
+def cross_kv_to_kernel(decoder: dict, dims: ModelDimensions) -> dict[str, np.ndarray]:
+    """Decoder cross-attention K and V projections fused for one matmul: W (d, 2d) = [k.T | v.T], b = [0 | v_bias]."""
+    out = {}
+    for i in range(dims.n_text_layer):
+        a = f"decoder.layers.{i}.encoder_attn"
+        out[f"{a}.kv_proj.weight"] = np.concatenate([decoder[f"{a}.k_proj.weight"].T, decoder[f"{a}.v_proj.weight"].T], 1)
+        out[f"{a}.kv_proj.bias"] = np.concatenate([np.zeros_like(decoder[f"{a}.v_proj.bias"]), decoder[f"{a}.v_proj.bias"]])
+    return out
+
+
+def cross_kv_shapes(dims: ModelDimensions) -> dict[str, tuple]:
+    d = dims.n_text_state
+    return {name: shape for i in range(dims.n_text_layer) for name, shape in (
+        (f"decoder.layers.{i}.encoder_attn.kv_proj.weight", (d, 2 * d)),
+        (f"decoder.layers.{i}.encoder_attn.kv_proj.bias", (2 * d,)))}

@@ -46,6 +46,21 @@ class ConvertedModel:
         names.check_tensors(weights, layout.kernel_shapes(self.dims), str(self.path / "encoder.safetensors"))
         return weights
 
+    @cached_property
+    def generation_config(self) -> dict:
+        path = self.path / "generation_config.json"
+        return read_json(path) if path.is_file() else {}
+
+    @property
+    def decoder_onnx(self) -> Path:
+        return self.path / "decoder.onnx"
+
+    def cross_kv_weights(self) -> dict[str, np.ndarray]:
+        """The decoder's cross-attention K/V projections in the kernel layout (run by the encoder's backend)."""
+        weights = layout.cross_kv_to_kernel(self.decoder_weights(), self.dims)
+        names.check_tensors(weights, layout.cross_kv_shapes(self.dims), str(self.path / "decoder.safetensors"))
+        return weights
+
     def decoder_weights(self) -> dict[str, np.ndarray]:
         """Decoder weights with Hugging Face names, checked against the dims."""
         weights = read_safetensors(self.path / "decoder.safetensors")

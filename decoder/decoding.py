@@ -1,0 +1,241 @@
+"""Decoding one 30 s window: options, token selection strategies, and temperature fallback.
+
+    decode(model_decoder, cross, options) -> DecodingResult        one attempt
+    decode_with_fallback(...)                                       Whisper's retry ladder
+The strategies follow openai/whisper's decoding: greedy (temperature 0), sampling
+with best-of (temperature > 0), and beam search with patience.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from decoder.logits import NEG_INF, SuppressBlank, SuppressTokens, TimestampRules, log_softmax
+from encoder.errors import AmanuensisError
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    task: str = "transcribe"               # or "translate" (multilingual models)
+    language: str | None = None            # None: English for .en models, detected otherwise
+    temperature: float = 0.0               # 0: greedy or beam search; > 0: sampling
+    beam_size: int | None = None           # beams at temperature 0 (None: greedy)
+    best_of: int | None = None             # samples kept at temperature > 0
+    patience: float = 1.0                  # beam search: finished candidates = beam_size x patience
+    length_penalty: float | None = None    # None: rank by average log-probability per token
+    prompt: tuple[int, ...] = ()           # previous text tokens (conditioning)
+    without_timestamps: bool = False       # <|notimestamps|> and no timestamp grammar
+    max_initial_timestamp: float = 1.0     # seconds
+    sample_len: int | None = None          # max new tokens (default: half the context)
+    suppress_blank: bool = True
+    suppress_tokens: tuple[int, ...] | None = None   # None: the model's configured list
+
+
+@dataclass
+class DecodingResult:
+    tokens: list[int]                      # sampled tokens (timestamps included, eot excluded)
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    temperature: float
+    compression_ratio: float
+    language: str | None = None
+    alignment: np.ndarray | None = field(default=None, repr=False)
+
+
+def compression_ratio(text: str) -> float:
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+class WindowDecoder:
+    """Decodes windows with one DecoderSession, tokenizer and the model's suppress list."""
+
+    def __init__(self, session, tokenizer, suppress_tokens: list[int]):
+        self.session, self.tokenizer = session, tokenizer
+        self.suppress = list(suppress_tokens) or tokenizer.non_speech_tokens
+        self.n_ctx = session.dims.n_text_ctx
+
+    # ---- setup -------------------------------------------------------------------
+    def initial_tokens(self, options: DecodingOptions) -> tuple[list[int], int]:
+        """(initial sequence, index of <|startoftranscript|> in it)."""
+        tok = self.tokenizer
+        prefix = []
+        if options.prompt and tok.sot_prev is not None:
+            prefix = [tok.sot_prev] + list(options.prompt)[-(self.n_ctx // 2 - 1):]
+        seq = prefix + tok.sot_sequence(options.language, options.task)
+        if options.without_timestamps:
+            seq.append(tok.no_timestamps)
+        return seq, len(prefix)
+
+    def filters(self, options: DecodingOptions, sample_begin: int) -> list:
+        tok = self.tokenizer
+        out = []
+        if options.suppress_blank:
+            out.append(SuppressBlank(tok.encode(" ") + [tok.eot], sample_begin))
+        specials = [t for t in (tok.transcribe, tok.translate, tok.sot, tok.sot_prev, tok.sot_lm, tok.no_speech)
+                    if t is not None]
+        out.append(SuppressTokens(sorted(set(list(options.suppress_tokens or self.suppress) + specials))))
+        if not options.without_timestamps:
+            max_initial = round(options.max_initial_timestamp / 0.02) if options.max_initial_timestamp else None
+            out.append(TimestampRules(tok, sample_begin, max_initial))
+        return out
+
+    # ---- language ----------------------------------------------------------------
+    def detect_language(self, cross) -> tuple[str, dict[str, float]]:
+        """Most likely language from the logits after <|startoftranscript|>."""
+        tok = self.tokenizer
+        codes = tok.language_tokens
+        if not tok.multilingual or not codes:
+            return "en", {"en": 1.0}
+        logits = self.session.step(np.array([[tok.sot]]), self.session.new_cache(1), cross)[0, -1]
+        ids = np.array(list(codes.values()))
+        probs = np.exp(log_softmax(logits[ids][None])[0])
+        ranked = dict(sorted(zip(codes, probs.tolist()), key=lambda kv: -kv[1]))
+        return next(iter(ranked)), ranked
+
+    # ---- one attempt -------------------------------------------------------------
+    def decode(self, cross, options: DecodingOptions) -> DecodingResult:
+        if options.temperature == 0 and options.beam_size:
+            return BeamSearch(self, options).run(cross)
+        return Sampler(self, options).run(cross)
+
+    def finish(self, tokens: list[int], sum_logprob: float, no_speech: float, options) -> DecodingResult:
+        text = self.tokenizer.decode(tokens)
+        return DecodingResult(tokens, text, sum_logprob / (len(tokens) + 1), no_speech, options.temperature,
+                              compression_ratio(text), options.language)
+
+    def decode_with_fallback(self, cross, options: DecodingOptions,
+                             temperatures=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), compression_threshold=2.4,
+                             logprob_threshold=-1.0, no_speech_threshold=0.6) -> DecodingResult:
+        """Retry at higher temperature while the text repeats itself (compression ratio) or is improbable."""
+        result = None
+        for t in temperatures:
+            attempt = replace(options, temperature=t,
+                              beam_size=options.beam_size if t == 0 else None,
+                              best_of=(options.best_of or 5) if t > 0 else None)
+            result = self.decode(cross, attempt)
+            repetitive = compression_threshold is not None and result.compression_ratio > compression_threshold
+            improbable = logprob_threshold is not None and result.avg_logprob < logprob_threshold
+            silent = no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold
+            if silent and improbable:
+                return result          # the caller skips it as silence; no point retrying
+            if not (repetitive or improbable):
+                return result
+        return result
+
+
+def _no_speech_prob(wd: WindowDecoder, logits: np.ndarray, sot_index: int) -> float:
+    if wd.tokenizer.no_speech is None:
+        return 0.0
+    return float(np.exp(log_softmax(logits[0, sot_index][None])[0, wd.tokenizer.no_speech]))
+
+
+class Sampler:
+    """Greedy (temperature 0) or best-of-N sampling (temperature > 0)."""
+
+    def __init__(self, wd: WindowDecoder, options: DecodingOptions):
+        self.wd, self.options = wd, options
+        self.n = (options.best_of or 1) if options.temperature > 0 else 1
+        self.rng = np.random.default_rng()
+
+    def run(self, cross) -> DecodingResult:
+        wd, opt, n = self.wd, self.options, self.n
+        initial, sot_index = wd.initial_tokens(opt)
+        filters = wd.filters(opt, len(initial))
+        limit = min(opt.sample_len or wd.n_ctx // 2, wd.n_ctx - len(initial))
+        cache = wd.session.new_cache(n)
+        tokens = np.tile(np.array(initial, np.int64), (n, 1))
+        logits = wd.session.step(tokens, cache, cross)
+        no_speech = _no_speech_prob(wd, logits, sot_index)
+        sum_logprob, done = np.zeros(n), np.zeros(n, bool)
+        for _ in range(limit):
+            last = logits[:, -1].astype(np.float64)
+            for f in filters:
+                f.apply(last, tokens)
+            logprobs = log_softmax(last)
+            if opt.temperature == 0:
+                nxt = last.argmax(axis=-1)
+            else:
+                p = np.exp(log_softmax(last / opt.temperature))
+                nxt = np.array([self.rng.choice(p.shape[1], p=row / row.sum()) for row in p])
+            nxt = np.where(done, wd.tokenizer.eot, nxt)
+            sum_logprob += np.where(done, 0.0, logprobs[np.arange(n), nxt])
+            done |= nxt == wd.tokenizer.eot
+            tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
+            if done.all() or cache.length >= wd.n_ctx:
+                break
+            logits = wd.session.step(nxt[:, None], cache, cross)
+        return self._best(tokens[:, len(initial):], sum_logprob, no_speech)
+
+    def _best(self, sampled, sum_logprob, no_speech) -> DecodingResult:
+        eot = self.wd.tokenizer.eot
+        seqs = [[int(t) for t in (row[:list(row).index(eot)] if eot in row else row)] for row in sampled]
+        scores = [_rank_score(s, len(seq), self.options.length_penalty) for s, seq in zip(sum_logprob, seqs)]
+        k = int(np.argmax(scores))
+        return self.wd.finish(seqs[k], float(sum_logprob[k]), no_speech, self.options)
+
+
+def _rank_score(sum_logprob: float, length: int, length_penalty: float | None) -> float:
+    penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
+    return sum_logprob / max(penalty, 1e-9)
+
+
+class BeamSearch:
+    """Beam search over `beam_size` hypotheses, stopping once beam_size x patience have finished."""
+
+    def __init__(self, wd: WindowDecoder, options: DecodingOptions):
+        if options.beam_size < 1:
+            raise AmanuensisError(f"beam size must be at least 1, got {options.beam_size}")
+        self.wd, self.options = wd, options
+
+    def run(self, cross) -> DecodingResult:
+        wd, opt, beams = self.wd, self.options, self.options.beam_size
+        eot = wd.tokenizer.eot
+        initial, sot_index = wd.initial_tokens(opt)
+        filters = wd.filters(opt, len(initial))
+        limit = min(opt.sample_len or wd.n_ctx // 2, wd.n_ctx - len(initial))
+        cache = wd.session.new_cache(beams)
+        tokens = np.tile(np.array(initial, np.int64), (beams, 1))
+        logits = wd.session.step(tokens, cache, cross)
+        no_speech = _no_speech_prob(wd, logits, sot_index)
+        scores = np.zeros(beams)
+        scores[1:] = NEG_INF                    # all beams start identical: expand only the first
+        finished: dict[tuple, float] = {}
+        max_finished = round(beams * opt.patience)
+        for _ in range(limit):
+            last = logits[:, -1].astype(np.float64)
+            for f in filters:
+                f.apply(last, tokens)
+            cand = scores[:, None] + log_softmax(last)                       # (beams, V)
+            order = np.argsort(cand, axis=None)[::-1]
+            keep_rows, keep_tokens, keep_scores = [], [], []
+            for flat in order[:2 * beams + 1]:
+                row, token = divmod(int(flat), cand.shape[1])
+                if not np.isfinite(cand[row, token]):
+                    break
+                seq = tuple(tokens[row, len(initial):].tolist()) + (token,)
+                if token == eot:
+                    finished.setdefault(seq[:-1], float(cand[row, token]))
+                else:
+                    keep_rows.append(row)
+                    keep_tokens.append(token)
+                    keep_scores.append(cand[row, token])
+                if len(keep_rows) == beams:
+                    break
+            if len(finished) >= max_finished or not keep_rows or cache.length >= wd.n_ctx:
+                break
+            while len(keep_rows) < beams:       # too few live candidates: pad with dead copies
+                keep_rows.append(keep_rows[0])
+                keep_tokens.append(keep_tokens[0])
+                keep_scores.append(NEG_INF)
+            cache.reorder(keep_rows)
+            tokens = np.concatenate([tokens[keep_rows], np.array(keep_tokens)[:, None]], axis=1)
+            scores = np.array(keep_scores)
+            logits = wd.session.step(np.array(keep_tokens)[:, None], cache, cross)
+        if not finished:                        # out of room: take the live beams as they are
+            finished = {tuple(tokens[r, len(initial):].tolist()): float(scores[r]) for r in range(len(tokens))}
+        best = max(finished, key=lambda s: _rank_score(finished[s], len(s), opt.length_penalty))
+        return wd.finish(list(best), finished[best], no_speech, opt)

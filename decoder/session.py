@@ -1,0 +1,92 @@
+"""The ONNX decoder under ONNX Runtime, with a preallocated KV cache bound by IO binding.
+
+Each layer's self-attention cache is one (B, H, n_text_ctx, d_head) numpy buffer
+per K and V, wrapped once as an OrtValue (which shares the memory). A step feeds
+only the new tokens; the graph returns their keys/values and the host writes them
+into the cache at `offset`: no step copies the whole cache.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from encoder.errors import AmanuensisError
+
+
+@dataclass
+class KVCache:
+    keys: list[np.ndarray]                 # per layer (B, H, n_ctx, d_head)
+    values: list[np.ndarray]
+    length: int = 0                        # slots filled
+    _bound: list = field(default_factory=list)
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    def reorder(self, rows) -> None:
+        """Keep batch rows `rows` (beam search), in place so the bound OrtValues stay valid."""
+        rows = np.asarray(rows)
+        for buf in self.keys + self.values:
+            buf[:] = buf[rows]
+
+
+class DecoderSession:
+    """Runs decoder.onnx step by step."""
+
+    def __init__(self, path: Path, dims, threads: int | None = None):
+        import onnxruntime as ort
+
+        if not Path(path).is_file():
+            raise AmanuensisError(f"{path}: decoder.onnx is missing: convert the model again")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or int(os.environ.get("AMANUENSIS_THREADS", 0)) or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        self._ort = ort
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.dims = dims
+        self.has_alignment = any(o.name == "alignment" for o in self.session.get_outputs())
+
+    def new_cache(self, batch: int) -> KVCache:
+        d = self.dims
+        shape = (batch, d.n_text_head, d.n_text_ctx, d.n_text_state // d.n_text_head)
+        cache = KVCache([np.zeros(shape, np.float32) for _ in range(d.n_text_layer)],
+                        [np.zeros(shape, np.float32) for _ in range(d.n_text_layer)])
+        cache._bound = [(self._ort.OrtValue.ortvalue_from_numpy(k), self._ort.OrtValue.ortvalue_from_numpy(v))
+                        for k, v in zip(cache.keys, cache.values)]
+        return cache
+
+    def step(self, tokens: np.ndarray, cache: KVCache, cross: list, alignment: bool = False):
+        """Run the new `tokens` (B, S); returns logits (B, S, V) [and alignment (B, n_heads, S, T)]."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        b, s = tokens.shape
+        if cache.length + s > self.dims.n_text_ctx:
+            raise AmanuensisError(f"decoder context full: {cache.length} + {s} tokens > {self.dims.n_text_ctx}")
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", tokens)
+        io.bind_cpu_input("offset", np.array(cache.length, np.int64))
+        for i, ((k, v), (ck, cv)) in enumerate(zip(cache._bound, cross)):
+            io.bind_ortvalue_input(f"past_key_{i}", k)
+            io.bind_ortvalue_input(f"past_value_{i}", v)
+            io.bind_ortvalue_input(f"cross_key_{i}", ck)
+            io.bind_ortvalue_input(f"cross_value_{i}", cv)
+        names = ["logits"] + [f"new_{kind}_{i}" for i in range(self.dims.n_text_layer) for kind in ("key", "value")]
+        if alignment and self.has_alignment:
+            names.append("alignment")
+        for name in names:
+            io.bind_output(name)
+        self.session.run_with_iobinding(io)
+        outs = dict(zip(names, io.copy_outputs_to_cpu()))
+        for i in range(self.dims.n_text_layer):
+            cache.keys[i][:, :, cache.length:cache.length + s] = outs[f"new_key_{i}"]
+            cache.values[i][:, :, cache.length:cache.length + s] = outs[f"new_value_{i}"]
+        cache.length += s
+        return (outs["logits"], outs.get("alignment")) if alignment else outs["logits"]
+
+    def bind_cross(self, cross_kv: list[tuple[np.ndarray, np.ndarray]]) -> list:
+        """Wrap each layer's cross-attention (K, V), (1, H, T, d_head), as OrtValues once per window."""
+        return [(self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(k)),
+                 self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))) for k, v in cross_kv]

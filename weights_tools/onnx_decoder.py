@@ -1,0 +1,193 @@
+"""Build the Whisper decoder as an ONNX graph (onnx package only; no torch).
+
+The initializers are not copied: each points into decoder.safetensors (ONNX
+external data: file, offset, length), so the converted model keeps one copy of
+the decoder weights, in Hugging Face layout. Linear layers are `Gemm` with
+transB=1 on (B·S, D) rows for that reason.
+
+Inputs
+    input_ids           int64 (B, S)         the new tokens
+    offset              int64 ()             how many tokens the cache already holds
+    past_key_i/value_i  float (B, H, n_text_ctx, d_head)  self-attention cache, slots >= offset ignored
+    cross_key_i/value_i float (1 or B, H, n_audio_ctx, d_head)  from the encoder output, computed
+                        once per window by the encoder's kernels (not in this graph)
+Outputs
+    logits              float (B, S, n_vocab)
+    new_key_i/value_i   float (B, H, S, d_head)  the host writes them into the cache at `offset`,
+                        so the cache is never copied whole
+    alignment           float (B, n_align, S, n_audio_ctx)  cross-attention of the alignment heads
+                        (only when the model names alignment heads)
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from encoder.dims import ModelDimensions
+from weights_tools.safetensors_io import read_header
+
+OPSET = 17
+
+
+class _Builder:
+    """Collects nodes, initializers and constants with unique names."""
+
+    def __init__(self, weights_file: str, header: dict, data_start: int):
+        import onnx
+        from onnx import helper
+
+        self.onnx, self.helper = onnx, helper
+        self.nodes, self.inits, self.count = [], {}, 0
+        self.weights_file, self.header, self.data_start = weights_file, header, data_start
+
+    def op(self, op_type: str, *inputs: str, **attrs) -> str:
+        self.count += 1
+        out = f"{op_type.lower()}_{self.count}"
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def const(self, value, dtype=np.int64) -> str:
+        self.count += 1
+        name = f"const_{self.count}"
+        self.inits[name] = self.onnx.numpy_helper.from_array(np.asarray(value, dtype), name)
+        return name
+
+    def weight(self, name: str) -> str:
+        """An initializer stored in decoder.safetensors."""
+        if name in self.inits:
+            return name
+        info = self.header[name]
+        begin, end = info["data_offsets"]
+        tensor = self.onnx.TensorProto()
+        tensor.name, tensor.data_type = name, self.onnx.TensorProto.FLOAT
+        tensor.dims.extend(info["shape"])
+        tensor.data_location = self.onnx.TensorProto.EXTERNAL
+        for key, value in (("location", self.weights_file), ("offset", str(self.data_start + begin)),
+                           ("length", str(end - begin))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.inits[name] = tensor
+        return name
+
+
+def _linear(g: _Builder, x2d: str, prefix: str, bias: bool = True) -> str:
+    """y = x · Wᵀ + b on (rows, D) with W in HF layout (out, in)."""
+    if bias:
+        return g.op("Gemm", x2d, g.weight(f"{prefix}.weight"), g.weight(f"{prefix}.bias"), transB=1)
+    return g.op("Gemm", x2d, g.weight(f"{prefix}.weight"), transB=1)
+
+
+def _heads(g: _Builder, x2d: str, shape_bshd: str) -> str:
+    """(B·S, D) -> (B, H, S, d_head)."""
+    return g.op("Transpose", g.op("Reshape", x2d, shape_bshd), perm=[0, 2, 1, 3])
+
+
+def _merge(g: _Builder, x: str, shape_2d: str) -> str:
+    """(B, H, S, d_head) -> (B·S, D)."""
+    return g.op("Reshape", g.op("Transpose", x, perm=[0, 2, 1, 3]), shape_2d)
+
+
+def _layernorm(g: _Builder, x: str, prefix: str) -> str:
+    return g.op("LayerNormalization", x, g.weight(f"{prefix}.weight"), g.weight(f"{prefix}.bias"),
+                axis=-1, epsilon=1e-5)
+
+
+def _self_attention(g, x2d, p, i, s) -> tuple[str, str, str]:
+    """Attention of the new tokens over the cached slots (< offset) and over each other (causal)."""
+    q = g.op("Mul", _heads(g, _linear(g, x2d, f"{p}.q_proj"), s["bshd"]), s["scale"])
+    k = _heads(g, _linear(g, x2d, f"{p}.k_proj", bias=False), s["bshd"])
+    v = _heads(g, _linear(g, x2d, f"{p}.v_proj"), s["bshd"])
+    past = g.op("Add", g.op("MatMul", q, g.op("Transpose", f"past_key_{i}", perm=[0, 1, 3, 2])), s["past_mask"])
+    new = g.op("Add", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2])), s["causal_mask"])
+    probs = g.op("Softmax", g.op("Concat", past, new, axis=-1), axis=-1)
+    p_past = g.op("Slice", probs, s["zero"], s["n_ctx"], s["minus1"])
+    p_new = g.op("Slice", probs, s["n_ctx"], s["big"], s["minus1"])
+    out = g.op("Add", g.op("MatMul", p_past, f"past_value_{i}"), g.op("MatMul", p_new, v))
+    return _linear(g, _merge(g, out, s["flat"]), f"{p}.out_proj"), k, v
+
+
+def _cross_attention(g, x2d, p, i, s) -> tuple[str, str]:
+    q = g.op("Mul", _heads(g, _linear(g, x2d, f"{p}.q_proj"), s["bshd"]), s["scale"])
+    probs = g.op("Softmax", g.op("MatMul", q, g.op("Transpose", f"cross_key_{i}", perm=[0, 1, 3, 2])), axis=-1)
+    out = g.op("MatMul", probs, f"cross_value_{i}")
+    return _linear(g, _merge(g, out, s["flat"]), f"{p}.out_proj"), probs
+
+
+def _gelu(g, x) -> str:
+    """Exact erf GELU (ORT fuses the pattern into its Gelu kernel)."""
+    e = g.op("Erf", g.op("Mul", x, g.const(1 / math.sqrt(2), np.float32)))
+    return g.op("Mul", g.op("Mul", x, g.const(0.5, np.float32)), g.op("Add", e, g.const(1.0, np.float32)))
+
+
+def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
+    """Shape tensors and masks that depend on the dynamic batch, length and offset."""
+    shape = g.op("Shape", "input_ids")
+    b, s_len = g.op("Slice", shape, g.const([0]), g.const([1])), g.op("Slice", shape, g.const([1]), g.const([2]))
+    heads, d_head = g.const([dims.n_text_head]), g.const([dims.n_text_state // dims.n_text_head])
+    neg_inf, zero_f = g.const(-np.inf, np.float32), g.const(0.0, np.float32)
+    s_scalar = g.op("Squeeze", s_len, g.const([0]))
+    new_pos = g.op("Range", g.const(0), s_scalar, g.const(1))                          # (S,)
+    slots = g.const(np.arange(dims.n_text_ctx))                                       # (n_ctx,)
+    past_mask = g.op("Where", g.op("Less", slots, "offset"), zero_f, neg_inf)          # (n_ctx,)
+    causal = g.op("LessOrEqual", g.op("Unsqueeze", new_pos, g.const([0])), g.op("Unsqueeze", new_pos, g.const([1])))
+    return {
+        "bshd": g.op("Concat", b, s_len, heads, d_head, axis=0),
+        "flat": g.const([-1, dims.n_text_state]),
+        "scale": g.const(1 / math.sqrt(dims.n_text_state // dims.n_text_head), np.float32),
+        "past_mask": past_mask, "causal_mask": g.op("Where", causal, zero_f, neg_inf),   # (S, S)
+        "positions": g.op("Add", new_pos, "offset"),
+        "zero": g.const([0]), "n_ctx": g.const([dims.n_text_ctx]), "big": g.const([2**62]), "minus1": g.const([-1]),
+        "bsd": g.op("Concat", b, s_len, g.const([dims.n_text_state]), axis=0),
+        "bsv": g.op("Concat", b, s_len, g.const([dims.n_vocab]), axis=0),
+    }
+
+
+def build_decoder_onnx(dims: ModelDimensions, weights_path: Path, alignment_heads=()) -> bytes:
+    """Serialized ONNX decoder whose weights are external data in `weights_path` (same directory)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    header, start = read_header(weights_path)
+    g = _Builder(Path(weights_path).name, header, start)
+    s = _shapes(g, dims)
+    d_head = dims.n_text_state // dims.n_text_head
+    x = g.op("Add", g.op("Gather", g.weight("decoder.embed_tokens.weight"), "input_ids"),
+             g.op("Gather", g.weight("decoder.embed_positions.weight"), s["positions"]))
+    x = g.op("Reshape", x, s["flat"])                                                  # (B·S, D)
+    outputs, align = [], {}
+    for i in range(dims.n_text_layer):
+        p = f"decoder.layers.{i}"
+        attn, k, v = _self_attention(g, _layernorm(g, x, f"{p}.self_attn_layer_norm"), f"{p}.self_attn", i, s)
+        g.nodes += [helper.make_node("Identity", [k], [f"new_key_{i}"]),
+                    helper.make_node("Identity", [v], [f"new_value_{i}"])]
+        x = g.op("Add", x, attn)
+        cross, probs = _cross_attention(g, _layernorm(g, x, f"{p}.encoder_attn_layer_norm"), f"{p}.encoder_attn", i, s)
+        x = g.op("Add", x, cross)
+        h = _linear(g, _gelu(g, _linear(g, _layernorm(g, x, f"{p}.final_layer_norm"), f"{p}.fc1")), f"{p}.fc2")
+        x = g.op("Add", x, h)
+        for layer, head in alignment_heads:
+            if layer == i:
+                align[(layer, head)] = g.op("Slice", probs, g.const([head]), g.const([head + 1]), g.const([1]))
+    logits = g.op("Gemm", _layernorm(g, x, "decoder.layer_norm"), g.weight("decoder.embed_tokens.weight"), transB=1)
+    g.nodes.append(helper.make_node("Reshape", [logits, s["bsv"]], ["logits"]))
+    cache = ["batch", dims.n_text_head, dims.n_text_ctx, d_head]
+    cross_shape = ["cross_batch", dims.n_text_head, dims.n_audio_ctx, d_head]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("offset", TensorProto.INT64, [])]
+    for i in range(dims.n_text_layer):
+        inputs += [helper.make_tensor_value_info(f"{kind}_{i}", TensorProto.FLOAT, shape)
+                   for kind, shape in (("past_key", cache), ("past_value", cache),
+                                       ("cross_key", cross_shape), ("cross_value", cross_shape))]
+        outputs += [helper.make_tensor_value_info(f"new_{kind}_{i}", TensorProto.FLOAT, ["batch", dims.n_text_head, "seq", d_head])
+                    for kind in ("key", "value")]
+    outputs.insert(0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", dims.n_vocab]))
+    if align:
+        g.nodes.append(helper.make_node("Concat", [align[h] for h in alignment_heads], ["alignment"], axis=1))
+        outputs.append(helper.make_tensor_value_info("alignment", TensorProto.FLOAT,
+                                                     ["batch", len(alignment_heads), "seq", dims.n_audio_ctx]))
+    graph = helper.make_graph(g.nodes, "whisper_decoder", inputs, outputs, list(g.inits.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="amanuensis")
+    model.ir_version = 8
+    return model.SerializeToString()
