@@ -182,12 +182,39 @@ class _SeekLoop:
             else:
                 pieces, consumed = _segments(result.tokens, tok.timestamp_begin, offset, frames)
                 self._add(pieces, result, seek)
+                if self.options.word_timestamps:
+                    self._add_words(cross, pieces, offset, frames, samples)
                 seek += max(consumed, 1)
             self.progress.update(seek * HOP_LENGTH / SAMPLE_RATE)
         self.progress.close()
         return {"text": "".join(s["text"] for s in self.segments), "segments": self.segments,
                 "language": self.language, "processing_seconds": round(time.perf_counter() - started, 3),
                 "encoder_profile": self.profiles}
+
+    def _add_words(self, cross, pieces, offset: float, frames: int, samples) -> None:
+        """Word timings for this window's segments (those just added); segments then span their words."""
+        from decoder.timing import clamp_long_words, speech_onset, word_timings
+
+        tok = self.tr.tokenizer
+        text = [t for _, _, tokens in pieces for t in tokens]
+        sot = tok.sot_sequence(self.language, self.options.decoding.task)
+        words = word_timings(self.tr.decoder, cross, sot, text, frames)
+        added = [s for s in self.segments if s["seek"] == self.segments[-1]["seek"]] if self.segments else []
+        groups, queue = [], list(words)
+        for seg in added:
+            taken = []
+            while queue and sum(len(w.tokens) for w in taken) < len(seg["tokens"]):
+                taken.append(queue.pop(0))
+            groups.append(taken)
+        firsts = {sum(len(g) for g in groups[:i]) for i in range(len(groups))}
+        clamp_long_words(words, firsts)
+        for k in firsts & set(range(len(words))):       # a segment's first word cannot start in silence
+            words[k].start = min(speech_onset(samples, words[k].start, words[k].end), words[k].end)
+        for seg, taken in zip(added, groups):
+            seg["words"] = [{"word": w.word, "start": round(offset + w.start, 3), "end": round(offset + w.end, 3),
+                             "probability": round(w.probability, 4)} for w in taken]
+            if seg["words"]:
+                seg["start"], seg["end"] = seg["words"][0]["start"], seg["words"][-1]["end"]
 
     def _decode(self, cross) -> DecodingResult:
         o = self.options

@@ -12,7 +12,8 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("module", ["encoder.graph", "encoder.embed", "encoder.parity", "weights_tools"])
+@pytest.mark.parametrize("module", ["encoder.graph", "encoder.embed", "encoder.parity", "encoder.transcribe",
+                                    "encoder.evaluate", "weights_tools"])
 def test_help(module):
     r = run(module, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout
@@ -21,7 +22,10 @@ def test_help(module):
 def test_graph_prints_nodes_and_plan():
     r = run("encoder.graph", "--model", "tiny.en")
     assert r.returncode == 0, r.stderr
-    assert "layers.3.fc2" in r.stdout and "buffer plan" in r.stdout and "37.31 GFLOP" in r.stdout
+    assert "layers.3.fc2" in r.stdout and "cross_kv.3" in r.stdout and "buffer plan" in r.stdout
+    assert "36 nodes, 40.85 GFLOP" in r.stdout
+    r = run("encoder.graph", "--model", "tiny.en", "--encoder-only")
+    assert "32 nodes, 37.31 GFLOP" in r.stdout and "cross_kv" not in r.stdout
 
 
 def test_convert_cli(tmp_path):

@@ -171,3 +171,11 @@ def test_normalizer():
     assert normalize("the 15th century") == "the fifteenth century"
     assert normalize("HE HOPED THERE WOULD BE STEW") == "he hoped there would be stew"
     assert score("a b c d", "a x c")["wer"] == 0.5
+
+
+def test_cli_word_timestamps_in_json(tmp_path):
+    r = run("encoder.transcribe", HELLO, "-o", tmp_path, "-f", "json", "--word-timestamps", "--verbose", "False")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "hello.json").read_text())
+    words = [w for s in result["segments"] for w in s["words"]]
+    assert "".join(w["word"] for w in words) == result["text"] and len(words) >= 12
