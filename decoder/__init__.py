@@ -1,5 +1,5 @@
-"""ONNX Runtime Whisper decoder (not yet built: see the decoder issue).
+"""The Whisper decoder side: tokenizer, ONNX Runtime session, decoding strategies, transcription.
 
-The converted model directory already carries the decoder weights
-(`decoder.safetensors`) and `tokenizer.json` it will consume.
+decoder.onnx is built by weights_tools.onnx_decoder at conversion; `pipeline.Transcriber`
+binds it to an encoder model (whose graph also computes the cross-attention K/V).
 """
