@@ -181,9 +181,8 @@ def torch_whisper(converted):
         decoder_start_token_id=config.decoder_start_token_id, eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id, max_length=config.max_target_positions,
         suppress_tokens=config.suppress_tokens, begin_suppress_tokens=config.begin_suppress_tokens,
-        no_timestamps_token_id=gen.get("notimestamps_token_id"), is_multilingual=gen.get("is_multilingual", False),
-        task_to_id={"transcribe": gen.get("transcribe_token_id"), "translate": gen.get("translate_token_id")},
-        alignment_heads=gen.get("alignment_heads"))
+        no_timestamps_token_id=gen.get("no_timestamps_token_id"), is_multilingual=gen.get("is_multilingual", False),
+        task_to_id=gen.get("task_to_id"), alignment_heads=gen.get("alignment_heads"))
     if gen.get("is_multilingual"):   # transformers detects the language whenever lang_to_id exists
         fields["lang_to_id"] = gen.get("lang_to_id")
     model.generation_config = transformers.GenerationConfig(**fields)

@@ -77,3 +77,51 @@ def test_greedy_equals_transformers_on_project_clip(tiny, hf_whisper):
     tr = tiny.transcriber
     ours = [t for t in greedy_ours(tr, samples) if t < tr.tokenizer.eot]
     assert ours == greedy_reference(tiny, hf_whisper, samples)
+
+
+def test_multilingual_prompt_and_language_detection_match_transformers(tmp_path):
+    """A random multilingual model: language detection runs, and with a forced language and task
+    our greedy tokens equal transformers' generate (same <|sot|> <|lang|> <|task|> prefix)."""
+    import json
+
+    from encoder.model import WhisperEncoderModel
+    from encoder.parity import torch_whisper
+    from tests.helpers import hf_config, random_hf_tensors, small_dims, write_hf_model
+    from weights_tools.convert import convert
+    from weights_tools.model_dir import ConvertedModel
+
+    dims = small_dims(n_mels=80, n_audio_state=128, n_audio_head=2, n_audio_layer=2, n_audio_mlp=512,
+                      n_vocab=51865, n_text_state=128, n_text_head=2, n_text_layer=2, n_text_mlp=512)
+    specials = {"sot": 50257, "de": 50260, "fr": 50264, "transcribe": 50358, "translate": 50357,
+                "prev": 50360, "lm": 50359, "nocaptions": 50361, "notimestamps": 50362}
+    config = {**hf_config(dims), "decoder_start_token_id": specials["sot"], "eos_token_id": 50256,
+              "pad_token_id": 50256, "bos_token_id": 50256, "begin_suppress_tokens": [220, 50256],
+              "suppress_tokens": [1, 2, 7, 8, 9, 10, 14, 25, 26] + [specials[k] for k in
+                                                                  ("sot", "transcribe", "translate", "prev", "lm", "nocaptions")]}
+    src = write_hf_model(tmp_path / "hf", dims, random_hf_tensors(dims, seed=11), config=config)
+    (src / "generation_config.json").write_text(json.dumps({
+        "is_multilingual": True, "lang_to_id": {"<|de|>": specials["de"], "<|fr|>": specials["fr"]},
+        "task_to_id": {"transcribe": specials["transcribe"], "translate": specials["translate"]},
+        "no_timestamps_token_id": specials["notimestamps"], "alignment_heads": [[1, 0]],
+        "suppress_tokens": config["suppress_tokens"], "begin_suppress_tokens": [220, 50256]}))
+    model = WhisperEncoderModel(ConvertedModel.open(convert(src, tmp_path / "out")), "cpu")
+    tr = model.transcriber
+    samples = load_audio("tests/data/hello.wav")
+    cross, _ = tr.encode_window(samples)
+    language, probs = tr.decoder.detect_language(cross)
+    assert language in tr.tokenizer.language_tokens and abs(sum(probs.values()) - 1) < 1e-6
+    hf = torch_whisper(model.converted)
+    for task in ("transcribe", "translate"):
+        options = DecodingOptions(language="de", task=task, without_timestamps=True, sample_len=8)
+        prefix, _ = tr.decoder.initial_tokens(options)
+        assert prefix == [specials["sot"], specials["de"], specials[task], specials["notimestamps"]]
+        first = tr.session.step(np.array([prefix]), tr.session.new_cache(1), cross)[0, -1]
+        with torch.no_grad():
+            out = hf.generate(torch.from_numpy(model.mel(samples)[None]), language="de", task=task,
+                              return_timestamps=False, max_new_tokens=8, return_dict_in_generate=True,
+                              output_scores=True)
+        scores = out.scores[0][0].numpy()                 # transformers' first step, after its own prefix
+        finite = np.isfinite(scores)
+        assert finite.sum() > 50000 and np.abs(first[finite] - scores[finite]).max() <= 1e-3, task
+        ref = [t for t in out.sequences[0].tolist() if t < 50256]
+        assert tr.decoder.decode(cross, options).tokens[:len(ref)] == ref, task

@@ -179,3 +179,25 @@ def test_cli_word_timestamps_in_json(tmp_path):
     result = json.loads((tmp_path / "hello.json").read_text())
     words = [w for s in result["segments"] for w in s["words"]]
     assert "".join(w["word"] for w in words) == result["text"] and len(words) >= 12
+
+
+def test_beam_of_one_is_greedy(tiny):
+    from dataclasses import replace
+
+    from decoder.decoding import DecodingOptions
+    from encoder.audio import load_audio
+
+    tr = tiny.transcriber
+    cross, _ = tr.encode_window(load_audio(HELLO))
+    for options in (DecodingOptions(), DecodingOptions(without_timestamps=True)):
+        greedy = tr.decoder.decode(cross, options)
+        beam = tr.decoder.decode(cross, replace(options, beam_size=1))
+        assert beam.tokens == greedy.tokens and abs(beam.avg_logprob - greedy.avg_logprob) < 1e-6
+
+
+def test_clipped_audio_still_transcribes(tiny):
+    from encoder.audio import load_audio
+
+    clipped = np.clip(5 * load_audio(HELLO), -1, 1)          # hard clipping, about a third of samples at +-1
+    assert np.mean(np.abs(clipped) == 1) > 0.05
+    assert score(HELLO_TEXT, tiny.transcribe(clipped)["text"])["wer"] <= 0.15

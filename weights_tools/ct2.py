@@ -279,9 +279,10 @@ def _hf_config(path: Path, hf: dict, meta: dict, ct2_config: dict, tokenizer: Pa
         "is_multilingual": config["vocab_size"] >= 51865,
         "decoder_start_token_id": config["decoder_start_token_id"], "eos_token_id": eot,
     }
-    for key in ("<|notimestamps|>", "<|transcribe|>", "<|translate|>"):
-        if key in ids:
-            generation[key.strip("<|>") + "_token_id"] = ids[key]
+    # Key names as in Hugging Face's Whisper generation configs.
+    if "<|notimestamps|>" in ids:
+        generation["no_timestamps_token_id"] = ids["<|notimestamps|>"]
+    generation["task_to_id"] = {task: ids[f"<|{task}|>"] for task in ("transcribe", "translate") if f"<|{task}|>" in ids}
     return config, generation
 
 
