@@ -83,6 +83,16 @@ class WindowDecoder:
             out.append(TimestampRules(tok, sample_begin, max_initial))
         return out
 
+    def prefill(self, cross, options: DecodingOptions, batch: int) -> "Prefill":
+        """Run the initial tokens for `batch` rows: the state every strategy starts from."""
+        initial, sot_index = self.initial_tokens(options)
+        cache = self.session.new_cache(batch)
+        tokens = np.tile(np.array(initial, np.int64), (batch, 1))                  # (batch, n_initial)
+        logits = self.session.step(tokens, cache, cross)
+        return Prefill(len(initial), self.filters(options, len(initial)),
+                       min(options.sample_len or self.n_ctx // 2, self.n_ctx - len(initial)),
+                       cache, tokens, logits, _no_speech_prob(self, logits, sot_index))
+
     # ---- language ----------------------------------------------------------------
     def detect_language(self, cross) -> tuple[str, dict[str, float]]:
         """Most likely language from the logits after <|startoftranscript|>."""
@@ -127,6 +137,17 @@ class WindowDecoder:
         return result
 
 
+@dataclass
+class Prefill:
+    n_initial: int           # tokens before the first sampled one
+    filters: list            # logit rules
+    limit: int               # most tokens to sample
+    cache: object            # KVCache after the initial tokens
+    tokens: np.ndarray       # (batch, n_initial)
+    logits: np.ndarray       # (batch, n_initial, vocab)
+    no_speech: float         # probability of <|nospeech|> at <|startoftranscript|>
+
+
 def _no_speech_prob(wd: WindowDecoder, logits: np.ndarray, sot_index: int) -> float:
     if wd.tokenizer.no_speech is None:
         return 0.0
@@ -143,17 +164,12 @@ class Sampler:
 
     def run(self, cross) -> DecodingResult:
         wd, opt, n = self.wd, self.options, self.n
-        initial, sot_index = wd.initial_tokens(opt)
-        filters = wd.filters(opt, len(initial))
-        limit = min(opt.sample_len or wd.n_ctx // 2, wd.n_ctx - len(initial))
-        cache = wd.session.new_cache(n)
-        tokens = np.tile(np.array(initial, np.int64), (n, 1))
-        logits = wd.session.step(tokens, cache, cross)
-        no_speech = _no_speech_prob(wd, logits, sot_index)
+        start = wd.prefill(cross, opt, n)
+        cache, tokens, logits = start.cache, start.tokens, start.logits
         sum_logprob, done = np.zeros(n), np.zeros(n, bool)
-        for _ in range(limit):
+        for _ in range(start.limit):
             last = logits[:, -1].astype(np.float64)
-            for f in filters:
+            for f in start.filters:
                 f.apply(last, tokens)
             logprobs = log_softmax(last)
             if opt.temperature == 0:
@@ -168,7 +184,7 @@ class Sampler:
             if done.all() or cache.length >= wd.n_ctx:
                 break
             logits = wd.session.step(nxt[:, None], cache, cross)
-        return self._best(tokens[:, len(initial):], sum_logprob, no_speech)
+        return self._best(tokens[:, start.n_initial:], sum_logprob, start.no_speech)
 
     def _best(self, sampled, sum_logprob, no_speech) -> DecodingResult:
         eot = self.wd.tokenizer.eot
@@ -194,20 +210,15 @@ class BeamSearch:
     def run(self, cross) -> DecodingResult:
         wd, opt, beams = self.wd, self.options, self.options.beam_size
         eot = wd.tokenizer.eot
-        initial, sot_index = wd.initial_tokens(opt)
-        filters = wd.filters(opt, len(initial))
-        limit = min(opt.sample_len or wd.n_ctx // 2, wd.n_ctx - len(initial))
-        cache = wd.session.new_cache(beams)
-        tokens = np.tile(np.array(initial, np.int64), (beams, 1))
-        logits = wd.session.step(tokens, cache, cross)
-        no_speech = _no_speech_prob(wd, logits, sot_index)
+        start = wd.prefill(cross, opt, beams)
+        cache, tokens, logits, n_initial = start.cache, start.tokens, start.logits, start.n_initial
         scores = np.zeros(beams)
         scores[1:] = NEG_INF                    # all beams start identical: expand only the first
         finished: dict[tuple, float] = {}
         max_finished = round(beams * opt.patience)
-        for _ in range(limit):
+        for _ in range(start.limit):
             last = logits[:, -1].astype(np.float64)
-            for f in filters:
+            for f in start.filters:
                 f.apply(last, tokens)
             cand = scores[:, None] + log_softmax(last)                       # (beams, V)
             order = np.argsort(cand, axis=None)[::-1]
@@ -216,7 +227,7 @@ class BeamSearch:
                 row, token = divmod(int(flat), cand.shape[1])
                 if not np.isfinite(cand[row, token]):
                     break
-                seq = tuple(tokens[row, len(initial):].tolist()) + (token,)
+                seq = tuple(tokens[row, n_initial:].tolist()) + (token,)
                 if token == eot:
                     finished.setdefault(seq[:-1], float(cand[row, token]))
                 else:
@@ -236,6 +247,6 @@ class BeamSearch:
             scores = np.array(keep_scores)
             logits = wd.session.step(np.array(keep_tokens)[:, None], cache, cross)
         if not finished:                        # out of room: take the live beams as they are
-            finished = {tuple(tokens[r, len(initial):].tolist()): float(scores[r]) for r in range(len(tokens))}
+            finished = {tuple(tokens[r, n_initial:].tolist()): float(scores[r]) for r in range(len(tokens))}
         best = max(finished, key=lambda s: _rank_score(finished[s], len(s), opt.length_penalty))
-        return wd.finish(list(best), finished[best], no_speech, opt)
+        return wd.finish(list(best), finished[best], start.no_speech, opt)
