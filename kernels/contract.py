@@ -1,0 +1,94 @@
+"""The numeric contract of the NPU kernels, written once.
+
+Every function here is the exact arithmetic an AIE kernel performs, in numpy:
+the `emu` backend is built from them and the kernel sources in kernels/aie/
+implement them (their host-compiled scalar paths are tested against these).
+See kernels/CONTRACT.md for the prose version.
+
+- Tiles are 64 x 64. Weights and activations are bf16 (round to nearest even);
+  every kernel reads bf16, computes in fp32 and writes bf16.
+- Matmul: products of bf16 values are exact in fp32; each 64-wide K chunk is
+  summed and rounded once to fp32, and the chunks accumulate in fp32 in K order.
+- Reductions (softmax sums, layernorm statistics): 16 lanes, lane i takes the
+  elements i, i+16, ... in order (fp32), then the lanes are added pairwise.
+- exp: range reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial,
+  fp32 (max error 1.3 ulp, measured). GELU: the exact-erf form with the fp32
+  rational erf of kernels/cpu.py (max abs error 3.4e-7).
+- No fused multiply-add: every multiply and add rounds to fp32.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+TILE = 64
+LANES = 16
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693145751953125)                      # 16 significant bits: k * LN2_HI is exact
+_LN2_LO = np.float32(math.log(2.0) - 0.693145751953125)
+_EXP_MAX, _EXP_MIN = np.float32(88.7), np.float32(-103.0)   # above overflows, below is 0
+# e^r on [-ln2/2, ln2/2], fitted for this project (relative error 1.9e-9 before fp32 rounding).
+_EXP_POLY = tuple(np.float32(c) for c in (
+    1.0000000005542613, 1.0000000363227308, 0.49999992078339245, 0.1666642017141224,
+    0.04166822590235366, 0.008374815699891782, 0.0013836827356279889))
+
+
+def bf16(x) -> np.ndarray:
+    """Round to bf16 (nearest even) and return as float32 (so numpy arithmetic stays fp32)."""
+    import ml_dtypes
+
+    return np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def exp(x: np.ndarray) -> np.ndarray:
+    """fp32 e^x as the core computes it: e^x = 2^k · p(r), k = rint(x·log2 e), r = x − k·ln2."""
+    x = np.asarray(x, np.float32)
+    xc = np.clip(x, _EXP_MIN, _EXP_MAX)
+    k = np.rint(xc * _LOG2E)
+    r = (xc - k * _LN2_HI) - k * _LN2_LO
+    p = np.full_like(r, _EXP_POLY[-1])
+    for c in _EXP_POLY[-2::-1]:
+        p = p * r + c
+    out = np.ldexp(p, k.astype(np.int32)).astype(np.float32)
+    return np.where(x < _EXP_MIN, np.float32(0.0), out)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """fp32 GELU(x) = ½ · x · (1 + erf(x/√2)) with the rational erf of kernels.cpu."""
+    from kernels.cpu import _INV_SQRT2, erf
+
+    x = np.asarray(x, np.float32)
+    e = erf(x * _INV_SQRT2)
+    return x * ((e + np.float32(1.0)) * np.float32(0.5))
+
+
+def lane_sum(x: np.ndarray) -> np.ndarray:
+    """fp32 sum over the last axis in the lane order above (zero-padded to a multiple of 16)."""
+    x = np.asarray(x, np.float32)
+    n = x.shape[-1]
+    pad = (-n) % LANES
+    if pad:
+        x = np.concatenate([x, np.zeros(x.shape[:-1] + (pad,), np.float32)], axis=-1)
+    lanes = x.reshape(x.shape[:-1] + (-1, LANES))
+    acc = np.cumsum(lanes, axis=-2, dtype=np.float32)[..., -1, :]       # sequential per lane, fp32
+    while acc.shape[-1] > 1:
+        acc = acc[..., 0::2] + acc[..., 1::2]                              # pairwise tree
+    return acc[..., 0]
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """fp32 A·B of bf16-valued A (..., M, K) and B (..., K, N): exact 64-wide chunks, fp32 across chunks."""
+    k = a.shape[-1]
+    pad = (-k) % TILE
+    if pad:
+        a = np.concatenate([a, np.zeros(a.shape[:-1] + (pad,), a.dtype)], axis=-1)
+        b = np.concatenate([b, np.zeros(b.shape[:-2] + (pad, b.shape[-1]), b.dtype)], axis=-2)
+    chunks = a.shape[-1] // TILE
+    acc = None
+    for c in range(chunks):
+        sl = slice(c * TILE, (c + 1) * TILE)
+        part = np.matmul(a[..., sl].astype(np.float64), b[..., sl, :].astype(np.float64)).astype(np.float32)
+        acc = part if acc is None else acc + part
+    return acc

@@ -1,0 +1,178 @@
+"""The numeric contract and the `emu` backend: primitives, kernels, whole-model accuracy."""
+import math
+import threading
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from kernels import contract as C
+from kernels import reference
+from kernels.emu import EmuBackend
+
+be = EmuBackend()
+
+
+def test_bf16_rounds_to_nearest_even():
+    x = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 3.14159, 65504.0, 1e-40], np.float32)
+    np.testing.assert_array_equal(C.bf16(x), x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    assert list(C.bf16(x[:3])) == [1.0, 1 + 4 * 2**-8, -1.0]
+
+
+def test_exp_within_two_ulp():
+    x = np.linspace(-103, 88.7, 1_000_001, dtype=np.float32)
+    ref = np.exp(x.astype(np.float64))
+    normal = ref > 1.2e-38
+    ulps = np.abs(C.exp(x)[normal] - ref[normal]) / np.spacing(ref[normal].astype(np.float32))
+    assert ulps.max() < 2.0
+    assert C.exp(np.float32(-np.inf)) == 0 and C.exp(np.float32(-200)) == 0 and C.exp(np.float32(0)) == 1
+
+
+def test_lane_sum_order():
+    x = np.arange(1, 101, dtype=np.float32)[None]
+    assert C.lane_sum(x)[0] == 5050
+    # Lane 0 holds 2^24 and 1 (the 1 rounds away); lanes 1-15 hold 1 each and meet lane 0 in the
+    # pairwise tree: 2^24 + 14. A sequential fp32 sum gives 2^24, an exact one 2^24 + 16.
+    big = np.array([[2**24] + [1.0] * 15 + [1.0]], np.float32)
+    assert C.lane_sum(big)[0] == 2**24 + 14
+
+
+def test_matmul_chunks_are_exact_and_accumulate_in_fp32():
+    rng = np.random.default_rng(0)
+    a, b = C.bf16(rng.standard_normal((7, 200))), C.bf16(rng.standard_normal((200, 5)))
+    chunks = [(a[:, i:i + 64].astype(np.float64) @ b[i:i + 64].astype(np.float64)).astype(np.float32)
+              for i in range(0, 200, 64)]
+    expected = ((chunks[0] + chunks[1]) + chunks[2]) + chunks[3]
+    np.testing.assert_array_equal(C.matmul(a, b), expected)
+
+
+def attention_per_tile(qkv, n_head):
+    """The attention contract written tile by tile, one head and query tile at a time."""
+    t, three_d = qkv.shape
+    d_model = three_d // 3
+    d = d_model // n_head
+    tiles = -(-t // 64)
+    x = np.zeros((tiles * 64, three_d), np.float32)
+    x[:t] = C.bf16(qkv)
+    out = np.zeros((tiles * 64, d_model), np.float32)
+    for h in range(n_head):
+        q_all = C.bf16(x[:, h * d:(h + 1) * d] * np.float32(1 / math.sqrt(d)))
+        k_all = x[:, d_model + h * d:d_model + (h + 1) * d]
+        v_all = x[:, 2 * d_model + h * d:2 * d_model + (h + 1) * d]
+        for i in range(tiles):
+            q = q_all[i * 64:(i + 1) * 64]
+            m = np.full(64, -np.inf, np.float32)
+            l = np.zeros(64, np.float32)
+            o = np.zeros((64, d), np.float32)
+            for j in range(tiles):
+                s = C.matmul(q, k_all[j * 64:(j + 1) * 64].T)
+                s[:, np.arange(j * 64, (j + 1) * 64) >= t] = -np.inf
+                m_new = np.maximum(m, s.max(axis=1))
+                alpha = C.exp(m - m_new)
+                p = C.exp(s - m_new[:, None])
+                l = l * alpha + C.lane_sum(p)
+                o = o * alpha[:, None] + C.matmul(C.bf16(p), v_all[j * 64:(j + 1) * 64])
+                m = m_new
+            out[i * 64:(i + 1) * 64, h * d:(h + 1) * d] = C.bf16(o / l[:, None])
+    return out[:t]
+
+
+@pytest.mark.parametrize("t, heads", [(64, 1), (150, 2), (300, 3)])
+def test_vectorised_attention_is_the_per_tile_contract_bit_for_bit(t, heads):
+    qkv = (2 * np.random.default_rng(t).standard_normal((t, 3 * 64 * heads))).astype(np.float32)
+    np.testing.assert_array_equal(be.attention(qkv, heads), attention_per_tile(qkv, heads))
+
+
+def corr(a, b):
+    return np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1]
+
+
+def test_emu_kernels_track_the_fp32_reference():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, 128)).astype(np.float32)
+    w, b = (rng.standard_normal((128, 256)) / 11).astype(np.float32), rng.standard_normal(256).astype(np.float32)
+    r = rng.standard_normal((300, 256)).astype(np.float32)
+    cw = (rng.standard_normal((384, 64)) / 20).astype(np.float32)
+    qkv = 2 * np.tile(x, 3)                                     # (300, 384): 2 heads of 64
+    for ours, ref in [
+        (be.linear(x, w, b, gelu=True, residual=r), reference.linear(x, w, b, gelu=True, residual=r)),
+        (be.conv1d_k3(x, cw, b[:64], stride=2), reference.conv1d_k3(x, cw, b[:64], stride=2)),
+        (be.layernorm(x, b[:128], r[0, :128]), reference.layernorm(x, b[:128], r[0, :128])),
+        (be.attention(qkv, 2), reference.attention(qkv, 2)),
+        (be.add(x, r[:, :128]), reference.add(x, r[:, :128])),
+    ]:
+        assert np.all(ours == C.bf16(ours))                     # outputs are bf16 values
+        assert corr(ours, ref) >= 0.9999
+        assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 0.01
+
+
+def test_padded_keys_are_masked():
+    """1500 positions pad to 1536: if the 36 zero keys leaked into the softmax, the result would move."""
+    rng = np.random.default_rng(2)
+    qkv = rng.standard_normal((1500, 3 * 64)).astype(np.float32)
+    qkv[:, :64] = 0.0                                          # uniform attention: padding would dilute it
+    ours = be.attention(qkv, 1)
+    ref = reference.attention(qkv, 1)
+    assert np.abs(ours - ref).max() < 0.01 and corr(ours, ref) >= 0.9999
+
+
+def test_emu_encoder_parity_on_speech(tiny, tiny_torch, speech):
+    from encoder.audio import load_audio
+    from encoder.model import WhisperEncoderModel
+    from encoder.parity import MIN_COSINE_BF16, compare
+
+    emu = WhisperEncoderModel(tiny.converted, "emu")
+    for clip in speech[:4]:
+        rows = compare(emu, load_audio(clip["path"]), tiny_torch)
+        assert all(r["ok"] and r["cosine"] >= MIN_COSINE_BF16 for r in rows), (clip["file"], rows)
+
+
+def test_kernel_report_every_node_at_least_0_9999(tiny):
+    from encoder.audio import load_audio
+    from kernels.report import kernel_report
+
+    rows = kernel_report(tiny, load_audio("tests/data/hello.wav"))
+    assert {r["kernel"] for r in rows} == {"conv1d_k3", "add", "layernorm", "linear", "attention"}
+    assert all(r["correlation"] >= 0.9999 for r in rows), [r for r in rows if not r["ok"]]
+
+
+def test_emu_transcribes_and_reports_its_backend(tiny, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from encoder.evaluate import score
+
+    r = subprocess.run([sys.executable, "-m", "encoder.transcribe", "tests/data/hello.wav", "--device", "emu",
+                        "-o", str(tmp_path), "-f", "json", "--verbose", "False"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "hello.json").read_text())
+    assert set(sum(result["provenance"]["encoder_nodes"].values(), [])) == {"emu"}
+    assert score(open("tests/data/hello.reference.txt").read(), result["text"])["wer"] <= 0.15
+
+
+def test_concurrent_encodes_give_each_caller_its_own_result(tiny):
+    """Results never mix between callers. (Not bit-equal to a lone run: numpy's SIMD reductions group
+    elements by array alignment, which differs per thread, so fp32 rounding moves by ~1e-6.)"""
+    rng = np.random.default_rng(3)
+    mels = [tiny.mel((0.05 * rng.standard_normal(16000 * (i + 3))).astype(np.float32)) for i in range(4)]
+    expected = [tiny.encode(m).output for m in mels]
+    got, errors = [None] * 8, []
+
+    def work(i):
+        try:
+            got[i] = tiny.encode(mels[i % 4]).output
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for i in range(8):
+        np.testing.assert_allclose(got[i], expected[i % 4], atol=1e-4, rtol=1e-5)
+        for other in range(4):          # and each is far from every other caller's answer
+            if other != i % 4:
+                assert np.abs(got[i] - expected[other]).max() > 0.1
