@@ -1,0 +1,64 @@
+"""Build the AIE kernel sources for the host (g++, scalar path) and load them with ctypes.
+
+The library is what ties the emulator to the code that would run on the NPU: the
+tests feed the same tiles to both. It is built on first use into the cache
+($AMANUENSIS_CACHE/host-kernels/<hash of the sources>).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+from encoder.errors import AmanuensisError
+
+HERE = Path(__file__).resolve().parent
+SOURCES = sorted(HERE.glob("*/*.cc"))
+FLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared"]
+
+
+def build(out_dir: Path | None = None) -> Path:
+    """Compile every kernel source into one shared library; returns its path."""
+    from weights_tools.resolve import cache_dir
+
+    compiler = shutil.which("g++")
+    if compiler is None:
+        raise AmanuensisError("building the host kernels needs g++ (apt-get install g++)")
+    digest = hashlib.sha1(b"".join(p.read_bytes() for p in SOURCES + [HERE / "common" / "contract.h"])
+                          + " ".join(FLAGS).encode()).hexdigest()[:12]
+    out_dir = out_dir or cache_dir() / "host-kernels" / digest
+    lib = out_dir / "libamanuensis_aie_host.so"
+    if not lib.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = lib.with_suffix(".partial.so")
+        result = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(tmp)], capture_output=True, text=True)
+        if result.returncode:
+            raise AmanuensisError(f"g++ failed to build the host kernels:\n{result.stderr}")
+        tmp.replace(lib)
+    return lib
+
+
+def load() -> ctypes.CDLL:
+    """The host build of the kernels, with argument types declared."""
+    lib = ctypes.CDLL(str(build()))
+    f32, u16, i32 = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_uint16), ctypes.c_int32
+    signatures = {
+        "mm_zero_64x64": [f32],
+        "mm_bf16_64x64x64": [u16, u16, f32],
+        "mm_epilogue_64x64": [f32, u16, u16, i32, u16],
+        "attn_init": [f32, f32, f32],
+        "attn_step_64": [u16, u16, u16, i32, f32, f32, f32],
+        "attn_finish": [f32, f32, u16],
+        "layernorm_bf16": [u16, u16, u16, u16, i32, i32, ctypes.c_float, f32],
+        "gelu_bf16": [u16, u16, i32],
+        "contract_exp_f32": [f32, f32, i32],
+        "contract_gelu_f32": [f32, f32, i32],
+        "contract_lane_sum": [f32, i32, i32, f32],
+        "contract_round_bf16": [f32, u16, i32],
+    }
+    for name, args in signatures.items():
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = None
+    return lib
