@@ -201,13 +201,25 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="tiny.en", help="default name, model directory or hub id (default tiny.en)")
     parser.add_argument("--encoder-only", action="store_true",
                         help="leave out the decoder's cross-attention K/V projections (what embed runs)")
+    parser.add_argument("--plan", choices=("npu",), help="add a PROJECTION of every node on Phoenix and Strix")
+    parser.add_argument("--cores", type=int, help="projection: compute tiles (default 16 Phoenix, 32 Strix)")
+    parser.add_argument("--clock-ghz", type=float, help="projection: AIE clock (default 1.0, not confirmed by AMD)")
+    parser.add_argument("--ddr-gbs", type=float, help="projection: DDR bandwidth for the NPU (default 60 / 90)")
+    parser.add_argument("--efficiency", type=float, help="projection: share of peak compute reached (default 0.35)")
     args = parser.parse_args(argv)
     from weights_tools.model_dir import ConvertedModel
     from weights_tools.resolve import resolve_model
 
     model = ConvertedModel.open(resolve_model(args.model))
     print(f"model {args.model}: {model.dims}\n")
-    print(format_graph(build_encoder_graph(model.dims, cross_kv=not args.encoder_only)))
+    graph = build_encoder_graph(model.dims, cross_kv=not args.encoder_only)
+    print(format_graph(graph))
+    if args.plan == "npu":
+        from encoder.cost import PRESETS, format_projection, params_from_args
+
+        for preset in PRESETS:
+            print("\n" + format_projection(graph, params_from_args(preset, args.cores, args.clock_ghz, args.ddr_gbs,
+                                                                          args.efficiency)))
     return 0
 
 

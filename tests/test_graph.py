@@ -77,3 +77,22 @@ def test_runner_rejects_bad_input(tiny):
         tiny.encode(np.zeros((80, 100), np.float32))
     with pytest.raises(AmanuensisError, match="no tensor named"):
         tiny.encode(np.zeros((80, 3000), np.float32), keep=["nope"])
+
+
+def test_npu_projection(tiny_graph):
+    from encoder.cost import PRESETS, format_projection, project, replace
+
+    phoenix = PRESETS["phoenix"]
+    rows = project(tiny_graph, phoenix)
+    by_node = {r["node"]: r for r in rows}
+    assert by_node["layers.0.fc1"]["bound"] == "compute" and by_node["embed"]["bound"] == "memory"
+    for r in rows:
+        assert r["ms"] == max(r["compute_ms"], r["memory_ms"])
+        assert r["bound"] == ("compute" if r["compute_ms"] >= r["memory_ms"] else "memory")
+    assert by_node["layers.0.fc1"]["tiles"] == 24 * 24
+    # fc1 at 35% of 16 cores x 128 MAC x 2 x 1 GHz
+    assert abs(by_node["layers.0.fc1"]["compute_ms"] - 1.79e9 / (16 * 128 * 2 * 1e9 * 0.35) * 1e3) < 0.01
+    faster = sum(r["ms"] for r in project(tiny_graph, replace(phoenix, efficiency=0.7)))
+    assert faster < sum(r["ms"] for r in rows)
+    text = format_projection(tiny_graph, PRESETS["strix"])
+    assert text.startswith("PROJECTION (not measured)") and "per 30 s window" in text

@@ -1,0 +1,93 @@
+"""A projection of the layer graph on the NPU: compute and DDR traffic per node.
+
+PROJECTION, not a measurement: nothing here ran on an NPU. Per node, matmul FLOPs run
+at cores x MACs/cycle x 2 x clock x efficiency, the rest (softmax, GELU, norms, adds) at
+the vector rate x efficiency (default efficiency 0.35: tuned AIE micro-kernels reach
+26-43% of peak in public reports; our kernels today are the scalar path, far below); DDR traffic counts bf16 activations in and out and bf16 weights once (attention
+keys/values of one head fit a 512 KiB memory tile, so they cross DDR once). A node takes
+the longer of the two: compute- or memory-bound.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+BF16 = 2
+
+
+@dataclass(frozen=True)
+class NpuParams:
+    name: str
+    cores: int                  # compute tiles used
+    macs_per_cycle: int         # bf16 MACs per cycle per core
+    vector_flops_per_cycle: int  # fp32 vector ops per cycle per core (non-matmul work)
+    clock_ghz: float
+    ddr_gbs: float              # DDR bandwidth available to the NPU, GB/s
+    efficiency: float = 0.35    # share of peak compute the kernels reach
+
+
+PRESETS = {
+    # XDNA1: 4 columns x 4 compute rows; 4x8x4 bf16 mmul = 128 MAC/cycle/core (mlir-aie docs).
+    "phoenix": NpuParams("phoenix (XDNA1, assumed 1.0 GHz, 60 GB/s)", 16, 128, 16, 1.0, 60.0),
+    # XDNA2: 8 columns x 4 rows; per-core bf16 rate assumed double XDNA1's (not confirmed).
+    "strix": NpuParams("strix (XDNA2, assumed 1.0 GHz, 256 MAC/cycle, 90 GB/s)", 32, 256, 32, 1.0, 90.0),
+}
+
+
+def _matmul_flops(graph, node) -> int:
+    """The part of a node's FLOPs that runs on the matmul unit."""
+    t, n = node.shape
+    if node.kernel in ("linear", "conv1d_k3"):
+        k = graph.weight_shapes[node.weights[0]][0]
+        return 2 * t * k * n
+    if node.kernel == "attention":
+        return 4 * t * t * n
+    return 0
+
+
+def _ddr_bytes(graph, node) -> int:
+    acts = sum(math.prod(graph.shapes[a]) for a in node.activation_inputs) + math.prod(node.shape)
+    weights = sum(math.prod(graph.weight_shapes[w]) for w in node.weights)
+    return BF16 * (acts + weights)
+
+
+def _tiles(node) -> int:
+    t, n = node.shape
+    return math.ceil(t / 64) * math.ceil(n / 64)
+
+
+def project(graph, params: NpuParams) -> list[dict]:
+    """One row per node: FLOPs, 64x64 output tiles, DDR bytes, compute/memory ms, bound."""
+    rows = []
+    for node in graph.nodes:
+        mm = _matmul_flops(graph, node)
+        other = max(node.flops - mm, 0)
+        rate = params.cores * params.clock_ghz * 1e9 * params.efficiency
+        compute_s = mm / (rate * params.macs_per_cycle * 2) + other / (rate * params.vector_flops_per_cycle)
+        ddr = _ddr_bytes(graph, node)
+        memory_s = ddr / (params.ddr_gbs * 1e9)
+        rows.append({"node": node.name, "kernel": node.kernel, "gflop": node.flops / 1e9, "tiles": _tiles(node),
+                     "ddr_mib": ddr / 2**20, "compute_ms": compute_s * 1e3, "memory_ms": memory_s * 1e3,
+                     "ms": max(compute_s, memory_s) * 1e3, "bound": "compute" if compute_s >= memory_s else "memory"})
+    return rows
+
+
+def format_projection(graph, params: NpuParams) -> str:
+    rows = project(graph, params)
+    lines = [f"PROJECTION (not measured) for {params.name}, {params.cores} cores at "
+             f"{100 * params.efficiency:.0f}% of peak compute:",
+             f"{'node':32} {'kernel':10} {'GFLOP':>7} {'tiles':>6} {'DDR MiB':>8} {'compute':>8} {'memory':>8} {'ms':>7}  bound"]
+    for r in rows:
+        lines.append(f"{r['node']:32} {r['kernel']:10} {r['gflop']:7.3f} {r['tiles']:6d} {r['ddr_mib']:8.2f} "
+                     f"{r['compute_ms']:8.3f} {r['memory_ms']:8.3f} {r['ms']:7.3f}  {r['bound']}")
+    total = sum(r["ms"] for r in rows)
+    lines.append(f"projected total per 30 s window: {total:.1f} ms (PROJECTION; no overlap between nodes, "
+                 f"host and decoder not included)")
+    return "\n".join(lines)
+
+
+def params_from_args(preset: str, cores=None, clock_ghz=None, ddr_gbs=None, efficiency=None) -> NpuParams:
+    p = PRESETS[preset]
+    changes = {k: v for k, v in (("cores", cores), ("clock_ghz", clock_ghz), ("ddr_gbs", ddr_gbs),
+                                 ("efficiency", efficiency)) if v}
+    return replace(p, **changes) if changes else p
