@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=_layer, default=None, help="hidden state N, or 'all' (default: final output)")
     p.add_argument("--pool", choices=("none", "mean"), default="none", help="average over frames (default none)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="backend (default auto: NPU if present, else cpu)")
+    p.add_argument("--strict", action="store_true", help="fail instead of letting any op fall back from the device")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--profile", action="store_true", help="print per-node backend and time to stderr")
     return p
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     from encoder.model import load_model, report_device
     from encoder.runner import format_profile
 
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.strict)
     report_device(model)
     results = []
     for audio in args.audio:

@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("manifest", type=Path, help="JSON Lines manifest with file and text per clip")
     p.add_argument("--model", default="tiny.en", help="default name, model directory or hub id (default tiny.en)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="encoder backend (default auto)")
+    p.add_argument("--strict", action="store_true", help="fail instead of letting any op fall back from the device")
     p.add_argument("--beam-size", type=int, default=None, help="beam search width (default greedy)")
     p.add_argument("--json", action="store_true", help='print {"wer": ..., "clips": [...]} instead of the table')
     args = p.parse_args(argv)
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     for clip in clips:
         if not clip["path"].is_file():
             raise AmanuensisError(f"{clip['path']}: file not found (listed in {args.manifest})")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.strict)
     report_device(model)
     options = None
     if args.beam_size:

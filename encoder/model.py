@@ -18,13 +18,17 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // FRAMES_PER_SECOND     # 320 samples per encod
 
 
 def select_backend(device: str):
-    """Return (backend, note). `auto` picks the NPU when present, else the CPU, and says why."""
+    """Return (backend, note). `auto` picks the NPU when a device and its kernels work, else the CPU,
+    and the note says why."""
     from kernels import get_backend
 
     if device not in DEVICES:
         raise AmanuensisError(f"unknown device {device!r} (choose from: {', '.join(DEVICES)})")
     if device == "auto":
-        return get_backend("cpu"), "auto: no NPU backend in this build, running on cpu"
+        try:
+            return get_backend("npu"), "auto: NPU found"
+        except AmanuensisError as e:
+            return get_backend("cpu"), f"auto: {e}; running on cpu"
     return get_backend(device), f"{device}: requested"
 
 
@@ -43,12 +47,13 @@ class Embedding:
 class WhisperEncoderModel:
     """A converted model's encoder, as a layer graph on a backend."""
 
-    def __init__(self, converted, device: str = "auto"):
+    def __init__(self, converted, device: str = "auto", strict: bool = False):
         self.converted = converted
         self.dims = converted.dims
+        self.strict = strict
         self.backend, self.device_note = select_backend(device)
         self.graph = build_encoder_graph(self.dims)
-        self.runner = Runner(self.graph, converted.encoder_weights, self.backend)
+        self.runner = Runner(self.graph, converted.encoder_weights, self.backend, strict)
         self._cross_runner = None
         self._transcriber = None
 
@@ -69,7 +74,7 @@ class WhisperEncoderModel:
         if self._cross_runner is None:
             graph = build_encoder_graph(self.dims, cross_kv=True)
             weights = {**self.converted.encoder_weights, **self.converted.cross_kv_weights()}
-            self._cross_runner = Runner(graph, weights, self.backend)
+            self._cross_runner = Runner(graph, weights, self.backend, self.strict)
         return self._cross_runner.run(mel)
 
     @property
@@ -130,12 +135,15 @@ class WhisperEncoderModel:
                          pool, frames, len(samples) / SAMPLE_RATE, profile)
 
 
-def load_model(name: str = "tiny.en", device: str = "auto") -> WhisperEncoderModel:
-    """Load a model by default name, directory or hub id (converting on first use) onto `device`."""
+def load_model(name: str = "tiny.en", device: str = "auto", strict: bool = False) -> WhisperEncoderModel:
+    """Load a model by default name, directory or hub id (converting on first use) onto `device`.
+
+    strict=True makes any op that falls back from the chosen backend an error.
+    """
     from weights_tools.model_dir import ConvertedModel
     from weights_tools.resolve import resolve_model
 
-    return WhisperEncoderModel(ConvertedModel.open(resolve_model(name)), device)
+    return WhisperEncoderModel(ConvertedModel.open(resolve_model(name)), device, strict)
 
 
 def report_device(model: WhisperEncoderModel) -> None:

@@ -14,9 +14,10 @@ from encoder.graph import INPUT, OUTPUT, Graph, Node
 class NodeRecord:
     node: str
     kernel: str
-    backend: str
+    backend: str                 # what actually ran the node ("npu", "cpu", "emu", "host")
     ms: float
     flops: int
+    fallback: str | None = None  # why it did not run where asked, if it did not
 
 
 @dataclass
@@ -28,25 +29,30 @@ class RunResult:
     def profile(self) -> list[dict]:
         """Per node: name, kernel, backend, time, FLOPs, achieved GFLOP/s."""
         return [{"node": r.node, "kernel": r.kernel, "backend": r.backend, "ms": round(r.ms, 3),
-                 "gflops": round(r.flops / r.ms / 1e6, 1) if r.ms > 0 else None} for r in self.records]
+                 "gflops": round(r.flops / r.ms / 1e6, 1) if r.ms > 0 else None, "fallback": r.fallback}
+                for r in self.records]
 
 
 class Runner:
-    """Executes `graph` with `weights` on `backend`; frees each activation after its last use."""
+    """Executes `graph` with `weights` on `backend`; frees each activation after its last use.
 
-    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend):
-        self.graph, self.weights, self.backend = graph, weights, backend
+    With strict=True any op that falls back from the requested backend is an error.
+    """
+
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend, strict: bool = False):
+        self.graph, self.weights, self.backend, self.strict = graph, weights, backend, strict
         self._last_use = graph.last_use()
         for node in graph.nodes:
             if not backend.supports(node.kernel):
                 raise AmanuensisError(f"backend {backend.name!r} has no kernel {node.kernel!r} (node {node.name})")
 
-    def _call(self, node: Node, values: dict) -> np.ndarray:
-        args = [values[t] for t in node.inputs] + [self.weights[w] for w in node.weights]
+    def _call(self, node: Node, values: dict, backend=None):
+        """(output, what ran it, fallback reason) of one node on `backend` (default: the runner's)."""
+        args = tuple(values[t] for t in node.inputs) + tuple(self.weights[w] for w in node.weights)
         kwargs = dict(node.params)
         if node.residual:
             kwargs["residual"] = values[node.residual]
-        return getattr(self.backend, node.kernel)(*args, **kwargs)
+        return (backend or self.backend).run(node.kernel, args, kwargs)
 
     def run(self, mel: np.ndarray, keep=()) -> RunResult:
         """Run one window. mel: (n_mels, frames) as Whisper lays it out. keep: tensor names, or "all"."""
@@ -64,9 +70,12 @@ class Runner:
         with self.backend.session():
             for i, node in enumerate(self.graph.nodes):
                 start = time.perf_counter()
-                values[node.name] = self._call(node, values)
+                values[node.name], ran_on, fallback = self._call(node, values)
                 ms = (time.perf_counter() - start) * 1e3
-                records.append(NodeRecord(node.name, node.kernel, self.backend.name, ms, node.flops))
+                if fallback and self.strict:
+                    raise AmanuensisError(f"node {node.name}: {fallback}; ran on {ran_on} instead of "
+                                          f"{self.backend.name}, which --strict forbids")
+                records.append(NodeRecord(node.name, node.kernel, ran_on, ms, node.flops, fallback))
                 if node.name in keep:
                     kept[node.name] = values[node.name]
                 for t in set(node.activation_inputs):
@@ -82,11 +91,12 @@ def format_profile(profiles: list[list[dict]]) -> str:
     for window in profiles:
         for row in window:
             t = total.setdefault(row["node"], {"kernel": row["kernel"], "backends": set(), "ms": 0.0, "gflop": 0.0})
-            t["backends"].add(row["backend"])
+            t["backends"].add(row["backend"] + ("*" if row.get("fallback") else ""))
             t["ms"] += row["ms"]
             if row["gflops"]:
                 t["gflop"] += row["gflops"] * row["ms"] / 1e3
-    lines = [f"{'node':32} {'kernel':10} {'backend':8} {'ms':>9} {'GFLOP/s':>8}   ({len(profiles)} window(s))"]
+    lines = [f"{'node':32} {'kernel':10} {'backend':8} {'ms':>9} {'GFLOP/s':>8}   ({len(profiles)} window(s); "
+             f"* = fell back)"]
     for name, t in total.items():
         rate = t["gflop"] / t["ms"] * 1e3 if t["ms"] else 0.0
         lines.append(f"{name:32} {t['kernel']:10} {','.join(sorted(t['backends'])):8} {t['ms']:9.2f} {rate:8.1f}")

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3, m4a, ...; any length)")
     p.add_argument("--model", default="tiny.en", help="default name, model directory or hub id (default tiny.en)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="encoder backend (default auto: NPU if present, else cpu)")
+    p.add_argument("--strict", action="store_true", help="fail instead of letting any op fall back from the device")
     p.add_argument("--language", default=None, help="language code such as en or de (default: detect; en for .en models)")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe", help="translate = to English")
     p.add_argument("--output-format", "-f", choices=FORMATS + ("all",), default="all", help="transcript format(s) (default all)")
@@ -101,11 +102,19 @@ def check_output_dir(path: Path) -> None:
 def provenance(result: dict, model) -> dict:
     """Which backend ran each encoder node (over all windows), and the device choice."""
     nodes: dict[str, set] = {}
+    fallbacks: dict[str, set] = {}
     for window in result.get("encoder_profile", []):
         for row in window:
             nodes.setdefault(row["node"], set()).add(row["backend"])
-    return {"device": model.backend.name, "device_note": model.device_note,
-            "encoder_nodes": {n: sorted(b) for n, b in nodes.items()}, "windows": len(result.get("encoder_profile", []))}
+            if row.get("fallback"):
+                fallbacks.setdefault(row["node"], set()).add(row["fallback"])
+    out = {"device": model.backend.name, "device_note": model.device_note,
+           "encoder_nodes": {n: sorted(b) for n, b in nodes.items()},
+           "fallbacks": {n: sorted(r) for n, r in fallbacks.items()},
+           "windows": len(result.get("encoder_profile", []))}
+    if hasattr(model.backend, "status"):
+        out["npu"] = model.backend.status()
+    return out
 
 
 def main(argv=None) -> int:
@@ -119,7 +128,7 @@ def main(argv=None) -> int:
     from encoder.writers import write_result
 
     options = options_from_args(args)
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.strict)
     report_device(model)
     model.transcriber.check_options(options)
     for audio in args.audio:

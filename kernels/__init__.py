@@ -1,27 +1,31 @@
 """Kernels of the Whisper encoder: the interface, the numpy reference, and the backends.
 
 `get_backend(name)` returns a backend instance; `BACKENDS` lists what this
-build provides: `cpu` (fp32 numpy) and `emu` (the NPU kernels' bf16 numerics,
-emulated). The NPU backend itself comes with the pyxrt runtime; until then
-asking for it is an error that says so, never a silent CPU run.
+build provides: `cpu` (fp32 numpy), `emu` (the NPU kernels' bf16 numerics,
+emulated) and `npu` (pyxrt; an error that says why when no NPU or no working
+kernel is present — never a silent CPU run).
 """
 from __future__ import annotations
 
 from encoder.errors import AmanuensisError
 
-BACKENDS = ("cpu", "emu")
-_PLANNED = {"npu": "the NPU backend (pyxrt) is not built yet"}
+BACKENDS = ("cpu", "emu", "npu")
 _instances: dict = {}
 
 
 def get_backend(name: str):
     """A shared instance of backend `name`."""
-    if name in _PLANNED:
-        raise AmanuensisError(f"device {name!r}: {_PLANNED[name]}; use --device cpu")
     if name not in BACKENDS:
         raise AmanuensisError(f"unknown device {name!r} (choose from: auto, {', '.join(BACKENDS)})")
     if name not in _instances:
-        if name == "cpu":
+        if name == "npu":
+            from kernels.npu import open_npu
+
+            try:
+                _instances[name] = open_npu()
+            except AmanuensisError as e:
+                raise AmanuensisError(f"device npu: {e}") from None
+        elif name == "cpu":
             from kernels.cpu import CpuBackend
 
             _instances[name] = CpuBackend()

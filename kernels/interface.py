@@ -26,6 +26,10 @@ class Backend:
     def supports(self, kernel: str) -> bool:
         return kernel in KERNELS and callable(getattr(self, kernel, None))
 
+    def run(self, kernel: str, args: tuple, kwargs: dict):
+        """(output, name of what ran it, fallback reason or None). Backends that can fall back override it."""
+        return getattr(self, kernel)(*args, **kwargs), self.name, None
+
     @contextmanager
     def session(self):
         """Context around one graph run (the CPU backend pins BLAS to one thread per worker here)."""

@@ -35,7 +35,7 @@ def kernel_report(model, samples: np.ndarray) -> list[dict]:
     emu = Runner(graph, weights, get_backend("emu"))
     rows = []
     for node in graph.nodes:
-        out = emu._call(node, fp32)            # the emulated kernel on the fp32 pass's own inputs
+        out = emu._call(node, fp32)[0]         # the emulated kernel on the fp32 pass's own inputs
         row = {"node": node.name, "kernel": node.kernel, **stats(out, fp32[node.name])}
         row["ok"] = row["correlation"] >= MIN_CORRELATION
         rows.append(row)

@@ -122,10 +122,11 @@ def test_session_restores_blas_threads():
     assert all(n == 1 for n in inside) and after == before
 
 
-def test_unbuilt_backends_are_an_error_not_a_fallback():
+def test_missing_npu_is_an_error_not_a_fallback(monkeypatch, tmp_path):
     from encoder.errors import AmanuensisError
 
-    with pytest.raises(AmanuensisError, match="not built yet"):
+    monkeypatch.setenv("AMANUENSIS_ACCEL_GLOB", str(tmp_path / "accel*"))
+    with pytest.raises(AmanuensisError, match="device npu: no NPU device node"):
         get_backend("npu")
     assert get_backend("emu").name == "emu" and get_backend("cpu").name == "cpu"
     with pytest.raises(AmanuensisError, match="unknown device"):

@@ -1,0 +1,274 @@
+"""The `npu` backend: the graph's kernels on the AMD Ryzen AI NPU through pyxrt.
+
+At start-up every manifest entry is loaded in its own hardware context (within the
+device's limit) and self-tested against the emulator on random inputs: a kernel that
+errors, times out, returns zeros or returns garbage is disabled, with the reason kept
+for `status()`. At run time each op is padded to tile multiples and sent to the
+kernel serving its shape; an op without a ready kernel, or whose output fails the
+sanity check, runs on the CPU instead — and the runner records that fallback (and
+`--strict` turns it into an error). Elementwise adds run on the host in the kernels'
+numerics (recorded as "host").
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+
+import numpy as np
+
+from encoder.errors import AmanuensisError
+from kernels import contract as C
+from kernels.interface import Backend
+from kernels.npu_manifest import Entry, key, load_manifest
+from kernels.xrt import DeviceInfo, NpuFault, XrtKernel, detect
+
+TILE = 64
+MIN_SELF_TEST_CORRELATION = 0.999
+
+
+def _pad_to(n: int) -> int:
+    return -(-n // TILE) * TILE
+
+
+def _bits(x) -> np.ndarray:
+    import ml_dtypes
+
+    return np.ascontiguousarray(np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16))
+
+
+def _float(bits: np.ndarray) -> np.ndarray:
+    import ml_dtypes
+
+    return bits.view(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def arg_bytes(entry: Entry) -> list[int]:
+    """Buffer sizes of an entry's runtime-sequence arguments, in order (bf16)."""
+    s = entry.shape
+    if entry.op == "linear":
+        m, k, n = s["M"], s["K"], s["N"]
+        return [2 * m * k, 2 * k * n, 2 * n, 2 * m * n, 2 * m * n]
+    if entry.op == "attention":
+        return [2 * s["H"] * _pad_to(s["T"]) * TILE] * 4
+    return [2 * s["R"] * s["D"], 2 * s["D"], 2 * s["D"], 2 * s["R"] * s["D"]]
+
+
+# ---- packing: numpy arguments <-> the designs' buffers ---------------------------------------------
+
+def pack_linear(x, w, b, residual, m, k):
+    t, k0 = x.shape
+    n = w.shape[1]
+    a = np.zeros((m, k), np.float32)
+    a[:t, :k0] = x
+    wp = np.zeros((k, n), np.float32)
+    wp[:k0] = w
+    res = np.zeros((m, n), np.float32)
+    if residual is not None:
+        res[:t] = residual
+    return {0: _bits(a), 1: _bits(wp), 2: _bits(b), 3: _bits(res)}
+
+
+def pack_attention(qkv, n_head):
+    t, three_d = qkv.shape
+    d = three_d // 3 // n_head
+    p = _pad_to(t)
+    x = np.zeros((p, three_d), np.float32)
+    x[:t] = C.bf16(qkv)
+    q, k, v = x.reshape(p, 3, n_head, d).transpose(1, 2, 0, 3)        # (H, P, 64) each
+    return {0: _bits(q * np.float32(1.0 / math.sqrt(d))), 1: _bits(k), 2: _bits(v)}
+
+
+def unpack_attention(out_bits, t, n_head):
+    out = _float(out_bits).reshape(n_head, -1, TILE)                   # (H, P, 64)
+    return np.ascontiguousarray(out.transpose(1, 0, 2).reshape(out.shape[1], n_head * TILE)[:t])
+
+
+class NpuBackend(Backend):
+    """Kernels on the NPU, with self-tests and visible per-op fallback to the CPU."""
+
+    name = "npu"
+
+    def __init__(self, device: DeviceInfo, entries: list[Entry], fallback=None, reference=None):
+        from kernels import get_backend
+        from kernels.emu import EmuBackend
+
+        self.device = device
+        self.entries = {e.key: e for e in entries}
+        self.fallback = fallback or get_backend("cpu")
+        self.reference = reference or EmuBackend()
+        self.kernels: dict[tuple, XrtKernel] = {}
+        self.fallbacks: Counter = Counter()
+        self._lock = threading.Lock()
+        for n, entry in enumerate(entries):
+            self._load(entry, n)
+
+    def describe(self) -> str:
+        ready = sum(e.state == "ready" for e in self.entries.values())
+        return f"npu ({self.device.name}, {self.device.generation}; {ready}/{len(self.entries)} kernels ready)"
+
+    # ---- start-up ----------------------------------------------------------------------------
+    def _disable(self, entry: Entry, reason: str) -> None:
+        entry.state, entry.reason = "disabled", reason
+        self.kernels.pop(entry.key, None)
+
+    def _load(self, entry: Entry, index: int) -> None:
+        if index >= self.device.context_limit:
+            return self._disable(entry, f"hardware context limit ({self.device.context_limit}) reached")
+        for path in (entry.xclbin, entry.insts):
+            if not path.is_file():
+                return self._disable(entry, f"missing file {path}")
+        try:
+            self.kernels[entry.key] = XrtKernel(self.device, entry.xclbin, entry.insts, entry.kernel_name,
+                                                arg_bytes(entry), entry.insts_count)
+        except Exception as e:  # pyxrt raises RuntimeError and friends; all mean "not usable"
+            return self._disable(entry, f"load failed: {type(e).__name__}: {e}")
+        entry.state = "self-test"
+        why = self._self_test(entry)
+        if why:
+            self._disable(entry, f"self-test failed: {why}")
+        else:
+            entry.state = "ready"
+
+    def _self_test(self, entry: Entry) -> str:
+        """'' when the kernel's output on random inputs matches the emulator, else why not."""
+        rng = np.random.default_rng(1234)
+        s = entry.shape
+        if entry.op == "linear":
+            x = rng.standard_normal((s["M"], s["K"])).astype(np.float32)
+            w = (rng.standard_normal((s["K"], s["N"])) / math.sqrt(s["K"])).astype(np.float32)
+            b = rng.standard_normal(s["N"]).astype(np.float32)
+            args, kwargs = (x, w, b), {"gelu": s["gelu"]}
+        elif entry.op == "attention":
+            args, kwargs = (rng.standard_normal((s["T"], 3 * s["H"] * TILE)).astype(np.float32), s["H"]), {}
+        else:
+            args = (rng.standard_normal((s["R"], s["D"])).astype(np.float32) * 3,
+                    rng.standard_normal(s["D"]).astype(np.float32), rng.standard_normal(s["D"]).astype(np.float32))
+            kwargs = {}
+        try:
+            got = self._on_device(entry, args, kwargs)
+        except NpuFault as e:
+            return str(e)
+        expected = getattr(self.reference, entry.op)(*args, **kwargs)
+        return check_output(got, expected)
+
+    # ---- run time ----------------------------------------------------------------------------
+    def _entry_for(self, op: str, args, kwargs) -> tuple[Entry | None, str]:
+        if op == "linear":
+            x, w = args[0], args[1]
+            if w.shape[1] % TILE:
+                return None, f"N={w.shape[1]} is not a multiple of {TILE}"
+            shape = {"M": _pad_to(x.shape[0]), "K": _pad_to(x.shape[1]), "N": w.shape[1],
+                     "gelu": bool(kwargs.get("gelu", False))}
+        elif op == "attention":
+            qkv, n_head = args
+            if qkv.shape[1] // 3 // n_head != TILE:
+                return None, "heads are not 64 wide"
+            shape = {"T": qkv.shape[0], "H": n_head}
+        else:
+            shape = {"R": _pad_to(args[0].shape[0]), "D": args[0].shape[1]}
+        entry = self.entries.get(key(op, shape))
+        if entry is None:
+            return None, f"no NPU kernel for {op} {shape}"
+        if entry.state != "ready":
+            return None, f"{entry.label()} disabled ({entry.reason})"
+        return entry, ""
+
+    def _on_device(self, entry: Entry, args, kwargs) -> np.ndarray:
+        kernel = self.kernels[entry.key]
+        s = entry.shape
+        if entry.op == "linear":
+            x, w, b = args
+            t = x.shape[0]
+            out = kernel.run(pack_linear(x, w, b, kwargs.get("residual"), s["M"], s["K"]), {4: np.uint16})
+            return _float(out[4]).reshape(s["M"], s["N"])[:t]
+        if entry.op == "attention":
+            qkv, n_head = args
+            out = kernel.run(pack_attention(qkv, n_head), {3: np.uint16})
+            return unpack_attention(out[3], qkv.shape[0], n_head)
+        x, gamma, beta = args
+        xp = np.zeros((s["R"], s["D"]), np.float32)
+        xp[:x.shape[0]] = x
+        out = kernel.run({0: _bits(xp), 1: _bits(gamma), 2: _bits(beta)}, {3: np.uint16})
+        return _float(out[3]).reshape(s["R"], s["D"])[:x.shape[0]]
+
+    def run(self, kernel: str, args: tuple, kwargs: dict):
+        """(output, where it ran, fallback reason or None) for one graph op."""
+        if kernel == "attention" and "n_head" in kwargs:
+            kwargs = dict(kwargs)
+            args = (args[0], kwargs.pop("n_head"))
+        if kernel == "add":
+            return C.bf16(C.bf16(args[0]) + C.bf16(args[1])), "host", None
+        if kernel == "conv1d_k3":
+            from kernels.reference import im2col_k3
+
+            x, w, b = args
+            patches = im2col_k3(C.bf16(x), kwargs.get("stride", 1))
+            return self.run("linear", (patches, w, b), {"gelu": kwargs.get("gelu", True)})
+        entry, why = self._entry_for(kernel, args, kwargs)
+        if entry is not None:
+            try:
+                out = self._on_device(entry, args, kwargs)
+                problem = check_output(out, None)
+                if not problem:
+                    entry.calls += 1
+                    return out, "npu", None
+                why = f"{entry.label()} returned {problem}; disabled"
+            except NpuFault as e:
+                why = f"{entry.label()} failed: {e}; disabled"
+            with self._lock:
+                entry.failures += 1
+                self._disable(entry, why)
+        with self._lock:
+            self.fallbacks[why] += 1
+        return getattr(self.fallback, kernel)(*args, **kwargs), self.fallback.name, why
+
+    def status(self) -> dict:
+        """Device, each kernel's state (ready / disabled and why), calls and fallbacks."""
+        return {"device": self.device.name, "generation": self.device.generation,
+                "context_limit": self.device.context_limit,
+                "kernels": [{"kernel": e.label(), "state": e.state, "reason": e.reason, "calls": e.calls,
+                             "failures": e.failures} for e in self.entries.values()],
+                "fallbacks": dict(self.fallbacks)}
+
+    # The graph calls kernels through run(); direct calls get the same dispatch.
+    def linear(self, x, w, b, gelu=False, residual=None):
+        return self.run("linear", (x, w, b), {"gelu": gelu, "residual": residual})[0]
+
+    def conv1d_k3(self, x, w, b, stride=1, gelu=True):
+        return self.run("conv1d_k3", (x, w, b), {"stride": stride, "gelu": gelu})[0]
+
+    def attention(self, qkv, n_head):
+        return self.run("attention", (qkv, n_head), {})[0]
+
+    def layernorm(self, x, gamma, beta, eps=1e-5):
+        return self.run("layernorm", (x, gamma, beta), {"eps": eps})[0]
+
+    def add(self, x, y):
+        return self.run("add", (x, y), {})[0]
+
+
+def check_output(got: np.ndarray, expected: np.ndarray | None) -> str:
+    """'' if `got` looks like a real result (and tracks `expected`, when given), else what is wrong."""
+    if not np.all(np.isfinite(got)):
+        return "non-finite values"
+    if not np.any(got):
+        return "all zeros"
+    if expected is not None:
+        a, b = got.astype(np.float64).ravel(), expected.astype(np.float64).ravel()
+        corr = float(np.corrcoef(a, b)[0, 1]) if a.std() and b.std() else 0.0
+        if corr < MIN_SELF_TEST_CORRELATION:
+            return f"garbage (correlation {corr:.4f} with the emulator)"
+    return ""
+
+
+def open_npu() -> NpuBackend:
+    """The NPU backend if a device and at least one working kernel are present; AmanuensisError otherwise."""
+    device, why = detect()
+    if device is None:
+        raise AmanuensisError(why)
+    backend = NpuBackend(device, load_manifest())
+    if not any(e.state == "ready" for e in backend.entries.values()):
+        reasons = "; ".join(f"{e.label()}: {e.reason}" for e in backend.entries.values()) or "manifest is empty"
+        raise AmanuensisError(f"no NPU kernel passed its self-test ({reasons})")
+    return backend

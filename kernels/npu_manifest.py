@@ -1,0 +1,76 @@
+"""The NPU kernel manifest: which xclbin and instruction file serves which kernel and shape.
+
+manifest.json, in $AMANUENSIS_NPU_KERNELS (else <cache>/npu-kernels):
+    {"format": "amanuensis-npu-kernels", "version": 1,
+     "kernels": [{"op": "linear", "shape": {"M": 1536, "K": 384, "N": 1536, "gelu": true},
+                  "xclbin": "mm_64x64x64_M1536_K384_N1536_npu.xclbin",
+                  "insts": "mm_64x64x64_M1536_K384_N1536_npu.insts.bin",
+                  "kernel_name": "MLIR_AIE", "insts_count": "words"}, ...]}
+ops and shape keys: linear (M, K, N multiples of 64, gelu), attention (T, H; 64-wide heads),
+layernorm (R rows, multiple of 64; D). Paths are relative to the manifest.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from encoder.errors import AmanuensisError
+
+FORMAT = "amanuensis-npu-kernels"
+SHAPE_KEYS = {"linear": ("M", "K", "N", "gelu"), "attention": ("T", "H"), "layernorm": ("R", "D")}
+
+
+@dataclass
+class Entry:
+    op: str
+    shape: dict
+    xclbin: Path
+    insts: Path
+    kernel_name: str = "MLIR_AIE"
+    insts_count: str = "words"
+    state: str = "not loaded"       # "ready", "disabled"
+    reason: str = ""
+    calls: int = 0
+    failures: int = field(default=0)
+
+    @property
+    def key(self) -> tuple:
+        return key(self.op, self.shape)
+
+    def label(self) -> str:
+        return f"{self.op}[" + ",".join(f"{k}={self.shape[k]}" for k in SHAPE_KEYS[self.op]) + "]"
+
+
+def key(op: str, shape: dict) -> tuple:
+    return (op,) + tuple(shape[k] for k in SHAPE_KEYS[op])
+
+
+def manifest_dir() -> Path:
+    from weights_tools.resolve import cache_dir
+
+    return Path(os.environ.get("AMANUENSIS_NPU_KERNELS") or cache_dir() / "npu-kernels")
+
+
+def load_manifest(directory: Path | None = None) -> list[Entry]:
+    """The entries of manifest.json, checked; AmanuensisError names what is wrong."""
+    directory = Path(directory or manifest_dir())
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise AmanuensisError(f"no NPU kernel manifest at {path} (build the kernels: kernels/aie/README.md)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
+        entries = []
+        for n, item in enumerate(data["kernels"]):
+            op = item["op"]
+            if op not in SHAPE_KEYS:
+                raise ValueError(f"kernel {n}: unknown op {op!r}")
+            shape = {k: item["shape"][k] for k in SHAPE_KEYS[op]}
+            entries.append(Entry(op, shape, directory / item["xclbin"], directory / item["insts"],
+                                 item.get("kernel_name", "MLIR_AIE"), item.get("insts_count", "words")))
+    except (ValueError, KeyError, TypeError) as e:
+        raise AmanuensisError(f"{path}: invalid manifest ({e})") from None
+    return entries

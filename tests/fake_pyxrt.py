@@ -1,0 +1,240 @@
+"""A fake `pyxrt` for tests: the documented API surface, computing with the emulator.
+
+A fake xclbin is a JSON file {"kernels": [name], "op", "shape", "insts_count"}. The
+fake checks what real hardware would punish — instruction bo cacheable in group_id(1),
+data bos host_only in group_id(3 + i) with the design's sizes, inputs synced to the
+device after their last write, outputs synced back before they are read, opcode 3,
+the instruction count in the unit the design expects, no extra arguments — and
+records every violation in `violations` (raising RuntimeError like XRT does).
+Faults can be injected per xclbin file name: "ert_error", "timeout", "zeros",
+"garbage" (finite, unrelated numbers), "bitnoise" (random bits), "context_fail",
+"zeros_after:N" (good for N runs, then zeros).
+"""
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import types
+
+import ml_dtypes
+import numpy as np
+
+from kernels.emu import EmuBackend
+from kernels.npu import arg_bytes
+from kernels.npu_manifest import Entry
+
+
+class xclBOSyncDirection(enum.Enum):   # noqa: N801 (pyxrt's names)
+    XCL_BO_SYNC_BO_TO_DEVICE = 0
+    XCL_BO_SYNC_BO_FROM_DEVICE = 1
+
+
+class ert_cmd_state(enum.Enum):        # noqa: N801
+    ERT_CMD_STATE_COMPLETED = 4
+    ERT_CMD_STATE_ERROR = 5
+    ERT_CMD_STATE_TIMEOUT = 11
+
+
+class xrt_info_device(enum.Enum):      # noqa: N801
+    name = 1
+
+
+def _f(bits):
+    return np.frombuffer(bits, np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def _bits(x):
+    return np.ascontiguousarray(np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)).tobytes()
+
+
+class FakeXRT:
+    def __init__(self, device_name="NPU Strix", faults=None, context_limit=16):
+        self.device_name, self.faults, self.context_limit = device_name, dict(faults or {}), context_limit
+        self.violations, self.contexts, self.runs = [], 0, {}
+        self.emu = EmuBackend()
+        self._ids = itertools.count(100)
+
+    def fail(self, message):
+        self.violations.append(message)
+        raise RuntimeError(message)
+
+    # ---- the module ----
+    def module(self):
+        fake = self
+        m = types.ModuleType("pyxrt")
+        m.xclBOSyncDirection, m.ert_cmd_state, m.xrt_info_device = xclBOSyncDirection, ert_cmd_state, xrt_info_device
+
+        class device:
+            def __init__(self, index):
+                self.index, self.registered = index, []
+
+            def get_info(self, key):
+                assert key is xrt_info_device.name
+                return fake.device_name
+
+            def register_xclbin(self, image):
+                self.registered.append(image)
+
+        class _KernelInfo:
+            def __init__(self, name):
+                self._name = name
+
+            def get_name(self):
+                return self._name
+
+        class xclbin:
+            def __init__(self, path):
+                self.path = str(path)
+                try:
+                    self.spec = json.loads(open(path).read())
+                except (OSError, ValueError) as e:
+                    raise RuntimeError(f"failed to load xclbin {path}: {e}") from None
+                self.file = path.rsplit("/", 1)[-1]
+
+            def get_uuid(self):
+                return f"uuid-{self.file}"
+
+            def get_kernels(self):
+                return [_KernelInfo(n) for n in self.spec["kernels"]]
+
+        class hw_context:
+            def __init__(self, dev, uuid):
+                file = uuid.removeprefix("uuid-")
+                image = next((x for x in dev.registered if x.file == file), None)
+                if image is None:
+                    fake.fail(f"hw_context for {file}: xclbin not registered first")
+                if fake.faults.get(file) == "context_fail":
+                    raise RuntimeError("DRM_IOCTL_AMDXDNA_CREATE_HWCTX failed")
+                fake.contexts += 1
+                if fake.contexts > fake.context_limit:
+                    fake.fail(f"context {fake.contexts} exceeds the device limit {fake.context_limit}")
+                self.image = image
+
+        class bo:
+            cacheable, host_only, normal = 1, 2, 0
+
+            def __init__(self, dev, nbytes, flags, group):
+                self.nbytes, self.flags, self.group = nbytes, flags, group
+                self.host, self.device = bytearray(nbytes), bytes(nbytes)
+                self.dirty = False
+
+            def write(self, data, offset):
+                raw = np.asarray(data).view(np.uint8).tobytes() if not isinstance(data, bytes) else data
+                if offset + len(raw) > self.nbytes:
+                    fake.fail(f"write of {len(raw)} bytes at {offset} overflows a {self.nbytes}-byte bo")
+                self.host[offset:offset + len(raw)] = raw
+                self.dirty = True
+
+            def sync(self, direction):
+                if direction is xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE:
+                    self.device, self.dirty = bytes(self.host), False
+                else:
+                    self.host[:] = self.device
+
+            def read(self, nbytes, offset):
+                return np.frombuffer(bytes(self.host[offset:offset + nbytes]), np.int8)
+
+        class kernel:
+            def __init__(self, ctx, name):
+                self.image, self.name = ctx.image, name
+                self.groups = {i: next(fake._ids) for i in range(8)}
+
+            def group_id(self, i):
+                return self.groups[i]
+
+            def __call__(self, opcode, instr_bo, n_insts, *bos):
+                return fake._run(self, opcode, instr_bo, n_insts, bos)
+
+        m.device, m.xclbin, m.hw_context, m.bo, m.kernel = device, xclbin, hw_context, bo, kernel
+        return m
+
+    # ---- a run ----
+    def _run(self, k, opcode, instr_bo, n_insts, bos):
+        spec = k.image.spec
+        entry = Entry(spec["op"], spec["shape"], None, None)
+        sizes = arg_bytes(entry)
+        if opcode != 3:
+            self.fail(f"opcode {opcode}, expected 3 (transaction)")
+        if instr_bo.group != k.group_id(1) or instr_bo.flags != 1 or instr_bo.dirty:
+            self.fail("instruction bo must be cacheable, in group_id(1), and synced to the device")
+        words = instr_bo.nbytes // 4
+        expected = words if spec.get("insts_count", "words") == "words" else instr_bo.nbytes
+        if n_insts != expected:
+            self.fail(f"instruction count {n_insts}, the design expects {expected}")
+        if len(bos) != len(sizes):
+            self.fail(f"{len(bos)} buffer arguments, the design has {len(sizes)}")
+        for i, (b, size) in enumerate(zip(bos, sizes)):
+            if b.group != k.group_id(3 + i) or b.flags != 2:
+                self.fail(f"argument {i}: bo must be host_only in group_id({3 + i})")
+            if b.nbytes != size:
+                self.fail(f"argument {i}: {b.nbytes} bytes, the design needs {size}")
+            if b.dirty:
+                self.fail(f"argument {i}: written but not synced to the device before the run")
+        file = k.image.file
+        self.runs[file] = self.runs.get(file, 0) + 1
+        fault = self.faults.get(file, "")
+        out = bos[-1]
+        if fault == "ert_error":
+            return _Run(ert_cmd_state.ERT_CMD_STATE_ERROR)
+        if fault == "timeout":
+            return _Run(ert_cmd_state.ERT_CMD_STATE_TIMEOUT)
+        if fault == "zeros" or (fault.startswith("zeros_after:") and self.runs[file] > int(fault.split(":")[1])):
+            out.device = bytes(out.nbytes)
+        elif fault == "garbage":             # plausible finite numbers, unrelated to the inputs
+            out.device = _bits(np.random.default_rng(self.runs[file]).standard_normal(out.nbytes // 2))
+        elif fault == "bitnoise":            # raw random bits: NaNs and infinities among them
+            out.device = np.random.default_rng(self.runs[file]).integers(0, 2**16, out.nbytes // 2, np.uint16).tobytes()
+        else:
+            out.device = self._compute(spec, [b.device for b in bos])
+        return _Run(ert_cmd_state.ERT_CMD_STATE_COMPLETED)
+
+    def _compute(self, spec, bufs):
+        s, op = spec["shape"], spec["op"]
+        if op == "linear":
+            a = _f(bufs[0]).reshape(s["M"], s["K"])
+            w = _f(bufs[1]).reshape(s["K"], s["N"])
+            res = _f(bufs[3]).reshape(s["M"], s["N"])
+            return _bits(self.emu.linear(a, w, _f(bufs[2]), gelu=s["gelu"], residual=res))
+        if op == "attention":
+            h, t = s["H"], s["T"]
+            p = -(-t // 64) * 64
+            q, k, v = (_f(b).reshape(h, p, 64) for b in bufs[:3])
+            qkv = np.concatenate([x.transpose(1, 0, 2).reshape(p, h * 64) for x in (q * 8, k, v)], axis=1)[:t]
+            out = np.zeros((p, h * 64), np.float32)
+            out[:t] = self.emu.attention(qkv, h)
+            return _bits(out.reshape(p, h, 64).transpose(1, 0, 2))
+        x = _f(bufs[0]).reshape(s["R"], s["D"])
+        return _bits(self.emu.layernorm(x, _f(bufs[1]), _f(bufs[2])))
+
+
+class _Run:
+    def __init__(self, state):
+        self.state = state
+
+    def wait(self, timeout_ms=None):
+        return self.state
+
+
+def write_kernel_dir(directory, entries, insts_count="words", fake_insts_count=None):
+    """A manifest with fake xclbins and instruction files for `entries` [(op, shape), ...]."""
+    directory.mkdir(parents=True, exist_ok=True)
+    kernels = []
+    for n, (op, shape) in enumerate(entries):
+        stem = f"{op}_{n}_" + "_".join(f"{k}{v}" for k, v in shape.items())
+        (directory / f"{stem}.xclbin").write_text(json.dumps(
+            {"kernels": ["MLIR_AIE"], "op": op, "shape": shape, "insts_count": fake_insts_count or insts_count}))
+        np.arange(300 + n, dtype=np.uint32).tofile(directory / f"{stem}.insts.bin")
+        kernels.append({"op": op, "shape": shape, "xclbin": f"{stem}.xclbin", "insts": f"{stem}.insts.bin",
+                        "kernel_name": "MLIR_AIE", "insts_count": insts_count})
+    (directory / "manifest.json").write_text(json.dumps({"format": "amanuensis-npu-kernels", "version": 1,
+                                                         "kernels": kernels}))
+    return directory
+
+
+def tiny_en_entries():
+    """Every kernel shape tiny.en's graph (with the decoder's cross K/V) asks for."""
+    lin = lambda k, n, gelu, m=1536: ("linear", {"M": m, "K": k, "N": n, "gelu": gelu})   # noqa: E731
+    return [("layernorm", {"R": 1536, "D": 384}), ("attention", {"T": 1500, "H": 6}),
+            lin(384, 1152, False), lin(384, 384, False), lin(384, 1536, True), lin(1536, 384, False),
+            lin(256, 384, True, m=3008), lin(1152, 384, True), lin(384, 768, False)]   # conv1: 3000 frames

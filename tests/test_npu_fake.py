@@ -1,0 +1,182 @@
+"""The npu backend's host logic, driven through a fake pyxrt (no NPU here; see tests/fake_pyxrt.py)."""
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import kernels
+from encoder.audio import load_audio
+from encoder.errors import AmanuensisError
+from encoder.evaluate import score
+from tests.fake_pyxrt import FakeXRT, tiny_en_entries, write_kernel_dir
+
+HELLO = "tests/data/hello.wav"
+HELLO_TEXT = open("tests/data/hello.reference.txt").read()
+FC1 = "linear_4_M1536_K384_N1536_geluTrue.xclbin"
+ATTENTION = "attention_1_T1500_H6.xclbin"
+
+
+@pytest.fixture
+def npu_env(monkeypatch, tmp_path):
+    """Install a fake NPU: returns a function (device name, faults, ...) -> the FakeXRT in use."""
+    (tmp_path / "accel0").write_text("")
+    monkeypatch.setenv("AMANUENSIS_ACCEL_GLOB", str(tmp_path / "accel*"))
+    monkeypatch.setitem(kernels._instances, "npu", None)
+    kernels._instances.pop("npu")
+
+    def install(device_name="NPU Strix", faults=None, entries=None, insts_count="words", context_limit=16):
+        fake = FakeXRT(device_name, faults, context_limit)
+        monkeypatch.setitem(sys.modules, "pyxrt", fake.module())
+        directory = write_kernel_dir(tmp_path / "npu-kernels", entries or tiny_en_entries(), insts_count,
+                                     fake_insts_count="words")
+        monkeypatch.setenv("AMANUENSIS_NPU_KERNELS", str(directory))
+        kernels._instances.pop("npu", None)
+        return fake
+
+    yield install
+    kernels._instances.pop("npu", None)
+
+
+def npu_model(tiny, strict=False):
+    from encoder.model import WhisperEncoderModel
+
+    return WhisperEncoderModel(tiny.converted, "npu", strict)
+
+
+def test_detection_names_the_generation_or_the_reason(npu_env, monkeypatch, tmp_path):
+    from kernels.xrt import detect
+
+    for name, generation in [("NPU Phoenix", "phoenix"), ("RyzenAI-npu1", "phoenix"), ("NPU Strix", "strix"),
+                             ("RyzenAI-npu4", "strix"), ("NPU Krackan", "strix")]:
+        npu_env(name)
+        device, why = detect()
+        assert device.generation == generation and not why
+    npu_env("Some GPU")
+    assert "unrecognised NPU 'Some GPU'" in detect()[1]
+    monkeypatch.setitem(sys.modules, "pyxrt", None)
+    assert "pyxrt" in detect()[1] and detect()[0] is None
+    monkeypatch.setenv("AMANUENSIS_ACCEL_GLOB", str(tmp_path / "nothing*"))
+    assert "no NPU device node" in detect()[1]
+
+
+def test_encoder_on_npu_equals_the_emulator(npu_env, tiny):
+    from encoder.model import WhisperEncoderModel
+
+    fake = npu_env()
+    model = npu_model(tiny)
+    mel = tiny.mel(load_audio(HELLO))
+    result = model.encode_with_cross(mel)
+    ran = {r.node: r.backend for r in result.records}
+    assert ran.pop("embed") == "host" and set(ran.values()) == {"npu"}
+    assert not any(r.fallback for r in result.records)
+    emu = WhisperEncoderModel(tiny.converted, "emu").encode_with_cross(mel)
+    np.testing.assert_array_equal(result.output, emu.output)
+    np.testing.assert_array_equal(result.tensors["cross_kv.2"], emu.tensors["cross_kv.2"])
+    assert fake.violations == []
+    status = model.backend.status()
+    assert status["generation"] == "strix" and all(k["state"] == "ready" for k in status["kernels"])
+    assert sum(k["calls"] for k in status["kernels"]) == len(result.records) - 1
+
+
+def test_phoenix_context_limit_falls_back_visibly(npu_env, tiny):
+    npu_env("NPU Phoenix", context_limit=6)
+    model = npu_model(tiny)
+    states = [k for k in model.backend.status()["kernels"] if k["state"] == "disabled"]
+    assert len(states) == 3 and all("hardware context limit (6)" in k["reason"] for k in states)
+    result = model.encode(tiny.mel(load_audio(HELLO)))
+    fell = [r for r in result.records if r.fallback]
+    assert fell and all(r.backend == "cpu" and "context limit" in r.fallback for r in fell)
+    with pytest.raises(AmanuensisError, match="--strict forbids"):
+        npu_model(tiny, strict=True).encode(tiny.mel(load_audio(HELLO)))
+
+
+@pytest.mark.parametrize("fault, reason", [
+    ("ert_error", "ERT_CMD_STATE_ERROR"), ("timeout", "ERT_CMD_STATE_TIMEOUT"), ("zeros", "all zeros"),
+    ("garbage", "garbage (correlation"), ("bitnoise", "non-finite values"),
+    ("context_fail", "load failed: RuntimeError: DRM_IOCTL"),
+])
+def test_faulty_kernel_is_disabled_and_the_transcript_is_still_right(npu_env, tiny, fault, reason):
+    npu_env(faults={FC1: fault})
+    model = npu_model(tiny)
+    fc1 = next(k for k in model.backend.status()["kernels"] if k["kernel"].startswith("linear[M=1536,K=384,N=1536"))
+    assert fc1["state"] == "disabled" and reason in fc1["reason"]
+    result = model.transcribe(HELLO)
+    assert score(HELLO_TEXT, result["text"])["wer"] <= 0.15
+    fell = {row["node"]: row for window in result["encoder_profile"] for row in window if row["fallback"]}
+    assert set(fell) == {f"layers.{i}.fc1" for i in range(4)} and all(r["backend"] == "cpu" for r in fell.values())
+    with pytest.raises(AmanuensisError, match=r"node layers\.0\.fc1: .*disabled.*--strict"):
+        npu_model(tiny, strict=True).transcribe(HELLO)
+
+
+def test_missing_xclbin_is_reported(npu_env, tiny, tmp_path):
+    npu_env()
+    (tmp_path / "npu-kernels" / ATTENTION).unlink()
+    model = npu_model(tiny)
+    att = next(k for k in model.backend.status()["kernels"] if k["kernel"].startswith("attention"))
+    assert att["state"] == "disabled" and "missing file" in att["reason"]
+
+
+def test_kernel_failing_after_its_self_test_falls_back_at_run_time(npu_env, tiny):
+    npu_env(faults={ATTENTION: "zeros_after:1"})          # passes the self-test, then returns zeros
+    model = npu_model(tiny)
+    result = model.encode(tiny.mel(load_audio(HELLO)))
+    attention = [r for r in result.records if r.kernel == "attention"]
+    assert "returned all zeros; disabled" in attention[0].fallback and attention[0].backend == "cpu"
+    assert all(r.fallback and "disabled" in r.fallback for r in attention[1:])
+    status = next(k for k in model.backend.status()["kernels"] if k["kernel"].startswith("attention"))
+    assert status["state"] == "disabled" and status["failures"] == 1
+
+
+def test_instruction_count_unit_is_checked(npu_env, tiny):
+    fake = npu_env(insts_count="bytes")                   # the manifest says bytes, the designs want words
+    with pytest.raises(AmanuensisError, match="no NPU kernel passed its self-test"):
+        kernels.get_backend("npu")
+    assert fake.violations and all("instruction count" in v for v in fake.violations)
+
+
+def test_auto_uses_the_npu_when_it_works_and_says_why_not(npu_env, tiny, monkeypatch, tmp_path):
+    from encoder.model import select_backend
+
+    npu_env()
+    backend, note = select_backend("auto")
+    assert backend.name == "npu" and note == "auto: NPU found"
+    kernels._instances.pop("npu", None)
+    monkeypatch.setenv("AMANUENSIS_ACCEL_GLOB", str(tmp_path / "none*"))
+    backend, note = select_backend("auto")
+    assert backend.name == "cpu" and "no NPU device node" in note
+
+
+def test_transcribe_json_reports_npu_status(npu_env, tmp_path):
+    """The CLI's JSON carries per-node backends, fallbacks and the kernels' states (in process:
+    a subprocess would not see the fake pyxrt)."""
+    import json
+
+    from encoder.transcribe import main
+
+    npu_env(faults={FC1: "garbage"})
+    assert main([HELLO, "--device", "npu", "-o", str(tmp_path), "-f", "json", "--verbose", "False"]) == 0
+    prov = json.loads((tmp_path / "hello.json").read_text())["provenance"]
+    assert prov["device"] == "npu" and "layers.0.fc1" in prov["fallbacks"]
+    assert prov["encoder_nodes"]["layers.0.fc1"] == ["cpu"] and prov["encoder_nodes"]["layers.0.fc2"] == ["npu"]
+    assert any(k["state"] == "disabled" and "garbage" in k["reason"] for k in prov["npu"]["kernels"])
+
+
+def test_concurrent_encodes_on_the_npu(npu_env, tiny):
+    npu_env()
+    model = npu_model(tiny)
+    rng = np.random.default_rng(5)
+    mels = [tiny.mel((0.05 * rng.standard_normal(16000 * (i + 2))).astype(np.float32)) for i in range(3)]
+    expected = [model.encode(m).output for m in mels]
+    got = [None] * 6
+
+    def work(i):
+        got[i] = model.encode(mels[i % 3]).output
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for i in range(6):
+        np.testing.assert_allclose(got[i], expected[i % 3], atol=1e-4)
