@@ -92,3 +92,52 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         part = np.matmul(a[..., sl].astype(np.float64), b[..., sl, :].astype(np.float64)).astype(np.float32)
         acc = part if acc is None else acc + part
     return acc
+
+
+# ---- the mel front end (fp32 throughout: bf16 audio would cost the quiet bins their precision) ----
+
+_LOG10_2 = np.float32(0.30102999566398120)
+_LOG10_E = np.float32(0.43429448190325176)
+_SQRT_HALF = np.float32(0.7071067811865476)
+
+
+def log10(x: np.ndarray) -> np.ndarray:
+    """fp32 log10 of positive x: x = m·2^e with m in [√½, √2), ln m = 2·atanh(t), t = (m−1)/(m+1),
+    atanh by its series to t⁹ (|t| ≤ 0.172, truncation < 1e-9)."""
+    m, e = np.frexp(np.asarray(x, np.float32))                    # m in [0.5, 1)
+    low = m < _SQRT_HALF
+    m = np.where(low, m * np.float32(2.0), m).astype(np.float32)
+    e = np.where(low, e - 1, e).astype(np.float32)
+    t = (m - np.float32(1.0)) / (m + np.float32(1.0))
+    s = t * t
+    p = np.float32(1.0 / 9.0)
+    for c in (1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0):
+        p = p * s + np.float32(c)
+    ln_m = (np.float32(2.0) * t) * p
+    return ln_m * _LOG10_E + e * _LOG10_2
+
+
+def dft_matrix() -> np.ndarray:
+    """(N_FFT, 2·(N_FFT/2+1)) fp32: [cos | −sin] of the real DFT, computed in float64, rounded once."""
+    from encoder.dims import N_FFT
+
+    n = np.arange(N_FFT)[:, None]
+    k = np.arange(N_FFT // 2 + 1)[None, :]
+    angle = 2 * np.pi * n * k / N_FFT
+    return np.concatenate([np.cos(angle), -np.sin(angle)], axis=1).astype(np.float32)
+
+
+def mel_frames(frames: np.ndarray, hann: np.ndarray, dft: np.ndarray, filters_t: np.ndarray) -> np.ndarray:
+    """log10 mel energies of frames (F, N_FFT): windowed, DFT and mel filters as chunked fp32
+    matmuls, power re² + im², floor 1e-10. filters_t: (N_FFT/2+1, n_mels) fp32."""
+    windowed = frames.astype(np.float32) * hann
+    spec = matmul(windowed, dft)                                   # (F, 2·bins)
+    bins = dft.shape[1] // 2
+    power = spec[:, :bins] * spec[:, :bins] + spec[:, bins:] * spec[:, bins:]
+    return log10(np.maximum(matmul(power, filters_t), np.float32(1e-10)))
+
+
+def mel_finish(log_mel: np.ndarray, maximum: np.float32) -> np.ndarray:
+    """Whisper's dynamic range and scaling: bf16((max(x, max − 8) + 4) / 4)."""
+    y = np.maximum(log_mel, np.float32(maximum) - np.float32(8.0))
+    return bf16((y + np.float32(4.0)) / np.float32(4.0))

@@ -97,3 +97,18 @@ class EmuBackend(Backend):
 
     def add(self, x, y):
         return C.bf16(C.bf16(x) + C.bf16(y))
+
+
+def log_mel(samples: np.ndarray, n_mels: int) -> np.ndarray:
+    """The mel front-end kernel's log-mel of one window, (n_mels, 3000) bf16 values (CONTRACT.md)."""
+    from encoder.audio import _hann, mel_filters
+    from encoder.dims import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES
+
+    x = np.zeros(N_SAMPLES, np.float32)
+    n = min(len(samples), N_SAMPLES)
+    x[:n] = samples[:n]
+    x = np.pad(x, N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:N_FRAMES]   # (3000, 400)
+    logm = C.mel_frames(frames, _hann().astype(np.float32), C.dft_matrix(),
+                        np.ascontiguousarray(mel_filters(n_mels).T.astype(np.float32)))
+    return np.ascontiguousarray(C.mel_finish(logm, logm.max()).T)

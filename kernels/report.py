@@ -24,16 +24,22 @@ def stats(ours: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def kernel_report(model, samples: np.ndarray) -> list[dict]:
-    """One row per graph node of the first 30 s window (the cross-attention K/V nodes included)."""
+    """One row for the mel front end, then one per graph node of the first 30 s window
+    (the cross-attention K/V nodes included)."""
     from encoder.graph import build_encoder_graph
     from encoder.runner import Runner
     from kernels import get_backend
 
+    from kernels.emu import log_mel
+
     graph = build_encoder_graph(model.dims, cross_kv=True)
     weights = {**model.converted.encoder_weights, **model.converted.cross_kv_weights()}
-    fp32 = Runner(graph, weights, get_backend("cpu")).run(model.mel(samples[:480000]), keep="all").tensors
+    window = samples[:480000]
+    mel = model.mel(window)
+    fp32 = Runner(graph, weights, get_backend("cpu")).run(mel, keep="all").tensors
     emu = Runner(graph, weights, get_backend("emu"))
-    rows = []
+    rows = [{"node": "mel", "kernel": "log_mel", **stats(log_mel(window, model.dims.n_mels), mel)}]
+    rows[0]["ok"] = rows[0]["correlation"] >= MIN_CORRELATION
     for node in graph.nodes:
         out = emu._call(node, fp32)[0]         # the emulated kernel on the fp32 pass's own inputs
         row = {"node": node.name, "kernel": node.kernel, **stats(out, fp32[node.name])}

@@ -155,3 +155,36 @@ def test_attention_tiles_within_one_ulp(lib, t, heads):
     ref = emu.attention(qkv, heads)
     assert ulps(ours, ref).max() <= 1
     assert np.mean(ours == ref) > 0.99
+
+
+def test_log10_bit_exact(lib):
+    x = np.logspace(-12, 12, 100001).astype(np.float32)
+    y = np.empty_like(x)
+    lib.contract_log10_f32(ptr(x), ptr(y), x.size)
+    np.testing.assert_array_equal(y, C.log10(x))
+
+
+def test_mel_kernel_matches_the_emulated_front_end(lib):
+    """Frames of real-looking audio through mel_frames_64 + mel_finish equal kernels.emu.log_mel."""
+    from encoder.audio import _hann, mel_filters
+    from kernels.emu import log_mel
+
+    rng = np.random.default_rng(9)
+    t = np.arange(48000) / 16000
+    samples = (0.3 * np.sin(2 * np.pi * 220 * t) * np.exp(-t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    expected = log_mel(samples, 80)                                   # (80, 3000)
+    x = np.pad(np.pad(samples, (0, 480000 - samples.size)), 200, mode="reflect").astype(np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(x, 400)[::160][:3000]
+    hann, dft = _hann().astype(np.float32), C.dft_matrix()
+    filters_t = np.ascontiguousarray(mel_filters(80).T.astype(np.float32))
+    logm = np.empty((3008, 80), np.float32)
+    padded = np.zeros((3008, 400), np.float32)
+    padded[:3000] = frames
+    for i in range(0, 3008, 64):
+        block = np.ascontiguousarray(padded[i:i + 64])
+        lib.mel_frames_64(ptr(block), ptr(hann), ptr(dft), ptr(filters_t), 80, ptr(logm[i:i + 64]))
+    logm = np.ascontiguousarray(logm[:3000])
+    out = np.empty(logm.size, np.uint16)
+    lib.mel_finish(ptr(logm), logm.size, np.float32(logm.max()), ptr(out, ctypes.c_uint16))
+    ours = from_bits(out).reshape(3000, 80).T
+    assert ulps(ours, expected).max() <= 1 and np.mean(ours == expected) > 0.99

@@ -57,6 +57,9 @@ def load() -> ctypes.CDLL:
         "contract_gelu_f32": [f32, f32, i32],
         "contract_lane_sum": [f32, i32, i32, f32],
         "contract_round_bf16": [f32, u16, i32],
+        "mel_frames_64": [f32, f32, f32, f32, i32, f32],
+        "mel_finish": [f32, i32, ctypes.c_float, u16],
+        "contract_log10_f32": [f32, f32, i32],
     }
     for name, args in signatures.items():
         getattr(lib, name).argtypes = args

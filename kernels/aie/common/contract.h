@@ -90,4 +90,37 @@ inline float dot_chunk(const uint16_t* a, int a_step, const uint16_t* b, int b_s
   return (float)s;
 }
 
+// A dot product of fp32 vectors over k values: 64-wide chunks summed exactly (double) and
+// rounded once, chunks accumulated in fp32 in order (the first chunk starts the sum).
+inline float dot_f32_chunks(const float* a, int a_step, const float* b, int b_step, int k) {
+  float acc = 0.0f;
+  for (int start = 0; start < k; start += TILE) {
+    double s = 0.0;
+    int end = start + TILE < k ? start + TILE : k;
+    for (int i = start; i < end; ++i) s += (double)a[i * a_step] * (double)b[i * b_step];
+    acc = start == 0 ? (float)s : acc + (float)s;
+  }
+  return acc;
+}
+
+// log10 of positive x: x = m 2^e, m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(t), t = (m-1)/(m+1),
+// the atanh series to t^9.
+inline float log10_f32(float x) {
+  int e;
+  float m = frexpf(x, &e);
+  if (m < (float)0.7071067811865476) {
+    m = m * 2.0f;
+    e -= 1;
+  }
+  float t = (m - 1.0f) / (m + 1.0f);
+  float s = t * t;
+  float p = (float)(1.0 / 9.0);
+  p = p * s + (float)(1.0 / 7.0);
+  p = p * s + (float)(1.0 / 5.0);
+  p = p * s + (float)(1.0 / 3.0);
+  p = p * s + 1.0f;
+  float ln_m = (2.0f * t) * p;
+  return ln_m * (float)0.43429448190325176 + (float)e * (float)0.30102999566398120;
+}
+
 }  // namespace amanuensis
