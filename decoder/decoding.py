@@ -31,6 +31,7 @@ class DecodingOptions:
     sample_len: int | None = None          # max new tokens (default: half the context)
     suppress_blank: bool = True
     suppress_tokens: tuple[int, ...] | None = None   # None: the model's configured list
+    seed: int = 0                          # sampling RNG seed: the same input gives the same transcript
 
 
 @dataclass
@@ -160,7 +161,7 @@ class Sampler:
     def __init__(self, wd: WindowDecoder, options: DecodingOptions):
         self.wd, self.options = wd, options
         self.n = (options.best_of or 1) if options.temperature > 0 else 1
-        self.rng = np.random.default_rng()
+        self.rng = np.random.default_rng(options.seed)
 
     def run(self, cross) -> DecodingResult:
         wd, opt, n = self.wd, self.options, self.n
