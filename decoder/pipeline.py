@@ -152,6 +152,7 @@ class _SeekLoop:
         self.tr, self.options, self.window = tr, options, window
         self.progress = Progress(duration, progress)
         self.segments, self.all_tokens, self.prompt_reset = [], [], 0
+        self.duration = 0.0                     # seconds of audio seen, measured while reading
         self.profiles, self.language = [], options.decoding.language
         if options.initial_prompt:
             self.all_tokens = tr.tokenizer.encode(" " + options.initial_prompt.strip())
@@ -167,6 +168,7 @@ class _SeekLoop:
                                           f"speech (at least {MIN_SECONDS} s is needed)")
                 break
             frames = min(N_FRAMES, -(-len(samples) // HOP_LENGTH))
+            self.duration = max(self.duration, (seek * HOP_LENGTH + len(samples)) / SAMPLE_RATE)
             if np.sqrt(np.mean(np.square(samples, dtype=np.float64))) < SILENCE_RMS:
                 seek += frames
                 self.progress.update(seek * HOP_LENGTH / SAMPLE_RATE)
@@ -188,8 +190,8 @@ class _SeekLoop:
             self.progress.update(seek * HOP_LENGTH / SAMPLE_RATE)
         self.progress.close()
         return {"text": "".join(s["text"] for s in self.segments), "segments": self.segments,
-                "language": self.language, "processing_seconds": round(time.perf_counter() - started, 3),
-                "encoder_profile": self.profiles}
+                "language": self.language, "duration": round(self.duration, 3),
+                "processing_seconds": round(time.perf_counter() - started, 3), "encoder_profile": self.profiles}
 
     def _add_words(self, cross, pieces, offset: float, frames: int, samples) -> None:
         """Word timings for this window's segments (those just added); segments then span their words."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from encoder.dims import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
-from encoder.errors import AmanuensisError
+from encoder.errors import AmanuensisError, UndecodableAudio
 
 
 def _read_soundfile(path: Path):
@@ -31,7 +31,7 @@ def _read_av(path: Path):
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                raise AmanuensisError(f"{path}: no audio stream in this file")
+                raise UndecodableAudio(f"{path}: no audio stream in this file")
             stream = container.streams.audio[0]
             rate = stream.rate or stream.codec_context.sample_rate
             to_float = av.AudioResampler(format="fltp")   # planar float, same rate and layout
@@ -42,9 +42,9 @@ def _read_av(path: Path):
     except AmanuensisError:
         raise
     except (av.error.FFmpegError, ValueError, OSError, IndexError) as e:
-        raise AmanuensisError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+        raise UndecodableAudio(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
     if not parts:
-        raise AmanuensisError(f"{path}: cannot decode audio (no audio frames found: not an audio file, or truncated)")
+        raise UndecodableAudio(f"{path}: cannot decode audio (no audio frames found: not an audio file, or truncated)")
     return np.concatenate(parts).astype(np.float32), rate
 
 
@@ -214,12 +214,12 @@ def _read_probe(path: Path) -> float:
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                raise AmanuensisError(f"{path}: no audio stream in this file")
+                raise UndecodableAudio(f"{path}: no audio stream in this file")
             return float(container.duration or 0) / 1e6
     except AmanuensisError:
         raise
     except (av.error.FFmpegError, ValueError, OSError, IndexError) as e:
-        raise AmanuensisError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+        raise UndecodableAudio(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
 
 
 def _open_chunks(path: Path, chunk: int):
@@ -233,8 +233,11 @@ def _open_chunks(path: Path, chunk: int):
 
     def blocks():
         with f:
-            for block in f.blocks(blocksize=chunk, dtype="float32", always_2d=True):
-                yield block.mean(axis=1)
+            try:
+                for block in f.blocks(blocksize=chunk, dtype="float32", always_2d=True):
+                    yield block.mean(axis=1)
+            except (RuntimeError, soundfile.LibsndfileError) as e:
+                raise UndecodableAudio(f"{path}: cannot decode audio (truncated or corrupt: {e})") from None
     return blocks(), f.samplerate
 
 
@@ -246,7 +249,7 @@ def _av_chunks(path: Path):
         stream = container.streams.audio[0]
         rate = stream.rate or stream.codec_context.sample_rate
     except (av.error.FFmpegError, ValueError, OSError, IndexError) as e:
-        raise AmanuensisError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+        raise UndecodableAudio(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
 
     def blocks():
         to_float = av.AudioResampler(format="fltp")
@@ -256,5 +259,5 @@ def _av_chunks(path: Path):
                     for out in to_float.resample(frame):
                         yield out.to_ndarray().mean(axis=0).astype(np.float32)
         except av.error.FFmpegError as e:
-            raise AmanuensisError(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+            raise UndecodableAudio(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
     return blocks(), rate

@@ -7,3 +7,7 @@ class AmanuensisError(Exception):
     Command-line entry points print its message and exit non-zero; anything
     else escaping is a bug in Amanuensis and keeps its traceback.
     """
+
+
+class UndecodableAudio(AmanuensisError):
+    """The input is not audio we can decode (wrong type, corrupt or truncated container)."""

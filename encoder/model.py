@@ -49,6 +49,7 @@ class WhisperEncoderModel:
 
     def __init__(self, converted, device: str = "auto", strict: bool = False):
         self.converted = converted
+        self.spec = converted.name            # what the user asked for (load_model sets the exact spec)
         self.dims = converted.dims
         self.strict = strict
         self.backend, self.device_note = select_backend(device)
@@ -143,7 +144,9 @@ def load_model(name: str = "tiny.en", device: str = "auto", strict: bool = False
     from weights_tools.model_dir import ConvertedModel
     from weights_tools.resolve import resolve_model
 
-    return WhisperEncoderModel(ConvertedModel.open(resolve_model(name)), device, strict)
+    model = WhisperEncoderModel(ConvertedModel.open(resolve_model(name)), device, strict)
+    model.spec = str(name)
+    return model
 
 
 def report_device(model: WhisperEncoderModel) -> None:

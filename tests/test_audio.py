@@ -110,3 +110,15 @@ def test_bad_audio_messages(tmp_path):
         load_audio(nan)
     with pytest.raises(AmanuensisError, match="not a file"):
         load_audio(tmp_path)
+
+
+def test_truncated_flac_streams_to_a_clear_error(tmp_path):
+    from encoder.audio import AudioStream
+    from encoder.errors import UndecodableAudio
+
+    path = tmp_path / "cut.flac"
+    soundfile.write(str(path), tone(5.0), SAMPLE_RATE)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(UndecodableAudio, match="cut.flac: cannot decode audio"):
+        stream = AudioStream(path)
+        stream.window(0, 480000)

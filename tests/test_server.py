@@ -1,0 +1,234 @@
+"""The transcription server, started for real on 127.0.0.1 and called over HTTP (stdlib client)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from encoder.evaluate import score
+
+HELLO = Path(__file__).parent / "data" / "hello.wav"
+HELLO_TEXT = (Path(__file__).parent / "data" / "hello.reference.txt").read_text()
+KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, tmp: Path, *args):
+        self.port, self.tmp = free_port(), tmp
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, TMPDIR=str(tmp))
+        self.proc = subprocess.Popen([sys.executable, "-m", "encoder.serve", "--port", str(self.port), *args],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("server did not become ready")
+
+    def request(self, method, path, body=None, headers=None):
+        """(status, body, headers). Reads the response even when the server answers (e.g. 413)
+        before the whole body is sent and closes the connection."""
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        try:
+            conn.putrequest(method, path)
+            for name, value in {**(headers or {}), "Content-Length": str(len(body or b""))}.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            try:
+                if body:
+                    conn.send(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            response = conn.getresponse()
+            return response.status, response.read(), dict(response.getheaders())
+        finally:
+            conn.close()
+
+    def get(self, path, key=None):
+        return self.request("GET", path, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+    def post(self, path, fields=None, file=None, key=KEY, filename="clip.wav"):
+        body, ctype = multipart(fields or {}, file, filename)
+        headers = {"Content-Type": ctype}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return self.request("POST", path, body, headers)
+
+    def healthy(self):
+        return self.get("/health")[0] == 200 and self.get("/status", KEY)[0] == 200
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def multipart(fields: dict, file: bytes | None, filename: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        for v in value if isinstance(value, list) else [value]:
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{v}\r\n'.encode())
+    if file is not None:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                     f'Content-Type: application/octet-stream\r\n\r\n'.encode() + file + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("server-tmp"), "--api-key", KEY, "--max-upload-mb", "1", "--queue", "32")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def cli_text(tiny):
+    return tiny.transcribe(HELLO)["text"].strip()
+
+
+def test_health_status_and_auth(server):
+    assert server.get("/health") == (200, b'{"status":"ok"}', server.get("/health")[2])
+    for key in (None, "wrong"):
+        code, body, _ = server.get("/status", key)
+        assert code == 401 and json.loads(body)["error"]["type"] == "authentication_error"
+        assert server.post("/transcribe", file=HELLO.read_bytes(), key=key)[0] == 401
+    code, body, _ = server.get("/status", KEY)
+    status = json.loads(body)
+    assert code == 200 and status["status"] == "ready" and status["model"]["name"] == "tiny.en"
+    assert status["model"]["dims"]["n_audio_layer"] == 4 and status["device"]["backend"] == "cpu"
+    assert status["device"]["npu_available"] is False and "no NPU device node" in status["device"]["npu_reason"]
+    assert set(status["counters"]) >= {"requests", "failures", "audio_seconds", "median_rtf", "p95_rtf"}
+    assert status["queue"]["capacity"] == 32 and "layers.3.fc2" in status["graph_backends"]
+
+
+def test_transcribe_every_format(server, cli_text):
+    code, body, _ = server.post("/transcribe", file=HELLO.read_bytes())
+    result = json.loads(body)
+    assert code == 200 and result["text"] == cli_text and result["duration"] > 9
+    assert result["segments"] and set(sum(result["backends"].values(), [])) == {"cpu"}
+    for fmt, check in [("text", lambda t: t.strip().splitlines()[0] in cli_text),
+                       ("srt", lambda t: t.startswith("1\n00:00:00,000 --> ")),
+                       ("vtt", lambda t: t.startswith("WEBVTT")),
+                       ("tsv", lambda t: t.startswith("start\tend\ttext"))]:
+        code, body, _ = server.post("/transcribe", {"response_format": fmt}, HELLO.read_bytes())
+        assert code == 200 and check(body.decode()), (fmt, body)
+    code, body, _ = server.post("/transcribe", {"word_timestamps": "true"}, HELLO.read_bytes())
+    assert all("words" in s for s in json.loads(body)["segments"])
+
+
+def test_openai_transcriptions(server, cli_text):
+    audio = HELLO.read_bytes()
+    code, body, _ = server.post("/v1/audio/transcriptions", {"model": "whisper-1"}, audio)
+    assert code == 200 and json.loads(body) == {"text": cli_text}
+    code, body, _ = server.post("/v1/audio/transcriptions", {"model": "whisper-1", "response_format": "text"}, audio)
+    assert code == 200 and body.decode().strip() == cli_text
+    for fmt, head in (("srt", "1\n"), ("vtt", "WEBVTT")):
+        code, body, _ = server.post("/v1/audio/transcriptions", {"response_format": fmt}, audio)
+        assert code == 200 and body.decode().startswith(head)
+    code, body, _ = server.post("/v1/audio/transcriptions", {"response_format": "verbose_json", "language": "en",
+                                                              "timestamp_granularities[]": ["word", "segment"],
+                                                              "prompt": "A sentence about a fox.", "temperature": "0"},
+                                audio)
+    verbose = json.loads(body)
+    assert code == 200 and verbose["task"] == "transcribe" and verbose["language"] == "en"
+    assert score(HELLO_TEXT, verbose["text"])["wer"] <= 0.15 and verbose["segments"][0]["id"] == 0
+    assert len(verbose["words"]) >= 12 and all({"word", "start", "end"} <= set(w) for w in verbose["words"])
+    for fields, param in (({"response_format": "xml"}, "response_format"), ({"temperature": "hot"}, "temperature")):
+        code, body, _ = server.post("/v1/audio/transcriptions", fields, audio)
+        error = json.loads(body)["error"]
+        assert code == 400 and error["param"] == param and error["type"] == "invalid_request_error"
+
+
+def test_sixteen_concurrent_clients(server, cli_text):
+    results, errors = [], []
+
+    def client(n):
+        for _ in range(3):
+            try:
+                code, body, _ = server.post("/v1/audio/transcriptions", {"model": "whisper-1"}, HELLO.read_bytes())
+                results.append((code, json.loads(body).get("text")))
+            except Exception as e:  # surfaced below
+                errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 48
+    assert all(code == 200 and text == cli_text for code, text in results)
+    assert server.healthy()
+
+
+def test_bad_uploads_fail_clearly_and_the_server_survives(server, tmp_path):
+    big = np.zeros(16000 * 40, np.int16)                                   # 1.2 MB > the 1 MB limit
+    path = tmp_path / "big.wav"
+    soundfile.write(str(path), big, 16000)
+    flac = tmp_path / "clip.flac"
+    soundfile.write(str(flac), soundfile.read(str(HELLO))[0], 16000)
+    cases = [
+        (path.read_bytes(), "big.wav", 413, "exceeds"),
+        (b"", "empty.wav", 400, "empty"),
+        (flac.read_bytes()[:3000], "cut.flac", (400, 415), ""),
+        (b"hello, this is text and not audio\n" * 50, "notes.mp3", 415, "not decodable audio"),
+        (np.zeros(800, np.int16).tobytes(), "tiny.raw", 415, ""),
+    ]
+    for data, name, expected, words in cases:
+        code, body, _ = server.post("/transcribe", file=data, filename=name)
+        assert code in (expected if isinstance(expected, tuple) else (expected,)), (name, code, body)
+        message = json.loads(body)["error"]["message"]
+        assert words in message and "amanuensis-upload" not in message, (name, message)
+        assert server.healthy()
+    code, body, _ = server.post("/transcribe", {"language": "en"}, None)
+    assert code == 400 and "'file'" in json.loads(body)["error"]["message"]
+    assert server.request("POST", "/transcribe", b"not multipart", {"Authorization": f"Bearer {KEY}",
+                                                                     "Content-Type": "text/plain"})[0] == 400
+    assert server.post("/transcribe", file=HELLO.read_bytes())[0] == 200
+    assert not list(server.tmp.glob("amanuensis-upload-*"))                # temp files always removed
+
+
+def test_queue_overflow_and_timeouts(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("busy-tmp"), "--queue", "1", "--timeout", "0.05")
+    try:
+        audio = HELLO.read_bytes()
+        answers = []
+
+        def client():
+            code, _, h = s.post("/transcribe", file=audio, key=None)
+            answers.append((code, {k.lower(): v for k, v in h.items()}))
+
+        threads = [threading.Thread(target=client) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        codes = [c for c, _ in answers]
+        assert set(codes) <= {503, 504} and 503 in codes and 504 in codes
+        assert all(h.get("retry-after") == "5" for c, h in answers if c == 503)
+        assert s.healthy()
+        status = json.loads(s.get("/status")[1])
+        assert status["counters"]["failures"] >= 6 and status["queue"]["capacity"] == 1
+    finally:
+        s.stop()
