@@ -232,3 +232,21 @@ def test_queue_overflow_and_timeouts(tmp_path_factory):
         assert status["counters"]["failures"] >= 6 and status["queue"]["capacity"] == 1
     finally:
         s.stop()
+
+
+def test_oversize_chunked_upload_is_cut_off(server):
+    """No Content-Length to trust: the body is counted as it streams and refused past the limit."""
+    import http.client
+
+    body, ctype = multipart({}, b"\0" * (3 * 2**20), "big.wav")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("POST", "/transcribe", body=(body[i:i + 65536] for i in range(0, len(body), 65536)),
+                     headers={"Content-Type": ctype, "Authorization": f"Bearer {KEY}"}, encode_chunked=True)
+        response = conn.getresponse()
+        assert response.status == 413 and "exceeds" in json.loads(response.read())["error"]["message"]
+    except (BrokenPipeError, ConnectionResetError):
+        pytest.fail("the server should answer 413, not drop the connection")
+    finally:
+        conn.close()
+    assert server.healthy()
