@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from weights_tools.convert import convert, source_format
     from weights_tools.model_dir import ConvertedModel
-    from weights_tools.resolve import DEFAULT_MODEL, _bundled_tiny_en, hub_download, resolve_model
+    from weights_tools.resolve import DEFAULT_MODEL, bundled_tiny_en, hub_download, resolve_model
 
     if args.command == "info":
         model = ConvertedModel.open(resolve_model(args.model))
@@ -36,9 +36,11 @@ def main(argv=None) -> int:
         return 0
     source = Path(args.source).expanduser()
     if not source.exists():
-        source = _bundled_tiny_en() if args.source == DEFAULT_MODEL else hub_download(args.source)
+        source = bundled_tiny_en() if args.source == DEFAULT_MODEL else hub_download(args.source)
     elif source_format(source) == "converted":
-        raise SystemExit(f"error: {source} is already a converted model")
+        from encoder.errors import AmanuensisError
+
+        raise AmanuensisError(f"{source}: already a converted model (use it as --model directly)")
     out = convert(source, args.out, force=args.force)
     print(f"converted {source} -> {out}")
     return 0

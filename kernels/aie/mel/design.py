@@ -9,7 +9,6 @@ maximum. Not compiled here (no MLIR-AIE toolchain).
 import argparse
 
 import numpy as np
-from ml_dtypes import bfloat16
 
 N_FFT, HOP, FRAMES, TILE = 400, 160, 3008, 64
 BINS = N_FFT // 2 + 1
