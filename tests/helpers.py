@@ -149,3 +149,14 @@ def write_ct2_model(directory: Path, variables: dict, dtype=np.float16, version:
                                                        "suppress_ids_begin": [220, 50256], "lang_ids": []}))
     shutil.copyfile(bundled_tokenizer(), directory / "tokenizer.json")
     return directory
+
+
+def run_concurrently(fn, count: int) -> None:
+    """Call fn(i) for i in range(count), each on its own thread, and wait for all of them."""
+    import threading
+
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

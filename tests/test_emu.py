@@ -1,6 +1,5 @@
 """The numeric contract and the `emu` backend: primitives, kernels, whole-model accuracy."""
 import math
-import threading
 
 import ml_dtypes
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 from kernels import contract as C
 from kernels import reference
 from kernels.emu import EmuBackend
+from tests.helpers import run_concurrently
 
 be = EmuBackend()
 
@@ -165,11 +165,7 @@ def test_concurrent_encodes_give_each_caller_its_own_result(tiny):
         except Exception as e:  # surfaced below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    run_concurrently(work, 8)
     assert not errors
     for i in range(8):
         np.testing.assert_allclose(got[i], expected[i % 4], atol=1e-4, rtol=1e-5)

@@ -1,6 +1,5 @@
 """The npu backend's host logic, driven through a fake pyxrt (no NPU here; see tests/fake_pyxrt.py)."""
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from encoder.audio import load_audio
 from encoder.errors import AmanuensisError
 from encoder.evaluate import score
 from tests.fake_pyxrt import FakeXRT, tiny_en_entries, write_kernel_dir
+from tests.helpers import run_concurrently
 
 HELLO = "tests/data/hello.wav"
 HELLO_TEXT = open("tests/data/hello.reference.txt").read()
@@ -173,10 +173,6 @@ def test_concurrent_encodes_on_the_npu(npu_env, tiny):
     def work(i):
         got[i] = model.encode(mels[i % 3]).output
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    run_concurrently(work, 6)
     for i in range(6):
         np.testing.assert_allclose(got[i], expected[i % 3], atol=1e-4)

@@ -4,7 +4,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import soundfile
 
 from encoder.evaluate import score
+from tests.helpers import run_concurrently
 
 HELLO = Path(__file__).parent / "data" / "hello.wav"
 HELLO_TEXT = (Path(__file__).parent / "data" / "hello.reference.txt").read_text()
@@ -172,11 +172,7 @@ def test_sixteen_concurrent_clients(server, cli_text):
             except Exception as e:  # surfaced below
                 errors.append(e)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(client, 16)
     assert not errors and len(results) == 48
     assert all(code == 200 and text == cli_text for code, text in results)
     assert server.healthy()
@@ -215,15 +211,11 @@ def test_queue_overflow_and_timeouts(tmp_path_factory):
         audio = HELLO.read_bytes()
         answers = []
 
-        def client():
+        def client(_):
             code, _, h = s.post("/transcribe", file=audio, key=None)
             answers.append((code, {k.lower(): v for k, v in h.items()}))
 
-        threads = [threading.Thread(target=client) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_concurrently(client, 6)
         codes = [c for c, _ in answers]
         assert set(codes) <= {503, 504} and 503 in codes and 504 in codes
         assert all(h.get("retry-after") == "5" for c, h in answers if c == 503)
