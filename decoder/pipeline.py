@@ -138,18 +138,19 @@ class Transcriber:
         self.check_options(options)
         if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
             stream = AudioStream(audio)
-            duration, window = stream.duration, stream.window
+            duration, window, name = stream.duration, stream.window, str(audio)
         else:
             samples = as_samples(audio)
-            duration, window = len(samples) / SAMPLE_RATE, lambda a, n: samples[a:a + n]
-        return _SeekLoop(self, options, window, duration, progress).run()
+            duration, window, name = len(samples) / SAMPLE_RATE, lambda a, n: samples[a:a + n], "audio"
+        return _SeekLoop(self, options, window, duration, progress, name).run()
 
 
 class _SeekLoop:
     """State of one transcription: position, segments, prompt, provenance."""
 
-    def __init__(self, tr: Transcriber, options: TranscribeOptions, window, duration: float, progress: bool):
-        self.tr, self.options, self.window = tr, options, window
+    def __init__(self, tr: Transcriber, options: TranscribeOptions, window, duration: float, progress: bool,
+                 name: str = "audio"):
+        self.tr, self.options, self.window, self.name = tr, options, window, name
         self.progress = Progress(duration, progress)
         self.segments, self.all_tokens, self.prompt_reset = [], [], 0
         self.duration = 0.0                     # seconds of audio seen, measured while reading
@@ -164,8 +165,8 @@ class _SeekLoop:
             samples = self.window(seek * HOP_LENGTH, N_SAMPLES)
             if len(samples) < MIN_SECONDS * SAMPLE_RATE:
                 if seek == 0:
-                    raise AmanuensisError(f"audio is {len(samples) / SAMPLE_RATE:.3f} s long: too short to hold "
-                                          f"speech (at least {MIN_SECONDS} s is needed)")
+                    raise AmanuensisError(f"{self.name}: {len(samples) / SAMPLE_RATE:.3f} s long, too short to "
+                                          f"hold speech (at least {MIN_SECONDS} s is needed)")
                 break
             frames = min(N_FRAMES, -(-len(samples) // HOP_LENGTH))
             self.duration = max(self.duration, (seek * HOP_LENGTH + len(samples)) / SAMPLE_RATE)

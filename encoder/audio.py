@@ -1,7 +1,8 @@
 """Audio in, log-mel out: decoding, mono mix, 16 kHz resampling, 30 s windows, Whisper's log-mel.
 
-Decoding uses soundfile (wav, flac, ogg, aiff, ...) and falls back to PyAV
-(mp3, m4a, opus, video containers, ...). Resampling uses soxr.
+Decoding uses soundfile for wav, flac, ogg and aiff (and files without a known
+extension, falling back to PyAV), and PyAV for everything else (mp3, m4a, opus,
+video containers, ...). Resampling uses soxr.
 """
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ from encoder.dims import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from encoder.errors import AmanuensisError, UndecodableAudio
 
 
+SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".aifc", ".w64", ".rf64", ".caf"}
+
+
+def _soundfile_first(path: Path) -> bool:
+    """soundfile for its own formats and unknown extensions; PyAV alone for the rest (mp3, m4a, ...)."""
+    suffix = path.suffix.lower()
+    return suffix in SOUNDFILE_SUFFIXES or not suffix
+
+
 def _read_soundfile(path: Path):
     import soundfile
 
@@ -25,8 +35,16 @@ def _read_soundfile(path: Path):
     return data.mean(axis=1), rate
 
 
-def _read_av(path: Path):
+def _quiet_av():
+    """Import PyAV with libav's own log output limited to errors (we report problems ourselves)."""
     import av
+
+    av.logging.set_level(av.logging.ERROR)
+    return av
+
+
+def _read_av(path: Path):
+    av = _quiet_av()
 
     try:
         with av.open(str(path)) as container:
@@ -55,7 +73,9 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise AmanuensisError(f"{path}: file not found")
     if not path.is_file():
         raise AmanuensisError(f"{path}: not a file")
-    decoded = _read_soundfile(path) or _read_av(path)
+    if path.stat().st_size == 0:
+        raise AmanuensisError(f"{path}: empty file (0 bytes)")
+    decoded = (_read_soundfile(path) if _soundfile_first(path) else None) or _read_av(path)
     samples, rate = decoded
     if samples.size == 0:
         raise AmanuensisError(f"{path}: contains no audio samples")
@@ -202,14 +222,17 @@ def _read_probe(path: Path) -> float:
         raise AmanuensisError(f"{path}: file not found")
     if not path.is_file():
         raise AmanuensisError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise AmanuensisError(f"{path}: empty file (0 bytes)")
     import soundfile
 
-    try:
-        info = soundfile.info(str(path))
-        return info.frames / info.samplerate
-    except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError):
-        pass
-    import av
+    if _soundfile_first(path):
+        try:
+            info = soundfile.info(str(path))
+            return info.frames / info.samplerate
+        except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError):
+            pass
+    av = _quiet_av()
 
     try:
         with av.open(str(path)) as container:
@@ -226,6 +249,8 @@ def _open_chunks(path: Path, chunk: int):
     """(iterator of mono float32 blocks, sample rate) from soundfile, else PyAV."""
     import soundfile
 
+    if not _soundfile_first(path):
+        return _av_chunks(path)
     try:
         f = soundfile.SoundFile(str(path))
     except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError):
@@ -242,7 +267,7 @@ def _open_chunks(path: Path, chunk: int):
 
 
 def _av_chunks(path: Path):
-    import av
+    av = _quiet_av()
 
     try:
         container = av.open(str(path))
