@@ -66,15 +66,20 @@ def _read_av(path: Path):
     return np.concatenate(parts).astype(np.float32), rate
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode `path` to mono float32 samples at `sample_rate` Hz."""
-    path = Path(path)
+def check_audio_file(path: Path) -> None:
+    """Fail with a message naming the file if it is missing, not a file, or empty."""
     if not path.exists():
         raise AmanuensisError(f"{path}: file not found")
     if not path.is_file():
         raise AmanuensisError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise AmanuensisError(f"{path}: empty file (0 bytes)")
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode `path` to mono float32 samples at `sample_rate` Hz."""
+    path = Path(path)
+    check_audio_file(path)
     decoded = (_read_soundfile(path) if _soundfile_first(path) else None) or _read_av(path)
     samples, rate = decoded
     if samples.size == 0:
@@ -218,12 +223,7 @@ class AudioStream:
 
 def _read_probe(path: Path) -> float:
     """Duration in seconds (0 if unknown); raises AmanuensisError for missing files."""
-    if not path.exists():
-        raise AmanuensisError(f"{path}: file not found")
-    if not path.is_file():
-        raise AmanuensisError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise AmanuensisError(f"{path}: empty file (0 bytes)")
+    check_audio_file(path)
     import soundfile
 
     if _soundfile_first(path):
