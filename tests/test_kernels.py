@@ -1,5 +1,6 @@
 """The cpu backend against the reference kernels (the specification)."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -95,6 +96,23 @@ def test_attention_spans_the_whole_sequence():
     with be.session():
         out = be.attention(qkv, 1)
     assert np.all(out[:, 0] > 0.99)
+
+
+@pytest.mark.parametrize("shift, keys", [(0.0, 2), (120.0, 2), (-150.0, 1), (120.0, 1)])
+def test_attention_rows_outside_the_unshifted_range(shift, keys):
+    """Scores far above e^88 or below e^-46 take the max-shifted path and still match the spec;
+    mixed rows (some safe, some not) in one block included."""
+    rng = np.random.default_rng(7)
+    t, d = 300, 64
+    qkv = rand(rng, t, 3 * d)
+    qkv[:, 0] = 1.0                                  # query component along key dimension 0
+    qkv[:, d] = rand(rng, t) + shift / 0.125 * (np.arange(t) % keys == keys - 1)   # every `keys`-th key
+    qkv[::3, 0] = 0.0                                # every third query ignores the shift
+    with be.session(), warnings.catch_warnings():
+        warnings.simplefilter("error")               # overflow in the fast path must stay silent
+        ours = be.attention(qkv, 1)
+    assert np.isfinite(ours).all()
+    assert_close(ours, reference.attention(qkv, 1), atol=2e-5)
 
 
 def test_layernorm_matches_reference():

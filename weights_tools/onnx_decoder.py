@@ -34,7 +34,7 @@ OPSET = 17
 class _Builder:
     """Collects nodes, initializers and constants with unique names."""
 
-    def __init__(self, weights_file: str, header: dict, data_start: int):
+    def __init__(self, weights_file: str = "", header: dict | None = None, data_start: int = 0):
         import onnx
         from onnx import helper
 
@@ -52,6 +52,12 @@ class _Builder:
         self.count += 1
         name = f"const_{self.count}"
         self.inits[name] = self.onnx.numpy_helper.from_array(np.asarray(value, dtype), name)
+        return name
+
+    def array(self, name: str, value: np.ndarray) -> str:
+        """An initializer held in the model itself (for graphs built in memory)."""
+        if name not in self.inits:
+            self.inits[name] = self.onnx.numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name)
         return name
 
     def weight(self, name: str) -> str:
