@@ -36,13 +36,14 @@ _HALF = np.float32(0.5)
 
 def _tanh_poly(x: np.ndarray, coeffs: tuple, out: np.ndarray, z: np.ndarray) -> np.ndarray:
     """out ← tanh(x · P(x²)), Horner in place; z is scratch of x's shape."""
-    np.multiply(x, x, out=z)
-    np.multiply(z, coeffs[-1], out=out)
-    out += coeffs[-2]
-    for c in coeffs[-3::-1]:
-        out *= z
-        out += c
-    out *= x
+    with np.errstate(over="ignore"):          # |x| > 1e19: x² is inf, and tanh(±inf) = ±1 is right
+        np.multiply(x, x, out=z)
+        np.multiply(z, coeffs[-1], out=out)
+        out += coeffs[-2]
+        for c in coeffs[-3::-1]:
+            out *= z
+            out += c
+        out *= x
     return np.tanh(out, out=out)
 
 

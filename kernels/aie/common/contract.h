@@ -49,7 +49,7 @@ inline float exp_f32(float x) {
   return ldexpf(p, (int)k);
 }
 
-// erf(x) = x P(x^2) / Q(x^2) on [-4, 4]; coefficients fitted for this project (kernels/cpu.py).
+// erf(x) = x P(x^2) / Q(x^2) on [-4, 4]; coefficients fitted for this project (kernels/contract.py).
 inline float erf_f32(float x) {
   const float P[6] = {(float)1.128378947110758, (float)0.19797619977799844, (float)0.053686567157058676,
                       (float)0.004074493892425168, (float)0.00028910305714117436, (float)1.955181944738132e-06};
