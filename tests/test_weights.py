@@ -201,6 +201,19 @@ def test_resolve_accepts_every_kind_of_model_argument(tmp_path, ct2_dir, tensors
     assert ConvertedModel.open(from_hf).dims == ConvertedModel.open(from_ct2).dims == TINY_DIMS
 
 
+def test_stale_or_damaged_cache_is_converted_again(ct2_dir):
+    """A cached conversion from an older version, or missing a file, is remade rather than failing."""
+    cached = resolve_model(str(ct2_dir))
+    (cached / "decoder.onnx").unlink()
+    (cached / "stray-user-file").write_text("kept? no: the cache is ours")
+    assert resolve_model(str(ct2_dir)) == cached
+    assert (cached / "decoder.onnx").is_file() and not (cached / "stray-user-file").exists()
+    manifest = json.loads((cached / "amanuensis.json").read_text())
+    (cached / "amanuensis.json").write_text(json.dumps({**manifest, "format_version": 0}))
+    resolve_model(str(ct2_dir))
+    assert ConvertedModel.open(cached).dims == TINY_DIMS
+
+
 def test_hub_id_offline_fails_with_a_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(AmanuensisError, match="could not fetch 'whisper-org/never-downloaded-model'.*offline default"):

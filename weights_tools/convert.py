@@ -28,6 +28,18 @@ from weights_tools.safetensors_io import write_safetensors
 FORMAT = "amanuensis-whisper"
 FORMAT_VERSION = 1
 MANIFEST = "amanuensis.json"
+FILES = (MANIFEST, "config.json", "generation_config.json", "encoder.safetensors", "decoder.safetensors",
+         "decoder.onnx", "tokenizer.json")
+
+
+def is_current(directory: Path) -> bool:
+    """True if `directory` is a converted model of this format version with every file present."""
+    try:
+        manifest = json.loads((Path(directory) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return (manifest.get("format") == FORMAT and manifest.get("format_version") == FORMAT_VERSION
+            and all((Path(directory) / name).is_file() for name in FILES))
 REQUIRED_SPECIAL_TOKENS = ("<|endoftext|>", "<|startoftranscript|>")
 
 

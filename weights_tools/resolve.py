@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from encoder.errors import AmanuensisError
-from weights_tools.convert import MANIFEST, convert, source_format
+from weights_tools.convert import MANIFEST, convert, is_current, source_format
 
 DEFAULT_MODEL = "tiny.en"
 OFFICIAL_SIZES = ("tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium",
@@ -67,10 +67,13 @@ def _cache_key(directory: Path) -> str:
 
 
 def _converted(source: Path, target: Path) -> Path:
-    if (target / MANIFEST).is_file():
+    """The cached conversion of `source`, made (or remade, if an older or damaged one) on demand."""
+    if is_current(target):
         return target
+    if (target / MANIFEST).is_file():
+        _say(f"amanuensis: the cached conversion {target} is from another version or incomplete; converting again")
     _say(f"amanuensis: converting {source} into {target} (first use only) ...")
-    convert(source, target)
+    convert(source, target, force=True)
     _say("amanuensis: conversion done")
     return target
 

@@ -1,0 +1,246 @@
+"""Every measurement of the bench, one function per job, each run in its own child process.
+
+`python -m encoder.benchmark.jobs '{"job": ..., ...}'` runs one job and prints one JSON
+object: the job's figures plus `peak_rss_mb`, the child's peak resident memory (model,
+runtime and work together, as a user's process would hold them). Timings are wall-clock
+medians of warm runs; model loading is timed separately and never counted as work.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from encoder.dims import SAMPLE_RATE
+
+
+def _median_ms(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _mel(n_mels: int) -> np.ndarray:
+    """The first 30 s of the bench speech as Whisper's log-mel (n_mels, 3000)."""
+    from encoder.audio import log_mel_spectrogram
+    from encoder.benchmark import speech
+
+    samples, _ = speech.build(30.0)
+    return log_mel_spectrogram(samples, n_mels).astype(np.float32)
+
+
+def _timed_load(load):
+    start = time.perf_counter()
+    value = load()
+    return value, time.perf_counter() - start
+
+
+def _e2e(transcribe, audio: str, reference: str, load_s: float) -> dict:
+    """Wall time of one transcription of `audio` (a file), its speed and its word error rate."""
+    import soundfile
+
+    from encoder.evaluate import score
+
+    seconds = soundfile.info(audio).duration
+    start = time.perf_counter()
+    text = transcribe(audio)
+    wall = time.perf_counter() - start
+    return {"audio_s": round(seconds, 2), "wall_s": round(wall, 3), "rtf": round(seconds / wall, 2),
+            "load_s": round(load_s, 2), "wer": round(score(reference, text)["wer"], 4) if reference else None}
+
+
+def gemm_peak(threads: int) -> dict:
+    """The machine's fp32 GEMM rate as numpy's BLAS reaches it: best of 5 2048³ products."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    with threadpool_limits(threads, user_api="blas"):
+        ms = min(_median_ms(lambda: a @ a, 1) for _ in range(5))
+    return {"gemm_peak_gflops": round(2 * 2048**3 / ms / 1e6, 1)}
+
+
+def ours_encoder(model: str, device: str, repeats: int) -> dict:
+    """Our encoder graph on one backend: ms per 30 s window and the per-node profile."""
+    from encoder.model import load_model
+
+    m, load_s = _timed_load(lambda: load_model(model, device=device))
+    mel = _mel(m.dims.n_mels)
+    profiles = []
+    ms = _median_ms(lambda: profiles.append(m.encode(mel).profile()), repeats)
+    profile = [{**row, "ms": statistics.median(p[i]["ms"] for p in profiles[1:] or profiles)}
+               for i, row in enumerate(profiles[-1])]
+    return {"encoder_ms_per_window": round(ms, 2), "backend": m.backend.describe(), "load_s": round(load_s, 2),
+            "profile": profile, "flops": int(sum(n.flops for n in m.graph.nodes))}
+
+
+def ours_batched(model: str, device: str, repeats: int) -> dict:
+    """What stacking two windows' rows into one matmul would gain: every linear node of the
+    graph on 2 x 1500 rows against twice on 1500 rows (attention stays per window)."""
+    from encoder.model import load_model
+
+    m = load_model(model, device=device)
+    rng = np.random.default_rng(0)
+    linears = [n for n in m.graph.nodes if n.kernel == "linear"]
+    weights = m.converted.encoder_weights
+
+    inputs = {rows: [rng.standard_normal((rows, weights[n.weights[0]].shape[0]), dtype=np.float32) for n in linears]
+              for rows in (m.dims.n_audio_ctx, 2 * m.dims.n_audio_ctx)}
+
+    def run(rows: int, times: int):
+        with m.backend.session():
+            for node, x in zip(linears, inputs[rows]):
+                w, b = (weights[name] for name in node.weights)
+                for _ in range(times):
+                    m.backend.linear(x, w, b, **dict(node.params))
+
+    single = _median_ms(lambda: run(m.dims.n_audio_ctx, 2), repeats)
+    stacked = _median_ms(lambda: run(2 * m.dims.n_audio_ctx, 1), repeats)
+    return {"two_windows_ms": round(single, 2), "stacked_ms": round(stacked, 2),
+            "gain": round(single / stacked - 1, 4)}
+
+
+def ours_e2e(model: str, device: str, audio: str, reference: str, threads: int) -> dict:
+    """Our whole pipeline, greedy (temperature fallback as openai-whisper), on an audio file."""
+    from encoder.model import load_model
+
+    m, load_s = _timed_load(lambda: load_model(model, device=device))
+    m.transcribe(_warmup_file())
+    return _e2e(lambda path: m.transcribe(path)["text"], audio, reference, load_s)
+
+
+def _warmup_file() -> str:
+    """A 3 s clip, written once, to warm up runtimes before the timed run."""
+    from encoder.benchmark import speech
+
+    path = os.path.join(os.environ.get("AMANUENSIS_BENCH_TMP", "/tmp"), "amanuensis-bench-warmup.wav")
+    if not os.path.exists(path):
+        speech.write(path, 3.0, seed=99)
+    return path
+
+
+def faster_whisper_encoder(model_dir: str, compute_type: str, repeats: int, threads: int) -> dict:
+    """faster-whisper (CTranslate2) encoder on the same tiny.en files and the same mel."""
+    from faster_whisper import WhisperModel
+
+    m, load_s = _timed_load(lambda: WhisperModel(model_dir, device="cpu", compute_type=compute_type,
+                                                 cpu_threads=threads))
+    mel = _mel(m.feature_extractor.mel_filters.shape[0])
+    return {"encoder_ms_per_window": round(_median_ms(lambda: m.encode(mel), repeats), 2), "load_s": round(load_s, 2)}
+
+
+def faster_whisper_e2e(model_dir: str, compute_type: str, audio: str, reference: str, threads: int) -> dict:
+    """faster-whisper's transcribe, greedy (beam_size=1), same fallback and conditioning defaults."""
+    from faster_whisper import WhisperModel
+
+    m, load_s = _timed_load(lambda: WhisperModel(model_dir, device="cpu", compute_type=compute_type,
+                                                 cpu_threads=threads))
+
+    def transcribe(path: str) -> str:
+        segments, _ = m.transcribe(path, beam_size=1, language="en")
+        return " ".join(s.text for s in segments)
+
+    transcribe(_warmup_file())
+    return _e2e(transcribe, audio, reference, load_s)
+
+
+def _transformers_model(model: str, threads: int):
+    import torch
+
+    from encoder.parity import torch_whisper
+    from weights_tools.model_dir import ConvertedModel
+    from weights_tools.resolve import resolve_model
+
+    torch.set_num_threads(threads)
+    return torch_whisper(ConvertedModel.open(resolve_model(model)))
+
+
+def transformers_encoder(model: str, repeats: int, threads: int) -> dict:
+    """transformers' WhisperEncoder (PyTorch fp32) holding our converted weights."""
+    import torch
+
+    m, load_s = _timed_load(lambda: _transformers_model(model, threads))
+    mel = torch.from_numpy(_mel(m.config.num_mel_bins)[None])
+    with torch.inference_mode():
+        ms = _median_ms(lambda: m.model.encoder(mel), repeats)
+    return {"encoder_ms_per_window": round(ms, 2), "load_s": round(load_s, 2)}
+
+
+def transformers_e2e(model: str, audio: str, reference: str, threads: int) -> dict:
+    """transformers' generate, greedy, sequential long-form with timestamps for > 30 s."""
+    import torch
+    import transformers
+
+    from decoder.tokenizer import WhisperTokenizer
+    from encoder.audio import load_audio
+    from weights_tools.model_dir import ConvertedModel
+    from weights_tools.resolve import resolve_model
+
+    m, load_s = _timed_load(lambda: _transformers_model(model, threads))
+    converted = ConvertedModel.open(resolve_model(model))
+    tokenizer = WhisperTokenizer(converted.path / "tokenizer.json", converted.dims.is_multilingual)
+    features = transformers.WhisperFeatureExtractor(feature_size=m.config.num_mel_bins)
+
+    def transcribe(path: str) -> str:
+        samples = load_audio(path)
+        long_form = len(samples) > 30 * SAMPLE_RATE
+        inputs = features(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True,
+                          **({"truncation": False, "padding": "longest"} if long_form else {}))
+        with torch.inference_mode():
+            tokens = m.generate(inputs.input_features, attention_mask=inputs.attention_mask,
+                                return_timestamps=long_form, num_beams=1,
+                                condition_on_prev_tokens=long_form, temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                                compression_ratio_threshold=2.4, logprob_threshold=-1.0)
+        return tokenizer.decode(tokens[0].tolist())
+
+    transcribe(_warmup_file())
+    return _e2e(transcribe, audio, reference, load_s)
+
+
+def onnxruntime_encoder(model: str, repeats: int, threads: int) -> dict:
+    """ONNX Runtime's CPU provider running the encoder graph of weights_tools.onnx_encoder."""
+    import onnxruntime
+
+    from weights_tools.layout import kernel_to_encoder
+    from weights_tools.model_dir import ConvertedModel
+    from weights_tools.onnx_encoder import build_encoder_onnx
+    from weights_tools.resolve import resolve_model
+
+    def load():
+        converted = ConvertedModel.open(resolve_model(model))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        blob = build_encoder_onnx(converted.dims, kernel_to_encoder(converted.encoder_weights, converted.dims))
+        return onnxruntime.InferenceSession(blob, options, providers=["CPUExecutionProvider"]), converted.dims
+
+    (session, dims), load_s = _timed_load(load)
+    mel = _mel(dims.n_mels)[None]
+    return {"encoder_ms_per_window": round(_median_ms(lambda: session.run(None, {"mel": mel}), repeats), 2),
+            "load_s": round(load_s, 2)}
+
+
+JOBS = {f.__name__: f for f in (gemm_peak, ours_encoder, ours_batched, ours_e2e, faster_whisper_encoder,
+                                faster_whisper_e2e, transformers_encoder, transformers_e2e, onnxruntime_encoder)}
+
+
+def main(argv=None) -> int:
+    spec = json.loads((argv or sys.argv[1:])[0])
+    result = JOBS[spec.pop("job")](**spec)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    from encoder.cli import run_main
+
+    run_main(main)
