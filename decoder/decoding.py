@@ -87,12 +87,14 @@ class WindowDecoder:
     def prefill(self, cross, options: DecodingOptions, batch: int) -> "Prefill":
         """Run the initial tokens for `batch` rows: the state every strategy starts from."""
         initial, sot_index = self.initial_tokens(options)
-        cache = self.session.new_cache(batch)
+        one = self.session.new_cache(1)                                            # every row starts the same:
+        logits = self.session.step(np.array([initial], np.int64), one, cross, logits_from=sot_index)   # run it once
+        cache = self.session.widen(one, batch)
         tokens = np.tile(np.array(initial, np.int64), (batch, 1))                  # (batch, n_initial)
-        logits = self.session.step(tokens, cache, cross)
+        logits = np.repeat(logits, batch, axis=0)                                  # rows sot_index.. only
         return Prefill(len(initial), self.filters(options, len(initial)),
                        min(options.sample_len or self.n_ctx // 2, self.n_ctx - len(initial)),
-                       cache, tokens, logits, _no_speech_prob(self, logits, sot_index))
+                       cache, tokens, logits, _no_speech_prob(self, logits[:, 0]))
 
     # ---- language ----------------------------------------------------------------
     def detect_language(self, cross) -> tuple[str, dict[str, float]]:
@@ -145,14 +147,15 @@ class Prefill:
     limit: int               # most tokens to sample
     cache: object            # KVCache after the initial tokens
     tokens: np.ndarray       # (batch, n_initial)
-    logits: np.ndarray       # (batch, n_initial, vocab)
+    logits: np.ndarray       # (batch, n_initial - sot_index, vocab): from <|startoftranscript|> on
     no_speech: float         # probability of <|nospeech|> at <|startoftranscript|>
 
 
-def _no_speech_prob(wd: WindowDecoder, logits: np.ndarray, sot_index: int) -> float:
+def _no_speech_prob(wd: WindowDecoder, sot_logits: np.ndarray) -> float:
+    """P(<|nospeech|>) at <|startoftranscript|>; sot_logits (batch, vocab)."""
     if wd.tokenizer.no_speech is None:
         return 0.0
-    return float(np.exp(log_softmax(logits[0, sot_index][None])[0, wd.tokenizer.no_speech]))
+    return float(np.exp(log_softmax(sot_logits[:1])[0, wd.tokenizer.no_speech]))
 
 
 class Sampler:

@@ -59,8 +59,19 @@ class DecoderSession:
                         for k, v in zip(cache.keys, cache.values)]
         return cache
 
-    def step(self, tokens: np.ndarray, cache: KVCache, cross: list, alignment: bool = False):
-        """Run the new `tokens` (B, S); returns logits (B, S, V) [and alignment (B, n_heads, S, T)]."""
+    def widen(self, cache: KVCache, batch: int) -> KVCache:
+        """A cache of `batch` rows, each a copy of `cache`'s single row."""
+        if batch == cache.batch:
+            return cache
+        wide = self.new_cache(batch)
+        for src, dst in zip(cache.keys + cache.values, wide.keys + wide.values):
+            dst[:, :, :cache.length] = src[:, :, :cache.length]
+        wide.length = cache.length
+        return wide
+
+    def step(self, tokens: np.ndarray, cache: KVCache, cross: list, alignment: bool = False, logits_from: int = 0):
+        """Run the new `tokens` (B, S); returns logits (B, S - logits_from, V) of the positions from
+        `logits_from` on [and alignment (B, n_heads, S, T)]."""
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)
         b, s = tokens.shape
         if cache.length + s > self.dims.n_text_ctx:
@@ -68,6 +79,7 @@ class DecoderSession:
         io = self.session.io_binding()
         io.bind_cpu_input("input_ids", tokens)
         io.bind_cpu_input("offset", np.array(cache.length, np.int64))
+        io.bind_cpu_input("logits_from", np.array(logits_from, np.int64))
         for i, ((k, v), (ck, cv)) in enumerate(zip(cache._bound, cross)):
             io.bind_ortvalue_input(f"past_key_{i}", k)
             io.bind_ortvalue_input(f"past_value_{i}", v)

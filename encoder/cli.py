@@ -7,7 +7,9 @@ import sys
 def run_main(main, argv=None) -> None:
     """Run `main(argv)`; an AmanuensisError prints `error: <message>` and exits 2, no traceback."""
     from encoder.errors import AmanuensisError
+    from encoder.memory import tune_allocator
 
+    tune_allocator()
     try:
         code = main(argv)
     except AmanuensisError as e:

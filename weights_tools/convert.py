@@ -26,7 +26,7 @@ from weights_tools import ct2, hf, layout, names
 from weights_tools.safetensors_io import write_safetensors
 
 FORMAT = "amanuensis-whisper"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: decoder.onnx takes logits_from
 MANIFEST = "amanuensis.json"
 FILES = (MANIFEST, "config.json", "generation_config.json", "encoder.safetensors", "decoder.safetensors",
          "decoder.onnx", "tokenizer.json")

@@ -57,7 +57,13 @@ class ConvertedModel:
 
     def cross_kv_weights(self) -> dict[str, np.ndarray]:
         """The decoder's cross-attention K/V projections in the kernel layout (run by the encoder's backend)."""
-        weights = layout.cross_kv_to_kernel(self.decoder_weights(), self.dims)
+        wanted = {f"decoder.layers.{i}.encoder_attn.{p}" for i in range(self.dims.n_text_layer)
+                  for p in ("k_proj.weight", "v_proj.weight", "v_proj.bias")}
+        source = self.path / "decoder.safetensors"
+        found = read_safetensors(source, only=wanted)    # not the whole decoder: its embedding is most of it
+        if wanted - set(found):
+            raise AmanuensisError(f"{source}: missing tensors {sorted(wanted - set(found))[:3]}")
+        weights = layout.cross_kv_to_kernel(found, self.dims)
         names.check_tensors(weights, layout.cross_kv_shapes(self.dims), str(self.path / "decoder.safetensors"))
         return weights
 

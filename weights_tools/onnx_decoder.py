@@ -8,11 +8,14 @@ transB=1 on (B·S, D) rows for that reason.
 Inputs
     input_ids           int64 (B, S)         the new tokens
     offset              int64 ()             how many tokens the cache already holds
+    logits_from         int64 ()             first position whose logits are wanted (a prefill of
+                        a long prompt needs only its last few rows: the vocabulary projection is
+                        the decoder's largest matmul, and its output the largest tensor)
     past_key_i/value_i  float (B, H, n_text_ctx, d_head)  self-attention cache, slots >= offset ignored
     cross_key_i/value_i float (1 or B, H, n_audio_ctx, d_head)  from the encoder output, computed
                         once per window by the encoder's kernels (not in this graph)
 Outputs
-    logits              float (B, S, n_vocab)
+    logits              float (B, S - logits_from, n_vocab)
     new_key_i/value_i   float (B, H, S, d_head)  the host writes them into the cache at `offset`,
                         so the cache is never copied whole
     alignment           float (B, n_align, S, n_audio_ctx)  cross-attention of the alignment heads
@@ -146,7 +149,8 @@ def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
         "positions": g.op("Add", new_pos, "offset"),
         "zero": g.const([0]), "n_ctx": g.const([dims.n_text_ctx]), "big": g.const([2**62]), "minus1": g.const([-1]),
         "bsd": g.op("Concat", b, s_len, g.const([dims.n_text_state]), axis=0),
-        "bsv": g.op("Concat", b, s_len, g.const([dims.n_vocab]), axis=0),
+        "bsv": g.op("Concat", b, g.const([-1]), g.const([dims.n_vocab]), axis=0),
+        "from": g.op("Unsqueeze", "logits_from", g.const([0])),
     }
 
 
@@ -175,19 +179,22 @@ def build_decoder_onnx(dims: ModelDimensions, weights_path: Path, alignment_head
         for layer, head in alignment_heads:
             if layer == i:
                 align[(layer, head)] = g.op("Slice", probs, g.const([head]), g.const([head + 1]), g.const([1]))
-    logits = g.op("Gemm", _layernorm(g, x, "decoder.layer_norm"), g.weight("decoder.embed_tokens.weight"), transB=1)
+    wanted = g.op("Slice", g.op("Reshape", x, s["bsd"]), s["from"], s["big"], g.const([1]))     # (B, S', D)
+    wanted = g.op("Reshape", wanted, s["flat"])
+    logits = g.op("Gemm", _layernorm(g, wanted, "decoder.layer_norm"), g.weight("decoder.embed_tokens.weight"), transB=1)
     g.nodes.append(helper.make_node("Reshape", [logits, s["bsv"]], ["logits"]))
     cache = ["batch", dims.n_text_head, dims.n_text_ctx, d_head]
     cross_shape = ["cross_batch", dims.n_text_head, dims.n_audio_ctx, d_head]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-              helper.make_tensor_value_info("offset", TensorProto.INT64, [])]
+              helper.make_tensor_value_info("offset", TensorProto.INT64, []),
+              helper.make_tensor_value_info("logits_from", TensorProto.INT64, [])]
     for i in range(dims.n_text_layer):
         inputs += [helper.make_tensor_value_info(f"{kind}_{i}", TensorProto.FLOAT, shape)
                    for kind, shape in (("past_key", cache), ("past_value", cache),
                                        ("cross_key", cross_shape), ("cross_value", cross_shape))]
         outputs += [helper.make_tensor_value_info(f"new_{kind}_{i}", TensorProto.FLOAT, ["batch", dims.n_text_head, "seq", d_head])
                     for kind in ("key", "value")]
-    outputs.insert(0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", dims.n_vocab]))
+    outputs.insert(0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "wanted", dims.n_vocab]))
     if align:
         g.nodes.append(helper.make_node("Concat", [align[h] for h in alignment_heads], ["alignment"], axis=1))
         outputs.append(helper.make_tensor_value_info("alignment", TensorProto.FLOAT,

@@ -52,8 +52,8 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def read_safetensors(path: Path, dtype=np.float32) -> dict[str, np.ndarray]:
-    """Load every tensor of a safetensors file as a numpy array of `dtype`.
+def read_safetensors(path: Path, dtype=np.float32, only=None) -> dict[str, np.ndarray]:
+    """Load every tensor of a safetensors file (or those named in `only`) as numpy arrays of `dtype`.
 
     Each entry's dtype, shape and offsets are checked against the file size
     before any data is touched.
@@ -80,7 +80,8 @@ def read_safetensors(path: Path, dtype=np.float32) -> dict[str, np.ndarray]:
                 raise AmanuensisError(
                     f"{path}: tensor {name!r} {kind}{shape} has offsets [{begin}, {end}] that do not fit "
                     f"its size or the file ({size} bytes): truncated or corrupt file")
-            out[name] = _copy_out(mm, np_dtype, nbytes, start + begin, shape, dtype)
+            if only is None or name in only:
+                out[name] = _copy_out(mm, np_dtype, nbytes, start + begin, shape, dtype)
     return out
 
 
