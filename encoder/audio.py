@@ -37,33 +37,23 @@ def _read_soundfile(path: Path):
 
 def _quiet_av():
     """Import PyAV with libav's own log output limited to errors (we report problems ourselves)."""
+    import logging
+
     import av
 
     av.logging.set_level(av.logging.ERROR)
+    # PyAV forwards libav's errors to Python logging, whose last-resort handler prints them on
+    # stderr; our UndecodableAudio message already carries libav's last error, so keep them quiet.
+    logging.getLogger("libav").setLevel(logging.CRITICAL)
     return av
 
 
 def _read_av(path: Path):
-    av = _quiet_av()
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise UndecodableAudio(f"{path}: no audio stream in this file")
-            stream = container.streams.audio[0]
-            rate = stream.rate or stream.codec_context.sample_rate
-            to_float = av.AudioResampler(format="fltp")   # planar float, same rate and layout
-            parts = []
-            for frame in container.decode(stream):
-                for out in to_float.resample(frame):
-                    parts.append(out.to_ndarray().mean(axis=0))            # (channels, n) -> mono
-    except AmanuensisError:
-        raise
-    except (av.error.FFmpegError, ValueError, OSError, IndexError) as e:
-        raise UndecodableAudio(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+    blocks, rate = _av_chunks(path)
+    parts = list(blocks)
     if not parts:
         raise UndecodableAudio(f"{path}: cannot decode audio (no audio frames found: not an audio file, or truncated)")
-    return np.concatenate(parts).astype(np.float32), rate
+    return np.concatenate(parts), rate
 
 
 def check_audio_file(path: Path) -> None:
@@ -267,22 +257,34 @@ def _open_chunks(path: Path, chunk: int):
 
 
 def _av_chunks(path: Path):
+    """(generator of mono float32 blocks, sample rate) of the first audio stream, via PyAV."""
     av = _quiet_av()
-
+    errors = (av.error.FFmpegError, ValueError, OSError, IndexError, AttributeError)
     try:
         container = av.open(str(path))
-        stream = container.streams.audio[0]
-        rate = stream.rate or stream.codec_context.sample_rate
-    except (av.error.FFmpegError, ValueError, OSError, IndexError) as e:
+    except errors as e:
         raise UndecodableAudio(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+    try:
+        if not container.streams.audio:
+            raise UndecodableAudio(f"{path}: no audio stream in this file")
+        stream = container.streams.audio[0]
+        rate = stream.rate or stream.codec_context.sample_rate    # a corrupt header can leave neither
+        if not (isinstance(rate, int) and rate > 0):
+            raise UndecodableAudio(f"{path}: cannot decode audio (no valid sample rate in the header)")
+    except errors as e:
+        container.close()
+        raise UndecodableAudio(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
+    except AmanuensisError:
+        container.close()
+        raise
 
     def blocks():
-        to_float = av.AudioResampler(format="fltp")
+        to_float = av.AudioResampler(format="fltp")                 # planar float, same rate and layout
         try:
             with container:
                 for frame in container.decode(stream):
                     for out in to_float.resample(frame):
-                        yield out.to_ndarray().mean(axis=0).astype(np.float32)
-        except av.error.FFmpegError as e:
+                        yield out.to_ndarray().mean(axis=0).astype(np.float32)   # (channels, n) -> mono
+        except errors as e:
             raise UndecodableAudio(f"{path}: cannot decode audio ({type(e).__name__}: {e})") from None
     return blocks(), rate

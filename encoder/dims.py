@@ -18,6 +18,9 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH        # 3000 mel frames per window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH // 2  # 50 encoder positions/s (conv2 stride 2)
 
 
+MAX_DIM = 1 << 20
+
+
 @dataclass(frozen=True)
 class ModelDimensions:
     n_mels: int          # num_mel_bins: 80, or 128 for large-v3
@@ -47,6 +50,8 @@ class ModelDimensions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise AmanuensisError(f"model dims: {name} must be a positive integer, got {value!r}")
+            if value > MAX_DIM:     # a hostile config must not size allocations; large-v3 peaks at 51866
+                raise AmanuensisError(f"model dims: {name} = {value} is beyond any Whisper model (at most {MAX_DIM})")
         for state, head in ((self.n_audio_state, self.n_audio_head), (self.n_text_state, self.n_text_head)):
             if state % head:
                 raise AmanuensisError(f"model dims: d_model {state} is not divisible by {head} heads")

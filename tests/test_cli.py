@@ -13,7 +13,7 @@ def run(*args):
 
 
 @pytest.mark.parametrize("module", ["encoder.graph", "encoder.embed", "encoder.parity", "encoder.transcribe",
-                                    "encoder.evaluate", "weights_tools"])
+                                    "encoder.evaluate", "encoder.bench", "weights_tools"])
 def test_help(module):
     r = run(module, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout

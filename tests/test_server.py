@@ -242,3 +242,36 @@ def test_oversize_chunked_upload_is_cut_off(server):
     finally:
         conn.close()
     assert server.healthy()
+
+
+def _rss_mb_and_fds(pid: int) -> tuple[float, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_soak_memory_and_file_descriptors_stay_flat(server, cli_text):
+    """A bounded soak on loopback: after warm-up, 4 rounds of good, bad, oversize and concurrent
+    requests; resident memory and open file descriptors of the server must not creep."""
+    bad = [(b"", "empty.wav"), (b"text, not audio\n" * 40, "notes.mp3"), (b"\0" * (2 * 2**20), "big.wav")]
+
+    def round_of_requests():
+        run_concurrently(lambda n: server.post("/v1/audio/transcriptions", {"model": "whisper-1"},
+                                               HELLO.read_bytes()), 4)
+        for data, name in bad:
+            assert server.post("/transcribe", file=data, filename=name)[0] in (400, 413, 415)
+        code, body, _ = server.post("/transcribe", file=HELLO.read_bytes())
+        assert code == 200 and json.loads(body)["text"].strip() == cli_text
+
+    for _ in range(2):
+        round_of_requests()
+    rss0, fds0 = _rss_mb_and_fds(server.proc.pid)
+    samples = []
+    for _ in range(4):
+        round_of_requests()
+        samples.append(_rss_mb_and_fds(server.proc.pid))
+    assert max(fds for _, fds in samples) <= fds0 + 2, (fds0, samples)
+    assert max(rss for rss, _ in samples) <= rss0 + 40, (rss0, samples)
+    assert samples[-1][0] <= samples[1][0] + 15, samples          # no steady climb in the second half
+    assert not list(server.tmp.glob("amanuensis-upload-*")) and server.healthy()

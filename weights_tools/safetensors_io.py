@@ -9,6 +9,7 @@ AmanuensisError instead of a crash or a huge allocation.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -74,7 +75,7 @@ def read_safetensors(path: Path, dtype=np.float32, only=None) -> dict[str, np.nd
             if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
                 raise AmanuensisError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
             np_dtype = np.dtype(known[kind])
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+            nbytes = math.prod(shape) * np_dtype.itemsize          # exact: numpy's int64 product can wrap
             if not (isinstance(begin, int) and isinstance(end, int)) or end - begin != nbytes \
                     or begin < 0 or start + end > size:
                 raise AmanuensisError(

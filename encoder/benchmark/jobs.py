@@ -19,7 +19,7 @@ import numpy as np
 from encoder.dims import SAMPLE_RATE
 
 
-def _median_ms(fn, repeats: int, warmup: int = 1) -> float:
+def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
     times = []

@@ -1,0 +1,80 @@
+"""python -m encoder.bench: its input, its figures and its report (short inputs; the full run is in the README)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+from encoder import bench
+from encoder.benchmark import speech
+
+
+def test_speech_is_ours_seeded_and_streamed(tmp_path):
+    samples, text = speech.build(40.0, seed=3)
+    assert len(samples) == 40 * 16000 and samples.dtype == np.float32
+    again, text_again = speech.build(40.0, seed=3)
+    assert np.array_equal(samples, again) and text == text_again
+    assert not np.array_equal(samples, speech.build(40.0, seed=4)[0])
+    known = {t for _, t in speech.sentences()}
+    parts = [p for p in speech.pieces(40.0, seed=3) if p[1]]
+    assert parts and all(t in known for _, t in parts)               # whole sentences only in the reference
+    written = speech.write(tmp_path / "s.wav", 40.0, seed=3)
+    audio, rate = soundfile.read(tmp_path / "s.wav", dtype="float32")
+    assert written == text and rate == 16000 and np.abs(audio - samples).max() < 1e-4
+
+
+def test_labels_and_targets():
+    assert [bench.label(s) for s in (30, 300, 1800, 10800)] == ["30s", "5min", "30min", "180min"]
+    result = {"encoder_ms_per_window": {"cpu": 100.0}, "rtf_5min": 60.0,
+              "peak_rss_mb_by_input": {"5min": 390.0, "30min": 420.0},
+              "peers": {"onnxruntime": {"encoder_ms_per_window": 125.0},
+                        "faster-whisper-int8": {"rtf_5min": 30.0, "encoder_ms_per_window": 150.0,
+                                                "peak_rss_mb_by_input": {"5min": 500.0}}}}
+    met = {what: ok for what, _, ok in bench.targets(result)}
+    assert met == {"encoder <= 0.85 x ONNX Runtime": True, "5 min speed >= 1.5 x faster-whisper int8": True,
+                   "peak memory on 5 min <= 400 MB": True, "memory flat from 5 min to 30min (within 10%)": True}
+    result["peak_rss_mb_by_input"]["30min"] = 500.0
+    result["encoder_ms_per_window"]["cpu"] = 110.0
+    met = {what: ok for what, _, ok in bench.targets(result)}
+    assert not met["encoder <= 0.85 x ONNX Runtime"] and not met["memory flat from 5 min to 30min (within 10%)"]
+    ratios = bench.ratios(result)
+    assert ratios["faster-whisper-int8"] == {"encoder_time": 0.733, "rtf_5min": 2.0, "peak_rss_5min": 0.78}
+    assert bench.targets({"encoder_ms_per_window": {"emu": 900.0}})[0][2] is None   # nothing to compare: n/a
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lengths", "ten"], "--lengths 'ten': expected numbers"),
+    (["--lengths", "0"], "must be positive"),
+    (["--backends", "gpu"], "--backends gpu: choose from"),
+    (["--repeats", "0"], "at least 1"),
+])
+def test_bad_options(args, message):
+    r = subprocess.run([sys.executable, "-m", "encoder.bench", *args], capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_short_run_with_peers(tmp_path):
+    """Every key the issue asks for, measured (positive, consistent), the files written, the peers run."""
+    r = subprocess.run([sys.executable, "-m", "encoder.bench", "--backends", "cpu", "--lengths", "6",
+                        "--memory-minutes", "", "--repeats", "1", "--peers", "--json", "--out-dir", tmp_path],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout)
+    assert result == json.loads((tmp_path / "bench.json").read_text()) | {"chart": str(tmp_path / "profile.png")}
+    assert (tmp_path / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["encoder_ms_per_window"]["cpu"] > 0 and result["gemm_peak_gflops"] > 10
+    assert result["rtf_6s"] > 0 and result["peak_rss_mb"] > 50 and result["wer_6s"] is not None
+    assert len(result["profile"]) == 32 and all(row["backend"] == "cpu" for row in result["profile"])
+    shares = [row["share_of_peak"] for row in result["profile"] if row["kernel"] == "linear"]
+    assert all(0 < s < 1.5 for s in shares)
+    assert sum(row["ms"] for row in result["profile"]) <= 1.2 * result["encoder_ms_per_window"]["cpu"]
+    assert result["batched"]["stacked_ms"] > 0
+    peers = result["peers"]
+    assert set(peers) == set(bench.PEERS)
+    for name in ("faster-whisper-int8", "faster-whisper-fp32", "transformers"):
+        assert peers[name]["encoder_ms_per_window"] > 0 and peers[name]["rtf_6s"] > 0, peers[name]
+    assert peers["onnxruntime"]["encoder_ms_per_window"] > 0
+    assert "encoder_time" in result["ratios"]["onnxruntime"]
+    assert any(t["target"].startswith("encoder <=") and t["met"] is not None for t in result["targets"])
