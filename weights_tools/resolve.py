@@ -73,7 +73,11 @@ def _converted(source: Path, target: Path) -> Path:
     if (target / MANIFEST).is_file():
         _say(f"amanuensis: the cached conversion {target} is from another version or incomplete; converting again")
     _say(f"amanuensis: converting {source} into {target} (first use only) ...")
-    convert(source, target, force=True)
+    try:
+        convert(source, target, force=True)
+    except (AmanuensisError, OSError):
+        if not is_current(target):      # another process converting the same model won the race: fine
+            raise
     _say("amanuensis: conversion done")
     return target
 
