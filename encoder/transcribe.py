@@ -122,7 +122,6 @@ def main(argv=None) -> int:
     for audio in args.audio:
         if not Path(audio).is_file():
             raise AmanuensisError(f"{audio}: file not found")
-    check_output_dir(args.output_dir)
     from encoder.model import load_model, report_device
     from encoder.runner import format_profile
     from encoder.writers import write_result
@@ -131,6 +130,7 @@ def main(argv=None) -> int:
     model = load_model(args.model, args.device, args.strict)
     report_device(model)
     model.transcriber.check_options(options)
+    check_output_dir(args.output_dir)              # after every check, so a refused run leaves nothing
     for audio in args.audio:
         result = model.transcribe(audio, options, progress=True)
         result["provenance"] = provenance(result, model)

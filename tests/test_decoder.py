@@ -125,3 +125,13 @@ def test_multilingual_prompt_and_language_detection_match_transformers(tmp_path)
         assert finite.sum() > 50000 and np.abs(first[finite] - scores[finite]).max() <= 1e-3, task
         ref = [t for t in out.sequences[0].tolist() if t < 50256]
         assert tr.decoder.decode(cross, options).tokens[:len(ref)] == ref, task
+    # the bad-input matrix row "unknown language on a multilingual model", through the CLI
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "encoder.transcribe", "tests/data/hello.wav", "--model",
+                        str(tmp_path / "out"), "--language", "xx", "-o", str(tmp_path / "t")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "t").exists(), r.stderr
+    assert [line for line in r.stderr.splitlines() if line.startswith("error:")] == [
+        "error: unknown language 'xx' for this model"], r.stderr
