@@ -35,8 +35,9 @@ def _say(msg: str) -> None:
 def run_job(job: str, child_threads: int, **spec) -> dict:
     """Run one job of encoder.benchmark.jobs in a child process; {"error": ...} if it failed."""
     env = {**os.environ, "AMANUENSIS_THREADS": str(child_threads)}
-    proc = subprocess.run([sys.executable, "-m", "encoder.benchmark.jobs", json.dumps({"job": job, **spec})],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "encoder.benchmark.jobs"], input=json.dumps({"job": job, **spec}),
+                          capture_output=True, text=True, env=env)    # on stdin: hours of reference text
+                                                                          # exceed an argument's size limit
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         err = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]

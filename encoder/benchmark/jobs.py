@@ -1,9 +1,10 @@
 """Every measurement of the bench, one function per job, each run in its own child process.
 
-`python -m encoder.benchmark.jobs '{"job": ..., ...}'` runs one job and prints one JSON
-object: the job's figures plus `peak_rss_mb`, the child's peak resident memory (model,
-runtime and work together, as a user's process would hold them). Timings are wall-clock
-medians of warm runs; model loading is timed separately and never counted as work.
+`python -m encoder.benchmark.jobs` reads one job '{"job": ..., ...}' on stdin (or as its
+argument), runs it and prints one JSON object: the job's figures plus `peak_rss_mb`, the
+child's peak resident memory (model, runtime and work together, as a user's process would
+hold them). Timings are wall-clock medians of warm runs; model loading is timed separately
+and never counted as work.
 """
 from __future__ import annotations
 
@@ -233,7 +234,8 @@ JOBS = {f.__name__: f for f in (gemm_peak, ours_encoder, ours_batched, ours_e2e,
 
 
 def main(argv=None) -> int:
-    spec = json.loads((argv or sys.argv[1:])[0])
+    args = argv if argv is not None else sys.argv[1:]
+    spec = json.loads(args[0] if args else sys.stdin.read())
     result = JOBS[spec.pop("job")](**spec)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result))
