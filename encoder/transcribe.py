@@ -87,8 +87,17 @@ def options_from_args(args):
                              word_timestamps=args.word_timestamps)
 
 
-def check_output_dir(path: Path) -> None:
-    """Create the output directory, or fail before any work if it cannot be written."""
+def check_output_dir(path: Path, create: bool = True) -> None:
+    """Create the output directory, or fail if it cannot be written. With create=False only check
+    (the nearest existing ancestor must be a writable directory), so a run can fail before any work
+    and still leave nothing behind when a later check refuses it."""
+    if not create:
+        existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+        if not existing.is_dir():
+            raise AmanuensisError(f"{path}: cannot create the output directory (Not a directory)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise AmanuensisError(f"{path}: output directory is not writable")
+        return
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -122,6 +131,7 @@ def main(argv=None) -> int:
     for audio in args.audio:
         if not Path(audio).is_file():
             raise AmanuensisError(f"{audio}: file not found")
+    check_output_dir(args.output_dir, create=False)   # before loading anything
     from encoder.model import load_model, report_device
     from encoder.runner import format_profile
     from encoder.writers import write_result

@@ -123,7 +123,9 @@ def _warmup_file() -> str:
     """A 3 s clip, written once, to warm up runtimes before the timed run."""
     from encoder.benchmark import speech
 
-    path = os.path.join(os.environ.get("AMANUENSIS_BENCH_TMP", "/tmp"), "amanuensis-bench-warmup.wav")
+    import tempfile
+
+    path = os.path.join(os.environ.get("AMANUENSIS_BENCH_TMP") or tempfile.gettempdir(), "amanuensis-bench-warmup.wav")
     if not os.path.exists(path):
         speech.write(path, 3.0, seed=99)
     return path
