@@ -45,6 +45,9 @@ class DecoderSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or int(os.environ.get("AMANUENSIS_THREADS", 0)) or os.cpu_count() or 1
         options.inter_op_num_threads = 1
+        # No arena: it grows in power-of-two chunks for the prefill's peak and keeps them. Measured on
+        # 5 min of speech: peak resident memory 518 -> 470 MB, time within noise (+1%).
+        options.enable_cpu_mem_arena = False
         self._ort = ort
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.dims = dims
