@@ -33,6 +33,14 @@ def _valid() -> bytes:
     return _safetensors({"a": {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]}}, data)
 
 
+def _corrupted(path, blob: bytes, offset: int, value: bytes):
+    """Write `blob` to `path` with `value` written over it at `offset`; returns path."""
+    data = bytearray(blob)
+    data[offset:offset + len(value)] = value
+    path.write_bytes(bytes(data))
+    return path
+
+
 def _bounded(call, limit_mb: float = 16.0):
     """Run call(); return its result or its AmanuensisError, asserting peak Python-side memory."""
     tracemalloc.start()
@@ -68,10 +76,7 @@ def test_safetensors_hostile_headers(tmp_path, header, data):
 @FUZZ
 @given(offset=st.integers(0, 120), value=st.binary(min_size=1, max_size=8))
 def test_safetensors_corrupt_bytes(tmp_path, offset, value):
-    blob = bytearray(_valid())
-    blob[offset:offset + len(value)] = value
-    path = tmp_path / "x.safetensors"
-    path.write_bytes(bytes(blob))
+    path = _corrupted(tmp_path / "x.safetensors", _valid(), offset, value)
     _bounded(lambda: read_safetensors(path))
 
 
@@ -113,10 +118,7 @@ def test_audio_random_bytes(tmp_path, suffix, data):
 @given(offset=st.integers(0, 43), value=st.binary(min_size=1, max_size=4))
 def test_wav_header_fields(tmp_path, offset, value):
     """Corrupt RIFF/fmt/data fields, including 0xFFFFFFFF chunk lengths, of a 0.5 s WAV."""
-    blob = bytearray(_wav())
-    blob[offset:offset + len(value)] = value
-    path = tmp_path / "in.wav"
-    path.write_bytes(bytes(blob))
+    path = _corrupted(tmp_path / "in.wav", _wav(), offset, value)
     result = _bounded(lambda: load_audio(path), limit_mb=64)
     if not isinstance(result, AmanuensisError):
         assert len(result) <= 16000 * 10 and np.isfinite(result).all()
