@@ -66,12 +66,23 @@ def check_audio_file(path: Path) -> None:
         raise AmanuensisError(f"{path}: empty file (0 bytes)")
 
 
+MIN_SAMPLE_RATE = 4000   # below: not speech-bearing audio, and upsampling would multiply the samples
+
+
+def check_rate(path: Path, rate: int) -> None:
+    """Refuse a sample rate no speech recording has (a corrupt header can claim 1 Hz: resampling that
+    to 16 kHz would turn a tiny file into gigabytes)."""
+    if rate < MIN_SAMPLE_RATE:
+        raise UndecodableAudio(f"{path}: sample rate {rate} Hz is too low for speech (at least {MIN_SAMPLE_RATE} Hz)")
+
+
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode `path` to mono float32 samples at `sample_rate` Hz."""
     path = Path(path)
     check_audio_file(path)
     decoded = (_read_soundfile(path) if _soundfile_first(path) else None) or _read_av(path)
     samples, rate = decoded
+    check_rate(path, rate)
     if samples.size == 0:
         raise AmanuensisError(f"{path}: contains no audio samples")
     if not np.all(np.isfinite(samples)):
@@ -181,6 +192,7 @@ class AudioStream:
         import soxr
 
         source, rate = _open_chunks(self.path, self.CHUNK)
+        check_rate(self.path, rate)
         resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
         produced = False
         for block in source:

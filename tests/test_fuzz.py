@@ -12,10 +12,10 @@ import tracemalloc
 import numpy as np
 import pytest
 import soundfile
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from encoder.audio import load_audio
+from encoder.audio import MIN_SAMPLE_RATE, load_audio
 from encoder.dims import ModelDimensions
 from encoder.errors import AmanuensisError
 from weights_tools.safetensors_io import read_safetensors
@@ -116,9 +116,19 @@ def test_audio_random_bytes(tmp_path, suffix, data):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(offset=st.integers(0, 43), value=st.binary(min_size=1, max_size=4))
+@example(offset=24, value=b"\x00\x01")            # found in CI: 256 Hz, 31 s of samples from a 16 KB file
 def test_wav_header_fields(tmp_path, offset, value):
     """Corrupt RIFF/fmt/data fields, including 0xFFFFFFFF chunk lengths, of a 0.5 s WAV."""
-    path = _corrupted(tmp_path / "in.wav", _wav(), offset, value)
+    blob = _wav()
+    path = _corrupted(tmp_path / "in.wav", blob, offset, value)
     result = _bounded(lambda: load_audio(path), limit_mb=64)
     if not isinstance(result, AmanuensisError):
-        assert len(result) <= 16000 * 10 and np.isfinite(result).all()
+        # at most one sample per byte, upsampled at most 16000 / MIN_SAMPLE_RATE times
+        assert len(result) <= len(blob) * 16000 // MIN_SAMPLE_RATE and np.isfinite(result).all()
+
+
+def test_a_header_claiming_1_hz_is_refused(tmp_path):
+    """0.5 s of 16 kHz audio relabelled as 1 Hz would resample to 128 M samples."""
+    path = _corrupted(tmp_path / "in.wav", _wav(), 24, struct.pack("<I", 1))
+    with pytest.raises(AmanuensisError, match="sample rate 1 Hz is too low for speech"):
+        load_audio(path)
