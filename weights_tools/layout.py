@@ -107,6 +107,12 @@ def kernel_shapes(dims: ModelDimensions) -> dict[str, tuple]:
     return shapes
 
 
+def cross_kv_sources(dims: ModelDimensions) -> set[str]:
+    """The decoder tensors (HF names) that cross_kv_to_kernel reads."""
+    return {f"decoder.layers.{i}.encoder_attn.{part}" for i in range(dims.n_text_layer)
+            for part in ("k_proj.weight", "v_proj.weight", "v_proj.bias")}
+
+
 def cross_kv_to_kernel(decoder: dict, dims: ModelDimensions) -> dict[str, np.ndarray]:
     """Decoder cross-attention K and V projections fused for one matmul: W (d, 2d) = [k.T | v.T], b = [0 | v_bias]."""
     out = {}

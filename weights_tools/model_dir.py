@@ -57,8 +57,7 @@ class ConvertedModel:
 
     def cross_kv_weights(self) -> dict[str, np.ndarray]:
         """The decoder's cross-attention K/V projections in the kernel layout (run by the encoder's backend)."""
-        wanted = {f"decoder.layers.{i}.encoder_attn.{p}" for i in range(self.dims.n_text_layer)
-                  for p in ("k_proj.weight", "v_proj.weight", "v_proj.bias")}
+        wanted = layout.cross_kv_sources(self.dims)
         source = self.path / "decoder.safetensors"
         found = read_safetensors(source, only=wanted)    # not the whole decoder: its embedding is most of it
         if wanted - set(found):

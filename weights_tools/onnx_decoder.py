@@ -37,13 +37,17 @@ OPSET = 17
 class _Builder:
     """Collects nodes, initializers and constants with unique names."""
 
-    def __init__(self, weights_file: str = "", header: dict | None = None, data_start: int = 0):
+    def __init__(self, weights_file: str = "", header: dict | None = None, data_start: int = 0,
+                 arrays: dict[str, np.ndarray] | None = None):
+        """Weights come from a safetensors file (`weights_file`, its `header` and data offset) as
+        external data, or, for a graph built in memory, from `arrays`."""
         import onnx
         from onnx import helper
 
         self.onnx, self.helper = onnx, helper
         self.nodes, self.inits, self.count = [], {}, 0
         self.weights_file, self.header, self.data_start = weights_file, header, data_start
+        self.arrays = arrays or {}
 
     def op(self, op_type: str, *inputs: str, **attrs) -> str:
         self.count += 1
@@ -64,9 +68,11 @@ class _Builder:
         return name
 
     def weight(self, name: str) -> str:
-        """An initializer stored in decoder.safetensors."""
+        """The initializer of weight `name`: in memory if given as an array, else external data."""
         if name in self.inits:
             return name
+        if name in self.arrays:
+            return self.array(name, self.arrays[name])
         info = self.header[name]
         begin, end = info["data_offsets"]
         tensor = self.onnx.TensorProto()

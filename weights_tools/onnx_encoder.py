@@ -13,21 +13,16 @@ import math
 import numpy as np
 
 from encoder.dims import ModelDimensions
-from weights_tools.onnx_decoder import OPSET, _Builder, _gelu
+from weights_tools.onnx_decoder import OPSET, _Builder, _gelu, _layernorm
 
 
-def _linear(g: _Builder, x: str, w: dict, prefix: str) -> str:
+def _linear(g: _Builder, x: str, prefix: str) -> str:
     """x · Wᵀ + b with W in HF layout (out, in), stored transposed so MatMul reads (in, out)."""
-    wt = g.array(f"{prefix}.weight.T", np.ascontiguousarray(w[f"{prefix}.weight"].T))
-    return g.op("Add", g.op("MatMul", x, wt), g.array(f"{prefix}.bias", w[f"{prefix}.bias"]))
+    wt = g.array(f"{prefix}.weight.T", np.ascontiguousarray(g.arrays[f"{prefix}.weight"].T))
+    return g.op("Add", g.op("MatMul", x, wt), g.weight(f"{prefix}.bias"))
 
 
-def _layernorm(g: _Builder, x: str, w: dict, prefix: str) -> str:
-    return g.op("LayerNormalization", x, g.array(f"{prefix}.weight", w[f"{prefix}.weight"]),
-                g.array(f"{prefix}.bias", w[f"{prefix}.bias"]), axis=-1, epsilon=1e-5)
-
-
-def _attention(g: _Builder, x: str, w: dict, p: str, dims: ModelDimensions) -> str:
+def _attention(g: _Builder, x: str, p: str, dims: ModelDimensions) -> str:
     """Full self-attention over all positions, heads as a batch: (1, T, D) -> (1, T, D)."""
     h, d = dims.n_audio_head, dims.n_audio_state // dims.n_audio_head
     shape = g.const([1, dims.n_audio_ctx, h, d])
@@ -36,33 +31,32 @@ def _attention(g: _Builder, x: str, w: dict, p: str, dims: ModelDimensions) -> s
         return g.op("Transpose", g.op("Reshape", t, shape), perm=perm)
 
     scale = g.const(1 / math.sqrt(d), np.float32)
-    q = heads(g.op("Mul", _linear(g, x, w, f"{p}.q_proj"), scale), [0, 2, 1, 3])       # (1, H, T, d)
-    k_weight = g.array(f"{p}.k_proj.weight.T", np.ascontiguousarray(w[f"{p}.k_proj.weight"].T))
+    q = heads(g.op("Mul", _linear(g, x, f"{p}.q_proj"), scale), [0, 2, 1, 3])          # (1, H, T, d)
+    k_weight = g.array(f"{p}.k_proj.weight.T", np.ascontiguousarray(g.arrays[f"{p}.k_proj.weight"].T))
     k = heads(g.op("MatMul", x, k_weight), [0, 2, 3, 1])                                 # (1, H, d, T)
-    v = heads(_linear(g, x, w, f"{p}.v_proj"), [0, 2, 1, 3])                              # (1, H, T, d)
+    v = heads(_linear(g, x, f"{p}.v_proj"), [0, 2, 1, 3])                              # (1, H, T, d)
     probs = g.op("Softmax", g.op("MatMul", q, k), axis=-1)                               # (1, H, T, T)
     out = g.op("Reshape", g.op("Transpose", g.op("MatMul", probs, v), perm=[0, 2, 1, 3]),
                g.const([1, dims.n_audio_ctx, dims.n_audio_state]))
-    return _linear(g, out, w, f"{p}.out_proj")
+    return _linear(g, out, f"{p}.out_proj")
 
 
 def build_encoder_onnx(dims: ModelDimensions, w: dict[str, np.ndarray]) -> bytes:
     """Serialized ONNX encoder with its weights inside; `w` holds HF-layout encoder tensors."""
     from onnx import TensorProto, helper
 
-    g = _Builder()
-    x = g.op("Conv", "mel", g.array("encoder.conv1.weight", w["encoder.conv1.weight"]),
-             g.array("encoder.conv1.bias", w["encoder.conv1.bias"]), pads=[1, 1])
-    x = g.op("Conv", _gelu(g, x), g.array("encoder.conv2.weight", w["encoder.conv2.weight"]),
-             g.array("encoder.conv2.bias", w["encoder.conv2.bias"]), pads=[1, 1], strides=[2])
+    g = _Builder(arrays=w)
+    x = g.op("Conv", "mel", g.weight("encoder.conv1.weight"), g.weight("encoder.conv1.bias"), pads=[1, 1])
+    x = g.op("Conv", _gelu(g, x), g.weight("encoder.conv2.weight"), g.weight("encoder.conv2.bias"),
+             pads=[1, 1], strides=[2])
     x = g.op("Transpose", _gelu(g, x), perm=[0, 2, 1])                                   # (1, T, D)
-    x = g.op("Add", x, g.array("encoder.embed_positions.weight", w["encoder.embed_positions.weight"]))
+    x = g.op("Add", x, g.weight("encoder.embed_positions.weight"))
     for i in range(dims.n_audio_layer):
         p = f"encoder.layers.{i}"
-        x = g.op("Add", x, _attention(g, _layernorm(g, x, w, f"{p}.self_attn_layer_norm"), w, f"{p}.self_attn", dims))
-        hidden = _gelu(g, _linear(g, _layernorm(g, x, w, f"{p}.final_layer_norm"), w, f"{p}.fc1"))
-        x = g.op("Add", x, _linear(g, hidden, w, f"{p}.fc2"))
-    final = _layernorm(g, x, w, "encoder.layer_norm")
+        x = g.op("Add", x, _attention(g, _layernorm(g, x, f"{p}.self_attn_layer_norm"), f"{p}.self_attn", dims))
+        hidden = _gelu(g, _linear(g, _layernorm(g, x, f"{p}.final_layer_norm"), f"{p}.fc1"))
+        x = g.op("Add", x, _linear(g, hidden, f"{p}.fc2"))
+    final = _layernorm(g, x, "encoder.layer_norm")
     g.nodes.append(helper.make_node("Identity", [final], ["last_hidden_state"]))
     frames = 2 * dims.n_audio_ctx
     graph = helper.make_graph(

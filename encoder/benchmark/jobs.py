@@ -78,8 +78,8 @@ def ours_encoder(model: str, device: str, repeats: int) -> dict:
     mel = _mel(m.dims.n_mels)
     profiles = []
     ms = _median_ms(lambda: profiles.append(m.encode(mel).profile()), repeats)
-    profile = [{**row, "ms": statistics.median(p[i]["ms"] for p in profiles[1:] or profiles)}
-               for i, row in enumerate(profiles[-1])]
+    timed = profiles[-repeats:]                      # the warm-up runs appended theirs first
+    profile = [{**row, "ms": statistics.median(p[i]["ms"] for p in timed)} for i, row in enumerate(timed[-1])]
     return {"encoder_ms_per_window": round(ms, 2), "backend": m.backend.describe(), "load_s": round(load_s, 2),
             "profile": profile, "flops": int(sum(n.flops for n in m.graph.nodes))}
 
