@@ -41,7 +41,7 @@ class DecoderSession:
         import onnxruntime as ort
 
         if not Path(path).is_file():
-            raise AmanuensisError(f"{path}: decoder.onnx is missing: convert the model again")
+            raise AmanuensisError(f"{path}: the decoder graph is missing: convert the model again")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or int(os.environ.get("AMANUENSIS_THREADS", 0)) or os.cpu_count() or 1
         options.inter_op_num_threads = 1

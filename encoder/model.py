@@ -47,8 +47,10 @@ class Embedding:
 class WhisperEncoderModel:
     """A converted model's encoder, as a layer graph on a backend."""
 
-    def __init__(self, converted, device: str = "auto", strict: bool = False):
+    def __init__(self, converted, device: str = "auto", strict: bool = False, decoder_precision: str = "fp32"):
         self.converted = converted
+        self.decoder_path = converted.decoder_onnx(decoder_precision)     # checks the name
+        self.decoder_precision = decoder_precision
         self.spec = converted.name            # what the user asked for (load_model sets the exact spec)
         self.dims = converted.dims
         self.strict = strict
@@ -77,6 +79,10 @@ class WhisperEncoderModel:
             weights = {**self.converted.encoder_weights, **self.converted.cross_kv_weights()}
             self._cross_runner = Runner(graph, weights, self.backend, self.strict)
         return self._cross_runner.run(mel)
+
+    def describe_decoder(self) -> str:
+        """What runs the decoder: always ONNX Runtime on the CPU, with this precision's graph."""
+        return f"onnxruntime cpu, {self.decoder_precision} weights ({self.decoder_path.name})"
 
     @property
     def transcriber(self):
@@ -123,11 +129,12 @@ class WhisperEncoderModel:
         names = [self.layer_tensor(i) for i in layers]
         samples = as_samples(audio)
         parts, profile = [], []
-        for _, chunk in windows(samples):
-            frames = min(self.dims.n_audio_ctx, math.ceil(len(chunk) / SAMPLES_PER_FRAME))
-            result = self.encode(self.mel(chunk), keep=names)
-            parts.append(np.stack([result.tensors[t][:frames] for t in names]))   # (L, frames, d)
-            profile.append(result.profile())
+        with self.backend.session():            # around the mel too (see Transcriber.transcribe)
+            for _, chunk in windows(samples):
+                frames = min(self.dims.n_audio_ctx, math.ceil(len(chunk) / SAMPLES_PER_FRAME))
+                result = self.encode(self.mel(chunk), keep=names)
+                parts.append(np.stack([result.tensors[t][:frames] for t in names]))   # (L, frames, d)
+                profile.append(result.profile())
         states = np.concatenate(parts, axis=1)                                    # (L, total, d)
         frames = states.shape[1]
         if pool == "mean":
@@ -136,19 +143,24 @@ class WhisperEncoderModel:
                          pool, frames, len(samples) / SAMPLE_RATE, profile)
 
 
-def load_model(name: str = "tiny.en", device: str = "auto", strict: bool = False) -> WhisperEncoderModel:
+def load_model(name: str = "tiny.en", device: str = "auto", strict: bool = False,
+               decoder_precision: str = "fp32") -> WhisperEncoderModel:
     """Load a model by default name, directory or hub id (converting on first use) onto `device`.
 
     strict=True makes any op that falls back from the chosen backend an error.
+    decoder_precision: the weights transcription decodes with, "fp32" or "int8" (decoder-int8.onnx).
     """
     from weights_tools.model_dir import ConvertedModel
     from weights_tools.resolve import resolve_model
 
-    model = WhisperEncoderModel(ConvertedModel.open(resolve_model(name)), device, strict)
+    model = WhisperEncoderModel(ConvertedModel.open(resolve_model(name)), device, strict, decoder_precision)
     model.spec = str(name)
     return model
 
 
-def report_device(model: WhisperEncoderModel) -> None:
-    """Tell the user, on stderr, which backend runs the encoder (never a silent choice)."""
+def report_device(model: WhisperEncoderModel, decoder: bool = False) -> None:
+    """Tell the user, on stderr, which backend runs the encoder (never a silent choice), and with
+    `decoder`, what runs the decoder."""
     print(f"amanuensis: device {model.backend.describe()} ({model.device_note})", file=sys.stderr)
+    if decoder:
+        print(f"amanuensis: decoder {model.describe_decoder()}", file=sys.stderr)

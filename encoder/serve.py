@@ -14,6 +14,7 @@ import numpy as np
 
 def build_parser() -> argparse.ArgumentParser:
     from encoder.model import DEVICES
+    from weights_tools.model_dir import DECODER_PRECISIONS
 
     p = argparse.ArgumentParser(prog="python -m encoder.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny.en", help="default name, model directory or hub id (default tiny.en)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="encoder backend (default auto)")
     p.add_argument("--strict", action="store_true", help="fail requests instead of letting any op fall back")
+    p.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default="fp32",
+                   help="decoder weights: fp32 or int8 (faster; see README) (default fp32)")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest accepted upload (default 25 MiB)")
     p.add_argument("--queue", type=int, default=8, help="requests waiting at most; more get 503 (default 8)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (default 600)")
@@ -41,8 +44,8 @@ def main(argv=None) -> int:
     from encoder.model import load_model, report_device
     from encoder.server import ServerConfig, TranscriptionService, api_key_from_env, create_app
 
-    model = load_model(args.model, args.device, args.strict)
-    report_device(model)
+    model = load_model(args.model, args.device, args.strict, args.decoder_precision)
+    report_device(model, decoder=True)
     t = np.arange(16000) / 16000
     model.transcribe((0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))     # warm up both halves
     config = ServerConfig(int(args.max_upload_mb * 2**20), args.queue, api_key_from_env(args.api_key), args.timeout)

@@ -199,6 +199,7 @@ class TranscriptionService:
             "device": {"backend": backend.name, "description": backend.describe(), "note": self.model.device_note,
                        "npu_available": self.npu_available, "npu_reason": self.npu_reason,
                        "npu": backend.status() if hasattr(backend, "status") else None},
+            "decoder": self.model.describe_decoder(),
             "graph_backends": self.last_backends or {n.name: [backend.name] for n in self.model.graph.nodes},
             "counters": self.counters.snapshot(),
             "queue": {"depth": self.worker.depth, "capacity": self.config.queue_size},

@@ -7,6 +7,7 @@ The converted directory holds:
     encoder.safetensors      encoder weights, fp32, in the kernel layout (see layout.py)
     decoder.safetensors      decoder weights, fp32, Hugging Face names and layout
     decoder.onnx             the decoder graph; its weights are external data in decoder.safetensors
+    decoder-int8.onnx        the decoder graph with int8 weights, self-contained (--decoder-precision int8)
     tokenizer.json           the model's tokenizer
 It is written into a temporary sibling and renamed into place, so a failed or
 interrupted conversion never leaves a half-written model behind.
@@ -26,10 +27,10 @@ from weights_tools import ct2, hf, layout, names
 from weights_tools.safetensors_io import write_safetensors
 
 FORMAT = "amanuensis-whisper"
-FORMAT_VERSION = 2   # 2: decoder.onnx takes logits_from
+FORMAT_VERSION = 3   # 2: decoder.onnx takes logits_from; 3: decoder-int8.onnx
 MANIFEST = "amanuensis.json"
 FILES = (MANIFEST, "config.json", "generation_config.json", "encoder.safetensors", "decoder.safetensors",
-         "decoder.onnx", "tokenizer.json")
+         "decoder.onnx", "decoder-int8.onnx", "tokenizer.json")
 
 
 def is_current(directory: Path) -> bool:
@@ -86,12 +87,13 @@ def _write(tmp: Path, source: Path, dims, config, generation, tensors) -> None:
     kind = source_format(source)
     encoder = layout.encoder_to_kernel({k: v for k, v in tensors.items() if k.startswith("encoder.")}, dims)
     write_safetensors(tmp / "encoder.safetensors", encoder, {"layout": "kernel-v1"})
-    write_safetensors(tmp / "decoder.safetensors",
-                      {k: v for k, v in tensors.items() if k.startswith("decoder.")}, {"layout": "hf"})
-    from weights_tools.onnx_decoder import build_decoder_onnx
+    decoder = {k: v for k, v in tensors.items() if k.startswith("decoder.")}
+    write_safetensors(tmp / "decoder.safetensors", decoder, {"layout": "hf"})
+    from weights_tools.onnx_decoder import build_decoder_onnx, build_decoder_onnx_int8
 
     heads = [tuple(h) for h in generation.get("alignment_heads") or []]
     (tmp / "decoder.onnx").write_bytes(build_decoder_onnx(dims, tmp / "decoder.safetensors", heads))
+    (tmp / "decoder-int8.onnx").write_bytes(build_decoder_onnx_int8(dims, decoder, heads))
     shutil.copyfile(source / "tokenizer.json", tmp / "tokenizer.json")
     config = {**config, **dims.hf_fields()}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))

@@ -14,6 +14,8 @@ from weights_tools.convert import FORMAT, FORMAT_VERSION, MANIFEST
 from weights_tools.hf import read_json
 from weights_tools.safetensors_io import read_safetensors
 
+DECODER_PRECISIONS = ("fp32", "int8")     # decoder.onnx, decoder-int8.onnx
+
 
 @dataclass
 class ConvertedModel:
@@ -51,9 +53,11 @@ class ConvertedModel:
         path = self.path / "generation_config.json"
         return read_json(path) if path.is_file() else {}
 
-    @property
-    def decoder_onnx(self) -> Path:
-        return self.path / "decoder.onnx"
+    def decoder_onnx(self, precision: str = "fp32") -> Path:
+        """The decoder graph of `precision` (fp32 or int8)."""
+        if precision not in DECODER_PRECISIONS:
+            raise AmanuensisError(f"unknown decoder precision {precision!r} (choose from: {', '.join(DECODER_PRECISIONS)})")
+        return self.path / ("decoder.onnx" if precision == "fp32" else f"decoder-{precision}.onnx")
 
     def cross_kv_weights(self) -> dict[str, np.ndarray]:
         """The decoder's cross-attention K/V projections in the kernel layout (run by the encoder's backend)."""

@@ -1,9 +1,15 @@
 """Build the Whisper decoder as an ONNX graph (onnx package only; no torch).
 
-The initializers are not copied: each points into decoder.safetensors (ONNX
-external data: file, offset, length), so the converted model keeps one copy of
-the decoder weights, in Hugging Face layout. Linear layers are `Gemm` with
+The fp32 graph's initializers are not copied: each points into decoder.safetensors
+(ONNX external data: file, offset, length), so the converted model keeps one copy
+of the decoder weights, in Hugging Face layout. Linear layers are `Gemm` with
 transB=1 on (B·S, D) rows for that reason.
+
+The int8 graph (decoder-int8.onnx) holds its own weights: every linear layer and
+the tied token embedding / output projection as int8 with one fp32 scale per
+output channel, run as MatMulInteger on inputs quantized per call. A greedy step
+is memory bound (one row against every weight), so reading a quarter of the
+bytes halves the step time; the accuracy cost is measured in the README.
 
 Inputs
     input_ids           int64 (B, S)         the new tokens
@@ -29,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from encoder.dims import ModelDimensions
+from weights_tools.quantize import quantize_int8
 from weights_tools.safetensors_io import read_header
 
 OPSET = 17
@@ -38,9 +45,10 @@ class _Builder:
     """Collects nodes, initializers and constants with unique names."""
 
     def __init__(self, weights_file: str = "", header: dict | None = None, data_start: int = 0,
-                 arrays: dict[str, np.ndarray] | None = None):
+                 arrays: dict[str, np.ndarray] | None = None, int8: bool = False):
         """Weights come from a safetensors file (`weights_file`, its `header` and data offset) as
-        external data, or, for a graph built in memory, from `arrays`."""
+        external data, or, for a graph built in memory, from `arrays`. int8: linear weights and
+        the token embedding are quantized from `arrays` (see _linear_int8)."""
         import onnx
         from onnx import helper
 
@@ -48,12 +56,14 @@ class _Builder:
         self.nodes, self.inits, self.count = [], {}, 0
         self.weights_file, self.header, self.data_start = weights_file, header, data_start
         self.arrays = arrays or {}
+        self.int8 = int8
 
-    def op(self, op_type: str, *inputs: str, **attrs) -> str:
+    def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs):
+        """Add a node; its output name, or a tuple of `n_out` names."""
         self.count += 1
-        out = f"{op_type.lower()}_{self.count}"
-        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], **attrs))
-        return out
+        outs = [f"{op_type.lower()}_{self.count}" + (f"_{i}" if n_out > 1 else "") for i in range(n_out)]
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, **attrs))
+        return outs[0] if n_out == 1 else tuple(outs)
 
     def const(self, value, dtype=np.int64) -> str:
         self.count += 1
@@ -61,11 +71,19 @@ class _Builder:
         self.inits[name] = self.onnx.numpy_helper.from_array(np.asarray(value, dtype), name)
         return name
 
-    def array(self, name: str, value: np.ndarray) -> str:
+    def array(self, name: str, value: np.ndarray, dtype=np.float32) -> str:
         """An initializer held in the model itself (for graphs built in memory)."""
         if name not in self.inits:
-            self.inits[name] = self.onnx.numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name)
+            self.inits[name] = self.onnx.numpy_helper.from_array(np.ascontiguousarray(value, dtype), name)
         return name
+
+    def int8_weight(self, name: str) -> tuple[str, str]:
+        """Initializers (q (in, out) int8, scale (out,) fp32) of weight `name`, quantized from `arrays`."""
+        if f"{name}.q" not in self.inits:
+            q, scale = quantize_int8(self.arrays[name])
+            self.array(f"{name}.q", q, np.int8)
+            self.array(f"{name}.scale", scale)
+        return f"{name}.q", f"{name}.scale"
 
     def weight(self, name: str) -> str:
         """The initializer of weight `name`: in memory if given as an array, else external data."""
@@ -89,9 +107,34 @@ class _Builder:
 
 def _linear(g: _Builder, x2d: str, prefix: str, bias: bool = True) -> str:
     """y = x · Wᵀ + b on (rows, D) with W in HF layout (out, in)."""
+    if g.int8:
+        return _linear_int8(g, x2d, f"{prefix}.weight", f"{prefix}.bias" if bias else None)
     if bias:
         return g.op("Gemm", x2d, g.weight(f"{prefix}.weight"), g.weight(f"{prefix}.bias"), transB=1)
     return g.op("Gemm", x2d, g.weight(f"{prefix}.weight"), transB=1)
+
+
+def _linear_int8(g: _Builder, x2d: str, weight: str, bias: str | None) -> str:
+    """y ≈ x · Wᵀ + b with W int8 per output channel and x quantized per call to uint8 (one scale
+    and zero point for the whole input): y = (xq - xz) · q · (xs · scale) + b, integer products
+    accumulated in int32. ONNX Runtime fuses the pattern into one kernel."""
+    q, scale = g.int8_weight(weight)
+    xq, xs, xz = g.op("DynamicQuantizeLinear", x2d, n_out=3)
+    acc = g.op("Cast", g.op("MatMulInteger", xq, q, xz), to=g.onnx.TensorProto.FLOAT)
+    y = g.op("Mul", acc, g.op("Mul", xs, scale))
+    return g.op("Add", y, g.weight(bias)) if bias else y
+
+
+def _token_embedding(g: _Builder, ids: str) -> str:
+    """Rows of the token embedding for `ids` (B, S) -> (B, S, D); from its int8 copy in an int8 graph
+    (the same table serves the tied output projection, so it is held once)."""
+    name = "decoder.embed_tokens.weight"
+    if not g.int8:
+        return g.op("Gather", g.weight(name), ids)
+    q, scale = g.int8_weight(name)                                           # (D, V), (V,)
+    rows = g.op("Transpose", g.op("Gather", q, ids, axis=1), perm=[1, 2, 0])    # (B, S, D) int8
+    rows = g.op("Cast", rows, to=g.onnx.TensorProto.FLOAT)
+    return g.op("Mul", rows, g.op("Unsqueeze", g.op("Gather", scale, ids), g.const([-1])))
 
 
 def _heads(g: _Builder, x2d: str, shape_bshd: str) -> str:
@@ -161,14 +204,24 @@ def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
 
 
 def build_decoder_onnx(dims: ModelDimensions, weights_path: Path, alignment_heads=()) -> bytes:
-    """Serialized ONNX decoder whose weights are external data in `weights_path` (same directory)."""
+    """Serialized fp32 ONNX decoder whose weights are external data in `weights_path` (same directory)."""
+    header, start = read_header(weights_path)
+    return _serialize(_Builder(Path(weights_path).name, header, start), dims, alignment_heads)
+
+
+def build_decoder_onnx_int8(dims: ModelDimensions, tensors: dict[str, np.ndarray], alignment_heads=()) -> bytes:
+    """Serialized self-contained ONNX decoder from the decoder's fp32 `tensors` (HF names): the
+    linear layers and the token embedding quantized to int8 (quantize.py), the layer norms,
+    biases and positions kept fp32."""
+    return _serialize(_Builder(arrays=tensors, int8=True), dims, alignment_heads)
+
+
+def _serialize(g: _Builder, dims: ModelDimensions, alignment_heads) -> bytes:
     from onnx import TensorProto, helper
 
-    header, start = read_header(weights_path)
-    g = _Builder(Path(weights_path).name, header, start)
     s = _shapes(g, dims)
     d_head = dims.n_text_state // dims.n_text_head
-    x = g.op("Add", g.op("Gather", g.weight("decoder.embed_tokens.weight"), "input_ids"),
+    x = g.op("Add", _token_embedding(g, "input_ids"),
              g.op("Gather", g.weight("decoder.embed_positions.weight"), s["positions"]))
     x = g.op("Reshape", x, s["flat"])                                                  # (B·S, D)
     outputs, align = [], {}
@@ -187,7 +240,7 @@ def build_decoder_onnx(dims: ModelDimensions, weights_path: Path, alignment_head
                 align[(layer, head)] = g.op("Slice", probs, g.const([head]), g.const([head + 1]), g.const([1]))
     wanted = g.op("Slice", g.op("Reshape", x, s["bsd"]), s["from"], s["big"], g.const([1]))     # (B, S', D)
     wanted = g.op("Reshape", wanted, s["flat"])
-    logits = g.op("Gemm", _layernorm(g, wanted, "decoder.layer_norm"), g.weight("decoder.embed_tokens.weight"), transB=1)
+    logits = _linear(g, _layernorm(g, wanted, "decoder.layer_norm"), "decoder.embed_tokens", bias=False)
     g.nodes.append(helper.make_node("Reshape", [logits, s["bsv"]], ["logits"]))
     cache = ["batch", dims.n_text_head, dims.n_text_ctx, d_head]
     cross_shape = ["cross_batch", dims.n_text_head, dims.n_audio_ctx, d_head]

@@ -110,11 +110,11 @@ def ours_batched(model: str, device: str, repeats: int) -> dict:
             "gain": round(single / stacked - 1, 4)}
 
 
-def ours_e2e(model: str, device: str, audio: str, reference: str, threads: int) -> dict:
+def ours_e2e(model: str, device: str, audio: str, reference: str, threads: int, decoder_precision: str = "fp32") -> dict:
     """Our whole pipeline, greedy (temperature fallback as openai-whisper), on an audio file."""
     from encoder.model import load_model
 
-    m, load_s = _timed_load(lambda: load_model(model, device=device))
+    m, load_s = _timed_load(lambda: load_model(model, device=device, decoder_precision=decoder_precision))
     m.transcribe(_warmup_file())
     return _e2e(lambda path: m.transcribe(path)["text"], audio, reference, load_s)
 
