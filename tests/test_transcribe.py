@@ -215,3 +215,20 @@ def test_clipped_audio_still_transcribes(tiny):
     clipped = np.clip(5 * load_audio(HELLO), -1, 1)          # hard clipping: 4.6% of all samples at +-1
     assert np.mean(np.abs(clipped) == 1) > 0.04
     assert score(HELLO_TEXT, tiny.transcribe(clipped)["text"])["wer"] <= 0.15
+
+
+def test_transcription_keeps_blas_single_threaded_between_windows(tiny, monkeypatch):
+    """The mel and the decoding run inside the backend's session: a multi-threaded BLAS call there
+    leaves BLAS's threads spinning on the cores the next window's encoder needs."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before, seen = blas_threads(), []
+    mel = tiny.mel
+    monkeypatch.setattr(tiny, "mel", lambda samples: (seen.append(blas_threads()), mel(samples))[1])
+    tiny.transcribe(HELLO)
+    tiny.embed(HELLO)
+    assert len(seen) == 2 and all(s == {1} for s in seen), seen
+    assert blas_threads() == before                 # the caller's setting comes back
