@@ -87,13 +87,22 @@ def bench_ours(args, inputs: dict[str, tuple[str, str]]) -> dict:
         raise AmanuensisError("no backend could run the encoder; see the messages above")
     _say("batched linears (two windows stacked) ...")
     batched = run_job("ours_batched", args.threads, model=args.model, device=args.backends[0], repeats=args.repeats)
-    runs = {}
+    runs = {p: {} for p in args.decoder_precisions}
     for name, (audio, reference) in inputs.items():
-        _say(f"end to end on {name} of speech ...")
-        runs[name] = run_job("ours_e2e", args.threads, model=args.model, device=args.backends[0], audio=audio,
-                             reference=reference, threads=args.threads)
-    return _e2e_figures({"encoder_ms_per_window": encoder, "profile": profile, "flops_per_window": flops,
-                         "batched": batched}, runs)
+        for precision in args.decoder_precisions:
+            _say(f"end to end on {name} of speech, {precision} decoder ...")
+            runs[precision][name] = run_job("ours_e2e", args.threads, model=args.model, device=args.backends[0],
+                                            audio=audio, reference=reference, threads=args.threads,
+                                            decoder_precision=precision)
+    head, *others = args.decoder_precisions
+    figures = _e2e_figures({"encoder_ms_per_window": encoder, "profile": profile, "flops_per_window": flops,
+                            "batched": batched, "decoder_precision": head}, runs[head])
+    figures["variants"] = {_variant(p): _e2e_figures({"decoder_precision": p}, runs[p]) for p in others}
+    return figures
+
+
+def _variant(precision: str) -> str:
+    return f"{precision} decoder"
 
 
 def _peer_jobs(peer: str, args) -> tuple[str | None, str, str, dict]:
@@ -138,9 +147,11 @@ def bench_peers(args, inputs: dict[str, tuple[str, str]]) -> dict:
     return peers
 
 
-def ratios(result: dict) -> dict:
+def ratios(result: dict, figures: dict | None = None) -> dict:
     """Ours against each peer: encoder time (ours / theirs, < 1 is faster), speed (ours / theirs, > 1 is
-    faster) and peak memory (ours / theirs)."""
+    faster) and peak memory (ours / theirs). `figures`: the end-to-end figures of one of our
+    configurations (default the headline one, `result` itself)."""
+    figures = result if figures is None else figures
     ours_ms = result["encoder_ms_per_window"].get("cpu")
     out = {}
     for peer, r in result.get("peers", {}).items():
@@ -148,9 +159,9 @@ def ratios(result: dict) -> dict:
         if ours_ms and r.get("encoder_ms_per_window"):
             entry["encoder_time"] = round(ours_ms / r["encoder_ms_per_window"], 3)
         for key, value in r.items():
-            if key.startswith("rtf_") and value and result.get(key):
-                entry[key] = round(result[key] / value, 3)
-        mine, theirs = result.get("peak_rss_mb_by_input", {}), r.get("peak_rss_mb_by_input", {})
+            if key.startswith("rtf_") and value and figures.get(key):
+                entry[key] = round(figures[key] / value, 3)
+        mine, theirs = figures.get("peak_rss_mb_by_input", {}), r.get("peak_rss_mb_by_input", {})
         for name in set(mine) & set(theirs):
             entry[f"peak_rss_{name}"] = round(mine[name] / theirs[name], 3)
         out[peer] = entry
@@ -180,23 +191,30 @@ def _seconds(name: str) -> float:
 
 
 def targets(result: dict) -> list[tuple[str, str, bool | None]]:
-    """The performance issue's targets as (what, measured, met); None where a figure is missing."""
-    peers, ours = result.get("peers", {}), result
+    """The performance issue's targets as (what, measured, met); None where a figure is missing.
+    The end-to-end ones are judged for each of our configurations (decoder precisions)."""
+    peers = result.get("peers", {})
     ort = peers.get("onnxruntime", {}).get("encoder_ms_per_window")
-    cpu = ours["encoder_ms_per_window"].get("cpu")
-    fw = peers.get("faster-whisper-int8", {}).get("rtf_5min")
+    cpu = result["encoder_ms_per_window"].get("cpu")
+    rows = [("encoder <= 0.85 x ONNX Runtime", f"{cpu / ort:.2f} x" if cpu and ort else "n/a",
+             cpu / ort <= 0.85 if cpu and ort else None)]
+    for figures in (result, *result.get("variants", {}).values()):
+        rows += _e2e_targets(figures, peers.get("faster-whisper-int8", {}).get("rtf_5min"))
+    return rows
+
+
+def _e2e_targets(ours: dict, fw: float | None) -> list[tuple[str, str, bool | None]]:
+    which = f" ({ours['decoder_precision']} decoder)" if ours.get("decoder_precision") else ""
     rss = ours.get("peak_rss_mb_by_input", {})
     longest = max(rss, key=_seconds) if rss else None
-    rows = [("encoder <= 0.85 x ONNX Runtime", f"{cpu / ort:.2f} x" if cpu and ort else "n/a",
-             cpu / ort <= 0.85 if cpu and ort else None),
-            ("5 min speed >= 1.5 x faster-whisper int8",
+    rows = [("5 min speed >= 1.5 x faster-whisper int8" + which,
              f"{ours['rtf_5min'] / fw:.2f} x" if fw and ours.get("rtf_5min") else "n/a",
              ours["rtf_5min"] / fw >= 1.5 if fw and ours.get("rtf_5min") else None),
-            ("peak memory on 5 min <= 400 MB", f"{rss['5min']:.0f} MB" if "5min" in rss else "n/a",
+            ("peak memory on 5 min <= 400 MB" + which, f"{rss['5min']:.0f} MB" if "5min" in rss else "n/a",
              rss["5min"] <= 400 if "5min" in rss else None)]
     if "5min" in rss and longest and longest != "5min":
         growth = rss[longest] - rss["5min"]
-        rows.append((f"memory flat from 5 min to {longest} (within 10%)", f"{growth:+.0f} MB",
+        rows.append((f"memory flat from 5 min to {longest} (within 10%)" + which, f"{growth:+.0f} MB",
                      growth <= 0.1 * rss["5min"]))
     return rows
 
@@ -216,27 +234,35 @@ def format_report(result: dict) -> str:
     if "gain" in b:
         lines.append(f"\nbatched: two windows stacked through every linear node: {b['stacked_ms']} ms against "
                      f"{b['two_windows_ms']} ms one by one ({100 * b['gain']:+.1f}% throughput)")
-    lines.append(f"\n{'system':22} {'encoder ms':>10} " + " ".join(
+    lines.append(f"\n{'system':26} {'encoder ms':>10} " + " ".join(
         f"{'x RT ' + n:>11} {'WER':>6} {'RSS MB':>7}" for n in result["inputs"]))
-    for name, r in {"amanuensis (cpu)": result, **result.get("peers", {})}.items():
+    for name, r in _systems(result).items():
         if "skipped" in r:
-            lines.append(f"{name:22} skipped: {r['skipped']}")
+            lines.append(f"{name:26} skipped: {r['skipped']}")
             continue
-        ms = r["encoder_ms_per_window"]
+        ms = r.get("encoder_ms_per_window", result["encoder_ms_per_window"])
         ms = ms.get("cpu") if isinstance(ms, dict) else ms
         cells = []
         for n in result["inputs"]:
             rtf, wer, rss = r.get(f"rtf_{n}"), r.get(f"wer_{n}"), r.get("peak_rss_mb_by_input", {}).get(n)
             cells.append(f"{rtf if rtf is not None else '-':>11} {f'{wer:.3f}' if wer is not None else '-':>6} "
                          f"{rss if rss is not None else '-':>7}")
-        lines.append(f"{name:22} {ms if ms is not None else '-':>10} " + " ".join(cells))
-    if result.get("ratios"):
-        lines.append("\nours / peer: " + "; ".join(f"{p}: " + ", ".join(f"{k} {v}" for k, v in r.items())
-                                                   for p, r in result["ratios"].items() if r))
+        lines.append(f"{name:26} {ms if ms is not None else '-':>10} " + " ".join(cells))
+    for name, r in _systems(result).items():
+        if r.get("ratios"):
+            lines.append(f"\n{name} / peer: " + "; ".join(f"{p}: " + ", ".join(f"{k} {v}" for k, v in q.items())
+                                                          for p, q in r["ratios"].items() if q))
     lines.append("\ntargets:")
     for what, measured, met in targets(result):
         lines.append(f"  {'MET ' if met else 'not met' if met is False else 'n/a '}  {what}: {measured}")
     return "\n".join(lines)
+
+
+def _systems(result: dict) -> dict[str, dict]:
+    """Every row of the table: our configurations (headline first), then the peers."""
+    head = f"amanuensis, {_variant(result['decoder_precision'])}" if result.get("decoder_precision") else "amanuensis"
+    return {head: result, **{f"amanuensis, {v}": f for v, f in result.get("variants", {}).items()},
+            **result.get("peers", {})}
 
 
 def _numbers(text: str, name: str) -> list[float]:
@@ -260,6 +286,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lengths", default="30,300", help="seconds of speech for the end-to-end runs (default 30,300)")
     parser.add_argument("--memory-minutes", default="30", help="extra, longer end-to-end runs of ours, for memory "
                         "growth (default 30; '' for none; e.g. 30,60,180 for hours of input)")
+    parser.add_argument("--decoder-precisions", default="fp32,int8", help="decoder weights of our end-to-end runs, "
+                        "each run in turn; the first gives the headline figures (default fp32,int8)")
     parser.add_argument("--repeats", type=int, default=5, help="timed encoder runs per system (median; default 5)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every system (default: all cores)")
     parser.add_argument("--peers", action="store_true", help="also measure faster-whisper int8/fp32, transformers "
@@ -275,6 +303,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise AmanuensisError(f"--backends {','.join(bad) or '(empty)'}: choose from npu, emu, cpu")
     if args.repeats < 1 or args.threads < 1:
         raise AmanuensisError("--repeats and --threads must be at least 1")
+    from weights_tools.model_dir import DECODER_PRECISIONS
+
+    args.decoder_precisions = [p.strip() for p in args.decoder_precisions.split(",") if p.strip()]
+    bad = [p for p in args.decoder_precisions if p not in DECODER_PRECISIONS]
+    if bad or not args.decoder_precisions:
+        raise AmanuensisError(f"--decoder-precisions {','.join(bad) or '(empty)'}: choose from "
+                              f"{', '.join(DECODER_PRECISIONS)}")
     args.lengths = _numbers(args.lengths, "--lengths")
     args.memory_minutes = _numbers(args.memory_minutes, "--memory-minutes")
     return args
@@ -303,9 +338,11 @@ def main(argv=None) -> int:
     peak = result.get("gemm_peak_gflops") or 0
     for row in result["profile"]:
         row["share_of_peak"] = round(row["gflops"] / peak, 4) if row.get("gflops") and peak else None
-    for figures in (result, *result.get("peers", {}).values()):
+    for figures in (result, *result.get("variants", {}).values(), *result.get("peers", {}).values()):
         _headline(figures)
     result["ratios"] = ratios(result)
+    for figures in result.get("variants", {}).values():
+        figures["ratios"] = ratios(result, figures)
     result["targets"] = [{"target": w, "measured": m, "met": ok} for w, m, ok in targets(result)]
     from encoder.benchmark.chart import draw
     from encoder.fileio import atomic_write

@@ -44,11 +44,30 @@ def test_labels_and_targets():
     assert bench.targets({"encoder_ms_per_window": {"emu": 900.0}})[0][2] is None   # nothing to compare: n/a
 
 
+def test_targets_and_ratios_per_decoder_precision():
+    """Each of our configurations is judged on its own figures, and labelled with its decoder."""
+    result = {"encoder_ms_per_window": {"cpu": 100.0}, "decoder_precision": "fp32", "rtf_5min": 40.0,
+              "peak_rss_mb_by_input": {"5min": 460.0},
+              "variants": {"int8 decoder": {"decoder_precision": "int8", "rtf_5min": 60.0,
+                                            "peak_rss_mb_by_input": {"5min": 320.0}}},
+              "peers": {"faster-whisper-int8": {"rtf_5min": 38.0, "peak_rss_mb_by_input": {"5min": 500.0}}}}
+    met = {what: ok for what, _, ok in bench.targets(result)}
+    assert met["5 min speed >= 1.5 x faster-whisper int8 (fp32 decoder)"] is False
+    assert met["5 min speed >= 1.5 x faster-whisper int8 (int8 decoder)"] is True
+    assert met["peak memory on 5 min <= 400 MB (fp32 decoder)"] is False
+    assert met["peak memory on 5 min <= 400 MB (int8 decoder)"] is True
+    variant = result["variants"]["int8 decoder"]
+    assert bench.ratios(result, variant)["faster-whisper-int8"] == {"rtf_5min": 1.579, "peak_rss_5min": 0.64}
+    assert list(bench._systems(result)) == ["amanuensis, fp32 decoder", "amanuensis, int8 decoder",
+                                            "faster-whisper-int8"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--lengths", "ten"], "--lengths 'ten': expected numbers"),
     (["--lengths", "0"], "must be positive"),
     (["--backends", "gpu"], "--backends gpu: choose from"),
     (["--repeats", "0"], "at least 1"),
+    (["--decoder-precisions", "fp32,fp16"], "--decoder-precisions fp16: choose from fp32, int8"),
 ])
 def test_bad_options(args, message):
     r = subprocess.run([sys.executable, "-m", "encoder.bench", *args], capture_output=True, text=True)
@@ -66,6 +85,10 @@ def test_a_short_run_with_peers(tmp_path):
     assert (tmp_path / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["encoder_ms_per_window"]["cpu"] > 0 and result["gemm_peak_gflops"] > 10
     assert result["rtf_12s"] > 0 and result["peak_rss_mb"] > 50 and result["wer_12s"] is not None
+    assert result["decoder_precision"] == "fp32"
+    int8 = result["variants"]["int8 decoder"]
+    assert int8["rtf_12s"] > 0 and int8["peak_rss_mb"] > 50 and int8["wer_12s"] is not None
+    assert "rtf_12s" in int8["ratios"]["faster-whisper-int8"]
     assert len(result["profile"]) == 32 and all(row["backend"] == "cpu" for row in result["profile"])
     shares = [row["share_of_peak"] for row in result["profile"] if row["kernel"] == "linear"]
     assert all(0 < s < 1.5 for s in shares)
