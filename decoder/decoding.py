@@ -172,7 +172,7 @@ class Sampler:
         cache, tokens, logits = start.cache, start.tokens, start.logits
         sum_logprob, done = np.zeros(n), np.zeros(n, bool)
         for _ in range(start.limit):
-            last = logits[:, -1].astype(np.float64)
+            last = logits[:, -1].astype(np.float32)        # a copy: the filters write into it
             for f in start.filters:
                 f.apply(last, tokens)
             logprobs = log_softmax(last)
@@ -221,7 +221,7 @@ class BeamSearch:
         finished: dict[tuple, float] = {}
         max_finished = round(beams * opt.patience)
         for _ in range(start.limit):
-            last = logits[:, -1].astype(np.float64)
+            last = logits[:, -1].astype(np.float32)        # a copy: the filters write into it
             for f in start.filters:
                 f.apply(last, tokens)
             cand = scores[:, None] + log_softmax(last)                       # (beams, V)
