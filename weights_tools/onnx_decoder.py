@@ -206,17 +206,18 @@ def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
 def build_decoder_onnx(dims: ModelDimensions, weights_path: Path, alignment_heads=()) -> bytes:
     """Serialized fp32 ONNX decoder whose weights are external data in `weights_path` (same directory)."""
     header, start = read_header(weights_path)
-    return _serialize(_Builder(Path(weights_path).name, header, start), dims, alignment_heads)
+    return _build(_Builder(Path(weights_path).name, header, start), dims, alignment_heads)
 
 
 def build_decoder_onnx_int8(dims: ModelDimensions, tensors: dict[str, np.ndarray], alignment_heads=()) -> bytes:
     """Serialized self-contained ONNX decoder from the decoder's fp32 `tensors` (HF names): the
     linear layers and the token embedding quantized to int8 (quantize.py), the layer norms,
     biases and positions kept fp32."""
-    return _serialize(_Builder(arrays=tensors, int8=True), dims, alignment_heads)
+    return _build(_Builder(arrays=tensors, int8=True), dims, alignment_heads)
 
 
-def _serialize(g: _Builder, dims: ModelDimensions, alignment_heads) -> bytes:
+def _build(g: _Builder, dims: ModelDimensions, alignment_heads) -> bytes:
+    """The decoder graph on `g`'s weights, serialized."""
     from onnx import TensorProto, helper
 
     s = _shapes(g, dims)
