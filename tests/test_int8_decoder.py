@@ -103,3 +103,44 @@ def test_cli_decoder_precision(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "encoder.transcribe", str(HELLO), "--decoder-precision", "fp16"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--decoder-precision" in bad.stderr and "fp16" in bad.stderr
+
+
+def test_int8_beam_search_and_word_timestamps(tiny):
+    """The int8 graph serves every decoding path: beam search, and word timestamps (its
+    alignment-head output)."""
+    from decoder.decoding import DecodingOptions
+    from decoder.pipeline import TranscribeOptions
+    from encoder.model import WhisperEncoderModel
+
+    int8 = WhisperEncoderModel(tiny.converted, "cpu", decoder_precision="int8")
+    assert int8.transcriber.session.has_alignment
+    result = int8.transcribe(HELLO, TranscribeOptions(DecodingOptions(beam_size=5), word_timestamps=True))
+    assert score((DATA / "hello.reference.txt").read_text(), result["text"])["wer"] <= 0.15, result["text"]
+    words = [w for s in result["segments"] for w in s["words"]]
+    starts = [w["start"] for w in words]
+    assert len(words) >= 12 and starts == sorted(starts) and all(w["end"] >= w["start"] for w in words)
+    assert words[-1]["end"] <= 9.7
+
+
+def test_int8_graph_of_other_dims_tracks_fp32(tmp_path):
+    """A random model of other dims (2 layers, 2 heads, d 128, multilingual vocabulary): its int8
+    graph, built at conversion, gives the fp32 graph's logits to within int8 rounding."""
+    from tests.helpers import random_hf_tensors, small_dims, write_hf_model
+    from weights_tools.convert import convert
+    from weights_tools.model_dir import ConvertedModel
+
+    dims = small_dims(n_mels=80, n_audio_state=128, n_audio_head=2, n_audio_layer=2, n_audio_mlp=512,
+                      n_vocab=51865, n_text_state=128, n_text_head=2, n_text_layer=2, n_text_mlp=512)
+    converted = ConvertedModel.open(convert(write_hf_model(tmp_path / "hf", dims, random_hf_tensors(dims, seed=5)),
+                                            tmp_path / "out"))
+    fp32, int8 = (DecoderSession(converted.decoder_onnx(p), dims) for p in ("fp32", "int8"))
+    rng = np.random.default_rng(1)
+    cross = fp32.bind_cross([(rng.standard_normal((1, 2, dims.n_audio_ctx, 64), dtype=np.float32),
+                              rng.standard_normal((1, 2, dims.n_audio_ctx, 64), dtype=np.float32))
+                             for _ in range(dims.n_text_layer)])
+    tokens = rng.integers(0, 50000, (2, 7))
+    ref = fp32.step(tokens, fp32.new_cache(2), cross)
+    ours = int8.step(tokens, int8.new_cache(2), cross)
+    assert ours.shape == ref.shape == (2, 7, dims.n_vocab) and np.isfinite(ours).all()
+    assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.99
+    assert np.abs(ours - ref).max() <= 0.1 * np.abs(ref).max()
