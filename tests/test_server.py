@@ -121,6 +121,7 @@ def test_health_status_and_auth(server):
     assert status["device"]["npu_available"] is False and "no NPU device node" in status["device"]["npu_reason"]
     assert set(status["counters"]) >= {"requests", "failures", "audio_seconds", "median_rtf", "p95_rtf"}
     assert status["queue"]["capacity"] == 32 and "layers.3.fc2" in status["graph_backends"]
+    assert status["decoder"] == "onnxruntime cpu, fp32 weights (decoder.onnx)"
 
 
 def test_transcribe_every_format(server, cli_text):
