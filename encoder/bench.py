@@ -236,7 +236,7 @@ def format_report(result: dict) -> str:
                      f"{b['two_windows_ms']} ms one by one ({100 * b['gain']:+.1f}% throughput)")
     lines.append(f"\n{'system':26} {'encoder ms':>10} " + " ".join(
         f"{'x RT ' + n:>11} {'WER':>6} {'RSS MB':>7}" for n in result["inputs"]))
-    for name, r in _systems(result).items():
+    for name, r in systems(result).items():
         if "skipped" in r:
             lines.append(f"{name:26} skipped: {r['skipped']}")
             continue
@@ -248,7 +248,7 @@ def format_report(result: dict) -> str:
             cells.append(f"{rtf if rtf is not None else '-':>11} {f'{wer:.3f}' if wer is not None else '-':>6} "
                          f"{rss if rss is not None else '-':>7}")
         lines.append(f"{name:26} {ms if ms is not None else '-':>10} " + " ".join(cells))
-    for name, r in _systems(result).items():
+    for name, r in systems(result).items():
         if r.get("ratios"):
             lines.append(f"\n{name} / peer: " + "; ".join(f"{p}: " + ", ".join(f"{k} {v}" for k, v in q.items())
                                                           for p, q in r["ratios"].items() if q))
@@ -258,7 +258,7 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _systems(result: dict) -> dict[str, dict]:
+def systems(result: dict) -> dict[str, dict]:
     """Every row of the table: our configurations (headline first), then the peers."""
     head = f"amanuensis, {_variant(result['decoder_precision'])}" if result.get("decoder_precision") else "amanuensis"
     return {head: result, **{f"amanuensis, {v}": f for v, f in result.get("variants", {}).items()},

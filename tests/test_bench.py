@@ -58,7 +58,7 @@ def test_targets_and_ratios_per_decoder_precision():
     assert met["peak memory on 5 min <= 400 MB (int8 decoder)"] is True
     variant = result["variants"]["int8 decoder"]
     assert bench.ratios(result, variant)["faster-whisper-int8"] == {"rtf_5min": 1.579, "peak_rss_5min": 0.64}
-    assert list(bench._systems(result)) == ["amanuensis, fp32 decoder", "amanuensis, int8 decoder",
+    assert list(bench.systems(result)) == ["amanuensis, fp32 decoder", "amanuensis, int8 decoder",
                                             "faster-whisper-int8"]
 
 
