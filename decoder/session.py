@@ -16,6 +16,25 @@ import numpy as np
 from encoder.errors import AmanuensisError
 
 
+def int8_caveat(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """Why int8 results may differ on this CPU, or None. ONNX Runtime's x86 int8 matmul multiplies
+    uint8 inputs by int8 weights; without VNNI it sums pairs of products in int16 (VPMADDUBSW),
+    which saturates when both are large (its documented limitation). Our accuracy figures are
+    from a VNNI machine. Unknown CPUs (no /proc/cpuinfo) and non-x86 ones get no caveat."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return None
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
+                      if line.startswith("flags")), None)
+    except OSError:
+        return None
+    if flags is None or {"avx512_vnni", "avx_vnni"} & set(flags):
+        return None
+    return "this CPU has no VNNI, so ONNX Runtime's int8 products may saturate (see README)"
+
+
 @dataclass
 class KVCache:
     keys: list[np.ndarray]                 # per layer (B, H, n_ctx, d_head)

@@ -81,8 +81,13 @@ class WhisperEncoderModel:
         return self._cross_runner.run(mel)
 
     def describe_decoder(self) -> str:
-        """What runs the decoder: always ONNX Runtime on the CPU, with this precision's graph."""
-        return f"onnxruntime cpu, {self.decoder_precision} weights ({self.decoder_path.name})"
+        """What runs the decoder: always ONNX Runtime on the CPU, with this precision's graph (and
+        for int8, the caveat of this CPU if it has one)."""
+        from decoder.session import int8_caveat
+
+        caveat = int8_caveat() if self.decoder_precision == "int8" else None
+        return f"onnxruntime cpu, {self.decoder_precision} weights ({self.decoder_path.name})" + \
+            (f"; {caveat}" if caveat else "")
 
     @property
     def transcriber(self):

@@ -144,3 +144,20 @@ def test_int8_graph_of_other_dims_tracks_fp32(tmp_path):
     assert ours.shape == ref.shape == (2, 7, dims.n_vocab) and np.isfinite(ours).all()
     assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.99
     assert np.abs(ours - ref).max() <= 0.1 * np.abs(ref).max()
+
+
+def test_int8_caveat_names_cpus_without_vnni(tmp_path, monkeypatch):
+    """On x86 without VNNI, the int8 decoder's description says its products may saturate."""
+    import platform
+
+    from decoder.session import int8_caveat
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    vnni = tmp_path / "vnni"
+    vnni.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 avx512f avx512_vnni\n")
+    assert "no VNNI" in int8_caveat(str(avx2))
+    assert int8_caveat(str(vnni)) is None and int8_caveat(str(tmp_path / "missing")) is None
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert int8_caveat(str(avx2)) is None
