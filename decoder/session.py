@@ -72,7 +72,12 @@ class DecoderSession:
         # 5 min of speech: peak resident memory 518 -> 470 MB, time within noise (+1%).
         options.enable_cpu_mem_arena = False
         self._ort = ort
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:          # ONNX Runtime's own exception types: a corrupt or foreign file
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AmanuensisError(f"{path}: ONNX Runtime cannot load this decoder graph ({reason}): "
+                                  "convert the model again") from None
         self.dims = dims
         self.has_alignment = any(o.name == "alignment" for o in self.session.get_outputs())
 

@@ -180,3 +180,20 @@ def test_existing_outputs(tmp_path):
     r = run("encoder.embed", HELLO, "--output", "keep.npy", cwd=tmp_path)
     assert_clean_failure(r, r"keep\.npy: already exists \(pass --force to overwrite\)")
     assert (tmp_path / "keep.npy").read_bytes() == b"user data"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", r"decoder-int8\.onnx: the decoder graph is missing: convert the model again"),
+    ("garbage", r"decoder-int8\.onnx: ONNX Runtime cannot load this decoder graph \(.*\): convert the model again"),
+])
+def test_damaged_decoder_graph(tiny, tmp_path, damage, message):
+    """A converted model whose int8 decoder graph is gone or corrupt: one clear line, nothing written."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in tiny.converted.path.iterdir():
+        if f.name != "decoder-int8.onnx":
+            (model / f.name).symlink_to(f)
+    if damage == "garbage":
+        (model / "decoder-int8.onnx").write_bytes(bytes(range(256)) * 4)
+    r = run("encoder.transcribe", HELLO, "--model", model, "--decoder-precision", "int8", "-o", "out", cwd=tmp_path)
+    assert_clean_failure(r, message, tmp_path / "out")
