@@ -265,6 +265,15 @@ def systems(result: dict) -> dict[str, dict]:
             **result.get("peers", {})}
 
 
+def _names(text: str, option: str, allowed) -> list[str]:
+    """The comma-separated names of `text`, each one of `allowed`, at least one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise AmanuensisError(f"{option} {','.join(bad) or '(empty)'}: choose from {', '.join(allowed)}")
+    return names
+
+
 def _numbers(text: str, name: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -295,21 +304,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out-dir", default="bench-results", help="where bench.json and profile.png go")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object instead of a table")
     args = parser.parse_args(argv)
-    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     from encoder.model import DEVICES
-
-    bad = [b for b in args.backends if b not in DEVICES or b == "auto"]
-    if bad or not args.backends:
-        raise AmanuensisError(f"--backends {','.join(bad) or '(empty)'}: choose from npu, emu, cpu")
-    if args.repeats < 1 or args.threads < 1:
-        raise AmanuensisError("--repeats and --threads must be at least 1")
     from weights_tools.model_dir import DECODER_PRECISIONS
 
-    args.decoder_precisions = [p.strip() for p in args.decoder_precisions.split(",") if p.strip()]
-    bad = [p for p in args.decoder_precisions if p not in DECODER_PRECISIONS]
-    if bad or not args.decoder_precisions:
-        raise AmanuensisError(f"--decoder-precisions {','.join(bad) or '(empty)'}: choose from "
-                              f"{', '.join(DECODER_PRECISIONS)}")
+    args.backends = _names(args.backends, "--backends", [d for d in DEVICES if d != "auto"])
+    args.decoder_precisions = _names(args.decoder_precisions, "--decoder-precisions", DECODER_PRECISIONS)
+    if args.repeats < 1 or args.threads < 1:
+        raise AmanuensisError("--repeats and --threads must be at least 1")
     args.lengths = _numbers(args.lengths, "--lengths")
     args.memory_minutes = _numbers(args.memory_minutes, "--memory-minutes")
     return args

@@ -131,22 +131,23 @@ def _warmup_file() -> str:
     return path
 
 
-def faster_whisper_encoder(model_dir: str, compute_type: str, repeats: int, threads: int) -> dict:
-    """faster-whisper (CTranslate2) encoder on the same tiny.en files and the same mel."""
+def _faster_whisper(model_dir: str, compute_type: str, threads: int):
+    """(faster-whisper model on the CPU, seconds it took to load)."""
     from faster_whisper import WhisperModel
 
-    m, load_s = _timed_load(lambda: WhisperModel(model_dir, device="cpu", compute_type=compute_type,
-                                                 cpu_threads=threads))
+    return _timed_load(lambda: WhisperModel(model_dir, device="cpu", compute_type=compute_type, cpu_threads=threads))
+
+
+def faster_whisper_encoder(model_dir: str, compute_type: str, repeats: int, threads: int) -> dict:
+    """faster-whisper (CTranslate2) encoder on the same tiny.en files and the same mel."""
+    m, load_s = _faster_whisper(model_dir, compute_type, threads)
     mel = _mel(m.feature_extractor.mel_filters.shape[0])
     return {"encoder_ms_per_window": round(_median_ms(lambda: m.encode(mel), repeats), 2), "load_s": round(load_s, 2)}
 
 
 def faster_whisper_e2e(model_dir: str, compute_type: str, audio: str, reference: str, threads: int) -> dict:
     """faster-whisper's transcribe, greedy (beam_size=1), same fallback and conditioning defaults."""
-    from faster_whisper import WhisperModel
-
-    m, load_s = _timed_load(lambda: WhisperModel(model_dir, device="cpu", compute_type=compute_type,
-                                                 cpu_threads=threads))
+    m, load_s = _faster_whisper(model_dir, compute_type, threads)
 
     def transcribe(path: str) -> str:
         segments, _ = m.transcribe(path, beam_size=1, language="en")
@@ -156,22 +157,28 @@ def faster_whisper_e2e(model_dir: str, compute_type: str, audio: str, reference:
     return _e2e(transcribe, audio, reference, load_s)
 
 
-def _transformers_model(model: str, threads: int):
-    import torch
-
-    from encoder.parity import torch_whisper
+def _converted(model: str):
+    """The converted model (ConvertedModel) of a name, directory or hub id."""
     from weights_tools.model_dir import ConvertedModel
     from weights_tools.resolve import resolve_model
 
+    return ConvertedModel.open(resolve_model(model))
+
+
+def _transformers_model(converted, threads: int):
+    import torch
+
+    from encoder.parity import torch_whisper
+
     torch.set_num_threads(threads)
-    return torch_whisper(ConvertedModel.open(resolve_model(model)))
+    return torch_whisper(converted)
 
 
 def transformers_encoder(model: str, repeats: int, threads: int) -> dict:
     """transformers' WhisperEncoder (PyTorch fp32) holding our converted weights."""
     import torch
 
-    m, load_s = _timed_load(lambda: _transformers_model(model, threads))
+    m, load_s = _timed_load(lambda: _transformers_model(_converted(model), threads))
     mel = torch.from_numpy(_mel(m.config.num_mel_bins)[None])
     with torch.inference_mode():
         ms = _median_ms(lambda: m.model.encoder(mel), repeats)
@@ -185,11 +192,9 @@ def transformers_e2e(model: str, audio: str, reference: str, threads: int) -> di
 
     from decoder.tokenizer import WhisperTokenizer
     from encoder.audio import load_audio
-    from weights_tools.model_dir import ConvertedModel
-    from weights_tools.resolve import resolve_model
 
-    m, load_s = _timed_load(lambda: _transformers_model(model, threads))
-    converted = ConvertedModel.open(resolve_model(model))
+    converted = _converted(model)
+    m, load_s = _timed_load(lambda: _transformers_model(converted, threads))
     tokenizer = WhisperTokenizer(converted.path / "tokenizer.json", converted.dims.is_multilingual)
     features = transformers.WhisperFeatureExtractor(feature_size=m.config.num_mel_bins)
 
@@ -214,12 +219,10 @@ def onnxruntime_encoder(model: str, repeats: int, threads: int) -> dict:
     import onnxruntime
 
     from weights_tools.layout import kernel_to_encoder
-    from weights_tools.model_dir import ConvertedModel
     from weights_tools.onnx_encoder import build_encoder_onnx
-    from weights_tools.resolve import resolve_model
 
     def load():
-        converted = ConvertedModel.open(resolve_model(model))
+        converted = _converted(model)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         blob = build_encoder_onnx(converted.dims, kernel_to_encoder(converted.encoder_weights, converted.dims))
