@@ -51,6 +51,11 @@ class WhisperEncoderModel:
         self.converted = converted
         self.decoder_path = converted.decoder_onnx(decoder_precision)     # checks the name
         self.decoder_precision = decoder_precision
+        self._decoder_caveat = None
+        if decoder_precision == "int8":
+            from decoder.session import int8_caveat
+
+            self._decoder_caveat = int8_caveat()          # read once: it is reported with every result
         self.spec = converted.name            # what the user asked for (load_model sets the exact spec)
         self.dims = converted.dims
         self.strict = strict
@@ -83,11 +88,8 @@ class WhisperEncoderModel:
     def describe_decoder(self) -> str:
         """What runs the decoder: always ONNX Runtime on the CPU, with this precision's graph (and
         for int8, the caveat of this CPU if it has one)."""
-        from decoder.session import int8_caveat
-
-        caveat = int8_caveat() if self.decoder_precision == "int8" else None
         return f"onnxruntime cpu, {self.decoder_precision} weights ({self.decoder_path.name})" + \
-            (f"; {caveat}" if caveat else "")
+            (f"; {self._decoder_caveat}" if self._decoder_caveat else "")
 
     @property
     def transcriber(self):
