@@ -30,6 +30,12 @@ def small_dims(**overrides) -> ModelDimensions:
     return ModelDimensions(**base)
 
 
+def tiny_random_dims(n_vocab: int = 51864) -> ModelDimensions:
+    """A small random model (80 mels, d 128, 2 heads, 2 layers each side); 51865 is multilingual."""
+    return small_dims(n_mels=80, n_audio_state=128, n_audio_head=2, n_audio_layer=2, n_audio_mlp=512,
+                      n_vocab=n_vocab, n_text_state=128, n_text_head=2, n_text_layer=2, n_text_mlp=512)
+
+
 def random_hf_tensors(dims: ModelDimensions, seed: int = 0) -> dict[str, np.ndarray]:
     """Random weights with Whisper-like scales (norms near 1, fan-in scaled matrices)."""
     rng = np.random.default_rng(seed)

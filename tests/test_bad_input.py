@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.helpers import random_hf_tensors, small_dims, write_hf_model
+from tests.helpers import random_hf_tensors, tiny_random_dims, write_hf_model
 
 HELLO = Path(__file__).parent / "data" / "hello.wav"
 
@@ -105,8 +105,7 @@ def test_audio_matrix(tmp_path, case, make, name, message):
 
 
 def _bad_model(tmp_path, edit):
-    dims = small_dims(n_mels=80, n_audio_state=128, n_audio_head=2, n_audio_layer=2, n_audio_mlp=512,
-                      n_text_state=128, n_text_head=2, n_text_layer=2, n_text_mlp=512, n_vocab=51864)
+    dims = tiny_random_dims(51864)
     tensors = random_hf_tensors(dims)
     directory = write_hf_model(tmp_path / "model", dims, tensors)
     edit(directory, tensors, dims)

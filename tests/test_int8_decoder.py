@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from decoder.logits import log_softmax
 from decoder.session import DecoderSession
 from encoder.audio import load_audio
 from encoder.errors import AmanuensisError
@@ -71,10 +72,6 @@ def test_int8_logits_agree_with_fp32(tiny):
     ref = tr.session.step(tokens, tr.session.new_cache(1), cross)[0]
     ours = int8.step(tokens, int8.new_cache(1), cross)[0]
 
-    def log_softmax(x):
-        x = x - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
     lr, lo = log_softmax(ref), log_softmax(ours)
     assert np.array_equal(ref.argmax(-1), ours.argmax(-1))
     assert (np.exp(lr) * (lr - lo)).sum(-1).max() <= 0.05
@@ -125,12 +122,11 @@ def test_int8_beam_search_and_word_timestamps(tiny):
 def test_int8_graph_of_other_dims_tracks_fp32(tmp_path):
     """A random model of other dims (2 layers, 2 heads, d 128, multilingual vocabulary): its int8
     graph, built at conversion, gives the fp32 graph's logits to within int8 rounding."""
-    from tests.helpers import random_hf_tensors, small_dims, write_hf_model
+    from tests.helpers import random_hf_tensors, tiny_random_dims, write_hf_model
     from weights_tools.convert import convert
     from weights_tools.model_dir import ConvertedModel
 
-    dims = small_dims(n_mels=80, n_audio_state=128, n_audio_head=2, n_audio_layer=2, n_audio_mlp=512,
-                      n_vocab=51865, n_text_state=128, n_text_head=2, n_text_layer=2, n_text_mlp=512)
+    dims = tiny_random_dims(51865)
     converted = ConvertedModel.open(convert(write_hf_model(tmp_path / "hf", dims, random_hf_tensors(dims, seed=5)),
                                             tmp_path / "out"))
     fp32, int8 = (DecoderSession(converted.decoder_onnx(p), dims) for p in ("fp32", "int8"))

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from encoder.errors import AmanuensisError
-from tests.helpers import (bundled_tokenizer, ct2_variables, hf_config, random_hf_tensors, small_dims,
+from tests.helpers import (bundled_tokenizer, ct2_variables, hf_config, random_hf_tensors, tiny_random_dims,
                            write_ct2_model, write_hf_model)
 from weights_tools import ct2, layout, names
 from weights_tools.convert import convert, read_source
@@ -18,8 +18,7 @@ from weights_tools.model_dir import ConvertedModel
 from weights_tools.resolve import resolve_model
 from weights_tools.safetensors_io import read_safetensors
 
-TINY_DIMS = small_dims(n_mels=80, n_audio_state=128, n_audio_head=2, n_audio_layer=2, n_audio_mlp=512,
-                       n_vocab=51864, n_text_state=128, n_text_head=2, n_text_layer=2, n_text_mlp=512)
+TINY_DIMS = tiny_random_dims(51864)
 
 
 @pytest.fixture(scope="module")
