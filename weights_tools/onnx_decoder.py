@@ -85,6 +85,14 @@ class _Builder:
             self.array(f"{name}.scale", scale)
         return f"{name}.q", f"{name}.scale"
 
+    def model_bytes(self, name: str, inputs: list, outputs: list) -> bytes:
+        """The collected nodes and initializers as a serialized ONNX model with these inputs and outputs."""
+        graph = self.helper.make_graph(self.nodes, name, inputs, outputs, list(self.inits.values()))
+        model = self.helper.make_model(graph, opset_imports=[self.helper.make_opsetid("", OPSET)],
+                                       producer_name="amanuensis")
+        model.ir_version = 8
+        return model.SerializeToString()
+
     def weight(self, name: str) -> str:
         """The initializer of weight `name`: in memory if given as an array, else external data."""
         if name in self.inits:
@@ -259,7 +267,4 @@ def _build(g: _Builder, dims: ModelDimensions, alignment_heads) -> bytes:
         g.nodes.append(helper.make_node("Concat", [align[h] for h in alignment_heads], ["alignment"], axis=1))
         outputs.append(helper.make_tensor_value_info("alignment", TensorProto.FLOAT,
                                                      ["batch", len(alignment_heads), "seq", dims.n_audio_ctx]))
-    graph = helper.make_graph(g.nodes, "whisper_decoder", inputs, outputs, list(g.inits.values()))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="amanuensis")
-    model.ir_version = 8
-    return model.SerializeToString()
+    return g.model_bytes("whisper_decoder", inputs, outputs)

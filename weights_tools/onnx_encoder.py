@@ -13,13 +13,17 @@ import math
 import numpy as np
 
 from encoder.dims import ModelDimensions
-from weights_tools.onnx_decoder import OPSET, _Builder, _gelu, _layernorm
+from weights_tools.onnx_decoder import _Builder, _gelu, _layernorm
+
+
+def _transposed(g: _Builder, name: str) -> str:
+    """Weight `name` (HF layout (out, in)) stored transposed, so MatMul reads (in, out)."""
+    return g.array(f"{name}.T", np.ascontiguousarray(g.arrays[name].T))
 
 
 def _linear(g: _Builder, x: str, prefix: str) -> str:
-    """x · Wᵀ + b with W in HF layout (out, in), stored transposed so MatMul reads (in, out)."""
-    wt = g.array(f"{prefix}.weight.T", np.ascontiguousarray(g.arrays[f"{prefix}.weight"].T))
-    return g.op("Add", g.op("MatMul", x, wt), g.weight(f"{prefix}.bias"))
+    """x · Wᵀ + b with W in HF layout (out, in)."""
+    return g.op("Add", g.op("MatMul", x, _transposed(g, f"{prefix}.weight")), g.weight(f"{prefix}.bias"))
 
 
 def _attention(g: _Builder, x: str, p: str, dims: ModelDimensions) -> str:
@@ -32,8 +36,7 @@ def _attention(g: _Builder, x: str, p: str, dims: ModelDimensions) -> str:
 
     scale = g.const(1 / math.sqrt(d), np.float32)
     q = heads(g.op("Mul", _linear(g, x, f"{p}.q_proj"), scale), [0, 2, 1, 3])          # (1, H, T, d)
-    k_weight = g.array(f"{p}.k_proj.weight.T", np.ascontiguousarray(g.arrays[f"{p}.k_proj.weight"].T))
-    k = heads(g.op("MatMul", x, k_weight), [0, 2, 3, 1])                                 # (1, H, d, T)
+    k = heads(g.op("MatMul", x, _transposed(g, f"{p}.k_proj.weight")), [0, 2, 3, 1])                                 # (1, H, d, T)
     v = heads(_linear(g, x, f"{p}.v_proj"), [0, 2, 1, 3])                              # (1, H, T, d)
     probs = g.op("Softmax", g.op("MatMul", q, k), axis=-1)                               # (1, H, T, T)
     out = g.op("Reshape", g.op("Transpose", g.op("MatMul", probs, v), perm=[0, 2, 1, 3]),
@@ -59,11 +62,6 @@ def build_encoder_onnx(dims: ModelDimensions, w: dict[str, np.ndarray]) -> bytes
     final = _layernorm(g, x, "encoder.layer_norm")
     g.nodes.append(helper.make_node("Identity", [final], ["last_hidden_state"]))
     frames = 2 * dims.n_audio_ctx
-    graph = helper.make_graph(
-        g.nodes, "whisper_encoder",
-        [helper.make_tensor_value_info("mel", TensorProto.FLOAT, [1, dims.n_mels, frames])],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [1, dims.n_audio_ctx, dims.n_audio_state])],
-        list(g.inits.values()))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="amanuensis")
-    model.ir_version = 8
-    return model.SerializeToString()
+    return g.model_bytes(
+        "whisper_encoder", [helper.make_tensor_value_info("mel", TensorProto.FLOAT, [1, dims.n_mels, frames])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [1, dims.n_audio_ctx, dims.n_audio_state])])
