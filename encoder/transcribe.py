@@ -94,20 +94,18 @@ def check_output_dir(path: Path, create: bool = True) -> None:
     """Create the output directory, or fail if it cannot be written. With create=False only check
     (the nearest existing ancestor must be a writable directory), so a run can fail before any work
     and still leave nothing behind when a later check refuses it."""
-    if not create:
-        existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
-        if not existing.is_dir():
-            raise AmanuensisError(f"{path}: cannot create the output directory (Not a directory)")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise AmanuensisError(f"{path}: output directory is not writable")
-        return
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AmanuensisError(f"{path}: cannot create the output directory ({e.strerror})") from None
-    if not path.is_dir():
-        raise AmanuensisError(f"{path}: not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AmanuensisError(f"{path}: cannot create the output directory ({e.strerror})") from None
+        target = path
+    else:
+        target = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not target.is_dir():
+        raise AmanuensisError(f"{path}: not a directory" if create else
+                              f"{path}: cannot create the output directory (Not a directory)")
+    if not os.access(target, os.W_OK | os.X_OK):
         raise AmanuensisError(f"{path}: output directory is not writable")
 
 
