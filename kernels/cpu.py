@@ -1,10 +1,15 @@
-"""The `cpu` backend: fp32 numpy kernels, row-blocked and spread over all cores.
+"""The `cpu` backend: fp32 kernels on numpy's BLAS, row-blocked and spread over all cores.
 
 Each kernel splits its output rows into blocks and hands them to a thread pool
-(numpy and BLAS release the GIL). BLAS is pinned to one thread for the length
-of a graph run (`session`), so the blocks do not fight BLAS's own threads, and
-each block's epilogue (bias, GELU, residual) runs in cache-sized chunks right
-after its matmul, while the rows are still warm.
+(numpy, BLAS and the native kernels release the GIL). BLAS is pinned to one thread
+for the length of a graph run (`session`), so the blocks do not fight BLAS's own
+threads, and each block's epilogue (bias, GELU, residual) runs right after its
+matmul, while the rows are still warm.
+
+Two variants of the non-BLAS work: the native kernels of kernels/native (C, one
+call per block: epilogues, layernorm, fused attention), used when they are built,
+and the numpy kernels below, which are their fallback. The description names the
+variant in use, so the fallback is never silent.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from kernels import native
 from kernels.interface import Backend
 
 # erf(u) ≈ tanh(u · P(u²)): P fitted by us (iteratively reweighted least squares against
@@ -29,6 +35,7 @@ _ERF_P = (1.128379705499412, 0.10276548114784073, -0.00018438291279451174, -0.00
 # GELU needs erf(x/√2): fold the 1/√2 into the coefficients, x · Σ P_k/(√2·2^k) · (x²)^k.
 _GELU_P = tuple(np.float32(c / (math.sqrt(2.0) * 2.0**k)) for k, c in enumerate(_ERF_P))
 _ERF_P = tuple(np.float32(c) for c in _ERF_P)
+_GELU_COEFFS = np.array(_GELU_P, np.float32)  # the same fit, handed to the native GELU
 ATTENTION_QUERY_ROWS = 256
 EPILOGUE_CHUNK = 1 << 16  # elements per epilogue chunk: its 3 scratch-sized arrays (768 KiB) stay in L2; measured best
 _HALF = np.float32(0.5)
@@ -104,8 +111,13 @@ class CpuBackend(Backend):
 
     name = "cpu"
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, native_kernels: bool | None = None):
+        """threads: the pool's size (default AMANUENSIS_THREADS, else every core); native_kernels:
+        None uses them when built, False forces the numpy kernels, True insists on them."""
         self.threads = threads or int(os.environ.get("AMANUENSIS_THREADS", 0)) or os.cpu_count() or 1
+        if native_kernels and native.LIBRARY is None:
+            raise RuntimeError(f"the cpu backend's native kernels are {native.UNAVAILABLE}")
+        self.native = native.LIBRARY is not None if native_kernels is None else native_kernels
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="amanuensis-cpu")
         self._blas_lock = threading.Lock()
         self._blas_users = 0
@@ -122,7 +134,9 @@ class CpuBackend(Backend):
         return buf[:size]
 
     def describe(self) -> str:
-        return f"cpu (fp32 numpy, {self.threads} threads)"
+        if self.native:
+            return f"cpu (fp32, BLAS + native kernels {native.isa()}, {self.threads} threads)"
+        return f"cpu (fp32, BLAS + numpy kernels: native kernels {native.UNAVAILABLE if native.LIBRARY is None else 'not used'}, {self.threads} threads)"
 
     @contextmanager
     def session(self):
@@ -151,14 +165,24 @@ class CpuBackend(Backend):
         def block(rows):
             y = out[rows]
             np.matmul(x[rows], w, out=y)
-            y += b
-            if gelu:
-                gelu_inplace(y)
-            if residual is not None:
-                y += residual[rows]
+            self._epilogue(y, b, gelu, None if residual is None else residual[rows])
 
         self._run(block, _blocks(x.shape[0], self.threads))
         return out
+
+    def _epilogue(self, y, b, gelu, residual) -> None:
+        """y ← act(y + b) + residual in place (act = GELU or identity), on the variant in use."""
+        if self.native and gelu:
+            native.bias_gelu(y, b, _GELU_COEFFS)
+        elif self.native:
+            native.bias_residual(y, b, residual)
+            return
+        else:
+            y += b
+            if gelu:
+                gelu_inplace(y)
+        if residual is not None:
+            y += residual
 
     def conv1d_k3(self, x, w, b, stride=1, gelu=True):
         t, c = x.shape
@@ -175,6 +199,9 @@ class CpuBackend(Backend):
 
         def block(rows):
             y = out[rows]
+            if self.native:
+                native.layernorm(x[rows], y, gamma, beta, eps)
+                return
             np.subtract(x[rows], x[rows] @ inv_d, out=y)
             var = np.einsum("ij,ij->i", y, y)[:, None]                     # Σ y² without a temporary
             var *= inv_d[0, 0]
@@ -194,16 +221,26 @@ class CpuBackend(Backend):
         out = np.empty((t, d_model), np.float32)                        # (T, D)
         heads = [None] * n_head
 
+        fused = self.native and d == native.HEAD
+        # the native kernel works in 64-column tiles: pad T, with zero K columns and V rows
+        t_pad = -(-t // 64) * 64 if fused else t
+
         def prepare(h):
             # Kᵀ·scale and V contiguous per head (BLAS runs ~25% faster than on strided views); Q stays
             # a strided view (no loss measured) and the scale rides on the Kᵀ copy.
-            k_t = np.multiply(qkv[:, d_model + h * d:d_model + (h + 1) * d].T, scale, out=np.empty((d, t), np.float32))
-            v = np.ascontiguousarray(qkv[:, 2 * d_model + h * d:2 * d_model + (h + 1) * d])
-            heads[h] = (qkv[:, h * d:(h + 1) * d], k_t, v)                     # (T, d), (d, T), (T, d)
+            k_t, v = np.empty((d, t_pad), np.float32), np.empty((t_pad, d), np.float32)
+            np.multiply(qkv[:, d_model + h * d:d_model + (h + 1) * d].T, scale, out=k_t[:, :t])
+            v[:t] = qkv[:, 2 * d_model + h * d:2 * d_model + (h + 1) * d]
+            k_t[:, t:], v[t:] = 0.0, 0.0
+            heads[h] = (qkv[:, h * d:(h + 1) * d], k_t, v)             # (T, d), (d, T_pad), (T_pad, d)
 
         def span(task):
             h, rows = task
             q, k_t, v = heads[h]
+            if fused:
+                scratch = self._scratch("tile", native.SCRATCH_ROWS * t_pad)
+                native.attention_head(q[rows], k_t, v, t, out[rows, h * d:(h + 1) * d], scratch)
+                return
             scores = self._scratch("scores", ATTENTION_QUERY_ROWS * t)
             for r in range(rows.start, rows.stop, ATTENTION_QUERY_ROWS):
                 block = slice(r, min(r + ATTENTION_QUERY_ROWS, rows.stop))

@@ -7,10 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import contract, get_backend, reference
+from kernels import contract, get_backend, native, reference
 from kernels.cpu import CpuBackend, erf
 
-be = CpuBackend(threads=2)
+# Both variants of the cpu backend's non-BLAS work: the native kernels and their numpy fallback.
+both = pytest.mark.parametrize("be", [
+    pytest.param(CpuBackend(threads=2, native_kernels=False), id="numpy"),
+    pytest.param(CpuBackend(threads=2) if native.LIBRARY else None, id="native",
+                 marks=pytest.mark.skipif(native.LIBRARY is None, reason=f"native kernels {native.UNAVAILABLE}")),
+])
 
 
 def rand(rng, *shape, scale=1.0):
@@ -35,7 +40,8 @@ def test_cpu_erf_saturates_without_a_clamp():
     assert np.array_equal(erf(x), np.array([-1, -1, -1, 1, 1, 1], np.float32))
 
 
-def test_gelu_matches_exact_erf_form():
+@both
+def test_gelu_matches_exact_erf_form(be):
     x = np.linspace(-12, 12, 100001, dtype=np.float32).reshape(1, -1)
     w, b = np.eye(1, dtype=np.float32), np.zeros(1, np.float32)
     with be.session():
@@ -44,10 +50,11 @@ def test_gelu_matches_exact_erf_form():
     assert np.abs(ours - exact).max() <= 1.5e-7 * 12
 
 
+@both
 @settings(max_examples=25, deadline=None)
 @given(t=st.integers(1, 300), k=st.integers(1, 200), n=st.integers(1, 200), gelu=st.booleans(),
        residual=st.booleans(), seed=st.integers(0, 2**16))
-def test_linear_matches_reference(t, k, n, gelu, residual, seed):
+def test_linear_matches_reference(t, k, n, gelu, residual, seed, be):
     rng = np.random.default_rng(seed)
     x, w, b = rand(rng, t, k), rand(rng, k, n, scale=1 / math.sqrt(k)), rand(rng, n)
     r = rand(rng, t, n) if residual else None
@@ -56,10 +63,11 @@ def test_linear_matches_reference(t, k, n, gelu, residual, seed):
     assert_close(ours, reference.linear(x, w, b, gelu=gelu, residual=r), atol=2e-5)
 
 
+@both
 @settings(max_examples=15, deadline=None)
 @given(t=st.integers(1, 200), c=st.integers(1, 64), n=st.integers(1, 64), stride=st.sampled_from([1, 2]),
        seed=st.integers(0, 2**16))
-def test_conv1d_k3_matches_reference(t, c, n, stride, seed):
+def test_conv1d_k3_matches_reference(t, c, n, stride, seed, be):
     rng = np.random.default_rng(seed)
     x, w, b = rand(rng, t, c), rand(rng, 3 * c, n, scale=1 / math.sqrt(3 * c)), rand(rng, n)
     with be.session():
@@ -82,9 +90,10 @@ def test_conv1d_is_whisper_conv():
         assert_close(ours, ref.astype(np.float64), atol=1e-5)
 
 
+@both
 @settings(max_examples=15, deadline=None)
 @given(t=st.integers(1, 400), heads=st.sampled_from([1, 2, 6]), d=st.sampled_from([8, 64]), seed=st.integers(0, 2**16))
-def test_attention_matches_reference(t, heads, d, seed):
+def test_attention_matches_reference(t, heads, d, seed, be):
     rng = np.random.default_rng(seed)
     qkv = rand(rng, t, 3 * heads * d, scale=2.0)
     with be.session():
@@ -92,7 +101,8 @@ def test_attention_matches_reference(t, heads, d, seed):
     assert_close(ours, reference.attention(qkv, heads), atol=2e-5)
 
 
-def test_attention_spans_the_whole_sequence():
+@both
+def test_attention_spans_the_whole_sequence(be):
     """A query must see a key 1400 positions away (the 64-row-block bug would miss it)."""
     t, d = 1500, 64
     qkv = np.zeros((t, 3 * d), np.float32)
@@ -104,8 +114,9 @@ def test_attention_spans_the_whole_sequence():
     assert np.all(out[:, 0] > 0.99)
 
 
+@both
 @pytest.mark.parametrize("shift, keys", [(0.0, 2), (120.0, 2), (-150.0, 1), (120.0, 1)])
-def test_attention_rows_outside_the_unshifted_range(shift, keys):
+def test_attention_rows_outside_the_unshifted_range(shift, keys, be):
     """Scores far above e^88 or below e^-46 take the max-shifted path and still match the spec;
     mixed rows (some safe, some not) in one block included."""
     rng = np.random.default_rng(7)
@@ -121,7 +132,8 @@ def test_attention_rows_outside_the_unshifted_range(shift, keys):
     assert_close(ours, reference.attention(qkv, 1), atol=2e-5)
 
 
-def test_layernorm_matches_reference():
+@both
+def test_layernorm_matches_reference(be):
     rng = np.random.default_rng(3)
     x, g, b = rand(rng, 333, 384, scale=30.0), rand(rng, 384), rand(rng, 384)
     x += 100.0   # a large mean must not cost precision
@@ -130,13 +142,15 @@ def test_layernorm_matches_reference():
     assert_close(ours, reference.layernorm(x, g, b), atol=2e-5)
 
 
-def test_add_matches_reference():
+@both
+def test_add_matches_reference(be):
     rng = np.random.default_rng(4)
     x, y = rand(rng, 100, 10), rand(rng, 100, 10)
     assert_close(be.add(x, y), reference.add(x, y), atol=0)
 
 
-def test_session_restores_blas_threads():
+@both
+def test_session_restores_blas_threads(be):
     from threadpoolctl import threadpool_info
 
     before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]

@@ -1,0 +1,96 @@
+"""ctypes bindings of cpu_kernels.c, the cpu backend's native kernels (built by setup.py at install).
+
+`LIBRARY` is None when the build is missing (no C compiler at install) or switched off with
+AMANUENSIS_CPU_NATIVE=0; `UNAVAILABLE` then says why, and the cpu backend names its numpy kernels
+in its description instead. ctypes drops the GIL for every call, so the backend's row blocks run
+these kernels on all cores at once.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+from pathlib import Path
+
+import numpy as np
+
+HEAD = 64      # attention_head's head size (cpu_kernels.c HEAD): every Whisper model's
+SCRATCH_ROWS = 48  # query rows per group of tiles (cpu_kernels.c GROUP_ROWS): attention's scratch is SCRATCH_ROWS x t_pad
+_ISA = {4: "x86-64-v4 (AVX-512)", 3: "x86-64-v3 (AVX2)", 0: "baseline"}
+_P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
+_SIGNATURES = {
+    "bias_gelu": [_P, _P, _L, _L, _L, _P],
+    "bias_residual": [_P, _P, _P, _L, _L, _L, _L],
+    "layernorm": [_P, _P, _P, _P, _L, _L, _L, _L, _F],
+    "attention_head": [_P, _L, _P, _P, _L, _L, _P, _L, _L, _P],
+}
+
+
+def _library_path() -> Path | None:
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if (here / f"_cpu_kernels{suffix}").is_file():
+            return here / f"_cpu_kernels{suffix}"
+    return None
+
+
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    if os.environ.get("AMANUENSIS_CPU_NATIVE", "1") == "0":
+        return None, "switched off by AMANUENSIS_CPU_NATIVE=0"
+    path = _library_path()
+    if path is None:
+        return None, "not built (no C compiler at install?); reinstall with gcc to build them"
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        return None, f"cannot load {path.name}: {e}"
+    for name, argtypes in _SIGNATURES.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+    return lib, None
+
+
+LIBRARY, UNAVAILABLE = _load()
+
+
+def isa() -> str:
+    """The instruction set of the build in use, e.g. 'x86-64-v4 (AVX-512)'."""
+    return _ISA.get(LIBRARY.native_isa(), "baseline")
+
+
+def _ptr(a: np.ndarray) -> int:
+    assert a.dtype == np.float32 and (a.ndim == 1 or a.strides[-1] == 4), "native kernels take fp32 rows"
+    return a.ctypes.data
+
+
+def _ld(a: np.ndarray) -> int:
+    return a.strides[0] // 4
+
+
+def bias_gelu(y: np.ndarray, b: np.ndarray, coeffs: np.ndarray) -> None:
+    """y ← GELU(y + b) in place, y (rows, N); GELU's erf as in kernels.cpu (coeffs: its 7 P_k)."""
+    LIBRARY.bias_gelu(_ptr(y), _ptr(b), y.shape[0], y.shape[1], _ld(y), _ptr(coeffs))
+
+
+def bias_residual(y: np.ndarray, b: np.ndarray, residual: np.ndarray | None) -> None:
+    """y ← y + b (+ residual) in place, y and residual (rows, N)."""
+    res, ld_res = (None, 0) if residual is None else (_ptr(residual), _ld(residual))
+    LIBRARY.bias_residual(_ptr(y), _ptr(b), res, y.shape[0], y.shape[1], _ld(y), ld_res)
+
+
+def layernorm(x: np.ndarray, out: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> None:
+    """out ← layernorm(x) row by row (kernels.reference.layernorm), x and out (rows, N)."""
+    LIBRARY.layernorm(_ptr(x), _ptr(out), _ptr(gamma), _ptr(beta), x.shape[0], x.shape[1], _ld(x), _ld(out), eps)
+
+
+def attention_head(q: np.ndarray, k_t: np.ndarray, v: np.ndarray, t: int, out: np.ndarray,
+                   scratch: np.ndarray) -> None:
+    """out ← softmax(q · k_t[:, :t]) · v[:t] for one head's query rows (q (rows, 64), out (rows, 64)).
+
+    k_t (64, t_pad) and v (t_pad, 64) are contiguous with t_pad a multiple of 64 and zeros past t;
+    the caller folds the 1/√d scale into k_t. scratch holds SCRATCH_ROWS · t_pad floats.
+    """
+    t_pad = k_t.shape[1]
+    assert q.shape[1] == HEAD and k_t.shape[0] == HEAD and v.shape == (t_pad, HEAD) and t_pad % 64 == 0
+    assert k_t.flags.c_contiguous and v.flags.c_contiguous and scratch.size >= SCRATCH_ROWS * t_pad
+    LIBRARY.attention_head(_ptr(q), _ld(q), _ptr(k_t), _ptr(v), t, t_pad, _ptr(out), _ld(out), q.shape[0],
+                           _ptr(scratch))

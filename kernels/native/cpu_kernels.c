@@ -1,0 +1,248 @@
+/* Native kernels of the `cpu` backend: the parts numpy cannot do without many passes or the GIL.
+ *
+ * The numpy kernels in kernels/cpu.py and kernels/reference.py are the specification; tests check
+ * every function here against them. Everything is fp32 in, fp32 accumulate, row-major.
+ *
+ *  - bias_gelu, bias_residual, layernorm: one pass over each row instead of numpy's 5-18, and
+ *    no GIL, so two threads really run two row blocks at once (GELU did not scale at all in numpy:
+ *    each of its ~18 ufunc calls per 64k-element chunk handed the GIL over).
+ *  - attention_head: softmax(Q·Kᵀ)·V for a span of one head's query rows, head size 64, fused: the
+ *    scores of 6 query rows (6 x T floats) stay in L1/L2 between the two products instead of a
+ *    (256, T) block travelling through memory, and both products run as 6x64 register tiles.
+ *
+ * Plain C with GCC vector extensions; each exported function is built for x86-64-v4 (AVX-512),
+ * x86-64-v3 (AVX2+FMA) and the baseline, and the loader picks one at run time (target_clones).
+ */
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+typedef float v16 __attribute__((vector_size(64), aligned(4), may_alias));
+
+/* e^x: 2^n · p(r), x = n·ln2 + r, |r| <= ln2/2, p = Taylor series to r^7 (relative error < 1e-8
+ * before rounding). Below e^-69 (1e-30) the result is 0: such values only ever meet larger ones in
+ * sums, and a denormal-sized product in the next matmul costs the CPU a microcode assist. Above
+ * 88.3 the result stays ~2e38 instead of inf; callers check their sums. Branch-free, so loops over
+ * it vectorise. */
+static inline float exp_clamped(float x) {
+    float zero = x < -69.0f ? 0.0f : 1.0f;
+    x = x < -69.0f ? -69.0f : x;
+    x = x > 88.3f ? 88.3f : x;
+    const float shifter = 12582912.0f; /* 1.5 · 2^23: adding it rounds to an integer */
+    float n = (x * 1.44269504088896341f + shifter) - shifter;
+    float r = x - n * 0.693145751953125f - n * 1.42860682030941723212e-6f; /* ln2 in two parts */
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int bits = ((int)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale * zero;
+}
+
+/* GELU(y) = ½·y·(1 + erf(y/√2)) with erf(u) = tanh(u·P(u²)) (kernels/cpu.py fits P; the caller
+ * passes its 7 coefficients with the 1/√2 folded in). ½(1 + tanh(a)) = 1 / (1 + e^(−2a)).
+ * |y| so large that y² overflows gives a = ±inf, and the limits y and 0 come out right. */
+static inline float gelu_one(float y, const float *c) {
+    float z = y * y;
+    float p = c[6];
+    for (int k = 5; k >= 0; k--) p = p * z + c[k];
+    float e = exp_clamped(-2.0f * y * p);
+    /* where GELU(y) < |y|·1e-30 it is 0, as fp32 tanh gives: no denormals for the next matmul */
+    return (e > 1e30f ? 0.0f : y) / (1.0f + e);
+}
+
+/* y[r, :] ← GELU(y[r, :] + b) for rows x cols, row stride ld. */
+CLONES void bias_gelu(float *y, const float *b, long rows, long cols, long ld, const float *coeffs) {
+    float c[7];
+    memcpy(c, coeffs, sizeof c);
+    for (long r = 0; r < rows; r++) {
+        float *row = y + r * ld;
+        for (long j = 0; j < cols; j++) row[j] = gelu_one(row[j] + b[j], c);
+    }
+}
+
+/* y[r, :] ← y[r, :] + b (+ res[r, :] when res is not NULL). */
+CLONES void bias_residual(float *y, const float *b, const float *res, long rows, long cols, long ld, long ld_res) {
+    for (long r = 0; r < rows; r++) {
+        float *row = y + r * ld;
+        if (res) {
+            const float *rr = res + r * ld_res;
+            for (long j = 0; j < cols; j++) row[j] = row[j] + b[j] + rr[j];
+        } else {
+            for (long j = 0; j < cols; j++) row[j] += b[j];
+        }
+    }
+}
+
+/* y = (x − mean) / √(var + eps) · gamma + beta per row (biased variance, two passes over the
+ * row so the variance does not cancel). Sums are kept in 16 lanes and added at the end. */
+CLONES void layernorm(const float *x, float *y, const float *gamma, const float *beta, long rows, long cols,
+                      long ld_x, long ld_y, float eps) {
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * ld_x;
+        float *yr = y + r * ld_y;
+        float lanes[16] = {0};
+        long j;
+        for (j = 0; j + 16 <= cols; j += 16)
+            for (int l = 0; l < 16; l++) lanes[l] += xr[j + l];
+        float sum = 0.0f;
+        for (int l = 0; l < 16; l++) sum += lanes[l];
+        for (; j < cols; j++) sum += xr[j];
+        float mean = sum / (float)cols;
+        memset(lanes, 0, sizeof lanes);
+        for (j = 0; j + 16 <= cols; j += 16)
+            for (int l = 0; l < 16; l++) {
+                float d = xr[j + l] - mean;
+                lanes[l] += d * d;
+            }
+        float ss = 0.0f;
+        for (int l = 0; l < 16; l++) ss += lanes[l];
+        for (; j < cols; j++) ss += (xr[j] - mean) * (xr[j] - mean);
+        float inv = 1.0f / __builtin_sqrtf(ss / (float)cols + eps);
+        for (j = 0; j < cols; j++) yr[j] = (xr[j] - mean) * inv * gamma[j] + beta[j];
+    }
+}
+
+#define HEAD 64   /* head size: every Whisper model has 64 */
+#define TILE_R 6  /* query rows per register tile: 6 x 64 floats = 24 AVX-512 accumulators */
+#ifndef GROUP
+#define GROUP 8   /* tiles that share each chunk of k_t and v */
+#endif
+#define GROUP_ROWS (GROUP * TILE_R)
+
+static inline v16 load16(const float *p) { return *(const v16 *)p; }
+static inline void store16(float *p, v16 v) { *(v16 *)p = v; }
+
+/* s[r, j0:j0+64] = q[r, :] · k_t[:, j0:j0+64] for a full tile q (TILE_R, HEAD); k_t is (HEAD, ld_k). */
+static inline void scores_tile(const float *q, const float *k_t, long ld_k, long j0, float *s, long ld_s) {
+    v16 acc[TILE_R][4] = {{{0}}};
+    for (int k = 0; k < HEAD; k++) {
+        const float *kr = k_t + k * ld_k + j0;
+        v16 b0 = load16(kr), b1 = load16(kr + 16), b2 = load16(kr + 32), b3 = load16(kr + 48);
+        for (int r = 0; r < TILE_R; r++) {
+            float a = q[r * HEAD + k];
+            acc[r][0] += a * b0;
+            acc[r][1] += a * b1;
+            acc[r][2] += a * b2;
+            acc[r][3] += a * b3;
+        }
+    }
+    for (int r = 0; r < TILE_R; r++)
+        for (int c = 0; c < 4; c++) store16(s + r * ld_s + j0 + 16 * c, acc[r][c]);
+}
+
+/* o[r, :] += Σ_j p[r, j] · v[j, :] over j0 <= j < j1 for a full tile; v is (t_pad, HEAD). */
+static inline void values_tile(const float *p, long ld_p, const float *v, long j0, long j1, float *o) {
+    v16 acc[TILE_R][4];
+    for (int r = 0; r < TILE_R; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = load16(o + r * HEAD + 16 * c);
+    for (long j = j0; j < j1; j++) {
+        const float *vr = v + j * HEAD;
+        v16 b0 = load16(vr), b1 = load16(vr + 16), b2 = load16(vr + 32), b3 = load16(vr + 48);
+        for (int r = 0; r < TILE_R; r++) {
+            float a = p[r * ld_p + j];
+            acc[r][0] += a * b0;
+            acc[r][1] += a * b1;
+            acc[r][2] += a * b2;
+            acc[r][3] += a * b3;
+        }
+    }
+    for (int r = 0; r < TILE_R; r++)
+        for (int c = 0; c < 4; c++) store16(o + r * HEAD + 16 * c, acc[r][c]);
+}
+
+/* p[j] ← e^p[j] for j < t, 0 for t <= j < t_pad; returns Σ_j<t. */
+static inline float exp_row(float *p, long t, long t_pad) {
+    float lanes[16] = {0};
+    long j;
+    for (j = 0; j + 16 <= t; j += 16)
+        for (int l = 0; l < 16; l++) {
+            float e = exp_clamped(p[j + l]);
+            p[j + l] = e;
+            lanes[l] += e;
+        }
+    float sum = 0.0f;
+    for (int l = 0; l < 16; l++) sum += lanes[l];
+    for (; j < t; j++) {
+        p[j] = exp_clamped(p[j]);
+        sum += p[j];
+    }
+    for (; j < t_pad; j++) p[j] = 0.0f;
+    return sum;
+}
+
+/* A row whose plain e^s sum left [1e-20, 1e30] (a score beyond e^±88, or NaN): redo it with the
+ * row maximum subtracted, the textbook softmax. Scores are recomputed scalar; this is rare. */
+static void stable_row(const float *q, const float *k_t, long ld_k, const float *v, long t, long t_pad,
+                       float *p, float *o) {
+    float max = -__builtin_inff();
+    for (long j = 0; j < t; j++) {
+        float s = 0.0f;
+        for (int k = 0; k < HEAD; k++) s += q[k] * k_t[k * ld_k + j];
+        p[j] = s;
+        max = s > max ? s : max;
+    }
+    for (long j = 0; j < t; j++) p[j] -= max;
+    float sum = exp_row(p, t, t_pad);
+    for (int c = 0; c < HEAD; c++) o[c] = 0.0f;
+    for (long j = 0; j < t; j++)
+        for (int c = 0; c < HEAD; c++) o[c] += p[j] * v[j * HEAD + c];
+    for (int c = 0; c < HEAD; c++) o[c] /= sum;
+}
+
+/* out[i, :] = softmax(q[i, :] · k_t) · v for rows i < rows of one head.
+ * q: (rows, HEAD) with row stride ld_q; the caller folds 1/√HEAD into k_t;
+ * k_t: (HEAD, t_pad) contiguous, v: (t_pad, HEAD) contiguous, both zero past column/row t;
+ * out: (rows, HEAD) with row stride ld_out; scratch: GROUP_ROWS · t_pad floats.
+ * A group of GROUP tiles shares every 64-column chunk of k_t and of v while it is in L1: one tile
+ * at a time streamed all of k_t and v from L2 for every 6 rows, and L2 could not keep up. */
+CLONES void attention_head(const float *q, long ld_q, const float *k_t, const float *v, long t, long t_pad,
+                           float *out, long ld_out, long rows, float *scratch) {
+    float o[GROUP_ROWS * HEAD], qt[GROUP_ROWS * HEAD], sums[GROUP_ROWS];
+    for (long g0 = 0; g0 < rows; g0 += GROUP_ROWS) {
+        long n = rows - g0 < GROUP_ROWS ? rows - g0 : GROUP_ROWS;
+        int tiles = (int)((n + TILE_R - 1) / TILE_R);
+        const float *qg = q + g0 * ld_q;
+        /* the group's rows, contiguous; a short last tile gets zero rows, computed and dropped */
+        memset(qt, 0, sizeof qt);
+        for (long r = 0; r < n; r++) memcpy(qt + r * HEAD, qg + r * ld_q, HEAD * sizeof(float));
+        for (long j0 = 0; j0 < t_pad; j0 += 64)
+            for (int i = 0; i < tiles; i++)
+                scores_tile(qt + i * TILE_R * HEAD, k_t, t_pad, j0, scratch + i * TILE_R * t_pad, t_pad);
+        for (long r = 0; r < tiles * TILE_R; r++) sums[r] = exp_row(scratch + r * t_pad, t, t_pad);
+        memset(o, 0, sizeof o);
+        for (long j0 = 0; j0 < t_pad; j0 += 64)
+            for (int i = 0; i < tiles; i++)
+                values_tile(scratch + i * TILE_R * t_pad, t_pad, v, j0, j0 + 64, o + i * TILE_R * HEAD);
+        for (long r = 0; r < n; r++) {
+            float *orow = o + r * HEAD;
+            if (!(sums[r] > 1e-20f && sums[r] < 1e30f))
+                stable_row(qt + r * HEAD, k_t, t_pad, v, t, t_pad, scratch + r * t_pad, orow);
+            else
+                for (int c = 0; c < HEAD; c++) orow[c] /= sums[r];
+            memcpy(out + (g0 + r) * ld_out, orow, HEAD * sizeof(float));
+        }
+    }
+}
+
+/* Which build target_clones picked on this CPU: 4 = x86-64-v4 (AVX-512), 3 = x86-64-v3 (AVX2+FMA),
+ * 0 = the baseline build (or not x86-64). Same tests as the ifunc resolver. */
+int native_isa(void) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return 4;
+    if (__builtin_cpu_supports("x86-64-v3")) return 3;
+#endif
+    return 0;
+}

@@ -1,0 +1,96 @@
+"""The cpu backend's native kernels (kernels/native): built, visible, and equal to the spec at the edges.
+
+tests/test_kernels.py runs every kernel of both variants against kernels.reference; these tests
+cover what only the native build has: its build and report, and the limits of its GELU and
+attention arithmetic.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kernels import native, reference
+from kernels.cpu import _GELU_COEFFS, CpuBackend
+
+needs_native = pytest.mark.skipif(native.LIBRARY is None, reason=f"native kernels {native.UNAVAILABLE}")
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler here")
+def test_native_kernels_are_built_where_there_is_a_compiler():
+    """A silent build failure at install would quietly cost 20% of the encoder's speed."""
+    if os.environ.get("AMANUENSIS_CPU_NATIVE") == "0":
+        pytest.skip("switched off by AMANUENSIS_CPU_NATIVE=0")
+    assert native.LIBRARY is not None, native.UNAVAILABLE
+
+
+@needs_native
+def test_the_description_names_the_variant_in_use():
+    assert f"native kernels {native.isa()}" in CpuBackend(2).describe()
+    assert "numpy kernels: native kernels not used" in CpuBackend(2, native_kernels=False).describe()
+
+
+def test_switching_them_off_is_reported():
+    code = "from kernels import get_backend; print(get_backend('cpu').describe())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "AMANUENSIS_CPU_NATIVE": "0"}).stdout
+    assert "numpy kernels: native kernels switched off by AMANUENSIS_CPU_NATIVE=0" in out
+
+
+def test_insisting_on_missing_native_kernels_is_an_error(monkeypatch):
+    monkeypatch.setattr(native, "LIBRARY", None)
+    monkeypatch.setattr(native, "UNAVAILABLE", "not built")
+    with pytest.raises(RuntimeError, match="native kernels are not built"):
+        CpuBackend(2, native_kernels=True)
+    assert not CpuBackend(2).native
+
+
+@needs_native
+def test_gelu_limits_and_no_denormals():
+    y = np.array([[-np.inf, -1e30, -1e4, -20.0, -7.0, -0.0, 0.0, 7.0, 20.0, 1e4, 1e30, np.inf, np.nan]], np.float32)
+    out = y.copy()
+    native.bias_gelu(out, np.zeros(y.shape[1], np.float32), _GELU_COEFFS)
+    finite = np.isfinite(y[0])
+    assert np.abs(out[0, finite] - reference.gelu(y[0, finite])).max() < 1e-5
+    assert out[0, 0] == 0 and out[0, -2] == np.inf and np.isnan(out[0, -1])
+    # below the fit's range GELU underflows to exact zero, never to a denormal the next matmul pays for
+    grid = np.linspace(-300, 0, 300001, dtype=np.float32).reshape(1, -1)
+    native.bias_gelu(grid, np.zeros(grid.shape[1], np.float32), _GELU_COEFFS)
+    tiny = np.abs(grid[grid != 0])
+    assert tiny.min() >= np.finfo(np.float32).tiny
+
+
+@needs_native
+@pytest.mark.parametrize("t", [1, 7, 64, 65, 1500, 1501])
+def test_attention_head_any_length_and_row_count(t):
+    """Sequence lengths around the 64-column tiles, row counts around the 6-row tiles and 48-row groups."""
+    rng = np.random.default_rng(t)
+    qkv = (2 * rng.standard_normal((t, 3 * 64))).astype(np.float32)
+    be = CpuBackend(3)                          # 3 threads: spans that start mid-tile
+    with be.session():
+        ours = be.attention(qkv, 1)
+    assert np.abs(ours - reference.attention(qkv, 1)).max() < 2e-5
+
+
+@needs_native
+def test_attention_head_nan_stays_in_its_row():
+    rng = np.random.default_rng(5)
+    qkv = rng.standard_normal((100, 3 * 64)).astype(np.float32)
+    qkv[10, 0] = np.nan                         # one query row
+    be = CpuBackend(2)
+    with be.session():
+        out = be.attention(qkv, 1)
+    assert np.isnan(out[10]).all() and np.isfinite(np.delete(out, 10, axis=0)).all()
+
+
+@needs_native
+def test_layernorm_any_width():
+    rng = np.random.default_rng(9)
+    for cols in (1, 15, 16, 17, 384, 1280):
+        x = (rng.standard_normal((5, cols)) * 50 + 1000).astype(np.float32)
+        g, b = rng.standard_normal(cols).astype(np.float32), rng.standard_normal(cols).astype(np.float32)
+        out = np.empty_like(x)
+        native.layernorm(x, out, g, b, 1e-5)
+        assert np.abs(out - reference.layernorm(x, g, b)).max() < 5e-4 * max(1.0, np.abs(g).max())
