@@ -22,14 +22,20 @@
 #define CLONES
 #endif
 
+/* Helpers are forced inline so each build of an exported function gets its own copy for its ISA;
+ * an out-of-line helper would be compiled once, for the baseline, and run 30x slower. */
+#define INLINE static inline __attribute__((always_inline))
+
 typedef float v16 __attribute__((vector_size(64), aligned(4), may_alias));
+INLINE v16 load16(const float *p) { return *(const v16 *)p; }
+INLINE void store16(float *p, v16 v) { *(v16 *)p = v; }
 
 /* e^x: 2^n · p(r), x = n·ln2 + r, |r| <= ln2/2, p = Taylor series to r^7 (relative error < 1e-8
  * before rounding). Below e^-69 (1e-30) the result is 0: such values only ever meet larger ones in
  * sums, and a denormal-sized product in the next matmul costs the CPU a microcode assist. Above
  * 88.3 the result stays ~2e38 instead of inf; callers check their sums. Branch-free, so loops over
  * it vectorise. */
-static inline float exp_clamped(float x) {
+INLINE float exp_clamped(float x) {
     float zero = x < -69.0f ? 0.0f : 1.0f;
     x = x < -69.0f ? -69.0f : x;
     x = x > 88.3f ? 88.3f : x;
@@ -53,7 +59,7 @@ static inline float exp_clamped(float x) {
 /* GELU(y) = ½·y·(1 + erf(y/√2)) with erf(u) = tanh(u·P(u²)) (kernels/cpu.py fits P; the caller
  * passes its 7 coefficients with the 1/√2 folded in). ½(1 + tanh(a)) = 1 / (1 + e^(−2a)).
  * |y| so large that y² overflows gives a = ±inf, and the limits y and 0 come out right. */
-static inline float gelu_one(float y, const float *c) {
+INLINE float gelu_one(float y, const float *c) {
     float z = y * y;
     float p = c[6];
     for (int k = 5; k >= 0; k--) p = p * z + c[k];
@@ -114,56 +120,37 @@ CLONES void layernorm(const float *x, float *y, const float *gamma, const float 
     }
 }
 
-#define HEAD 64   /* head size: every Whisper model has 64 */
-#define TILE_R 6  /* query rows per register tile: 6 x 64 floats = 24 AVX-512 accumulators */
-#ifndef GROUP
-#define GROUP 8   /* tiles that share each chunk of k_t and v */
-#endif
+#define MR 6   /* rows of a register tile: 6 x 64 floats = 24 AVX-512 accumulators */
+#define NR 64  /* columns of a register tile */
+
+/* c[0:MR, 0:NR] (+)= a[0:MR, 0:kc] · b[0:kc, 0:NR], row strides lda, ldb, ldc; zero start unless accumulate. */
+INLINE void gemm_tile(const float *a, long lda, const float *b, long ldb, long kc, float *c, long ldc,
+                      int accumulate) {
+    v16 acc[MR][4];
+    for (int r = 0; r < MR; r++)
+        for (int q = 0; q < 4; q++) acc[r][q] = accumulate ? load16(c + r * ldc + 16 * q) : (v16){0};
+    for (long k = 0; k < kc; k++) {
+        const float *bk = b + k * ldb;
+        v16 b0 = load16(bk), b1 = load16(bk + 16), b2 = load16(bk + 32), b3 = load16(bk + 48);
+        for (int r = 0; r < MR; r++) {
+            float x = a[r * lda + k];
+            acc[r][0] += x * b0;
+            acc[r][1] += x * b1;
+            acc[r][2] += x * b2;
+            acc[r][3] += x * b3;
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int q = 0; q < 4; q++) store16(c + r * ldc + 16 * q, acc[r][q]);
+}
+
+#define HEAD NR   /* head size: every Whisper model has 64, one register tile wide */
+#define TILE_R MR /* query rows per register tile */
+#define GROUP 8   /* tiles that share each chunk of k_t and v (4..16 measured alike) */
 #define GROUP_ROWS (GROUP * TILE_R)
 
-static inline v16 load16(const float *p) { return *(const v16 *)p; }
-static inline void store16(float *p, v16 v) { *(v16 *)p = v; }
-
-/* s[r, j0:j0+64] = q[r, :] · k_t[:, j0:j0+64] for a full tile q (TILE_R, HEAD); k_t is (HEAD, ld_k). */
-static inline void scores_tile(const float *q, const float *k_t, long ld_k, long j0, float *s, long ld_s) {
-    v16 acc[TILE_R][4] = {{{0}}};
-    for (int k = 0; k < HEAD; k++) {
-        const float *kr = k_t + k * ld_k + j0;
-        v16 b0 = load16(kr), b1 = load16(kr + 16), b2 = load16(kr + 32), b3 = load16(kr + 48);
-        for (int r = 0; r < TILE_R; r++) {
-            float a = q[r * HEAD + k];
-            acc[r][0] += a * b0;
-            acc[r][1] += a * b1;
-            acc[r][2] += a * b2;
-            acc[r][3] += a * b3;
-        }
-    }
-    for (int r = 0; r < TILE_R; r++)
-        for (int c = 0; c < 4; c++) store16(s + r * ld_s + j0 + 16 * c, acc[r][c]);
-}
-
-/* o[r, :] += Σ_j p[r, j] · v[j, :] over j0 <= j < j1 for a full tile; v is (t_pad, HEAD). */
-static inline void values_tile(const float *p, long ld_p, const float *v, long j0, long j1, float *o) {
-    v16 acc[TILE_R][4];
-    for (int r = 0; r < TILE_R; r++)
-        for (int c = 0; c < 4; c++) acc[r][c] = load16(o + r * HEAD + 16 * c);
-    for (long j = j0; j < j1; j++) {
-        const float *vr = v + j * HEAD;
-        v16 b0 = load16(vr), b1 = load16(vr + 16), b2 = load16(vr + 32), b3 = load16(vr + 48);
-        for (int r = 0; r < TILE_R; r++) {
-            float a = p[r * ld_p + j];
-            acc[r][0] += a * b0;
-            acc[r][1] += a * b1;
-            acc[r][2] += a * b2;
-            acc[r][3] += a * b3;
-        }
-    }
-    for (int r = 0; r < TILE_R; r++)
-        for (int c = 0; c < 4; c++) store16(o + r * HEAD + 16 * c, acc[r][c]);
-}
-
 /* p[j] ← e^p[j] for j < t, 0 for t <= j < t_pad; returns Σ_j<t. */
-static inline float exp_row(float *p, long t, long t_pad) {
+INLINE float exp_row(float *p, long t, long t_pad) {
     float lanes[16] = {0};
     long j;
     for (j = 0; j + 16 <= t; j += 16)
@@ -184,7 +171,7 @@ static inline float exp_row(float *p, long t, long t_pad) {
 
 /* A row whose plain e^s sum left [1e-20, 1e30] (a score beyond e^±88, or NaN): redo it with the
  * row maximum subtracted, the textbook softmax. Scores are recomputed scalar; this is rare. */
-static void stable_row(const float *q, const float *k_t, long ld_k, const float *v, long t, long t_pad,
+INLINE void stable_row(const float *q, const float *k_t, long ld_k, const float *v, long t, long t_pad,
                        float *p, float *o) {
     float max = -__builtin_inff();
     for (long j = 0; j < t; j++) {
@@ -219,12 +206,12 @@ CLONES void attention_head(const float *q, long ld_q, const float *k_t, const fl
         for (long r = 0; r < n; r++) memcpy(qt + r * HEAD, qg + r * ld_q, HEAD * sizeof(float));
         for (long j0 = 0; j0 < t_pad; j0 += 64)
             for (int i = 0; i < tiles; i++)
-                scores_tile(qt + i * TILE_R * HEAD, k_t, t_pad, j0, scratch + i * TILE_R * t_pad, t_pad);
+                gemm_tile(qt + i * TILE_R * HEAD, HEAD, k_t + j0, t_pad, HEAD, scratch + i * TILE_R * t_pad + j0, t_pad, 0);
         for (long r = 0; r < tiles * TILE_R; r++) sums[r] = exp_row(scratch + r * t_pad, t, t_pad);
         memset(o, 0, sizeof o);
         for (long j0 = 0; j0 < t_pad; j0 += 64)
             for (int i = 0; i < tiles; i++)
-                values_tile(scratch + i * TILE_R * t_pad, t_pad, v, j0, j0 + 64, o + i * TILE_R * HEAD);
+                gemm_tile(scratch + i * TILE_R * t_pad + j0, t_pad, v + j0 * HEAD, HEAD, 64, o + i * TILE_R * HEAD, HEAD, 1);
         for (long r = 0; r < n; r++) {
             float *orow = o + r * HEAD;
             if (!(sums[r] > 1e-20f && sums[r] < 1e30f))
