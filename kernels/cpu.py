@@ -33,9 +33,10 @@ from kernels.interface import Backend
 _ERF_P = (1.128379705499412, 0.10276548114784073, -0.00018438291279451174, -0.000625720310036089,
           8.971288714181166e-05, -5.985743101270098e-06, 1.589634021231064e-07)
 # GELU needs erf(x/√2): fold the 1/√2 into the coefficients, x · Σ P_k/(√2·2^k) · (x²)^k.
-_GELU_P = tuple(np.float32(c / (math.sqrt(2.0) * 2.0**k)) for k, c in enumerate(_ERF_P))
+_GELU_P64 = tuple(c / (math.sqrt(2.0) * 2.0**k) for k, c in enumerate(_ERF_P))
+_GELU_P = tuple(np.float32(c) for c in _GELU_P64)
 _ERF_P = tuple(np.float32(c) for c in _ERF_P)
-_GELU_COEFFS = np.array(_GELU_P, np.float32)  # the same fit, handed to the native GELU
+_GELU_NATIVE = native.gelu_coefficients(_GELU_P64)  # the same fit, in the native GELU's form
 ATTENTION_QUERY_ROWS = 256
 EPILOGUE_CHUNK = 1 << 16  # elements per epilogue chunk: its 3 scratch-sized arrays (768 KiB) stay in L2; measured best
 _HALF = np.float32(0.5)
@@ -173,7 +174,7 @@ class CpuBackend(Backend):
     def _epilogue(self, y, b, gelu, residual) -> None:
         """y ← act(y + b) + residual in place (act = GELU or identity), on the variant in use."""
         if self.native and gelu:
-            native.bias_gelu(y, b, _GELU_COEFFS)
+            native.bias_gelu(y, b, _GELU_NATIVE)
         elif self.native:
             native.bias_residual(y, b, residual)
             return
@@ -214,47 +215,52 @@ class CpuBackend(Backend):
         return out
 
     def attention(self, qkv, n_head):
-        t = qkv.shape[0]
-        d_model = qkv.shape[1] // 3
+        t, d_model = qkv.shape[0], qkv.shape[1] // 3
         d = d_model // n_head
-        scale = np.float32(1.0 / math.sqrt(d))
         out = np.empty((t, d_model), np.float32)                        # (T, D)
-        heads = [None] * n_head
+        # Each task takes a span of one head's query rows. Spans per head: the fewest that make the
+        # task count a multiple of the threads, so no thread idles at the end. One task per 256-row
+        # block measured 18.2 ms per layer against 16.6 (numpy kernels, tiny.en, 2 threads).
+        spans = _blocks(t, self.threads // math.gcd(n_head, self.threads), min_rows=1)
+        tasks = [(h, rows) for h in range(n_head) for rows in spans]
+        columns = [[slice(i * d_model + h * d, i * d_model + (h + 1) * d) for i in range(3)] for h in range(n_head)]
+        if self.native and d == native.HEAD:
+            def span(task):
+                h, rows = task
+                q, k, v = columns[h]
+                native.attention_head(qkv[rows, q], qkv[:, k], qkv[:, v], 1.0 / math.sqrt(d), out[rows, q],
+                                      self._scratch("attention", native.attention_scratch(t)))
 
-        fused = self.native and d == native.HEAD
-        # the native kernel works in 64-column tiles: pad T, with zero K columns and V rows
-        t_pad = -(-t // 64) * 64 if fused else t
+            self._run(span, tasks)
+        else:
+            self._attention_numpy(qkv, columns, tasks, out)
+        return out
+
+    def _attention_numpy(self, qkv, columns, tasks, out) -> None:
+        """The numpy variant: per head a contiguous Kᵀ·scale and V, then 256-query-row blocks."""
+        t, d = qkv.shape[0], columns[0][0].stop - columns[0][0].start
+        heads = [None] * len(columns)
 
         def prepare(h):
             # Kᵀ·scale and V contiguous per head (BLAS runs ~25% faster than on strided views); Q stays
             # a strided view (no loss measured) and the scale rides on the Kᵀ copy.
-            k_t, v = np.empty((d, t_pad), np.float32), np.empty((t_pad, d), np.float32)
-            np.multiply(qkv[:, d_model + h * d:d_model + (h + 1) * d].T, scale, out=k_t[:, :t])
-            v[:t] = qkv[:, 2 * d_model + h * d:2 * d_model + (h + 1) * d]
-            k_t[:, t:], v[t:] = 0.0, 0.0
-            heads[h] = (qkv[:, h * d:(h + 1) * d], k_t, v)             # (T, d), (d, T_pad), (T_pad, d)
+            q, k, v = columns[h]
+            k_t = np.multiply(qkv[:, k].T, np.float32(1.0 / math.sqrt(d)), out=np.empty((d, t), np.float32))
+            heads[h] = (qkv[:, q], k_t, np.ascontiguousarray(qkv[:, v]))   # (T, d), (d, T), (T, d)
 
         def span(task):
             h, rows = task
             q, k_t, v = heads[h]
-            if fused:
-                scratch = self._scratch("tile", native.SCRATCH_ROWS * t_pad)
-                native.attention_head(q[rows], k_t, v, t, out[rows, h * d:(h + 1) * d], scratch)
-                return
             scores = self._scratch("scores", ATTENTION_QUERY_ROWS * t)
+            # 256-row blocks: a (256, T) score block, 1.5 MiB at T=1500, is about L2-sized (measured
+            # fastest of 64..384 rows)
             for r in range(rows.start, rows.stop, ATTENTION_QUERY_ROWS):
                 block = slice(r, min(r + ATTENTION_QUERY_ROWS, rows.stop))
                 s = scores[:(block.stop - block.start) * t].reshape(-1, t)
-                out[block, h * d:(h + 1) * d] = _softmax_times_v(q[block], k_t, v, s)
+                out[block, columns[h][0]] = _softmax_times_v(q[block], k_t, v, s)
 
-        self._run(prepare, range(n_head))
-        # Each task takes a span of one head's query rows, in 256-row blocks (a (256, T) score block,
-        # 1.5 MiB at T=1500, is about L2-sized; measured fastest of 64..384 rows). Spans per head:
-        # the fewest that make the task count a multiple of the threads, so no thread idles at the
-        # end. One task per block measured 18.2 ms per layer against 16.6 (tiny.en, 2 threads).
-        spans = _blocks(t, self.threads // math.gcd(n_head, self.threads), min_rows=1)
-        self._run(span, [(h, rows) for h in range(n_head) for rows in spans])
-        return out
+        self._run(prepare, range(len(columns)))
+        self._run(span, tasks)
 
     def add(self, x, y):
         out = np.empty_like(x)

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 
 HEAD = 64      # attention_head's head size (cpu_kernels.c HEAD): every Whisper model's
-SCRATCH_ROWS = 48  # query rows per group of tiles (cpu_kernels.c GROUP_ROWS): attention's scratch is SCRATCH_ROWS x t_pad
+LOG2E = 1.4426950408889634  # the kernels' exponentials are powers of 2: scales carry log2(e)
 _ISA = {4: "x86-64-v4 (AVX-512)", 3: "x86-64-v3 (AVX2)", 0: "baseline"}
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 _SIGNATURES = {
     "bias_gelu": [_P, _P, _L, _L, _L, _P],
+    "attention_scratch": [_L],
     "bias_residual": [_P, _P, _P, _L, _L, _L, _L],
     "layernorm": [_P, _P, _P, _P, _L, _L, _L, _L, _F],
-    "attention_head": [_P, _L, _P, _P, _L, _L, _P, _L, _L, _P],
+    "attention_head": [_P, _P, _P, _L, _F, _L, _P, _L, _L, _P],
 }
 
 
@@ -45,7 +46,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     except OSError as e:
         return None, f"cannot load {path.name}: {e}"
     for name, argtypes in _SIGNATURES.items():
-        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+        getattr(lib, name).argtypes = argtypes
+        getattr(lib, name).restype = _L if name == "attention_scratch" else None
     return lib, None
 
 
@@ -67,7 +69,7 @@ def _ld(a: np.ndarray) -> int:
 
 
 def bias_gelu(y: np.ndarray, b: np.ndarray, coeffs: np.ndarray) -> None:
-    """y ← GELU(y + b) in place, y (rows, N); GELU's erf as in kernels.cpu (coeffs: its 7 P_k)."""
+    """y ← GELU(y + b) in place, y (rows, N); GELU's erf as in kernels.cpu (coeffs: gelu_coefficients of its fit)."""
     LIBRARY.bias_gelu(_ptr(y), _ptr(b), y.shape[0], y.shape[1], _ld(y), _ptr(coeffs))
 
 
@@ -82,15 +84,25 @@ def layernorm(x: np.ndarray, out: np.ndarray, gamma: np.ndarray, beta: np.ndarra
     LIBRARY.layernorm(_ptr(x), _ptr(out), _ptr(gamma), _ptr(beta), x.shape[0], x.shape[1], _ld(x), _ld(out), eps)
 
 
-def attention_head(q: np.ndarray, k_t: np.ndarray, v: np.ndarray, t: int, out: np.ndarray,
-                   scratch: np.ndarray) -> None:
-    """out ← softmax(q · k_t[:, :t]) · v[:t] for one head's query rows (q (rows, 64), out (rows, 64)).
+def attention_scratch(t: int) -> int:
+    """Floats of scratch attention_head needs for a sequence of t."""
+    return LIBRARY.attention_scratch(t)
 
-    k_t (64, t_pad) and v (t_pad, 64) are contiguous with t_pad a multiple of 64 and zeros past t;
-    the caller folds the 1/√d scale into k_t. scratch holds SCRATCH_ROWS · t_pad floats.
+
+def attention_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, out: np.ndarray,
+                   scratch: np.ndarray) -> None:
+    """out ← softmax(q · kᵀ · scale) · v for a span of one head's query rows.
+
+    q (rows, 64), k and v (t, 64): column slices of one QKV matrix (one row stride); out (rows, 64);
+    scratch: attention_scratch(t) floats or more.
     """
-    t_pad = k_t.shape[1]
-    assert q.shape[1] == HEAD and k_t.shape[0] == HEAD and v.shape == (t_pad, HEAD) and t_pad % 64 == 0
-    assert k_t.flags.c_contiguous and v.flags.c_contiguous and scratch.size >= SCRATCH_ROWS * t_pad
-    LIBRARY.attention_head(_ptr(q), _ld(q), _ptr(k_t), _ptr(v), t, t_pad, _ptr(out), _ld(out), q.shape[0],
+    t = k.shape[0]
+    assert q.shape[1] == k.shape[1] == v.shape[1] == HEAD and v.shape[0] == t and q.shape == out.shape
+    assert q.strides == k.strides == v.strides and scratch.size >= attention_scratch(t)
+    LIBRARY.attention_head(_ptr(q), _ptr(k), _ptr(v), _ld(q), scale * LOG2E, t, _ptr(out), _ld(out), q.shape[0],
                            _ptr(scratch))
+
+
+def gelu_coefficients(p: tuple) -> np.ndarray:
+    """bias_gelu's form of GELU's fit P (erf(x/√2) = tanh(x·P(x²))): P · (−2·log2 e), in fp32."""
+    return np.array([c * -2.0 * LOG2E for c in p], np.float32)

@@ -30,18 +30,19 @@ typedef float v16 __attribute__((vector_size(64), aligned(4), may_alias));
 INLINE v16 load16(const float *p) { return *(const v16 *)p; }
 INLINE void store16(float *p, v16 v) { *(v16 *)p = v; }
 
-/* e^x: 2^n · p(r), x = n·ln2 + r, |r| <= ln2/2, p = Taylor series to r^7 (relative error < 1e-8
- * before rounding). Below e^-69 (1e-30) the result is 0: such values only ever meet larger ones in
- * sums, and a denormal-sized product in the next matmul costs the CPU a microcode assist. Above
- * 88.3 the result stays ~2e38 instead of inf; callers check their sums. Branch-free, so loops over
- * it vectorise. */
-INLINE float exp_clamped(float x) {
-    float zero = x < -69.0f ? 0.0f : 1.0f;
-    x = x < -69.0f ? -69.0f : x;
-    x = x > 88.3f ? 88.3f : x;
+/* 2^x = 2^n · 2^r, n = round(x), |r| <= ½, 2^r = e^(r·ln2) by its Taylor series to r^7 (relative
+ * error < 1e-8 before rounding). Both callers work in base 2 (their scale factors carry log2(e)),
+ * which saves the ln2 range reduction. Below 2^-99.6 (1e-30) the result is 0: such values only ever
+ * meet larger ones in sums, and a denormal-sized product in the next matmul costs the CPU a
+ * microcode assist. Above 127 it stays 2^127 instead of inf; callers check their sums.
+ * Branch-free, so loops over it vectorise. */
+INLINE float exp2_clamped(float x) {
+    float zero = x < -99.6f ? 0.0f : 1.0f;
+    x = x < -99.6f ? -99.6f : x;
+    x = x > 127.0f ? 127.0f : x;
     const float shifter = 12582912.0f; /* 1.5 · 2^23: adding it rounds to an integer */
-    float n = (x * 1.44269504088896341f + shifter) - shifter;
-    float r = x - n * 0.693145751953125f - n * 1.42860682030941723212e-6f; /* ln2 in two parts */
+    float n = (x + shifter) - shifter;
+    float r = (x - n) * 0.693147180559945309f;
     float p = 1.0f / 5040.0f;
     p = p * r + 1.0f / 720.0f;
     p = p * r + 1.0f / 120.0f;
@@ -56,14 +57,14 @@ INLINE float exp_clamped(float x) {
     return p * scale * zero;
 }
 
-/* GELU(y) = ½·y·(1 + erf(y/√2)) with erf(u) = tanh(u·P(u²)) (kernels/cpu.py fits P; the caller
- * passes its 7 coefficients with the 1/√2 folded in). ½(1 + tanh(a)) = 1 / (1 + e^(−2a)).
- * |y| so large that y² overflows gives a = ±inf, and the limits y and 0 come out right. */
+/* GELU(y) = ½·y·(1 + erf(y/√2)) with erf(u) = tanh(u·P(u²)) (kernels/cpu.py fits P and passes its
+ * 7 coefficients times −2·log2(e), with the 1/√2 folded in): ½(1 + tanh(a)) = 1 / (1 + 2^(−2a·log2 e)).
+ * |y| so large that y² overflows gives an infinite exponent, and the limits y and 0 come out right. */
 INLINE float gelu_one(float y, const float *c) {
     float z = y * y;
     float p = c[6];
     for (int k = 5; k >= 0; k--) p = p * z + c[k];
-    float e = exp_clamped(-2.0f * y * p);
+    float e = exp2_clamped(y * p);
     /* where GELU(y) < |y|·1e-30 it is 0, as fp32 tanh gives: no denormals for the next matmul */
     return (e > 1e30f ? 0.0f : y) / (1.0f + e);
 }
@@ -146,76 +147,100 @@ INLINE void gemm_tile(const float *a, long lda, const float *b, long ldb, long k
 
 #define HEAD NR   /* head size: every Whisper model has 64, one register tile wide */
 #define TILE_R MR /* query rows per register tile */
-#define GROUP 8   /* tiles that share each chunk of k_t and v (4..16 measured alike) */
+#define GROUP 8   /* tiles that share each panel of K and V (4..16 measured alike) */
 #define GROUP_ROWS (GROUP * TILE_R)
 
-/* p[j] ← e^p[j] for j < t, 0 for t <= j < t_pad; returns Σ_j<t. */
+/* p[j] ← 2^p[j] for j < t, 0 for t <= j < t_pad; returns Σ_j<t. */
 INLINE float exp_row(float *p, long t, long t_pad) {
     float lanes[16] = {0};
     long j;
     for (j = 0; j + 16 <= t; j += 16)
         for (int l = 0; l < 16; l++) {
-            float e = exp_clamped(p[j + l]);
+            float e = exp2_clamped(p[j + l]);
             p[j + l] = e;
             lanes[l] += e;
         }
     float sum = 0.0f;
     for (int l = 0; l < 16; l++) sum += lanes[l];
     for (; j < t; j++) {
-        p[j] = exp_clamped(p[j]);
+        p[j] = exp2_clamped(p[j]);
         sum += p[j];
     }
     for (; j < t_pad; j++) p[j] = 0.0f;
     return sum;
 }
 
-/* A row whose plain e^s sum left [1e-20, 1e30] (a score beyond e^±88, or NaN): redo it with the
- * row maximum subtracted, the textbook softmax. Scores are recomputed scalar; this is rare. */
-INLINE void stable_row(const float *q, const float *k_t, long ld_k, const float *v, long t, long t_pad,
+/* A row whose plain 2^s sum left [1e-20, 1e30] (a score beyond 2^±66, or NaN): redo it with the
+ * row maximum subtracted, the textbook softmax, from the unpacked keys. Rare, so scalar. */
+INLINE void stable_row(const float *q, const float *k, long ld, float scale, const float *vp, long t, long t_pad,
                        float *p, float *o) {
     float max = -__builtin_inff();
     for (long j = 0; j < t; j++) {
         float s = 0.0f;
-        for (int k = 0; k < HEAD; k++) s += q[k] * k_t[k * ld_k + j];
-        p[j] = s;
-        max = s > max ? s : max;
+        for (int d = 0; d < HEAD; d++) s += q[d] * k[j * ld + d];
+        p[j] = s * scale;
+        max = p[j] > max ? p[j] : max;
     }
     for (long j = 0; j < t; j++) p[j] -= max;
     float sum = exp_row(p, t, t_pad);
     for (int c = 0; c < HEAD; c++) o[c] = 0.0f;
     for (long j = 0; j < t; j++)
-        for (int c = 0; c < HEAD; c++) o[c] += p[j] * v[j * HEAD + c];
+        for (int c = 0; c < HEAD; c++) o[c] += p[j] * vp[j * HEAD + c];
     for (int c = 0; c < HEAD; c++) o[c] /= sum;
 }
 
-/* out[i, :] = softmax(q[i, :] · k_t) · v for rows i < rows of one head.
- * q: (rows, HEAD) with row stride ld_q; the caller folds 1/√HEAD into k_t;
- * k_t: (HEAD, t_pad) contiguous, v: (t_pad, HEAD) contiguous, both zero past column/row t;
- * out: (rows, HEAD) with row stride ld_out; scratch: GROUP_ROWS · t_pad floats.
- * A group of GROUP tiles shares every 64-column chunk of k_t and of v while it is in L1: one tile
- * at a time streamed all of k_t and v from L2 for every 6 rows, and L2 could not keep up. */
-CLONES void attention_head(const float *q, long ld_q, const float *k_t, const float *v, long t, long t_pad,
+/* kp ← the keys times scale, transposed into one contiguous 64 x 64 panel per 64 keys
+ * (kp[c][d][i] = k[64c + i][d]·scale, zero past t): read in place, Kᵀ's rows t floats apart fell
+ * into a few L1 sets. vp ← the values, contiguous (t_pad, HEAD), zero past t. */
+INLINE void pack_head(const float *k, const float *v, long ld, float scale, long t, long t_pad, float *kp,
+                      float *vp) {
+    for (long j = 0; j < t_pad; j++) {
+        float *panel = kp + (j / NR) * HEAD * NR + j % NR;
+        for (int d = 0; d < HEAD; d++) panel[d * NR] = j < t ? k[j * ld + d] * scale : 0.0f;
+        if (j < t)
+            memcpy(vp + j * HEAD, v + j * ld, HEAD * sizeof(float));
+        else
+            memset(vp + j * HEAD, 0, HEAD * sizeof(float));
+    }
+}
+
+/* Floats of scratch attention_head needs for a sequence of t: packed keys and values, and the
+ * probabilities of one group of rows. */
+long attention_scratch(long t) {
+    long t_pad = (t + NR - 1) / NR * NR;
+    return (2 * HEAD + GROUP_ROWS) * t_pad;
+}
+
+/* out[i, :] = Σ_j softmax_j(q[i, :] · k[j, :] · scale) · v[j, :] for rows i < rows of one head; the
+ * softmax is taken in base 2 (scale = log2(e)/√HEAD gives the usual one).
+ * q: (rows, HEAD), k and v: (t, HEAD), all with row stride ld (columns of one QKV matrix);
+ * out: (rows, HEAD) with row stride ld_out; scratch: attention_scratch(t) floats.
+ * A group of GROUP tiles shares every 64-key panel of K and of V while it is in L1: one tile at a
+ * time streamed all of K and V from L2 for every 6 rows. */
+CLONES void attention_head(const float *q, const float *k, const float *v, long ld, float scale, long t,
                            float *out, long ld_out, long rows, float *scratch) {
+    long t_pad = (t + NR - 1) / NR * NR;
+    float *kp = scratch, *vp = kp + t_pad * HEAD, *p = vp + t_pad * HEAD;
     float o[GROUP_ROWS * HEAD], qt[GROUP_ROWS * HEAD], sums[GROUP_ROWS];
+    pack_head(k, v, ld, scale, t, t_pad, kp, vp);
     for (long g0 = 0; g0 < rows; g0 += GROUP_ROWS) {
         long n = rows - g0 < GROUP_ROWS ? rows - g0 : GROUP_ROWS;
         int tiles = (int)((n + TILE_R - 1) / TILE_R);
-        const float *qg = q + g0 * ld_q;
         /* the group's rows, contiguous; a short last tile gets zero rows, computed and dropped */
         memset(qt, 0, sizeof qt);
-        for (long r = 0; r < n; r++) memcpy(qt + r * HEAD, qg + r * ld_q, HEAD * sizeof(float));
-        for (long j0 = 0; j0 < t_pad; j0 += 64)
+        for (long r = 0; r < n; r++) memcpy(qt + r * HEAD, q + (g0 + r) * ld, HEAD * sizeof(float));
+        for (long j0 = 0; j0 < t_pad; j0 += NR)
             for (int i = 0; i < tiles; i++)
-                gemm_tile(qt + i * TILE_R * HEAD, HEAD, k_t + j0, t_pad, HEAD, scratch + i * TILE_R * t_pad + j0, t_pad, 0);
-        for (long r = 0; r < tiles * TILE_R; r++) sums[r] = exp_row(scratch + r * t_pad, t, t_pad);
+                gemm_tile(qt + i * TILE_R * HEAD, HEAD, kp + j0 * HEAD, NR, HEAD, p + i * TILE_R * t_pad + j0, t_pad, 0);
+        for (long r = 0; r < tiles * TILE_R; r++) sums[r] = exp_row(p + r * t_pad, t, t_pad);
         memset(o, 0, sizeof o);
-        for (long j0 = 0; j0 < t_pad; j0 += 64)
+        for (long j0 = 0; j0 < t_pad; j0 += NR)
             for (int i = 0; i < tiles; i++)
-                gemm_tile(scratch + i * TILE_R * t_pad + j0, t_pad, v + j0 * HEAD, HEAD, 64, o + i * TILE_R * HEAD, HEAD, 1);
+                gemm_tile(p + i * TILE_R * t_pad + j0, t_pad, vp + j0 * HEAD, HEAD, NR, o + i * TILE_R * HEAD, HEAD, 1);
         for (long r = 0; r < n; r++) {
             float *orow = o + r * HEAD;
             if (!(sums[r] > 1e-20f && sums[r] < 1e30f))
-                stable_row(qt + r * HEAD, k_t, t_pad, v, t, t_pad, scratch + r * t_pad, orow);
+                stable_row(qt + r * HEAD, k, ld, scale, vp, t, t_pad, p + r * t_pad, orow);
             else
                 for (int c = 0; c < HEAD; c++) orow[c] /= sums[r];
             memcpy(out + (g0 + r) * ld_out, orow, HEAD * sizeof(float));
