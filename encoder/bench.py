@@ -21,6 +21,8 @@ from pathlib import Path
 from encoder.errors import AmanuensisError
 
 PEERS = ("faster-whisper-int8", "faster-whisper-fp32", "transformers", "onnxruntime")
+# --backends names beyond the devices: a device run with settings, so that both variants are measured in one run
+VARIANT_BACKENDS = {"cpu-numpy": ("cpu", {"AMANUENSIS_CPU_NATIVE": "0"})}
 
 
 def label(seconds: float) -> str:
@@ -32,9 +34,13 @@ def _say(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-def run_job(job: str, child_threads: int, **spec) -> dict:
-    """Run one job of encoder.benchmark.jobs in a child process; {"error": ...} if it failed."""
+def run_job(job: str, child_threads: int, backend: str | None = None, **spec) -> dict:
+    """Run one job of encoder.benchmark.jobs in a child process; {"error": ...} if it failed.
+    backend: one of --backends, handed to the job as its device (with its settings, if a variant)."""
     env = {**os.environ, "AMANUENSIS_THREADS": str(child_threads)}
+    if backend is not None:
+        spec["device"], settings = VARIANT_BACKENDS.get(backend, (backend, {}))
+        env.update(settings)
     proc = subprocess.run([sys.executable, "-m", "encoder.benchmark.jobs"], input=json.dumps({"job": job, **spec}),
                           capture_output=True, text=True, env=env)    # on stdin: hours of reference text
                                                                           # exceed an argument's size limit
@@ -76,27 +82,27 @@ def _e2e_figures(prefix: dict, runs: dict[str, dict]) -> dict:
 
 def bench_ours(args, inputs: dict[str, tuple[str, str]]) -> dict:
     """Our encoder on each backend, the per-node profile, batching, and end to end on every input."""
-    encoder, profile, flops = {}, None, None
+    encoder, described, profile, flops = {}, {}, None, None
     for backend in args.backends:
         _say(f"encoder on {backend} ...")
-        r = run_job("ours_encoder", args.threads, model=args.model, device=backend, repeats=args.repeats)
-        encoder[backend] = r.get("encoder_ms_per_window")
+        r = run_job("ours_encoder", args.threads, backend, model=args.model, repeats=args.repeats)
+        encoder[backend], described[backend] = r.get("encoder_ms_per_window"), r.get("backend")
         if profile is None and "profile" in r:
             profile, flops = r["profile"], r["flops"]
     if profile is None:
         raise AmanuensisError("no backend could run the encoder; see the messages above")
     _say("batched linears (two windows stacked) ...")
-    batched = run_job("ours_batched", args.threads, model=args.model, device=args.backends[0], repeats=args.repeats)
+    batched = run_job("ours_batched", args.threads, args.backends[0], model=args.model, repeats=args.repeats)
     runs = {p: {} for p in args.decoder_precisions}
     for name, (audio, reference) in inputs.items():
         for precision in args.decoder_precisions:
             _say(f"end to end on {name} of speech, {precision} decoder ...")
-            runs[precision][name] = run_job("ours_e2e", args.threads, model=args.model, device=args.backends[0],
+            runs[precision][name] = run_job("ours_e2e", args.threads, args.backends[0], model=args.model,
                                             audio=audio, reference=reference, threads=args.threads,
                                             decoder_precision=precision)
     head, *others = args.decoder_precisions
-    figures = _e2e_figures({"encoder_ms_per_window": encoder, "profile": profile, "flops_per_window": flops,
-                            "batched": batched, "decoder_precision": head}, runs[head])
+    figures = _e2e_figures({"encoder_ms_per_window": encoder, "backends": described, "profile": profile,
+                            "flops_per_window": flops, "batched": batched, "decoder_precision": head}, runs[head])
     figures["variants"] = {_variant(p): _e2e_figures({"decoder_precision": p}, runs[p]) for p in others}
     return figures
 
@@ -226,7 +232,8 @@ def format_report(result: dict) -> str:
     lines = [f"{result['model']} on {m['cpu']}, {m['threads']} threads, {result['date']} (BLAS: {m['blas']})",
              f"sgemm peak (2048^3, numpy's BLAS): {peak} GFLOP/s", "",
              "encoder ms per 30 s window: " + ", ".join(f"{b} {ms}" for b, ms in result["encoder_ms_per_window"].items()),
-             "", f"{'node':32} {'kernel':10} {'ms':>8} {'GFLOP/s':>8} {'% peak':>7}"]
+             *(f"  {b}: {d}" for b, d in result.get("backends", {}).items() if d), "",
+             f"{'node':32} {'kernel':10} {'ms':>8} {'GFLOP/s':>8} {'% peak':>7}"]
     for row in result["profile"]:
         rate = row.get("gflops") or 0.0
         lines.append(f"{row['node']:32} {row['kernel']:10} {row['ms']:8.2f} {rate:8.1f} {100 * rate / peak:6.1f}%")
@@ -290,8 +297,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "per-node profile against the machine's sgemm peak), end-to-end speed and peak memory on synthesised "
         "speech, and, with --peers, faster-whisper, transformers and ONNX Runtime in the same run.")
     parser.add_argument("--model", default="tiny.en", help="model name, directory or hub id (default tiny.en)")
-    parser.add_argument("--backends", default="cpu,emu", help="encoder backends, the first also runs end to end "
-                        "(default cpu,emu; add npu on a machine with one)")
+    parser.add_argument("--backends", default="cpu,cpu-numpy,emu", help="encoder backends, the first also runs end "
+                        "to end and gives the profile; cpu-numpy is the cpu backend with its native kernels switched "
+                        "off (default cpu,cpu-numpy,emu; add npu on a machine with one)")
     parser.add_argument("--lengths", default="30,300", help="seconds of speech for the end-to-end runs (default 30,300)")
     parser.add_argument("--memory-minutes", default="30", help="extra, longer end-to-end runs of ours, for memory "
                         "growth (default 30; '' for none; e.g. 30,60,180 for hours of input)")
@@ -307,7 +315,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from encoder.model import DEVICES
     from weights_tools.model_dir import DECODER_PRECISIONS
 
-    args.backends = _names(args.backends, "--backends", [d for d in DEVICES if d != "auto"])
+    args.backends = _names(args.backends, "--backends", [d for d in DEVICES if d != "auto"] + list(VARIANT_BACKENDS))
     args.decoder_precisions = _names(args.decoder_precisions, "--decoder-precisions", DECODER_PRECISIONS)
     if args.repeats < 1 or args.threads < 1:
         raise AmanuensisError("--repeats and --threads must be at least 1")

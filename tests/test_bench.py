@@ -76,7 +76,7 @@ def test_bad_options(args, message):
 
 def test_a_short_run_with_peers(tmp_path):
     """Every key the issue asks for, measured (positive, consistent), the files written, the peers run."""
-    r = subprocess.run([sys.executable, "-m", "encoder.bench", "--backends", "cpu", "--lengths", "12",
+    r = subprocess.run([sys.executable, "-m", "encoder.bench", "--backends", "cpu,cpu-numpy", "--lengths", "12",
                         "--memory-minutes", "", "--repeats", "1", "--peers", "--json", "--out-dir", tmp_path],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -84,6 +84,10 @@ def test_a_short_run_with_peers(tmp_path):
     assert result == json.loads((tmp_path / "bench.json").read_text()) | {"chart": str(tmp_path / "profile.png")}
     assert (tmp_path / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["encoder_ms_per_window"]["cpu"] > 0 and result["gemm_peak_gflops"] > 10
+    # both variants of the cpu backend measured, each saying which kernels ran
+    assert result["encoder_ms_per_window"]["cpu-numpy"] > 0
+    assert "numpy kernels: native kernels switched off" in result["backends"]["cpu-numpy"]
+    assert result["backends"]["cpu"].startswith("cpu (fp32, BLAS + ")
     assert result["rtf_12s"] > 0 and result["peak_rss_mb"] > 50 and result["wer_12s"] is not None
     assert result["decoder_precision"] == "fp32"
     int8 = result["variants"]["int8 decoder"]
