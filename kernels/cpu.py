@@ -13,6 +13,7 @@ variant in use, so the fallback is never silent.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -108,7 +109,7 @@ def _blocks(n: int, workers: int, min_rows: int = 32) -> list[slice]:
 
 
 class CpuBackend(Backend):
-    """fp32 numpy on the host CPU."""
+    """fp32 on the host CPU: numpy's BLAS for the matmuls, the native or the numpy kernels for the rest."""
 
     name = "cpu"
 
@@ -119,7 +120,7 @@ class CpuBackend(Backend):
         if native_kernels and native.LIBRARY is None:
             raise RuntimeError(f"the cpu backend's native kernels are {native.UNAVAILABLE}")
         self.native = native.LIBRARY is not None if native_kernels is None else native_kernels
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="amanuensis-cpu")
+        self._pool = ThreadPoolExecutor(max(1, self.threads - 1), thread_name_prefix="amanuensis-cpu")
         self._blas_lock = threading.Lock()
         self._blas_users = 0
         self._blas_limit = None
@@ -137,7 +138,8 @@ class CpuBackend(Backend):
     def describe(self) -> str:
         if self.native:
             return f"cpu (fp32, BLAS + native kernels {native.isa()}, {self.threads} threads)"
-        return f"cpu (fp32, BLAS + numpy kernels: native kernels {native.UNAVAILABLE if native.LIBRARY is None else 'not used'}, {self.threads} threads)"
+        why = native.UNAVAILABLE if native.LIBRARY is None else "not used"
+        return f"cpu (fp32, BLAS + numpy kernels: native kernels {why}, {self.threads} threads)"
 
     @contextmanager
     def session(self):
@@ -157,8 +159,22 @@ class CpuBackend(Backend):
                     self._blas_limit.restore_original_limits()
 
     def _run(self, fn, tasks) -> None:
-        for future in [self._pool.submit(fn, t) for t in tasks]:
-            future.result()
+        """fn(task) for every task, on all threads. The calling thread works too, taking tasks from
+        the same counter as the helpers: a node waits for one wake-up fewer (a pool round trip was
+        ~90 µs per node, 3 ms per tiny.en window), and no thread idles while tasks remain."""
+        tasks = list(tasks)
+        claim = itertools.count()
+
+        def drain():
+            while (i := next(claim)) < len(tasks):      # next() on a count is atomic under the GIL
+                fn(tasks[i])
+
+        helpers = [self._pool.submit(drain) for _ in range(min(self.threads, len(tasks)) - 1)]
+        try:
+            drain()
+        finally:
+            for helper in helpers:                      # before any error propagates: they write our arrays
+                helper.result()
 
     def linear(self, x, w, b, gelu=False, residual=None):
         out = np.empty((x.shape[0], w.shape[1]), np.float32)          # (T, N)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 HEAD = 64      # attention_head's head size (cpu_kernels.c HEAD): every Whisper model's
-LOG2E = 1.4426950408889634  # the kernels' exponentials are powers of 2: scales carry log2(e)
 _ISA = {4: "x86-64-v4 (AVX-512)", 3: "x86-64-v3 (AVX2)", 0: "baseline"}
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 _SIGNATURES = {
@@ -99,10 +98,10 @@ def attention_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, ou
     t = k.shape[0]
     assert q.shape[1] == k.shape[1] == v.shape[1] == HEAD and v.shape[0] == t and q.shape == out.shape
     assert q.strides == k.strides == v.strides and scratch.size >= attention_scratch(t)
-    LIBRARY.attention_head(_ptr(q), _ptr(k), _ptr(v), _ld(q), scale * LOG2E, t, _ptr(out), _ld(out), q.shape[0],
+    LIBRARY.attention_head(_ptr(q), _ptr(k), _ptr(v), _ld(q), scale, t, _ptr(out), _ld(out), q.shape[0],
                            _ptr(scratch))
 
 
 def gelu_coefficients(p: tuple) -> np.ndarray:
-    """bias_gelu's form of GELU's fit P (erf(x/√2) = tanh(x·P(x²))): P · (−2·log2 e), in fp32."""
-    return np.array([c * -2.0 * LOG2E for c in p], np.float32)
+    """bias_gelu's form of GELU's fit P (erf(x/√2) = tanh(x·P(x²))): −2·P, in fp32."""
+    return np.array([-2.0 * c for c in p], np.float32)

@@ -30,19 +30,19 @@ typedef float v16 __attribute__((vector_size(64), aligned(4), may_alias));
 INLINE v16 load16(const float *p) { return *(const v16 *)p; }
 INLINE void store16(float *p, v16 v) { *(v16 *)p = v; }
 
-/* 2^x = 2^n · 2^r, n = round(x), |r| <= ½, 2^r = e^(r·ln2) by its Taylor series to r^7 (relative
- * error < 1e-8 before rounding). Both callers work in base 2 (their scale factors carry log2(e)),
- * which saves the ln2 range reduction. Below 2^-99.6 (1e-30) the result is 0: such values only ever
- * meet larger ones in sums, and a denormal-sized product in the next matmul costs the CPU a
- * microcode assist. Above 127 it stays 2^127 instead of inf; callers check their sums.
- * Branch-free, so loops over it vectorise. */
-INLINE float exp2_clamped(float x) {
-    float zero = x < -99.6f ? 0.0f : 1.0f;
-    x = x < -99.6f ? -99.6f : x;
-    x = x > 127.0f ? 127.0f : x;
+/* e^x = 2^n · e^r, n = round(x·log2 e), r = x − n·ln2 with ln2 in two parts (Cody and Waite: r
+ * stays exact to fp32 for every |x| < 128), e^r by its Taylor series to r^7 (relative error < 1e-8
+ * before rounding; within 1e-7 of libm's expf over [-60, 60]). Below e^-69 (1e-30) the result
+ * is 0: such values only ever meet larger ones in sums, and a denormal-sized product in the next
+ * matmul costs the CPU a microcode assist. Above 88.3 it stays ~2e38 instead of inf; callers check
+ * their sums. Branch-free, so loops over it vectorise. */
+INLINE float exp_clamped(float x) {
+    float zero = x < -69.0f ? 0.0f : 1.0f;
+    x = x < -69.0f ? -69.0f : x;
+    x = x > 88.3f ? 88.3f : x;
     const float shifter = 12582912.0f; /* 1.5 · 2^23: adding it rounds to an integer */
-    float n = (x + shifter) - shifter;
-    float r = (x - n) * 0.693147180559945309f;
+    float n = (x * 1.44269504088896341f + shifter) - shifter;
+    float r = x - n * 0.693145751953125f - n * 1.42860682030941723212e-6f;
     float p = 1.0f / 5040.0f;
     p = p * r + 1.0f / 720.0f;
     p = p * r + 1.0f / 120.0f;
@@ -58,13 +58,13 @@ INLINE float exp2_clamped(float x) {
 }
 
 /* GELU(y) = ½·y·(1 + erf(y/√2)) with erf(u) = tanh(u·P(u²)) (kernels/cpu.py fits P and passes its
- * 7 coefficients times −2·log2(e), with the 1/√2 folded in): ½(1 + tanh(a)) = 1 / (1 + 2^(−2a·log2 e)).
+ * 7 coefficients times −2, with the 1/√2 folded in): ½(1 + tanh(a)) = 1 / (1 + e^(−2a)).
  * |y| so large that y² overflows gives an infinite exponent, and the limits y and 0 come out right. */
 INLINE float gelu_one(float y, const float *c) {
     float z = y * y;
     float p = c[6];
     for (int k = 5; k >= 0; k--) p = p * z + c[k];
-    float e = exp2_clamped(y * p);
+    float e = exp_clamped(y * p);
     /* where GELU(y) < |y|·1e-30 it is 0, as fp32 tanh gives: no denormals for the next matmul */
     return (e > 1e30f ? 0.0f : y) / (1.0f + e);
 }
@@ -92,44 +92,44 @@ CLONES void bias_residual(float *y, const float *b, const float *res, long rows,
     }
 }
 
-/* y = (x − mean) / √(var + eps) · gamma + beta per row (biased variance, two passes over the
- * row so the variance does not cancel). Sums are kept in 16 lanes and added at the end. */
+/* y = (x − mean) / √(var + eps) · gamma + beta per row (biased variance). The row statistics are
+ * summed in double, 8 lanes wide, in two passes: every element of a row shares them, so their
+ * rounding is an error the next matmul adds up coherently across the row (in fp32 they cost 13x
+ * at tiny.en's output on one real clip, against float64). */
 CLONES void layernorm(const float *x, float *y, const float *gamma, const float *beta, long rows, long cols,
                       long ld_x, long ld_y, float eps) {
     for (long r = 0; r < rows; r++) {
         const float *xr = x + r * ld_x;
         float *yr = y + r * ld_y;
-        float lanes[16] = {0};
+        double lanes[8] = {0}, sum = 0.0, ss = 0.0;
         long j;
-        for (j = 0; j + 16 <= cols; j += 16)
-            for (int l = 0; l < 16; l++) lanes[l] += xr[j + l];
-        float sum = 0.0f;
-        for (int l = 0; l < 16; l++) sum += lanes[l];
+        for (j = 0; j + 8 <= cols; j += 8)
+            for (int l = 0; l < 8; l++) lanes[l] += xr[j + l];
+        for (int l = 0; l < 8; l++) sum += lanes[l];
         for (; j < cols; j++) sum += xr[j];
-        float mean = sum / (float)cols;
+        double mean = sum / (double)cols;
         memset(lanes, 0, sizeof lanes);
-        for (j = 0; j + 16 <= cols; j += 16)
-            for (int l = 0; l < 16; l++) {
-                float d = xr[j + l] - mean;
+        for (j = 0; j + 8 <= cols; j += 8)
+            for (int l = 0; l < 8; l++) {
+                double d = xr[j + l] - mean;
                 lanes[l] += d * d;
             }
-        float ss = 0.0f;
-        for (int l = 0; l < 16; l++) ss += lanes[l];
+        for (int l = 0; l < 8; l++) ss += lanes[l];
         for (; j < cols; j++) ss += (xr[j] - mean) * (xr[j] - mean);
-        float inv = 1.0f / __builtin_sqrtf(ss / (float)cols + eps);
-        for (j = 0; j < cols; j++) yr[j] = (xr[j] - mean) * inv * gamma[j] + beta[j];
+        float m = (float)mean, inv = (float)(1.0 / __builtin_sqrt(ss / (double)cols + eps));
+        for (j = 0; j < cols; j++) yr[j] = (xr[j] - m) * inv * gamma[j] + beta[j];
     }
 }
 
 #define MR 6   /* rows of a register tile: 6 x 64 floats = 24 AVX-512 accumulators */
 #define NR 64  /* columns of a register tile */
 
-/* c[0:MR, 0:NR] (+)= a[0:MR, 0:kc] · b[0:kc, 0:NR], row strides lda, ldb, ldc; zero start unless accumulate. */
+/* c[0:MR, 0:NR] (+)= a[0:MR, 0:kc] · b[0:kc, 0:NR], row strides lda, ldb, ldc; with accumulate the
+ * product is summed on its own and then added to c, so a long sum done in kc-sized calls is blocked
+ * (one FMA chain over T = 1500 keys was 3x less accurate than BLAS, which blocks its sums too). */
 INLINE void gemm_tile(const float *a, long lda, const float *b, long ldb, long kc, float *c, long ldc,
                       int accumulate) {
-    v16 acc[MR][4];
-    for (int r = 0; r < MR; r++)
-        for (int q = 0; q < 4; q++) acc[r][q] = accumulate ? load16(c + r * ldc + 16 * q) : (v16){0};
+    v16 acc[MR][4] = {{{0}}};
     for (long k = 0; k < kc; k++) {
         const float *bk = b + k * ldb;
         v16 b0 = load16(bk), b1 = load16(bk + 16), b2 = load16(bk + 32), b3 = load16(bk + 48);
@@ -142,35 +142,39 @@ INLINE void gemm_tile(const float *a, long lda, const float *b, long ldb, long k
         }
     }
     for (int r = 0; r < MR; r++)
-        for (int q = 0; q < 4; q++) store16(c + r * ldc + 16 * q, acc[r][q]);
+        for (int q = 0; q < 4; q++) {
+            if (accumulate) acc[r][q] += load16(c + r * ldc + 16 * q);
+            store16(c + r * ldc + 16 * q, acc[r][q]);
+        }
 }
 
 #define HEAD NR   /* head size: every Whisper model has 64, one register tile wide */
 #define TILE_R MR /* query rows per register tile */
 #define GROUP 8   /* tiles that share each panel of K and V (4..16 measured alike) */
 #define GROUP_ROWS (GROUP * TILE_R)
+#define VALUE_KEYS 128  /* keys per partial sum of P·V (see gemm_tile); 64..256 measured alike */
 
-/* p[j] ← 2^p[j] for j < t, 0 for t <= j < t_pad; returns Σ_j<t. */
+/* p[j] ← e^p[j] for j < t, 0 for t <= j < t_pad; returns Σ_j<t. */
 INLINE float exp_row(float *p, long t, long t_pad) {
     float lanes[16] = {0};
     long j;
     for (j = 0; j + 16 <= t; j += 16)
         for (int l = 0; l < 16; l++) {
-            float e = exp2_clamped(p[j + l]);
+            float e = exp_clamped(p[j + l]);
             p[j + l] = e;
             lanes[l] += e;
         }
     float sum = 0.0f;
     for (int l = 0; l < 16; l++) sum += lanes[l];
     for (; j < t; j++) {
-        p[j] = exp2_clamped(p[j]);
+        p[j] = exp_clamped(p[j]);
         sum += p[j];
     }
     for (; j < t_pad; j++) p[j] = 0.0f;
     return sum;
 }
 
-/* A row whose plain 2^s sum left [1e-20, 1e30] (a score beyond 2^±66, or NaN): redo it with the
+/* A row whose plain e^s sum left [1e-20, 1e30] (a score beyond e^±46, or NaN): redo it with the
  * row maximum subtracted, the textbook softmax, from the unpacked keys. Rare, so scalar. */
 INLINE void stable_row(const float *q, const float *k, long ld, float scale, const float *vp, long t, long t_pad,
                        float *p, float *o) {
@@ -211,8 +215,7 @@ long attention_scratch(long t) {
     return (2 * HEAD + GROUP_ROWS) * t_pad;
 }
 
-/* out[i, :] = Σ_j softmax_j(q[i, :] · k[j, :] · scale) · v[j, :] for rows i < rows of one head; the
- * softmax is taken in base 2 (scale = log2(e)/√HEAD gives the usual one).
+/* out[i, :] = Σ_j softmax_j(q[i, :] · k[j, :] · scale) · v[j, :] for rows i < rows of one head.
  * q: (rows, HEAD), k and v: (t, HEAD), all with row stride ld (columns of one QKV matrix);
  * out: (rows, HEAD) with row stride ld_out; scratch: attention_scratch(t) floats.
  * A group of GROUP tiles shares every 64-key panel of K and of V while it is in L1: one tile at a
@@ -234,9 +237,11 @@ CLONES void attention_head(const float *q, const float *k, const float *v, long 
                 gemm_tile(qt + i * TILE_R * HEAD, HEAD, kp + j0 * HEAD, NR, HEAD, p + i * TILE_R * t_pad + j0, t_pad, 0);
         for (long r = 0; r < tiles * TILE_R; r++) sums[r] = exp_row(p + r * t_pad, t, t_pad);
         memset(o, 0, sizeof o);
-        for (long j0 = 0; j0 < t_pad; j0 += NR)
+        for (long j0 = 0; j0 < t_pad; j0 += VALUE_KEYS) {
+            long kc = t_pad - j0 < VALUE_KEYS ? t_pad - j0 : VALUE_KEYS;
             for (int i = 0; i < tiles; i++)
-                gemm_tile(p + i * TILE_R * t_pad + j0, t_pad, vp + j0 * HEAD, HEAD, NR, o + i * TILE_R * HEAD, HEAD, 1);
+                gemm_tile(p + i * TILE_R * t_pad + j0, t_pad, vp + j0 * HEAD, HEAD, kc, o + i * TILE_R * HEAD, HEAD, 1);
+        }
         for (long r = 0; r < n; r++) {
             float *orow = o + r * HEAD;
             if (!(sums[r] > 1e-20f && sums[r] < 1e30f))
