@@ -94,3 +94,38 @@ def test_layernorm_any_width():
         out = np.empty_like(x)
         native.layernorm(x, out, g, b, 1e-5)
         assert np.abs(out - reference.layernorm(x, g, b)).max() < 5e-4 * max(1.0, np.abs(g).max())
+
+
+def _isa_levels():
+    """The x86-64 levels this CPU can run, each a separate single-ISA build of cpu_kernels.c."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64") or native.LIBRARY is None:
+        return []
+    return ["x86-64", "x86-64-v3", "x86-64-v4"][:1 + {0: 0, 3: 1, 4: 2}[native.LIBRARY.native_isa()]]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the ISA levels")
+@pytest.mark.parametrize("level", _isa_levels() or [pytest.param("none", marks=pytest.mark.skip(
+    reason="not an x86-64 CPU with the native kernels built"))])
+def test_every_isa_build_matches_the_reference(level, tmp_path, monkeypatch):
+    """The installed library runs only the clone this CPU selects; build the others one by one
+    (the AVX2 one is what most AMD laptops before Zen 4 run) and check their arithmetic."""
+    from pathlib import Path
+
+    source = Path(native.__file__).with_name("cpu_kernels.c")
+    lib = tmp_path / f"kernels-{level}.so"
+    subprocess.run(["gcc", "-O3", "-shared", "-fPIC", "-Wno-psabi", f"-march={level}", "-DAMANUENSIS_ONE_ISA",
+                    str(source), "-o", str(lib)], check=True)
+    monkeypatch.setattr(native, "LIBRARY", native.bind(lib))
+    rng = np.random.default_rng(11)
+    be = CpuBackend(2, native_kernels=True)
+    qkv = (2 * rng.standard_normal((301, 3 * 128))).astype(np.float32)
+    x, g, b = (rng.standard_normal((77, 384)) * 5 + 2).astype(np.float32), *rng.standard_normal((2, 384)).astype(np.float32)
+    w = (rng.standard_normal((384, 100)) / 20).astype(np.float32)
+    r = rng.standard_normal((77, 100)).astype(np.float32)
+    with be.session():
+        assert np.abs(be.attention(qkv, 2) - reference.attention(qkv, 2)).max() < 2e-5
+        assert np.abs(be.layernorm(x, g, b) - reference.layernorm(x, g, b)).max() < 2e-5
+        assert np.abs(be.linear(x, w, b[:100], gelu=True) - reference.linear(x, w, b[:100], gelu=True)).max() < 2e-5
+        assert np.abs(be.linear(x, w, b[:100], residual=r) - reference.linear(x, w, b[:100], residual=r)).max() < 2e-5

@@ -41,13 +41,18 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     if path is None:
         return None, "not built (no C compiler at install?); reinstall with gcc to build them"
     try:
-        lib = ctypes.CDLL(str(path))
+        return bind(path), None
     except OSError as e:
         return None, f"cannot load {path.name}: {e}"
+
+
+def bind(path: Path) -> ctypes.CDLL:
+    """Load a build of cpu_kernels.c and declare its functions' signatures."""
+    lib = ctypes.CDLL(str(path))
     for name, argtypes in _SIGNATURES.items():
         getattr(lib, name).argtypes = argtypes
         getattr(lib, name).restype = _L if name == "attention_scratch" else None
-    return lib, None
+    return lib
 
 
 LIBRARY, UNAVAILABLE = _load()

@@ -16,7 +16,9 @@
 #include <stddef.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* AMANUENSIS_ONE_ISA builds for the compiler's target only: tests build each ISA level that way,
+ * since a CPU only ever runs the one clone its features select. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(AMANUENSIS_ONE_ISA)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CLONES
@@ -256,7 +258,7 @@ CLONES void attention_head(const float *q, const float *k, const float *v, long 
 /* Which build target_clones picked on this CPU: 4 = x86-64-v4 (AVX-512), 3 = x86-64-v3 (AVX2+FMA),
  * 0 = the baseline build (or not x86-64). Same tests as the ifunc resolver. */
 int native_isa(void) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(AMANUENSIS_ONE_ISA)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) return 4;
     if (__builtin_cpu_supports("x86-64-v3")) return 3;
