@@ -42,8 +42,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, "not built (no C compiler at install?); reinstall with gcc to build them"
     try:
         return bind(path), None
-    except OSError as e:
-        return None, f"cannot load {path.name}: {e}"
+    except (OSError, AttributeError) as e:      # AttributeError: a stale build lacking a function
+        return None, f"cannot load {path.name} ({e}); reinstall to rebuild it"
 
 
 def bind(path: Path) -> ctypes.CDLL:
@@ -64,7 +64,7 @@ def isa() -> str:
 
 
 def _ptr(a: np.ndarray) -> int:
-    assert a.dtype == np.float32 and (a.ndim == 1 or a.strides[-1] == 4), "native kernels take fp32 rows"
+    assert a.dtype == np.float32 and a.strides[-1] == 4, "native kernels take fp32 arrays with contiguous rows"
     return a.ctypes.data
 
 
