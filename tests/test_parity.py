@@ -20,11 +20,19 @@ def assert_parity(rows, context, flat_except=("layers.3.fc2",)):
             assert r["max_abs"] <= MAX_ABS, (context, r)
 
 
-def test_tiny_en_on_real_speech(tiny, tiny_torch, speech):
+@pytest.mark.parametrize("variant", ["native", "numpy"])
+def test_tiny_en_on_real_speech(tiny, tiny_torch, speech, variant, monkeypatch):
+    """Both variants of the cpu backend: the native kernels, and the numpy ones a machine without a
+    C compiler at install runs."""
     from encoder.audio import load_audio
+    from kernels import native
+    from kernels.cpu import CpuBackend
 
+    if variant == "native" and native.LIBRARY is None:
+        pytest.skip(f"native kernels {native.UNAVAILABLE}")
+    monkeypatch.setattr(tiny.runner, "backend", CpuBackend(native_kernels=variant == "native"))
     for clip in speech:
-        assert_parity(compare(tiny, load_audio(clip["path"]), tiny_torch), clip["file"])
+        assert_parity(compare(tiny, load_audio(clip["path"]), tiny_torch), f"{clip['file']} ({variant})")
 
 
 def test_tiny_en_on_random_audio(tiny, tiny_torch):
