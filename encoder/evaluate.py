@@ -66,8 +66,8 @@ def evaluate(model, clips: list[dict], options=None, report=None) -> dict:
 
 
 def main(argv=None) -> int:
+    from encoder.cli import add_decoder_precision
     from encoder.model import DEVICES, load_model, report_device
-    from weights_tools.model_dir import DECODER_PRECISIONS
 
     p = argparse.ArgumentParser(prog="python -m encoder.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("manifest", type=Path, help="JSON Lines manifest with file and text per clip")
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=DEVICES, default="auto", help="encoder backend (default auto)")
     p.add_argument("--strict", action="store_true", help="fail instead of letting any op fall back from the device")
     p.add_argument("--beam-size", type=int, default=None, help="beam search width (default greedy)")
-    p.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default="fp32", help="decoder weights (default fp32)")
+    add_decoder_precision(p)
     p.add_argument("--json", action="store_true", help='print {"wer": ..., "clips": [...]} instead of the table')
     args = p.parse_args(argv)
     clips = read_manifest(args.manifest)

@@ -13,8 +13,8 @@ import numpy as np
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from encoder.cli import add_decoder_precision
     from encoder.model import DEVICES
-    from weights_tools.model_dir import DECODER_PRECISIONS
 
     p = argparse.ArgumentParser(prog="python -m encoder.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
@@ -22,8 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny.en", help="default name, model directory or hub id (default tiny.en)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="encoder backend (default auto)")
     p.add_argument("--strict", action="store_true", help="fail requests instead of letting any op fall back")
-    p.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default="fp32",
-                   help="decoder weights: fp32 or int8 (faster; see README) (default fp32)")
+    add_decoder_precision(p)
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest accepted upload (default 25 MiB)")
     p.add_argument("--queue", type=int, default=8, help="requests waiting at most; more get 503 (default 8)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (default 600)")

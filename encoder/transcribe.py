@@ -32,17 +32,16 @@ def _bool(value: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from encoder.cli import add_decoder_precision
     from encoder.model import DEVICES
     from encoder.writers import FORMATS
-    from weights_tools.model_dir import DECODER_PRECISIONS
 
     p = argparse.ArgumentParser(prog="python -m encoder.transcribe", description=__doc__.split("\n\n")[0])
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3, m4a, ...; any length)")
     p.add_argument("--model", default="tiny.en", help="default name, model directory or hub id (default tiny.en)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="encoder backend (default auto: NPU if present, else cpu)")
     p.add_argument("--strict", action="store_true", help="fail instead of letting any op fall back from the device")
-    p.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default="fp32",
-                   help="decoder weights: fp32, or int8 (about twice as fast per token; see README) (default fp32)")
+    add_decoder_precision(p)
     p.add_argument("--language", default=None, help="language code such as en or de (default: detect; en for .en models)")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe", help="translate = to English")
     p.add_argument("--output-format", "-f", choices=FORMATS + ("all",), default="all", help="transcript format(s) (default all)")
