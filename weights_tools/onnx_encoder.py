@@ -36,7 +36,7 @@ def _attention(g: _Builder, x: str, p: str, dims: ModelDimensions) -> str:
 
     scale = g.const(1 / math.sqrt(d), np.float32)
     q = heads(g.op("Mul", _linear(g, x, f"{p}.q_proj"), scale), [0, 2, 1, 3])          # (1, H, T, d)
-    k = heads(g.op("MatMul", x, _transposed(g, f"{p}.k_proj.weight")), [0, 2, 3, 1])                                 # (1, H, d, T)
+    k = heads(g.op("MatMul", x, _transposed(g, f"{p}.k_proj.weight")), [0, 2, 3, 1])   # (1, H, d, T)
     v = heads(_linear(g, x, f"{p}.v_proj"), [0, 2, 1, 3])                              # (1, H, T, d)
     probs = g.op("Softmax", g.op("MatMul", q, k), axis=-1)                               # (1, H, T, T)
     out = g.op("Reshape", g.op("Transpose", g.op("MatMul", probs, v), perm=[0, 2, 1, 3]),

@@ -17,12 +17,12 @@ import numpy as np
 HEAD = 64      # attention_head's head size (cpu_kernels.c HEAD): every Whisper model's
 _ISA = {4: "x86-64-v4 (AVX-512)", 3: "x86-64-v3 (AVX2)", 0: "baseline"}
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
-_SIGNATURES = {
-    "bias_gelu": [_P, _P, _L, _L, _L, _P],
-    "attention_scratch": [_L],
-    "bias_residual": [_P, _P, _P, _L, _L, _L, _L],
-    "layernorm": [_P, _P, _P, _P, _L, _L, _L, _L, _F],
-    "attention_head": [_P, _P, _P, _L, _F, _L, _P, _L, _L, _P],
+_SIGNATURES = {                                    # name: (argument types, result type)
+    "bias_gelu": ([_P, _P, _L, _L, _L, _P], None),
+    "bias_residual": ([_P, _P, _P, _L, _L, _L, _L], None),
+    "layernorm": ([_P, _P, _P, _P, _L, _L, _L, _L, _F], None),
+    "attention_scratch": ([_L], _L),
+    "attention_head": ([_P, _P, _P, _L, _F, _L, _P, _L, _L, _P], None),
 }
 
 
@@ -49,9 +49,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
 def bind(path: Path) -> ctypes.CDLL:
     """Load a build of cpu_kernels.c and declare its functions' signatures."""
     lib = ctypes.CDLL(str(path))
-    for name, argtypes in _SIGNATURES.items():
-        getattr(lib, name).argtypes = argtypes
-        getattr(lib, name).restype = _L if name == "attention_scratch" else None
+    for name, (argtypes, restype) in _SIGNATURES.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, restype
     return lib
 
 
