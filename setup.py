@@ -1,15 +1,12 @@
-"""Builds the cpu backend's native kernels (kernels/native/cpu_kernels.c); everything else is in pyproject.toml.
+"""Builds the cpu backend's native kernels (kernels/native); everything else is in pyproject.toml.
 
 The extension is optional: without a C compiler the install still succeeds, and the cpu backend
 says on every run that it uses its numpy kernels instead (kernels/native/__init__.py).
 """
-import platform
-
 from setuptools import Extension, setup
 
-FLAGS = ["-O3", "-Wno-psabi"]
-if platform.machine().lower() in ("x86_64", "amd64"):
-    FLAGS.append("-mprefer-vector-width=512")  # the AVX-512 build uses full-width vectors in its loops too
+# cpu_kernels.h once per x86-64 level (each isa_*.c sets its target), and the level check
+SOURCES = [f"kernels/native/{name}.c" for name in ("isa_v4", "isa_v3", "isa_base", "dispatch")]
 
-setup(ext_modules=[Extension("kernels.native._cpu_kernels", ["kernels/native/cpu_kernels.c"],
-                             extra_compile_args=FLAGS, optional=True)])
+setup(ext_modules=[Extension("kernels.native._cpu_kernels", SOURCES, depends=["kernels/native/cpu_kernels.h"],
+                             extra_compile_args=["-O3", "-Wno-psabi"], optional=True)])

@@ -61,7 +61,7 @@ class WhisperEncoderModel:
         self.strict = strict
         self.backend, self.device_note = select_backend(device)
         self.graph = build_encoder_graph(self.dims)
-        self.runner = Runner(self.graph, converted.encoder_weights, self.backend, strict)
+        self.runner = Runner(self.graph, converted.read_encoder_weights(), self.backend, strict)
         self._cross_runner = None
         self._transcriber = None
 
@@ -81,7 +81,8 @@ class WhisperEncoderModel:
         """Run the graph with the decoder's cross-attention K/V nodes (for transcription)."""
         if self._cross_runner is None:
             graph = build_encoder_graph(self.dims, cross_kv=True)
-            weights = {**self.converted.encoder_weights, **self.converted.cross_kv_weights()}
+            # the encoder runner's weights, already in the backend's layout: one copy for both runners
+            weights = {**self.runner.weights, **self.converted.cross_kv_weights()}
             self._cross_runner = Runner(graph, weights, self.backend, self.strict)
         return self._cross_runner.run(mel)
 

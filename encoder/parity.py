@@ -31,6 +31,7 @@ from encoder.errors import AmanuensisError
 from encoder.graph import OUTPUT, block_output
 
 MAX_ABS = 1e-3        # fp32 thresholds at every layer (see the module docstring)
+FLAT_PEAK = 10.0      # up to this magnitude the peak term cannot raise the bound above MAX_ABS
 PEAK_FACTOR = 1e-4
 FLOOR_FACTOR = 4
 MIN_COSINE = 0.99999
@@ -71,7 +72,7 @@ def torch_encoder(converted):
 
     config = transformers.WhisperConfig(**{k: v for k, v in converted.config.items() if k != "architectures"})
     encoder = WhisperEncoder(config).eval()
-    hf = kernel_to_encoder(converted.encoder_weights, converted.dims)
+    hf = kernel_to_encoder(converted.read_encoder_weights(), converted.dims)
     state = {k.removeprefix("encoder."): torch.from_numpy(np.ascontiguousarray(v)) for k, v in hf.items()}
     encoder.load_state_dict(state, strict=True)
     return encoder
@@ -189,7 +190,7 @@ def torch_whisper(converted):
 
     config = transformers.WhisperConfig(**{k: v for k, v in converted.config.items() if k != "architectures"})
     model = transformers.WhisperForConditionalGeneration(config).eval()
-    weights = {**kernel_to_encoder(converted.encoder_weights, converted.dims), **converted.decoder_weights()}
+    weights = {**kernel_to_encoder(converted.read_encoder_weights(), converted.dims), **converted.decoder_weights()}
     state = {f"model.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
     state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -36,15 +36,19 @@ class RunResult:
 class Runner:
     """Executes `graph` with `weights` on `backend`; frees each activation after its last use.
 
-    With strict=True any op that falls back from the requested backend is an error.
+    With strict=True any op that falls back from the requested backend is an error. `weights`
+    holds each node's matrix as the backend's kernel takes it (Backend.prepare_weight).
     """
 
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend, strict: bool = False):
-        self.graph, self.weights, self.backend, self.strict = graph, weights, backend, strict
+        self.graph, self.backend, self.strict = graph, backend, strict
         self._last_use = graph.last_use()
+        self.weights = dict(weights)
         for node in graph.nodes:
             if not backend.supports(node.kernel):
                 raise AmanuensisError(f"backend {backend.name!r} has no kernel {node.kernel!r} (node {node.name})")
+            if node.weights:
+                self.weights[node.weights[0]] = backend.prepare_weight(node.kernel, self.weights[node.weights[0]])
 
     def _call(self, node: Node, values: dict, backend=None):
         """(output, what ran it, fallback reason) of one node on `backend` (default: the runner's)."""

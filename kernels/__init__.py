@@ -1,7 +1,7 @@
 """Kernels of the Whisper encoder: the interface, the numpy reference, and the backends.
 
 `get_backend(name)` returns a backend instance; `BACKENDS` lists what this
-build provides: `cpu` (fp32: BLAS + native or numpy kernels), `emu` (the NPU kernels' bf16 numerics,
+build provides: `cpu` (fp32: native kernels, or numpy kernels on BLAS), `emu` (the NPU kernels' bf16 numerics,
 emulated) and `npu` (pyxrt; an error that says why when no NPU or no working
 kernel is present — never a silent CPU run).
 """

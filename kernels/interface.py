@@ -26,6 +26,11 @@ class Backend:
     def supports(self, kernel: str) -> bool:
         return kernel in KERNELS and callable(getattr(self, kernel, None))
 
+    def prepare_weight(self, kernel: str, w):
+        """A node's first weight (the matrix of linear and conv1d_k3) as this backend's `kernel` takes
+        it; called once per graph, and must pass a weight it already prepared through. Default: as is."""
+        return w
+
     def run(self, kernel: str, args: tuple, kwargs: dict):
         """(output, name of what ran it, fallback reason or None). Backends that can fall back override it."""
         return getattr(self, kernel)(*args, **kwargs), self.name, None

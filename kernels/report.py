@@ -33,7 +33,7 @@ def kernel_report(model, samples: np.ndarray) -> list[dict]:
     from kernels.emu import log_mel
 
     graph = build_encoder_graph(model.dims, cross_kv=True)
-    weights = {**model.converted.encoder_weights, **model.converted.cross_kv_weights()}
+    weights = {**model.converted.read_encoder_weights(), **model.converted.cross_kv_weights()}
     window = samples[:480000]
     mel = model.mel(window)
     fp32 = Runner(graph, weights, get_backend("cpu")).run(mel, keep="all").tensors

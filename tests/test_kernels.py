@@ -10,12 +10,17 @@ from hypothesis import strategies as st
 from kernels import contract, get_backend, native, reference
 from kernels.cpu import CpuBackend, erf
 
-# Both variants of the cpu backend's non-BLAS work: the native kernels and their numpy fallback.
+# Both variants of the cpu backend: the native kernels and their numpy fallback. Matrices go through
+# prepare_weight, as a graph's do, so the native variant runs its own linear where it would.
 both = pytest.mark.parametrize("be", [
     pytest.param(CpuBackend(threads=2, native_kernels=False), id="numpy"),
     pytest.param(CpuBackend(threads=2) if native.LIBRARY else None, id="native",
                  marks=pytest.mark.skipif(native.LIBRARY is None, reason=f"native kernels {native.UNAVAILABLE}")),
 ])
+
+
+# widths the native linear takes (whole 64-column panels), past its 512-column blocks too
+PANELS = st.integers(1, 10).map(lambda m: 64 * m)
 
 
 def rand(rng, *shape, scale=1.0):
@@ -52,26 +57,26 @@ def test_gelu_matches_exact_erf_form(be):
 
 @both
 @settings(max_examples=25, deadline=None)
-@given(t=st.integers(1, 300), k=st.integers(1, 200), n=st.integers(1, 200), gelu=st.booleans(),
-       residual=st.booleans(), seed=st.integers(0, 2**16))
+@given(t=st.integers(1, 300), k=st.one_of(st.integers(1, 200), st.sampled_from([384, 385, 1000])),
+       n=st.one_of(st.integers(1, 200), PANELS), gelu=st.booleans(), residual=st.booleans(), seed=st.integers(0, 2**16))
 def test_linear_matches_reference(t, k, n, gelu, residual, seed, be):
     rng = np.random.default_rng(seed)
     x, w, b = rand(rng, t, k), rand(rng, k, n, scale=1 / math.sqrt(k)), rand(rng, n)
     r = rand(rng, t, n) if residual else None
     with be.session():
-        ours = be.linear(x, w, b, gelu=gelu, residual=r)
+        ours = be.linear(x, be.prepare_weight("linear", w), b, gelu=gelu, residual=r)
     assert_close(ours, reference.linear(x, w, b, gelu=gelu, residual=r), atol=2e-5)
 
 
 @both
 @settings(max_examples=15, deadline=None)
-@given(t=st.integers(1, 200), c=st.integers(1, 64), n=st.integers(1, 64), stride=st.sampled_from([1, 2]),
-       seed=st.integers(0, 2**16))
+@given(t=st.integers(1, 200), c=st.integers(1, 64), n=st.one_of(st.integers(1, 64), PANELS),
+       stride=st.sampled_from([1, 2]), seed=st.integers(0, 2**16))
 def test_conv1d_k3_matches_reference(t, c, n, stride, seed, be):
     rng = np.random.default_rng(seed)
     x, w, b = rand(rng, t, c), rand(rng, 3 * c, n, scale=1 / math.sqrt(3 * c)), rand(rng, n)
     with be.session():
-        ours = be.conv1d_k3(x, w, b, stride=stride)
+        ours = be.conv1d_k3(x, be.prepare_weight("conv1d_k3", w), b, stride=stride)
     assert ours.shape == ((t - 1) // stride + 1, n)
     assert_close(ours, reference.conv1d_k3(x, w, b, stride=stride), atol=2e-5)
 

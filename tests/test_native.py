@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kernels import native, reference
-from kernels.cpu import _GELU_NATIVE, CpuBackend
+from kernels.cpu import _GELU_NATIVE, CpuBackend, PackedWeight
 
 needs_native = pytest.mark.skipif(native.LIBRARY is None, reason=f"native kernels {native.UNAVAILABLE}")
 
@@ -96,39 +96,66 @@ def test_layernorm_any_width():
         assert np.abs(out - reference.layernorm(x, g, b)).max() < 5e-4 * max(1.0, np.abs(g).max())
 
 
-def _isa_levels():
-    """The x86-64 levels this CPU can run, each a separate single-ISA build of cpu_kernels.c."""
-    import platform
-
-    if platform.machine() not in ("x86_64", "AMD64") or native.LIBRARY is None:
-        return []
-    return ["x86-64", "x86-64-v3", "x86-64-v4"][:1 + {0: 0, 3: 1, 4: 2}[native.LIBRARY.native_isa()]]
+def _levels():
+    """The copies of the kernels in the build that this CPU can run: its own level and those below."""
+    if native.LIBRARY is None:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"native kernels {native.UNAVAILABLE}"))]
+    return [pytest.param(level, id=name) for level, (_, name) in native.LEVELS.items() if level <= native.LIBRARY.level]
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the ISA levels")
-@pytest.mark.parametrize("level", _isa_levels() or [pytest.param("none", marks=pytest.mark.skip(
-    reason="not an x86-64 CPU with the native kernels built"))])
-def test_every_isa_build_matches_the_reference(level, tmp_path, monkeypatch):
-    """The installed library runs only the clone this CPU selects; build the others one by one
-    (the AVX2 one is what most AMD laptops before Zen 4 run) and check their arithmetic."""
-    from pathlib import Path
-
-    source = Path(native.__file__).with_name("cpu_kernels.c")
-    lib = tmp_path / f"kernels-{level}.so"
-    subprocess.run(["gcc", "-O3", "-shared", "-fPIC", "-Wno-psabi", f"-march={level}", "-DAMANUENSIS_ONE_ISA",
-                    str(source), "-o", str(lib)], check=True)
-    monkeypatch.setattr(native, "LIBRARY", native.bind(lib))
+@pytest.mark.parametrize("level", _levels())
+def test_every_isa_copy_matches_the_reference(level, monkeypatch):
+    """The backend only runs the copy this CPU selects; bind the others too (the AVX2 one is what
+    most AMD laptops before Zen 4 run) and check their arithmetic, the linear of each included."""
+    monkeypatch.setattr(native, "LIBRARY", native.bind(native._library_path(), level))
     rng = np.random.default_rng(11)
     be = CpuBackend(2, native_kernels=True)
     qkv = (2 * rng.standard_normal((301, 3 * 128))).astype(np.float32)
     x, g, b = (rng.standard_normal((77, 384)) * 5 + 2).astype(np.float32), *rng.standard_normal((2, 384)).astype(np.float32)
-    w = (rng.standard_normal((384, 100)) / 20).astype(np.float32)
-    r = rng.standard_normal((77, 100)).astype(np.float32)
+    w = (rng.standard_normal((384, 128)) / 20).astype(np.float32)
+    r = rng.standard_normal((77, 128)).astype(np.float32)
+    out = np.empty((77, 128), np.float32)
     with be.session():
         assert np.abs(be.attention(qkv, 2) - reference.attention(qkv, 2)).max() < 2e-5
         assert np.abs(be.layernorm(x, g, b) - reference.layernorm(x, g, b)).max() < 2e-5
-        assert np.abs(be.linear(x, w, b[:100], gelu=True) - reference.linear(x, w, b[:100], gelu=True)).max() < 2e-5
-        assert np.abs(be.linear(x, w, b[:100], residual=r) - reference.linear(x, w, b[:100], residual=r)).max() < 2e-5
+        assert np.abs(be.linear(x, w, b[:128], gelu=True) - reference.linear(x, w, b[:128], gelu=True)).max() < 2e-5
+        assert np.abs(be.linear(x, w, b[:128], residual=r) - reference.linear(x, w, b[:128], residual=r)).max() < 2e-5
+    native.linear(x, native.pack(w), b[:128], out, _GELU_NATIVE, r)
+    assert np.abs(out - reference.linear(x, w, b[:128], gelu=True, residual=r)).max() < 2e-5
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 750, 751])
+def test_native_linear_any_rows_overlapping_and_wide(rows):
+    """Rows past the last whole 6-row tile, overlapping input rows (a stride-2 conv's patches, read in
+    place), K past one 384-deep pass and N past one 512-column block."""
+    rng = np.random.default_rng(rows)
+    k, n = 3 * 400, 640
+    x = rng.standard_normal((2 * rows + 2, 400)).astype(np.float32)
+    patches = np.lib.stride_tricks.as_strided(x, (rows, k), (2 * 400 * 4, 4), writeable=False)
+    w, b = (rng.standard_normal((k, n)) / 30).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    res = rng.standard_normal((rows, n)).astype(np.float32)
+    out = native.empty_aligned((rows, n))
+    native.linear(patches, native.pack(w), b, out, None, res)
+    expected = reference.linear(np.ascontiguousarray(patches), w, b, residual=res)
+    assert np.abs(out - expected).max() < 1e-4
+
+
+@needs_native
+def test_matrices_are_packed_only_where_the_native_linear_runs_them():
+    be = CpuBackend(2)
+    w = np.ones((384, 384), np.float32)
+    if native.LIBRARY.level == 4:
+        packed = be.prepare_weight("linear", w)
+        assert isinstance(packed, PackedWeight) and packed.shape == w.shape
+        assert be.prepare_weight("linear", packed) is packed                  # twice is once
+        assert packed.panels.ctypes.data % 64 == 0
+        assert "with their own matmuls" in be.describe()
+    else:
+        assert be.prepare_weight("linear", w) is w and "BLAS + native kernels" in be.describe()
+    assert be.prepare_weight("linear", np.ones((384, 100), np.float32)).shape == (384, 100)  # not whole panels
+    assert be.prepare_weight("layernorm", w) is w
+    assert CpuBackend(2, native_kernels=False).prepare_weight("linear", w) is w
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build a stale library")

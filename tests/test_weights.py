@@ -110,7 +110,7 @@ def test_hf_directory_converts_to_kernel_layout(tmp_path, tensors, shards):
     src = write_hf_model(tmp_path / "hf", TINY_DIMS, tensors, shards=shards)
     model = ConvertedModel.open(convert(src, tmp_path / "out"))
     assert model.dims == TINY_DIMS
-    back = layout.kernel_to_encoder(model.encoder_weights, TINY_DIMS)
+    back = layout.kernel_to_encoder(model.read_encoder_weights(), TINY_DIMS)
     for name in names.encoder_shapes(TINY_DIMS):
         np.testing.assert_array_equal(back[name], tensors[name], err_msg=name)
     decoder = model.decoder_weights()
@@ -122,8 +122,9 @@ def test_ct2_and_hf_sources_convert_identically(tmp_path, tensors, ct2_dir):
     a = ConvertedModel.open(convert(ct2_dir, tmp_path / "a"))
     b = ConvertedModel.open(convert(write_hf_model(tmp_path / "hf", TINY_DIMS, tensors), tmp_path / "b"))
     assert a.dims == b.dims
-    for name, value in a.encoder_weights.items():
-        np.testing.assert_array_equal(value, b.encoder_weights[name], err_msg=name)
+    b_weights = b.read_encoder_weights()
+    for name, value in a.read_encoder_weights().items():
+        np.testing.assert_array_equal(value, b_weights[name], err_msg=name)
 
 
 def test_kernel_layout_fuses_qkv_with_zero_key_bias(tensors):

@@ -41,9 +41,9 @@ class ConvertedModel:
     def name(self) -> str:
         return Path(self.manifest.get("source", self.path)).name
 
-    @cached_property
-    def encoder_weights(self) -> dict[str, np.ndarray]:
-        """Encoder weights in the kernel layout, checked against the dims."""
+    def read_encoder_weights(self) -> dict[str, np.ndarray]:
+        """Encoder weights in the kernel layout, checked against the dims: read afresh on every call,
+        so that whoever keeps them (a Runner, in its backend's layout) holds the only copy."""
         weights = read_safetensors(self.path / "encoder.safetensors")
         names.check_tensors(weights, layout.kernel_shapes(self.dims), str(self.path / "encoder.safetensors"))
         return weights

@@ -92,7 +92,7 @@ def ours_batched(model: str, device: str, repeats: int) -> dict:
     m = load_model(model, device=device)
     rng = np.random.default_rng(0)
     linears = [n for n in m.graph.nodes if n.kernel == "linear"]
-    weights = m.converted.encoder_weights
+    weights = m.runner.weights                     # in the backend's layout, as the graph runs them
 
     inputs = {rows: [rng.standard_normal((rows, weights[n.weights[0]].shape[0]), dtype=np.float32) for n in linears]
               for rows in (m.dims.n_audio_ctx, 2 * m.dims.n_audio_ctx)}
@@ -225,7 +225,7 @@ def onnxruntime_encoder(model: str, repeats: int, threads: int) -> dict:
         converted = _converted(model)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        blob = build_encoder_onnx(converted.dims, kernel_to_encoder(converted.encoder_weights, converted.dims))
+        blob = build_encoder_onnx(converted.dims, kernel_to_encoder(converted.read_encoder_weights(), converted.dims))
         return onnxruntime.InferenceSession(blob, options, providers=["CPUExecutionProvider"]), converted.dims
 
     (session, dims), load_s = _timed_load(load)

@@ -1,4 +1,7 @@
-"""ctypes bindings of cpu_kernels.c, the cpu backend's native kernels (built by setup.py at install).
+"""ctypes bindings of cpu_kernels.h, the cpu backend's native kernels (built by setup.py at install).
+
+The build holds one copy of the kernels per x86-64 level (isa_*.c); `bind` takes the copy this CPU
+runs, or the level a test asks for.
 
 `LIBRARY` is None when the build is missing (no C compiler at install) or switched off with
 AMANUENSIS_CPU_NATIVE=0; `UNAVAILABLE` then says why, and the cpu backend names its numpy kernels
@@ -15,9 +18,12 @@ from pathlib import Path
 import numpy as np
 
 HEAD = 64      # attention_head's head size (cpu_kernels.c HEAD): every Whisper model's
-_ISA = {4: "x86-64-v4 (AVX-512)", 3: "x86-64-v3 (AVX2)", 0: "baseline"}
+PANEL = 64     # columns of a packed weight panel (cpu_kernels.h NR)
+TILE_ROWS = 6  # rows of linear's register tile (cpu_kernels.h MR): row blocks are best multiples of it
+LEVELS = {4: ("_v4", "x86-64-v4 (AVX-512)"), 3: ("_v3", "x86-64-v3 (AVX2)"), 0: ("_base", "baseline")}
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 _SIGNATURES = {                                    # name: (argument types, result type)
+    "linear": ([_P, _L, _P, _L, _L, _P, _P, _P, _L, _P, _L, _L], ctypes.c_int),
     "bias_gelu": ([_P, _P, _L, _L, _L, _P], None),
     "bias_residual": ([_P, _P, _P, _L, _L, _L, _L], None),
     "layernorm": ([_P, _P, _P, _P, _L, _L, _L, _L, _F], None),
@@ -46,20 +52,30 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, f"cannot load {path.name} ({e}); reinstall to rebuild it"
 
 
-def bind(path: Path) -> ctypes.CDLL:
-    """Load a build of cpu_kernels.c and declare its functions' signatures."""
+class Kernels:
+    """One level's copy of the kernels in a build: its functions by their plain names, and `level`."""
+
+    def __init__(self, lib: ctypes.CDLL, level: int):
+        self.level = level
+        suffix = LEVELS[level][0]
+        for name, (argtypes, restype) in _SIGNATURES.items():
+            fn = getattr(lib, name + suffix)
+            fn.argtypes, fn.restype = argtypes, restype
+            setattr(self, name, fn)
+
+
+def bind(path: Path, level: int | None = None) -> Kernels:
+    """Load a build and bind the copy of `level` (4, 3 or 0; default: the one this CPU runs)."""
     lib = ctypes.CDLL(str(path))
-    for name, (argtypes, restype) in _SIGNATURES.items():
-        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, restype
-    return lib
+    return Kernels(lib, lib.native_isa() if level is None else level)
 
 
 LIBRARY, UNAVAILABLE = _load()
 
 
 def isa() -> str:
-    """The instruction set of the build in use, e.g. 'x86-64-v4 (AVX-512)'."""
-    return _ISA.get(LIBRARY.native_isa(), "baseline")
+    """The instruction set of the copy in use, e.g. 'x86-64-v4 (AVX-512)'."""
+    return LEVELS[LIBRARY.level][1]
 
 
 def _ptr(a: np.ndarray) -> int:
@@ -69,6 +85,39 @@ def _ptr(a: np.ndarray) -> int:
 
 def _ld(a: np.ndarray) -> int:
     return a.strides[0] // 4
+
+
+def empty_aligned(shape: tuple) -> np.ndarray:
+    """An fp32 array whose data starts on a 64-byte line: numpy aligns to 16 bytes, and a vector
+    load or store that straddles two lines cost the linear ~20% of its speed."""
+    size = int(np.prod(shape))
+    raw = np.empty(size + 16, np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    return raw[start:start + size].reshape(shape)
+
+
+def pack(w: np.ndarray) -> np.ndarray:
+    """W (K, N) in linear's layout: N / 64 panels, panel p = W[:, 64p : 64p + 64] row-major, (N/64, K, 64)."""
+    k, n = w.shape
+    assert n % PANEL == 0, f"a packed weight needs a multiple of {PANEL} columns, not {n}"
+    panels = empty_aligned((n // PANEL, k, PANEL))
+    panels[...] = w.reshape(k, n // PANEL, PANEL).transpose(1, 0, 2)
+    return panels
+
+
+def linear(a: np.ndarray, panels: np.ndarray, b: np.ndarray, out: np.ndarray, gelu_coeffs: np.ndarray | None = None,
+           residual: np.ndarray | None = None) -> None:
+    """out ← act(a · W + b) (+ residual), W as `pack` lays it out; act = GELU when gelu_coeffs is given
+    (gelu_coefficients of its fit). a (rows, K), its rows may overlap (a strided im2col view);
+    out and residual (rows, N)."""
+    rows, k = a.shape
+    n = panels.shape[0] * PANEL
+    assert panels.shape[1:] == (k, PANEL) and out.shape == (rows, n) and b.shape == (n,)
+    assert residual is None or residual.shape == out.shape
+    res, ld_res = (None, 0) if residual is None else (_ptr(residual), _ld(residual))
+    coeffs = None if gelu_coeffs is None else _ptr(gelu_coeffs)
+    if LIBRARY.linear(_ptr(a), _ld(a), _ptr(panels), k, n, _ptr(b), coeffs, res, ld_res, _ptr(out), _ld(out), rows):
+        raise MemoryError("native linear: no memory for its scratch tile")
 
 
 def bias_gelu(y: np.ndarray, b: np.ndarray, coeffs: np.ndarray) -> None:

@@ -1,8 +1,12 @@
-/* Native kernels of the `cpu` backend: the parts numpy cannot do without many passes or the GIL.
+/* Native kernels of the `cpu` backend: the parts numpy cannot do without many passes or the GIL,
+ * and the encoder's matrix products.
  *
  * The numpy kernels in kernels/cpu.py and kernels/reference.py are the specification; tests check
  * every function here against them. Everything is fp32 in, fp32 accumulate, row-major.
  *
+ *  - linear: act(A·W + b) + residual with W packed in 64-column panels (kernels.native.pack), as
+ *    6x64 register tiles, the epilogue run on each block of rows while it is in L1. A's rows may
+ *    overlap, so a convolution's patches are read in place, with no im2col copy.
  *  - bias_gelu, bias_residual, layernorm: one pass over each row instead of numpy's 5-18, and
  *    no GIL, so two threads really run two row blocks at once (GELU did not scale at all in numpy:
  *    each of its ~18 ufunc calls per 64k-element chunk handed the GIL over).
@@ -10,27 +14,36 @@
  *    scores of a group of 48 query rows (48 x T floats, 290 KiB at T = 1500) stay in L2 between
  *    the two products, and both products run as 6x64 register tiles.
  *
- * Plain C with GCC vector extensions; each exported function is built for x86-64-v4 (AVX-512),
- * x86-64-v3 (AVX2+FMA) and the baseline, and the loader picks one at run time (target_clones).
+ * Plain C with GCC vector extensions. This file is compiled once per x86-64 level by isa_v4.c,
+ * isa_v3.c and isa_base.c, each with its target in force and ISA set to its name suffix, and the
+ * loader binds the copy this CPU can run (dispatch.c's native_isa). A separate copy per level, and
+ * not one source for all of them, because the vector width must follow the registers: 64-byte
+ * vectors compiled for AVX2 spill, and ran attention 34x slower than the AVX-512 copy.
  */
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
-/* AMANUENSIS_ONE_ISA builds for the compiler's target only: tests build each ISA level that way,
- * since a CPU only ever runs the one clone its features select. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(AMANUENSIS_ONE_ISA)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define EXPORT(name) CAT(name, ISA)   /* exported names carry the level: bias_gelu_v4, ... */
 
-/* Helpers are forced inline so each build of an exported function gets its own copy for its ISA;
- * an out-of-line helper would be compiled once, for the baseline, and run 30x slower. */
+/* Every helper is static and forced inline, so each copy is compiled for its own level. */
 #define INLINE static inline __attribute__((always_inline))
 
-typedef float v16 __attribute__((vector_size(64), aligned(4), may_alias));
-INLINE v16 load16(const float *p) { return *(const v16 *)p; }
-INLINE void store16(float *p, v16 v) { *(v16 *)p = v; }
+#if defined(__AVX512F__)
+#define VEC 16        /* floats per vector register */
+#define TILE_VECS 4   /* vectors per row of a register tile: 6 x 4 accumulators of 32 registers */
+#elif defined(__AVX__)
+#define VEC 8
+#define TILE_VECS 2   /* 6 x 2 accumulators of 16 registers; a 64-column tile takes 4 passes */
+#else
+#define VEC 4
+#define TILE_VECS 2
+#endif
+typedef float vec __attribute__((vector_size(VEC * 4), aligned(4), may_alias));
+INLINE vec loadv(const float *p) { return *(const vec *)p; }
+INLINE void storev(float *p, vec v) { *(vec *)p = v; }
 
 /* e^x = 2^n · e^r, n = round(x·log2 e), r = x − n·ln2 with ln2 in two parts (Cody and Waite: r
  * stays exact to fp32 for every |x| < 128), e^r by its Taylor series to r^7 (relative error < 1e-8
@@ -71,34 +84,36 @@ INLINE float gelu_one(float y, const float *c) {
     return (e > 1e30f ? 0.0f : y) / (1.0f + e);
 }
 
-/* y[r, :] ← GELU(y[r, :] + b) for rows x cols, row stride ld. */
-CLONES void bias_gelu(float *y, const float *b, long rows, long cols, long ld, const float *coeffs) {
+/* y[r, :] ← act(y[r, :] + b) (+ res[r, :] when res is not NULL) for rows x cols, row strides ld
+ * and ld_res; act is GELU when coeffs is not NULL (gelu_one's coefficients), else the identity. */
+INLINE void epilogue(float *y, long ld, const float *b, const float *coeffs, const float *res, long ld_res,
+                     long rows, long cols) {
     float c[7];
-    memcpy(c, coeffs, sizeof c);
+    if (coeffs) memcpy(c, coeffs, sizeof c);
     for (long r = 0; r < rows; r++) {
         float *row = y + r * ld;
-        for (long j = 0; j < cols; j++) row[j] = gelu_one(row[j] + b[j], c);
+        if (coeffs)
+            for (long j = 0; j < cols; j++) row[j] = gelu_one(row[j] + b[j], c);
+        else
+            for (long j = 0; j < cols; j++) row[j] += b[j];
+        if (res)
+            for (long j = 0; j < cols; j++) row[j] += res[r * ld_res + j];
     }
 }
 
-/* y[r, :] ← y[r, :] + b (+ res[r, :] when res is not NULL). */
-CLONES void bias_residual(float *y, const float *b, const float *res, long rows, long cols, long ld, long ld_res) {
-    for (long r = 0; r < rows; r++) {
-        float *row = y + r * ld;
-        if (res) {
-            const float *rr = res + r * ld_res;
-            for (long j = 0; j < cols; j++) row[j] = row[j] + b[j] + rr[j];
-        } else {
-            for (long j = 0; j < cols; j++) row[j] += b[j];
-        }
-    }
+void EXPORT(bias_gelu)(float *y, const float *b, long rows, long cols, long ld, const float *coeffs) {
+    epilogue(y, ld, b, coeffs, NULL, 0, rows, cols);
+}
+
+void EXPORT(bias_residual)(float *y, const float *b, const float *res, long rows, long cols, long ld, long ld_res) {
+    epilogue(y, ld, b, NULL, res, ld_res, rows, cols);
 }
 
 /* y = (x − mean) / √(var + eps) · gamma + beta per row (biased variance). The row statistics are
  * summed in double, 8 lanes wide, in two passes: every element of a row shares them, so their
  * rounding is an error the next matmul adds up coherently across the row (in fp32 they cost 13x
  * at tiny.en's output on one real clip, against float64). */
-CLONES void layernorm(const float *x, float *y, const float *gamma, const float *beta, long rows, long cols,
+void EXPORT(layernorm)(const float *x, float *y, const float *gamma, const float *beta, long rows, long cols,
                       long ld_x, long ld_y, float eps) {
     for (long r = 0; r < rows; r++) {
         const float *xr = x + r * ld_x;
@@ -123,31 +138,84 @@ CLONES void layernorm(const float *x, float *y, const float *gamma, const float 
     }
 }
 
-#define MR 6   /* rows of a register tile: 6 x 64 floats = 24 AVX-512 accumulators */
-#define NR 64  /* columns of a register tile */
+#define MR 6   /* rows of a register tile */
+#define NR 64  /* columns of a register tile, and of a packed weight panel */
 
 /* c[0:MR, 0:NR] (+)= a[0:MR, 0:kc] · b[0:kc, 0:NR], row strides lda, ldb, ldc; with accumulate the
  * product is summed on its own and then added to c, so a long sum done in kc-sized calls is blocked
- * (one FMA chain over T = 1500 keys was 3x less accurate than BLAS, which blocks its sums too). */
+ * (one FMA chain over T = 1500 keys was 3x less accurate than BLAS, which blocks its sums too).
+ * TILE_VECS x VEC columns per pass: one pass with AVX-512, four with AVX2. */
 INLINE void gemm_tile(const float *a, long lda, const float *b, long ldb, long kc, float *c, long ldc,
                       int accumulate) {
-    v16 acc[MR][4] = {{{0}}};
-    for (long k = 0; k < kc; k++) {
-        const float *bk = b + k * ldb;
-        v16 b0 = load16(bk), b1 = load16(bk + 16), b2 = load16(bk + 32), b3 = load16(bk + 48);
-        for (int r = 0; r < MR; r++) {
-            float x = a[r * lda + k];
-            acc[r][0] += x * b0;
-            acc[r][1] += x * b1;
-            acc[r][2] += x * b2;
-            acc[r][3] += x * b3;
+    for (int c0 = 0; c0 < NR; c0 += TILE_VECS * VEC) {
+        vec acc[MR][TILE_VECS] = {{{0}}};
+        for (long k = 0; k < kc; k++) {
+            const float *bk = b + k * ldb + c0;
+            vec bv[TILE_VECS];
+            for (int q = 0; q < TILE_VECS; q++) bv[q] = loadv(bk + q * VEC);
+            __builtin_prefetch(bk + 8 * ldb);   /* the panel streams from L2; 8 rows ahead measured well */
+            for (int r = 0; r < MR; r++) {
+                float x = a[r * lda + k];
+                for (int q = 0; q < TILE_VECS; q++) acc[r][q] += x * bv[q];
+            }
+        }
+        for (int r = 0; r < MR; r++)
+            for (int q = 0; q < TILE_VECS; q++) {
+                float *cq = c + r * ldc + c0 + q * VEC;
+                if (accumulate) acc[r][q] += loadv(cq);
+                storev(cq, acc[r][q]);
+            }
+    }
+}
+
+#define KC 384  /* k per pass: a tile's 6 x 384 slice of A (9 KiB) stays in L1 while it sweeps the panels */
+#define NC 512  /* columns per pass: a 384 x 512 block of W (768 KiB) stays in L2 for every row tile */
+
+/* What linear does to each finished block of rows: see epilogue. */
+typedef struct {
+    const float *bias, *coeffs, *res;
+    long ld_res;
+} Epilogue;
+
+/* c = a · w for rows (a multiple of MR) x n, w packed (see linear); each MR x NC block gets its
+ * epilogue, when ep is not NULL, as soon as its last k pass is done. */
+INLINE void product(const float *a, long lda, const float *w, long k, long n, float *c, long ldc, long rows,
+                    const Epilogue *ep) {
+    for (long pc = 0; pc < k; pc += KC) {
+        long kc = k - pc < KC ? k - pc : KC;
+        for (long jc = 0; jc < n; jc += NC) {
+            long nc = n - jc < NC ? n - jc : NC;
+            for (long i = 0; i < rows; i += MR) {
+                for (long j = jc; j < jc + nc; j += NR)
+                    gemm_tile(a + i * lda + pc, lda, w + j * k + pc * NR, NR, kc, c + i * ldc + j, ldc, pc > 0);
+                if (ep && pc + kc == k)
+                    epilogue(c + i * ldc + jc, ldc, ep->bias + jc, ep->coeffs,
+                             ep->res ? ep->res + i * ep->ld_res + jc : NULL, ep->ld_res, MR, nc);
+            }
         }
     }
-    for (int r = 0; r < MR; r++)
-        for (int q = 0; q < 4; q++) {
-            if (accumulate) acc[r][q] += load16(c + r * ldc + 16 * q);
-            store16(c + r * ldc + 16 * q, acc[r][q]);
-        }
+}
+
+/* c[r, :] = act(a[r, :] · W + bias) (+ res[r, :]) for r < rows, act = GELU when coeffs is not NULL.
+ * a: (rows, k), row stride lda; its rows may overlap (a convolution's patches, read in place).
+ * w: W (k, n) packed as n / NR panels, panel p holding W[:, p·NR : (p+1)·NR] row-major (k x NR);
+ * n must be a multiple of NR. c: (rows, n), stride ldc; res: (rows, n), stride ld_res, or NULL.
+ * Returns 0, or -1 when the scratch for a last partial tile cannot be allocated. */
+int EXPORT(linear)(const float *a, long lda, const float *w, long k, long n, const float *bias, const float *coeffs,
+                   const float *res, long ld_res, float *c, long ldc, long rows) {
+    Epilogue ep = {bias, coeffs, res, ld_res};
+    long full = rows / MR * MR, rest = rows - full;
+    product(a, lda, w, k, n, c, ldc, full, &ep);
+    if (rest == 0) return 0;
+    /* the last rows < MR: through a zero-padded tile, then copied out and finished */
+    float *pad_a = calloc((size_t)MR * (k + n), sizeof(float)), *pad_c = pad_a + MR * k;
+    if (!pad_a) return -1;
+    for (long r = 0; r < rest; r++) memcpy(pad_a + r * k, a + (full + r) * lda, k * sizeof(float));
+    product(pad_a, k, w, k, n, pad_c, n, MR, NULL);
+    for (long r = 0; r < rest; r++) memcpy(c + (full + r) * ldc, pad_c + r * n, n * sizeof(float));
+    free(pad_a);
+    epilogue(c + full * ldc, ldc, bias, coeffs, res ? res + full * ld_res : NULL, ld_res, rest, n);
+    return 0;
 }
 
 #define HEAD NR   /* head size: every Whisper model has 64, one register tile wide */
@@ -213,7 +281,7 @@ INLINE void pack_head(const float *k, const float *v, long ld, float scale, long
 
 /* Floats of scratch attention_head needs for a sequence of t: packed keys and values, and the
  * probabilities of one group of rows. */
-long attention_scratch(long t) {
+long EXPORT(attention_scratch)(long t) {
     long t_pad = (t + NR - 1) / NR * NR;
     return (2 * HEAD + GROUP_ROWS) * t_pad;
 }
@@ -223,7 +291,7 @@ long attention_scratch(long t) {
  * out: (rows, HEAD) with row stride ld_out; scratch: attention_scratch(t) floats.
  * A group of GROUP tiles shares every 64-key panel of K and of V while it is in L1: one tile at a
  * time streamed all of K and V from L2 for every 6 rows. */
-CLONES void attention_head(const float *q, const float *k, const float *v, long ld, float scale, long t,
+void EXPORT(attention_head)(const float *q, const float *k, const float *v, long ld, float scale, long t,
                            float *out, long ld_out, long rows, float *scratch) {
     long t_pad = (t + NR - 1) / NR * NR;
     float *kp = scratch, *vp = kp + t_pad * HEAD, *p = vp + t_pad * HEAD;
@@ -254,15 +322,4 @@ CLONES void attention_head(const float *q, const float *k, const float *v, long 
             memcpy(out + (g0 + r) * ld_out, orow, HEAD * sizeof(float));
         }
     }
-}
-
-/* Which build target_clones picked on this CPU: 4 = x86-64-v4 (AVX-512), 3 = x86-64-v3 (AVX2+FMA),
- * 0 = the baseline build (or not x86-64). Same tests as the ifunc resolver. */
-int native_isa(void) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(AMANUENSIS_ONE_ISA)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return 4;
-    if (__builtin_cpu_supports("x86-64-v3")) return 3;
-#endif
-    return 0;
 }
