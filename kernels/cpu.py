@@ -139,11 +139,12 @@ class CpuBackend(Backend):
         self._local = threading.local()
 
     def _scratch(self, name: str, size: int) -> np.ndarray:
-        """A per-thread fp32 buffer of at least `size` elements, kept between calls: a fresh
-        megabyte-sized array per block costs its page faults every time (attention measured 9% faster)."""
+        """A per-thread fp32 buffer of at least `size` elements, kept between calls (a fresh
+        megabyte-sized array per block costs its page faults every time: attention measured 9% faster),
+        on a 64-byte line for the vector loads of the native kernels."""
         buf = getattr(self._local, name, None)
         if buf is None or buf.size < size:
-            buf = np.empty(size, np.float32)
+            buf = native.empty_aligned((size,))
             setattr(self._local, name, buf)
         return buf[:size]
 

@@ -295,7 +295,8 @@ void EXPORT(attention_head)(const float *q, const float *k, const float *v, long
                            float *out, long ld_out, long rows, float *scratch) {
     long t_pad = (t + NR - 1) / NR * NR;
     float *kp = scratch, *vp = kp + t_pad * HEAD, *p = vp + t_pad * HEAD;
-    float o[GROUP_ROWS * HEAD], qt[GROUP_ROWS * HEAD], sums[GROUP_ROWS];
+    float o[GROUP_ROWS * HEAD] __attribute__((aligned(64))), qt[GROUP_ROWS * HEAD] __attribute__((aligned(64)));
+    float sums[GROUP_ROWS];
     pack_head(k, v, ld, scale, t, t_pad, kp, vp);
     for (long g0 = 0; g0 < rows; g0 += GROUP_ROWS) {
         long n = rows - g0 < GROUP_ROWS ? rows - g0 : GROUP_ROWS;
