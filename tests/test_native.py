@@ -169,3 +169,17 @@ def test_a_stale_build_is_reported_not_a_crash(tmp_path, monkeypatch):
     monkeypatch.delenv("AMANUENSIS_CPU_NATIVE", raising=False)
     library, why = native._load()
     assert library is None and "reinstall to rebuild it" in why
+
+
+def test_both_runners_share_one_prepared_copy_of_the_weights(tiny):
+    """The cross-K/V runner takes the encoder runner's weights as they were prepared: packing them
+    again would keep a second copy of every matrix for the life of the model."""
+    tiny.encode_with_cross(np.zeros((tiny.dims.n_mels, 3000), np.float32))
+    encoder, cross = tiny.runner.weights, tiny._cross_runner.weights
+    assert all(cross[name] is w for name, w in encoder.items())
+    packed = [name for name, w in cross.items() if isinstance(w, PackedWeight)]
+    if getattr(tiny.backend, "native_linear", False):
+        # every matrix product of the graph: conv1, conv2, 4 per block, and the decoder's cross K/V
+        assert len(packed) == 2 + 4 * tiny.dims.n_audio_layer + tiny.dims.n_text_layer, packed
+    else:
+        assert packed == []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-HEAD = 64      # attention_head's head size (cpu_kernels.c HEAD): every Whisper model's
+HEAD = 64      # attention_head's head size (cpu_kernels.h HEAD): every Whisper model's
 PANEL = 64     # columns of a packed weight panel (cpu_kernels.h NR)
 TILE_ROWS = 6  # rows of linear's register tile (cpu_kernels.h MR): row blocks are best multiples of it
 LEVELS = {4: ("_v4", "x86-64-v4 (AVX-512)"), 3: ("_v3", "x86-64-v3 (AVX2)"), 0: ("_base", "baseline")}
