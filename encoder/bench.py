@@ -91,6 +91,10 @@ def bench_ours(args, inputs: dict[str, tuple[str, str]]) -> dict:
             profile, flops = r["profile"], r["flops"]
     if profile is None:
         raise AmanuensisError("no backend could run the encoder; see the messages above")
+    levels = None
+    if "cpu" in args.backends:
+        _say("native kernels, each copy this CPU runs ...")
+        levels = run_job("native_levels", 1, repeats=args.repeats)
     _say("batched linears (two windows stacked) ...")
     batched = run_job("ours_batched", args.threads, args.backends[0], model=args.model, repeats=args.repeats)
     runs = {p: {} for p in args.decoder_precisions}
@@ -102,7 +106,8 @@ def bench_ours(args, inputs: dict[str, tuple[str, str]]) -> dict:
                                             decoder_precision=precision)
     head, *others = args.decoder_precisions
     figures = _e2e_figures({"encoder_ms_per_window": encoder, "backends": described, "profile": profile,
-                            "flops_per_window": flops, "batched": batched, "decoder_precision": head}, runs[head])
+                            "flops_per_window": flops, "native_levels": levels, "batched": batched,
+                            "decoder_precision": head}, runs[head])
     figures["variants"] = {_variant(p): _e2e_figures({"decoder_precision": p}, runs[p]) for p in others}
     return figures
 
@@ -237,6 +242,12 @@ def format_report(result: dict) -> str:
     for row in result["profile"]:
         rate = row.get("gflops") or 0.0
         lines.append(f"{row['node']:32} {row['kernel']:10} {row['ms']:8.2f} {rate:8.1f} {100 * rate / peak:6.1f}%")
+    levels = result.get("native_levels") or {}
+    if "levels" in levels:
+        lines.append(f"\nnative kernels on one thread (in use: {levels['in_use']}; numpy's BLAS on the same "
+                     f"750x384x1536 product: {levels['blas_linear_gflops']} GFLOP/s):")
+        lines += [f"  {name}: attention head (T 1500) {r['attention_head_ms']} ms, linear {r['linear_gflops']} GFLOP/s"
+                  for name, r in levels["levels"].items()]
     b = result.get("batched", {})
     if "gain" in b:
         lines.append(f"\nbatched: two windows stacked through every linear node: {b['stacked_ms']} ms against "

@@ -118,7 +118,8 @@ class PackedWeight:
 
 
 class CpuBackend(Backend):
-    """fp32 on the host CPU: numpy's BLAS for the matmuls, the native or the numpy kernels for the rest."""
+    """fp32 on the host CPU: the native kernels (their own matmuls on AVX-512, BLAS's elsewhere), or the
+    numpy kernels on numpy's BLAS."""
 
     name = "cpu"
 
@@ -129,8 +130,9 @@ class CpuBackend(Backend):
         if native_kernels and native.LIBRARY is None:
             raise RuntimeError(f"the cpu backend's native kernels are {native.UNAVAILABLE}")
         self.native = native.LIBRARY is not None if native_kernels is None else native_kernels
-        # The native linear beats numpy's OpenBLAS by ~25% with AVX-512; the AVX2 copy ran at ~85% of
-        # OpenBLAS's speed, so there BLAS keeps the matrix products.
+        # The native linear beats numpy's OpenBLAS with AVX-512 (linear nodes 76 -> 63 ms per window); the
+        # AVX2 copy only matched OpenBLAS's Haswell kernels (encoder 278 ms either way, on this machine
+        # running AVX2 code), so there BLAS keeps the matrix products.
         self.native_linear = self.native and native.LIBRARY.level == 4
         self._pool = ThreadPoolExecutor(max(1, self.threads - 1), thread_name_prefix="amanuensis-cpu")
         self._blas_lock = threading.Lock()

@@ -88,6 +88,12 @@ def test_a_short_run_with_peers(tmp_path):
     assert result["encoder_ms_per_window"]["cpu-numpy"] > 0
     assert "numpy kernels: native kernels switched off" in result["backends"]["cpu-numpy"]
     assert result["backends"]["cpu"].startswith("cpu (fp32, ") and " kernels" in result["backends"]["cpu"]
+    from kernels import native
+
+    if native.LIBRARY is not None:                   # each copy of the native kernels, timed on one thread
+        levels = result["native_levels"]
+        assert levels["in_use"] == native.isa() and native.isa() in levels["levels"]
+        assert all(r["attention_head_ms"] > 0 and r["linear_gflops"] > 0 for r in levels["levels"].values())
     assert result["rtf_12s"] > 0 and result["peak_rss_mb"] > 50 and result["wer_12s"] is not None
     assert result["decoder_precision"] == "fp32"
     int8 = result["variants"]["int8 decoder"]

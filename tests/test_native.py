@@ -104,10 +104,17 @@ def _levels():
 
 
 @pytest.mark.parametrize("level", _levels())
-def test_every_isa_copy_matches_the_reference(level, monkeypatch):
+def test_every_isa_copy_matches_the_reference(level):
     """The backend only runs the copy this CPU selects; bind the others too (the AVX2 one is what
     most AMD laptops before Zen 4 run) and check their arithmetic, the linear of each included."""
-    monkeypatch.setattr(native, "LIBRARY", native.bind(native._library_path(), level))
+    in_use = native.LIBRARY
+    with native.copy_of_level(level):
+        assert native.LIBRARY.level == level
+        _check_the_copy_in_use()
+    assert native.LIBRARY is in_use
+
+
+def _check_the_copy_in_use():
     rng = np.random.default_rng(11)
     be = CpuBackend(2, native_kernels=True)
     qkv = (2 * rng.standard_normal((301, 3 * 128))).astype(np.float32)

@@ -110,6 +110,38 @@ def ours_batched(model: str, device: str, repeats: int) -> dict:
             "gain": round(single / stacked - 1, 4)}
 
 
+def native_levels(repeats: int) -> dict:
+    """On one thread, each copy of the native kernels this CPU runs: one attention head (T = 1500)
+    and an fc1-shaped linear (750 x 384 x 1536), beside numpy's BLAS on the same product. A copy
+    that is far slower than the others shows here (the AVX2 copy once ran attention 34x slower)."""
+    from threadpoolctl import threadpool_limits
+
+    from kernels import native
+
+    if native.LIBRARY is None:
+        return {"error": f"native kernels {native.UNAVAILABLE}"}
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((1500, 1152), dtype=np.float32)
+    x, w = rng.standard_normal((750, 384), dtype=np.float32), rng.standard_normal((384, 1536), dtype=np.float32)
+    b, out = np.zeros(1536, np.float32), native.empty_aligned((750, 1536))
+    head = native.empty_aligned((1500, 64))
+    gflop = 2 * 750 * 384 * 1536 / 1e9
+    with threadpool_limits(1, user_api="blas"):
+        result = {"blas_linear_gflops": round(gflop / _median_ms(lambda: np.matmul(x, w, out=out), repeats) * 1e3, 1)}
+    levels = {}
+    for level, (_, name) in native.LEVELS.items():
+        if level > native.LIBRARY.level:
+            continue
+        with native.copy_of_level(level):
+            scratch = native.empty_aligned((native.attention_scratch(1500),))
+            panels = native.pack(w)
+            attention = _median_ms(lambda: native.attention_head(qkv[:, :64], qkv[:, 384:448], qkv[:, 768:832],
+                                                                 0.125, head, scratch), repeats)
+            linear = _median_ms(lambda: native.linear(x, panels, b, out), repeats)
+        levels[name] = {"attention_head_ms": round(attention, 2), "linear_gflops": round(gflop / linear * 1e3, 1)}
+    return {**result, "levels": levels, "in_use": native.isa()}
+
+
 def ours_e2e(model: str, device: str, audio: str, reference: str, threads: int, decoder_precision: str = "fp32") -> dict:
     """Our whole pipeline, greedy (temperature fallback as openai-whisper), on an audio file."""
     from encoder.model import load_model
@@ -234,7 +266,7 @@ def onnxruntime_encoder(model: str, repeats: int, threads: int) -> dict:
             "load_s": round(load_s, 2)}
 
 
-JOBS = {f.__name__: f for f in (gemm_peak, ours_encoder, ours_batched, ours_e2e, faster_whisper_encoder,
+JOBS = {f.__name__: f for f in (gemm_peak, native_levels, ours_encoder, ours_batched, ours_e2e, faster_whisper_encoder,
                                 faster_whisper_e2e, transformers_encoder, transformers_e2e, onnxruntime_encoder)}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,18 @@ LIBRARY, UNAVAILABLE = _load()
 def isa() -> str:
     """The instruction set of the copy in use, e.g. 'x86-64-v4 (AVX-512)'."""
     return LEVELS[LIBRARY.level][1]
+
+
+@contextmanager
+def copy_of_level(level: int):
+    """Run this module's functions on the copy of `level` for a while (tests and the bench check each
+    copy the CPU can run; not for use while other threads call the kernels)."""
+    global LIBRARY
+    saved, LIBRARY = LIBRARY, bind(_library_path(), level)
+    try:
+        yield
+    finally:
+        LIBRARY = saved
 
 
 def _ptr(a: np.ndarray) -> int:
