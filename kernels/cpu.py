@@ -131,7 +131,7 @@ class CpuBackend(Backend):
             raise RuntimeError(f"the cpu backend's native kernels are {native.UNAVAILABLE}")
         self.native = native.LIBRARY is not None if native_kernels is None else native_kernels
         # The native linear beats numpy's OpenBLAS with AVX-512 (linear nodes 76 -> 63 ms per window); the
-        # AVX2 copy only matched OpenBLAS's Haswell kernels (encoder 278 ms either way, on this machine
+        # AVX2 copy only matched OpenBLAS's Haswell kernels (encoder 200 ms either way, on this machine
         # running AVX2 code), so there BLAS keeps the matrix products.
         self.native_linear = self.native and native.LIBRARY.level == 4
         self._pool = ThreadPoolExecutor(max(1, self.threads - 1), thread_name_prefix="amanuensis-cpu")

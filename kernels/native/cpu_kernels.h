@@ -45,6 +45,23 @@ typedef float vec __attribute__((vector_size(VEC * 4), aligned(4), may_alias));
 INLINE vec loadv(const float *p) { return *(const vec *)p; }
 INLINE void storev(float *p, vec v) { *(vec *)p = v; }
 
+/* c ? a : b, in a form each copy vectorises: with AVX-512's mask registers GCC vectorises the plain
+ * select; elsewhere it turned it into a branch, which kept every loop over e^x scalar in the AVX2
+ * copy (a third of attention's time there), so there it is a bitwise blend (attention 61 -> 37 ms
+ * for six heads, GELU 2.8x faster). On AVX-512 the blend measured 3% slower in attention. */
+INLINE float pick(int c, float a, float b) {
+#if defined(__AVX512F__)
+    return c ? a : b;
+#else
+    unsigned mask = c ? ~0u : 0u, ab, bb;
+    memcpy(&ab, &a, sizeof ab);
+    memcpy(&bb, &b, sizeof bb);
+    ab = (ab & mask) | (bb & ~mask);
+    memcpy(&a, &ab, sizeof a);
+    return a;
+#endif
+}
+
 /* e^x = 2^n · e^r, n = round(x·log2 e), r = x − n·ln2 with ln2 in two parts (Cody and Waite: r
  * stays exact to fp32 for every |x| < 128), e^r by its Taylor series to r^7 (relative error < 1e-8
  * before rounding; within 1e-7 of libm's expf over [-60, 60]). Below e^-69 (1e-30) the result
@@ -53,8 +70,8 @@ INLINE void storev(float *p, vec v) { *(vec *)p = v; }
  * their sums. Branch-free, so loops over it vectorise. */
 INLINE float exp_clamped(float x) {
     float zero = x < -69.0f ? 0.0f : 1.0f;
-    x = x < -69.0f ? -69.0f : x;
-    x = x > 88.3f ? 88.3f : x;
+    x = pick(x < -69.0f, -69.0f, x);   /* a NaN compares false and stays */
+    x = pick(x > 88.3f, 88.3f, x);
     const float shifter = 12582912.0f; /* 1.5 · 2^23: adding it rounds to an integer */
     float n = (x * 1.44269504088896341f + shifter) - shifter;
     float r = x - n * 0.693145751953125f - n * 1.42860682030941723212e-6f;
@@ -81,7 +98,7 @@ INLINE float gelu_one(float y, const float *c) {
     for (int k = 5; k >= 0; k--) p = p * z + c[k];
     float e = exp_clamped(y * p);
     /* where GELU(y) < |y|·1e-30 it is 0, as fp32 tanh gives: no denormals for the next matmul */
-    return (e > 1e30f ? 0.0f : y) / (1.0f + e);
+    return pick(e > 1e30f, 0.0f, y) / (1.0f + e);
 }
 
 /* y[r, :] ← act(y[r, :] + b) (+ res[r, :] when res is not NULL) for rows x cols, row strides ld
