@@ -79,6 +79,27 @@ def test_encoder_on_npu_equals_the_emulator(npu_env, tiny):
     assert sum(k["calls"] for k in status["kernels"]) == len(result.records) - 1
 
 
+def test_weights_are_converted_to_bf16_once_per_graph(npu_env, tiny):
+    """Each matrix reaches the design as the bits it would have been packed into on every call, and
+    the CPU fallback gets the fp32 original back."""
+    from kernels import reference
+    from kernels.npu import NpuWeight, pack_linear
+
+    npu_env()
+    model = npu_model(tiny)
+    fc1 = model.runner.weights["encoder.layers.0.fc1.weight"]
+    assert isinstance(fc1, NpuWeight) and fc1.dense.shape == fc1.shape == (384, 1536)
+    x, b = np.random.default_rng(3).standard_normal((5, 384)).astype(np.float32), np.zeros(1536, np.float32)
+    per_call, once = pack_linear(x, fc1.dense, b, None, 64, 384), pack_linear(x, fc1, b, None, 64, 384)
+    assert once[1] is fc1.bits and all(np.array_equal(per_call[i], once[i]) for i in range(4))
+    assert model.backend.prepare_weight("linear", fc1) is fc1                    # twice is once
+    conv1 = model.runner.weights["encoder.conv1.weight"]                         # K = 240, padded to 256
+    assert conv1.bits.shape == (256, 384) and not conv1.bits[240:].any()
+    out, ran, why = model.backend.run("linear", (x, fc1, b), {})                # 5 rows: no kernel of that shape
+    assert ran == "cpu" and "no NPU kernel" in why
+    np.testing.assert_allclose(out, reference.linear(x, fc1.dense, b), atol=1e-4)
+
+
 def test_phoenix_context_limit_falls_back_visibly(npu_env, tiny):
     npu_env("NPU Phoenix", context_limit=6)
     model = npu_model(tiny)
