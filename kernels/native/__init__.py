@@ -101,8 +101,8 @@ def _ld(a: np.ndarray) -> int:
 
 
 def empty_aligned(shape: tuple) -> np.ndarray:
-    """An fp32 array whose data starts on a 64-byte line: numpy aligns to 16 bytes, and a vector
-    load or store that straddles two lines cost the linear ~20% of its speed."""
+    """An fp32 array whose data starts on a 64-byte line: numpy aligns to 16 bytes, and vector loads
+    and stores that straddle two lines cost the linear 13% of its speed (fc1's shape, one thread)."""
     size = int(np.prod(shape))
     raw = np.empty(size + 16, np.float32)
     start = (-raw.ctypes.data % 64) // 4
