@@ -36,14 +36,16 @@ class RunResult:
 class Runner:
     """Executes `graph` with `weights` on `backend`; frees each activation after its last use.
 
-    With strict=True any op that falls back from the requested backend is an error. `weights`
-    holds each node's matrix as the backend's kernel takes it (Backend.prepare_weight).
+    With strict=True any op that falls back from the requested backend is an error. The runner
+    takes `weights` over: each node's matrix in it is replaced, in place, by the form the backend's
+    kernel takes (Backend.prepare_weight), so the plain copy is freed matrix by matrix (loading
+    large-v3 would otherwise hold its encoder weights twice). Pass a copy of a dict you reuse.
     """
 
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend, strict: bool = False):
         self.graph, self.backend, self.strict = graph, backend, strict
         self._last_use = graph.last_use()
-        self.weights = dict(weights)
+        self.weights = weights
         for node in graph.nodes:
             if not backend.supports(node.kernel):
                 raise AmanuensisError(f"backend {backend.name!r} has no kernel {node.kernel!r} (node {node.name})")

@@ -36,7 +36,7 @@ def kernel_report(model, samples: np.ndarray) -> list[dict]:
     weights = {**model.converted.read_encoder_weights(), **model.converted.cross_kv_weights()}
     window = samples[:480000]
     mel = model.mel(window)
-    fp32 = Runner(graph, weights, get_backend("cpu")).run(mel, keep="all").tensors
+    fp32 = Runner(graph, dict(weights), get_backend("cpu")).run(mel, keep="all").tensors   # its own layout
     emu = Runner(graph, weights, get_backend("emu"))
     rows = [{"node": "mel", "kernel": "log_mel", **stats(log_mel(window, model.dims.n_mels), mel)}]
     rows[0]["ok"] = rows[0]["correlation"] >= MIN_CORRELATION

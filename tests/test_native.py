@@ -183,6 +183,7 @@ def test_both_runners_share_one_prepared_copy_of_the_weights(tiny):
     again would keep a second copy of every matrix for the life of the model."""
     tiny.encode_with_cross(np.zeros((tiny.dims.n_mels, 3000), np.float32))
     encoder, cross = tiny.runner.weights, tiny._cross_runner.weights
+    assert not any(isinstance(w, PackedWeight) for w in tiny.converted.read_encoder_weights().values())
     assert all(cross[name] is w for name, w in encoder.items())
     packed = [name for name, w in cross.items() if isinstance(w, PackedWeight)]
     if getattr(tiny.backend, "native_linear", False):
@@ -190,3 +191,15 @@ def test_both_runners_share_one_prepared_copy_of_the_weights(tiny):
         assert len(packed) == 2 + 4 * tiny.dims.n_audio_layer + tiny.dims.n_text_layer, packed
     else:
         assert packed == []
+
+
+def test_a_runner_replaces_the_matrices_it_is_given(tiny):
+    """The runner packs in the caller's dict, so the plain matrices are freed as it goes (a second
+    dict holding them would double the weights' memory at load)."""
+    from encoder.runner import Runner
+
+    weights = tiny.converted.read_encoder_weights()
+    runner = Runner(tiny.graph, weights, tiny.backend)
+    assert runner.weights is weights
+    kinds = {type(w) for name, w in weights.items() if name.endswith("fc1.weight")}
+    assert kinds == ({PackedWeight} if getattr(tiny.backend, "native_linear", False) else {np.ndarray})
