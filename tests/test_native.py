@@ -18,6 +18,13 @@ from kernels.cpu import _GELU_NATIVE, CpuBackend, PackedWeight
 needs_native = pytest.mark.skipif(native.LIBRARY is None, reason=f"native kernels {native.UNAVAILABLE}")
 
 
+def _levels():
+    """The copies of the kernels in the build that this CPU can run: its own level and those below."""
+    if native.LIBRARY is None:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"native kernels {native.UNAVAILABLE}"))]
+    return [pytest.param(level, id=name) for level, (_, name) in native.LEVELS.items() if level <= native.LIBRARY.level]
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler here")
 def test_native_kernels_are_built_where_there_is_a_compiler():
     """A silent build failure at install would quietly cost 20% of the encoder's speed."""
@@ -47,17 +54,19 @@ def test_insisting_on_missing_native_kernels_is_an_error(monkeypatch):
     assert not CpuBackend(2).native
 
 
-@needs_native
-def test_gelu_limits_and_no_denormals():
+@pytest.mark.parametrize("level", _levels())
+def test_gelu_limits_and_no_denormals(level):
+    """On every copy: their selects differ (plain on AVX-512, bitwise blends elsewhere)."""
     y = np.array([[-np.inf, -1e30, -1e4, -20.0, -7.0, -0.0, 0.0, 7.0, 20.0, 1e4, 1e30, np.inf, np.nan]], np.float32)
     out = y.copy()
-    native.bias_gelu(out, np.zeros(y.shape[1], np.float32), _GELU_NATIVE)
+    grid = np.linspace(-300, 0, 300001, dtype=np.float32).reshape(1, -1)
+    with native.copy_of_level(level):
+        native.bias_gelu(out, np.zeros(y.shape[1], np.float32), _GELU_NATIVE)
+        native.bias_gelu(grid, np.zeros(grid.shape[1], np.float32), _GELU_NATIVE)
     finite = np.isfinite(y[0])
     assert np.abs(out[0, finite] - reference.gelu(y[0, finite])).max() < 1e-5
     assert out[0, 0] == 0 and out[0, -2] == np.inf and np.isnan(out[0, -1])
     # below the fit's range GELU underflows to exact zero, never to a denormal the next matmul pays for
-    grid = np.linspace(-300, 0, 300001, dtype=np.float32).reshape(1, -1)
-    native.bias_gelu(grid, np.zeros(grid.shape[1], np.float32), _GELU_NATIVE)
     tiny = np.abs(grid[grid != 0])
     assert tiny.min() >= np.finfo(np.float32).tiny
 
@@ -74,15 +83,23 @@ def test_attention_head_any_length_and_row_count(t):
     assert np.abs(ours - reference.attention(qkv, 1)).max() < 2e-5
 
 
-@needs_native
-def test_attention_head_nan_stays_in_its_row():
+@pytest.mark.parametrize("level", _levels())
+def test_attention_head_nan_and_extreme_rows(level):
+    """A NaN stays in its row, and rows outside the unshifted range (all scores far below zero, one
+    far above) take the stable path, on every copy."""
     rng = np.random.default_rng(5)
     qkv = rng.standard_normal((100, 3 * 64)).astype(np.float32)
     qkv[10, 0] = np.nan                         # one query row
-    be = CpuBackend(2)
-    with be.session():
-        out = be.attention(qkv, 1)
+    qkv[:, 64] = 1 + np.abs(qkv[:, 64])         # every key's first component >= 1, so that
+    qkv[20, :64], qkv[20, 0] = 0, -500          # every score of row 20 is <= -62.5 (e^s sums to < 1e-20)
+    qkv[30, :64], qkv[30, 0] = 0, 1000          # and every score of row 30 >= 125 (e^s overflows)
+    with native.copy_of_level(level):
+        be = CpuBackend(2)
+        with be.session():
+            out = be.attention(qkv, 1)
     assert np.isnan(out[10]).all() and np.isfinite(np.delete(out, 10, axis=0)).all()
+    rows = np.delete(np.arange(100), 10)
+    assert np.abs(out[rows] - reference.attention(qkv, 1)[rows]).max() < 2e-5
 
 
 @needs_native
@@ -94,13 +111,6 @@ def test_layernorm_any_width():
         out = np.empty_like(x)
         native.layernorm(x, out, g, b, 1e-5)
         assert np.abs(out - reference.layernorm(x, g, b)).max() < 5e-4 * max(1.0, np.abs(g).max())
-
-
-def _levels():
-    """The copies of the kernels in the build that this CPU can run: its own level and those below."""
-    if native.LIBRARY is None:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"native kernels {native.UNAVAILABLE}"))]
-    return [pytest.param(level, id=name) for level, (_, name) in native.LEVELS.items() if level <= native.LIBRARY.level]
 
 
 @pytest.mark.parametrize("level", _levels())
