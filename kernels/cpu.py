@@ -225,15 +225,12 @@ class CpuBackend(Backend):
 
     def _epilogue(self, y, b, gelu, residual) -> None:
         """y ← act(y + b) + residual in place (act = GELU or identity), on the variant in use."""
-        if self.native and gelu:
-            native.bias_gelu(y, b, _GELU_NATIVE)
-        elif self.native:
-            native.bias_residual(y, b, residual)
+        if self.native:
+            native.bias_epilogue(y, b, _GELU_NATIVE if gelu else None, residual)
             return
-        else:
-            y += b
-            if gelu:
-                gelu_inplace(y)
+        y += b
+        if gelu:
+            gelu_inplace(y)
         if residual is not None:
             y += residual
 

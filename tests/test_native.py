@@ -61,8 +61,8 @@ def test_gelu_limits_and_no_denormals(level):
     out = y.copy()
     grid = np.linspace(-300, 0, 300001, dtype=np.float32).reshape(1, -1)
     with native.copy_of_level(level):
-        native.bias_gelu(out, np.zeros(y.shape[1], np.float32), _GELU_NATIVE)
-        native.bias_gelu(grid, np.zeros(grid.shape[1], np.float32), _GELU_NATIVE)
+        native.bias_epilogue(out, np.zeros(y.shape[1], np.float32), _GELU_NATIVE)
+        native.bias_epilogue(grid, np.zeros(grid.shape[1], np.float32), _GELU_NATIVE)
     finite = np.isfinite(y[0])
     assert np.abs(out[0, finite] - reference.gelu(y[0, finite])).max() < 1e-5
     assert out[0, 0] == 0 and out[0, -2] == np.inf and np.isnan(out[0, -1])
@@ -179,7 +179,7 @@ def test_matrices_are_packed_only_where_the_native_linear_runs_them():
 def test_a_stale_build_is_reported_not_a_crash(tmp_path, monkeypatch):
     """A library from an older source (a function missing) falls back with the reason."""
     stale = tmp_path / "stale.c"
-    stale.write_text("void bias_gelu(void) {}\n")
+    stale.write_text("void linear_v4(void) {}\nint native_isa(void) { return 4; }\n")
     lib = tmp_path / "_cpu_kernels.so"
     subprocess.run(["gcc", "-shared", "-fPIC", str(stale), "-o", str(lib)], check=True)
     monkeypatch.setattr(native, "_library_path", lambda: lib)

@@ -25,8 +25,7 @@ LEVELS = {4: ("_v4", "x86-64-v4 (AVX-512)"), 3: ("_v3", "x86-64-v3 (AVX2)"), 0: 
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 _SIGNATURES = {                                    # name: (argument types, result type)
     "linear": ([_P, _L, _P, _L, _L, _P, _P, _P, _L, _P, _L, _L], ctypes.c_int),
-    "bias_gelu": ([_P, _P, _L, _L, _L, _P], None),
-    "bias_residual": ([_P, _P, _P, _L, _L, _L, _L], None),
+    "bias_epilogue": ([_P, _L, _P, _P, _P, _L, _L, _L], None),
     "layernorm": ([_P, _P, _P, _P, _L, _L, _L, _L, _F], None),
     "attention_scratch": ([_L], _L),
     "attention_head": ([_P, _P, _P, _L, _F, _L, _P, _L, _L, _P], None),
@@ -133,15 +132,13 @@ def linear(a: np.ndarray, panels: np.ndarray, b: np.ndarray, out: np.ndarray, ge
         raise MemoryError("native linear: no memory for its scratch tile")
 
 
-def bias_gelu(y: np.ndarray, b: np.ndarray, coeffs: np.ndarray) -> None:
-    """y ← GELU(y + b) in place, y (rows, N); GELU's erf as in kernels.cpu (coeffs: gelu_coefficients of its fit)."""
-    LIBRARY.bias_gelu(_ptr(y), _ptr(b), y.shape[0], y.shape[1], _ld(y), _ptr(coeffs))
-
-
-def bias_residual(y: np.ndarray, b: np.ndarray, residual: np.ndarray | None) -> None:
-    """y ← y + b (+ residual) in place, y and residual (rows, N)."""
+def bias_epilogue(y: np.ndarray, b: np.ndarray, gelu_coeffs: np.ndarray | None = None,
+                  residual: np.ndarray | None = None) -> None:
+    """y ← act(y + b) (+ residual) in place, y and residual (rows, N); act = GELU when gelu_coeffs is
+    given (gelu_coefficients of kernels.cpu's fit), else the identity."""
     res, ld_res = (None, 0) if residual is None else (_ptr(residual), _ld(residual))
-    LIBRARY.bias_residual(_ptr(y), _ptr(b), res, y.shape[0], y.shape[1], _ld(y), ld_res)
+    coeffs = None if gelu_coeffs is None else _ptr(gelu_coeffs)
+    LIBRARY.bias_epilogue(_ptr(y), _ld(y), _ptr(b), coeffs, res, ld_res, y.shape[0], y.shape[1])
 
 
 def layernorm(x: np.ndarray, out: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> None:
@@ -169,5 +166,5 @@ def attention_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, ou
 
 
 def gelu_coefficients(p: tuple) -> np.ndarray:
-    """bias_gelu's form of GELU's fit P (erf(x/√2) = tanh(x·P(x²))): −2·P, in fp32."""
+    """The native GELU's form of its fit P (erf(x/√2) = tanh(x·P(x²))): −2·P, in fp32."""
     return np.array([-2.0 * c for c in p], np.float32)

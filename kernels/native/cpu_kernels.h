@@ -7,7 +7,7 @@
  *  - linear: act(A·W + b) + residual with W packed in 64-column panels (kernels.native.pack), as
  *    6x64 register tiles, the epilogue run on each block of rows while it is in L1. A's rows may
  *    overlap, so a convolution's patches are read in place, with no im2col copy.
- *  - bias_gelu, bias_residual, layernorm: one pass over each row instead of numpy's 5-18, and
+ *  - bias_epilogue (bias, GELU, residual), layernorm: one pass over each row instead of numpy's 5-18, and
  *    no GIL, so two threads really run two row blocks at once (GELU did not scale at all in numpy:
  *    each of its ~18 ufunc calls per 64k-element chunk handed the GIL over).
  *  - attention_head: softmax(Q·Kᵀ)·V for a span of one head's query rows, head size 64, fused: the
@@ -26,7 +26,7 @@
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
-#define EXPORT(name) CAT(name, ISA)   /* exported names carry the level: bias_gelu_v4, ... */
+#define EXPORT(name) CAT(name, ISA)   /* exported names carry the level: linear_v4, ... */
 
 /* Every helper is static and forced inline, so each copy is compiled for its own level. */
 #define INLINE static inline __attribute__((always_inline))
@@ -118,12 +118,10 @@ INLINE void epilogue(float *y, long ld, const float *b, const float *coeffs, con
     }
 }
 
-void EXPORT(bias_gelu)(float *y, const float *b, long rows, long cols, long ld, const float *coeffs) {
-    epilogue(y, ld, b, coeffs, NULL, 0, rows, cols);
-}
-
-void EXPORT(bias_residual)(float *y, const float *b, const float *res, long rows, long cols, long ld, long ld_res) {
-    epilogue(y, ld, b, NULL, res, ld_res, rows, cols);
+/* The epilogue on its own, for rows whose product BLAS made. */
+void EXPORT(bias_epilogue)(float *y, long ld, const float *b, const float *coeffs, const float *res, long ld_res,
+                           long rows, long cols) {
+    epilogue(y, ld, b, coeffs, res, ld_res, rows, cols);
 }
 
 /* y = (x − mean) / √(var + eps) · gamma + beta per row (biased variance). The row statistics are
