@@ -220,9 +220,7 @@ class NpuBackend(Backend):
             out = kernel.run(pack_attention(qkv, n_head), {3: np.uint16})
             return unpack_attention(out[3], qkv.shape[0], n_head)
         x, gamma, beta = args
-        xp = np.zeros((s["R"], s["D"]), np.float32)
-        xp[:x.shape[0]] = x
-        out = kernel.run({0: _bits(xp), 1: _bits(gamma), 2: _bits(beta)}, {3: np.uint16})
+        out = kernel.run({0: _bits(_padded(x, (s["R"], s["D"]))), 1: _bits(gamma), 2: _bits(beta)}, {3: np.uint16})
         return _float(out[3]).reshape(s["R"], s["D"])[:x.shape[0]]
 
     def run(self, kernel: str, args: tuple, kwargs: dict):
