@@ -1,5 +1,6 @@
-"""The Whisper decoder side: tokenizer, ONNX Runtime session, decoding strategies, transcription.
+"""The Whisper decoder side: tokenizer, options, the ONNX Runtime session, decoding strategies with
+temperature fallback, word timings, and the English normaliser of the word error rate.
 
-decoder.onnx is built by weights_tools.onnx_decoder at conversion; `pipeline.Transcriber`
-binds it to an encoder model (whose graph also computes the cross-attention K/V).
+decoder.onnx is built by weights_tools.onnx_decoder at conversion; the encoder package's
+transcription loop (encoder/transcription.py) runs it window by window on the encoder's output.
 """

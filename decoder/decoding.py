@@ -1,7 +1,7 @@
-"""Decoding one 30 s window: options, token selection strategies, and temperature fallback.
+"""Decoding one 30 s window: token selection strategies and temperature fallback.
 
-    decode(model_decoder, cross, options) -> DecodingResult        one attempt
-    decode_with_fallback(...)                                       Whisper's retry ladder
+    WindowDecoder.decode(cross, DecodingOptions) -> DecodingResult        one attempt
+    WindowDecoder.decode_with_fallback(cross, TranscribeOptions)        Whisper's retry ladder
 The strategies follow openai/whisper's decoding: greedy (temperature 0), sampling
 with best-of (temperature > 0), and beam search with patience.
 """
@@ -13,25 +13,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from decoder.logits import NEG_INF, SuppressBlank, SuppressTokens, TimestampRules, log_softmax
-from encoder.errors import AmanuensisError
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    task: str = "transcribe"               # or "translate" (multilingual models)
-    language: str | None = None            # None: English for .en models, detected otherwise
-    temperature: float = 0.0               # 0: greedy or beam search; > 0: sampling
-    beam_size: int | None = None           # beams at temperature 0 (None: greedy)
-    best_of: int | None = None             # samples kept at temperature > 0
-    patience: float = 1.0                  # beam search: finished candidates = beam_size x patience
-    length_penalty: float | None = None    # None: rank by average log-probability per token
-    prompt: tuple[int, ...] = ()           # previous text tokens (conditioning)
-    without_timestamps: bool = False       # <|notimestamps|> and no timestamp grammar
-    max_initial_timestamp: float = 1.0     # seconds
-    sample_len: int | None = None          # max new tokens (default: half the context)
-    suppress_blank: bool = True
-    suppress_tokens: tuple[int, ...] | None = None   # None: the model's configured list
-    seed: int = 0                          # sampling RNG seed: the same input gives the same transcript
+from decoder.options import BEST_OF, NO_SPEECH_CERTAIN, DecodingOptions, TranscribeOptions
+from kernels.frontend import TIME_PRECISION
 
 
 @dataclass
@@ -80,11 +63,12 @@ class WindowDecoder:
                     if t is not None]
         out.append(SuppressTokens(sorted(set(list(options.suppress_tokens or self.suppress) + specials))))
         if not options.without_timestamps:
-            max_initial = round(options.max_initial_timestamp / 0.02) if options.max_initial_timestamp else None
+            limit = options.max_initial_timestamp
+            max_initial = round(limit / TIME_PRECISION) if limit else None
             out.append(TimestampRules(tok, sample_begin, max_initial))
         return out
 
-    def prefill(self, cross, options: DecodingOptions, batch: int) -> "Prefill":
+    def prefill(self, cross, options: DecodingOptions, batch: int) -> Prefill:
         """Run the initial tokens for `batch` rows: the state every strategy starts from."""
         initial, sot_index = self.initial_tokens(options)
         one = self.session.new_cache(1)                                            # every row starts the same:
@@ -120,24 +104,33 @@ class WindowDecoder:
         return DecodingResult(tokens, text, sum_logprob / (len(tokens) + 1), no_speech, options.temperature,
                               compression_ratio(text), options.language)
 
-    def decode_with_fallback(self, cross, options: DecodingOptions,
-                             temperatures=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), compression_threshold=2.4,
-                             logprob_threshold=-1.0, no_speech_threshold=0.6) -> DecodingResult:
-        """Retry at higher temperature while the text repeats itself (compression ratio) or is improbable."""
+    def decode_with_fallback(self, cross, options: DecodingOptions, rules: TranscribeOptions) -> DecodingResult:
+        """Decode with `options`, retrying at the next temperature of `rules` while the text repeats
+        itself (compression ratio) or is improbable (average log-probability)."""
         result = None
-        for t in temperatures:
+        for t in rules.temperatures:
             attempt = replace(options, temperature=t,
                               beam_size=options.beam_size if t == 0 else None,
-                              best_of=(options.best_of or 5) if t > 0 else None)
+                              best_of=(options.best_of or BEST_OF) if t > 0 else None)
             result = self.decode(cross, attempt)
-            repetitive = compression_threshold is not None and result.compression_ratio > compression_threshold
-            improbable = logprob_threshold is not None and result.avg_logprob < logprob_threshold
-            silent = no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold
+            repetitive = rules.compression_ratio_threshold is not None and \
+                result.compression_ratio > rules.compression_ratio_threshold
+            improbable = rules.logprob_threshold is not None and result.avg_logprob < rules.logprob_threshold
+            silent = rules.no_speech_threshold is not None and result.no_speech_prob > rules.no_speech_threshold
             if silent and improbable:
                 return result          # the caller skips it as silence; no point retrying
             if not (repetitive or improbable):
                 return result
         return result
+
+
+def is_silence(result: DecodingResult, rules: TranscribeOptions) -> bool:
+    """Whether a window's decoding says it holds no speech: Whisper's rule (no-speech probability above
+    its threshold and the text improbable), or a no-speech probability above NO_SPEECH_CERTAIN."""
+    if rules.no_speech_threshold is None or result.no_speech_prob <= rules.no_speech_threshold:
+        return False
+    return result.no_speech_prob > NO_SPEECH_CERTAIN or rules.logprob_threshold is None or \
+        result.avg_logprob < rules.logprob_threshold
 
 
 @dataclass
@@ -207,8 +200,6 @@ class BeamSearch:
     """Beam search over `beam_size` hypotheses, stopping once beam_size x patience have finished."""
 
     def __init__(self, wd: WindowDecoder, options: DecodingOptions):
-        if options.beam_size < 1:
-            raise AmanuensisError(f"beam size must be at least 1, got {options.beam_size}")
         self.wd, self.options = wd, options
 
     def run(self, cross) -> DecodingResult:

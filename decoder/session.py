@@ -7,13 +7,16 @@ into the cache at `offset`: no step copies the whole cache.
 """
 from __future__ import annotations
 
-import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from encoder.errors import AmanuensisError
+from kernels import settings
+from kernels.errors import AmanuensisError
+from weights_tools import decoder_io as io
+from weights_tools.dims import ModelDimensions
 
 
 def int8_caveat(cpuinfo: str = "/proc/cpuinfo") -> str | None:
@@ -21,8 +24,6 @@ def int8_caveat(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     uint8 inputs by int8 weights; without VNNI it sums pairs of products in int16 (VPMADDUBSW),
     which saturates when both are large (its documented limitation). Our accuracy figures are
     from a VNNI machine. Unknown CPUs (no /proc/cpuinfo) and non-x86 ones get no caveat."""
-    import platform
-
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return None
     try:
@@ -60,13 +61,13 @@ class KVCache:
 class DecoderSession:
     """Runs decoder.onnx step by step."""
 
-    def __init__(self, path: Path, dims, threads: int | None = None):
-        import onnxruntime as ort
+    def __init__(self, path: Path, dims: ModelDimensions, threads: int | None = None):
+        import onnxruntime as ort  # only where something decodes: embed and convert do without it
 
         if not Path(path).is_file():
             raise AmanuensisError(f"{path}: the decoder graph is missing: convert the model again")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(os.environ.get("AMANUENSIS_THREADS", 0)) or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or settings.threads()
         options.inter_op_num_threads = 1
         # No arena: it grows in power-of-two chunks for the prefill's peak and keeps them. Measured on
         # 5 min of speech: peak resident memory 518 -> 470 MB, time within noise (+1%).
@@ -79,7 +80,7 @@ class DecoderSession:
             raise AmanuensisError(f"{path}: ONNX Runtime cannot load this decoder graph ({reason}): "
                                   "convert the model again") from None
         self.dims = dims
-        self.has_alignment = any(o.name == "alignment" for o in self.session.get_outputs())
+        self.has_alignment = any(o.name == io.ALIGNMENT for o in self.session.get_outputs())
 
     def new_cache(self, batch: int) -> KVCache:
         d = self.dims
@@ -107,38 +108,46 @@ class DecoderSession:
         b, s = tokens.shape
         if cache.length + s > self.dims.n_text_ctx:
             raise AmanuensisError(f"decoder context full: {cache.length} + {s} tokens > {self.dims.n_text_ctx}")
-        io, names = self._binding(cache, cross, alignment and self.has_alignment)
-        io.bind_cpu_input("input_ids", tokens)
-        io.bind_cpu_input("offset", np.array(cache.length, np.int64))
-        io.bind_cpu_input("logits_from", np.array(logits_from, np.int64))
-        io.clear_binding_outputs()             # last step's outputs would be taken as preallocated
+        binding, names = self._binding(cache, cross, alignment and self.has_alignment)
+        binding.bind_cpu_input(io.INPUT_IDS, tokens)
+        binding.bind_cpu_input(io.OFFSET, np.array(cache.length, np.int64))
+        binding.bind_cpu_input(io.LOGITS_FROM, np.array(logits_from, np.int64))
+        binding.clear_binding_outputs()             # last step's outputs would be taken as preallocated
         for name in names:
-            io.bind_output(name)
-        self.session.run_with_iobinding(io)
-        outs = dict(zip(names, io.copy_outputs_to_cpu()))
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        outs = dict(zip(names, binding.copy_outputs_to_cpu()))
         for i in range(self.dims.n_text_layer):
-            cache.keys[i][:, :, cache.length:cache.length + s] = outs[f"new_key_{i}"]
-            cache.values[i][:, :, cache.length:cache.length + s] = outs[f"new_value_{i}"]
+            cache.keys[i][:, :, cache.length:cache.length + s] = outs[io.new_key(i)]
+            cache.values[i][:, :, cache.length:cache.length + s] = outs[io.new_value(i)]
         cache.length += s
-        return (outs["logits"], outs.get("alignment")) if alignment else outs["logits"]
+        return (outs[io.LOGITS], outs.get(io.ALIGNMENT)) if alignment else outs[io.LOGITS]
 
     def _binding(self, cache: KVCache, cross: list, alignment: bool):
         """The cache's IOBinding with its K/V and `cross` bound, and the output names. Kept on the
         cache and built again only when `cross` or the wanted outputs change: binding every input
         at every step cost ~10% of an int8 step."""
         if cache._io is None or cache._io_cross is not cross or cache._io_alignment != alignment:
-            io = self.session.io_binding()
+            binding = self.session.io_binding()
             for i, ((k, v), (ck, cv)) in enumerate(zip(cache._bound, cross)):
-                io.bind_ortvalue_input(f"past_key_{i}", k)
-                io.bind_ortvalue_input(f"past_value_{i}", v)
-                io.bind_ortvalue_input(f"cross_key_{i}", ck)
-                io.bind_ortvalue_input(f"cross_value_{i}", cv)
-            names = ["logits"] + [f"new_{kind}_{i}" for i in range(self.dims.n_text_layer) for kind in ("key", "value")]
-            names += ["alignment"] if alignment else []
-            cache._io, cache._io_cross, cache._io_alignment, cache._io_names = io, cross, alignment, names
+                binding.bind_ortvalue_input(io.past_key(i), k)
+                binding.bind_ortvalue_input(io.past_value(i), v)
+                binding.bind_ortvalue_input(io.cross_key(i), ck)
+                binding.bind_ortvalue_input(io.cross_value(i), cv)
+            layers = range(self.dims.n_text_layer)
+            names = [io.LOGITS] + [name for i in layers for name in (io.new_key(i), io.new_value(i))]
+            names += [io.ALIGNMENT] if alignment else []
+            cache._io, cache._io_cross, cache._io_alignment, cache._io_names = binding, cross, alignment, names
         return cache._io, cache._io_names
 
-    def bind_cross(self, cross_kv: list[tuple[np.ndarray, np.ndarray]]) -> list:
-        """Wrap each layer's cross-attention (K, V), (1, H, T, d_head), as OrtValues once per window."""
-        return [(self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(k)),
-                 self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))) for k, v in cross_kv]
+    def bind_cross(self, cross_kv: list[np.ndarray]) -> list:
+        """Each decoder layer's cross-attention [K | V] (n_audio_ctx, 2·d) from the encoder's backend, as
+        the (K, V) OrtValues of shape (1, H, T, d_head) the graph takes; once per window."""
+        out = []
+        for kv in cross_kv:
+            t, two_d = kv.shape
+            heads = kv.reshape(t, 2, self.dims.n_text_head, two_d // 2 // self.dims.n_text_head)
+            k, v = heads.transpose(1, 2, 0, 3)                                  # (H, T, d_head) each
+            out.append((self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(k)[None]),
+                        self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)[None])))
+        return out

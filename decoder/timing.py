@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from decoder.logits import log_softmax
+from kernels.frontend import FRAMES_PER_SECOND, SAMPLE_RATE, SAMPLES_PER_FRAME
 
-TOKENS_PER_SECOND = 50        # encoder positions per second
 MEDIAN_WIDTH = 7
 
 
@@ -65,11 +65,11 @@ def median_filter(x: np.ndarray, width: int) -> np.ndarray:
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1), axis=-1)
 
 
-ONSET_FRAME = 320            # samples per 20 ms energy frame
+ONSET_FRAME = SAMPLES_PER_FRAME   # samples per energy frame: one encoder position (20 ms)
 ONSET_RANGE_DB = 40.0       # frames this far below the window's loudest frame count as silence
 
 
-def speech_onset(samples: np.ndarray, start: float, end: float, rate: int = 16000) -> float:
+def speech_onset(samples: np.ndarray, start: float, end: float, rate: int = SAMPLE_RATE) -> float:
     """First time in [start, end) seconds of `samples` that is not silence (start if there is none)."""
     n = len(samples) // ONSET_FRAME
     if n == 0:
@@ -121,7 +121,7 @@ def word_timings(wd, cross, sot_sequence: list[int], text_tokens: list[int], num
     # <|notimestamps|>), so word k runs from its first token's row to the next word's.
     boundaries = np.pad(np.cumsum([len(t) for t in word_tokens]), (1, 0))
     jumps = np.pad(np.diff(rows), (1, 0), constant_values=1).astype(bool)
-    jump_times = cols[jumps] / TOKENS_PER_SECOND                              # one per row
+    jump_times = cols[jumps] / FRAMES_PER_SECOND                              # one per row
     out = []
     for k, word in enumerate(words):
         start, end = boundaries[k], boundaries[k + 1]

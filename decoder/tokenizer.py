@@ -8,9 +8,10 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from encoder.errors import AmanuensisError
+from tokenizers import Tokenizer
 
-TIME_PRECISION = 0.02   # seconds per timestamp token
+from kernels.errors import AmanuensisError, BadOption
+from kernels.frontend import TIME_PRECISION
 
 LANGUAGES = {
     "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian", "ko": "korean",
@@ -31,16 +32,28 @@ LANGUAGES = {
     "mg": "malagasy", "as": "assamese", "tt": "tatar", "haw": "hawaiian", "ln": "lingala", "ha": "hausa",
     "ba": "bashkir", "jw": "javanese", "su": "sundanese", "yue": "cantonese",
 }
+# Other names openai-whisper accepts for a language.
+LANGUAGE_ALIASES = {
+    "burmese": "my", "valencian": "ca", "flemish": "nl", "haitian": "ht", "letzeburgesch": "lb",
+    "pushto": "ps", "panjabi": "pa", "moldavian": "ro", "moldovan": "ro", "sinhalese": "si",
+    "castilian": "es", "mandarin": "zh",
+}
+_BY_NAME = {**{name: code for code, name in LANGUAGES.items()}, **LANGUAGE_ALIASES}
 # The tokenizer spells Hebrew and Javanese the old way.
 _TOKEN_CODE = {"he": "iw", "jw": "jw"}
+
+
+def language_code(value: str) -> str | None:
+    """The code of a language given by its code or its name, in any case (EN, en, English -> en), as
+    openai-whisper accepts them; None for one Whisper does not know."""
+    key = str(value).strip().lower()
+    return key if key in LANGUAGES else _BY_NAME.get(key)
 
 
 class WhisperTokenizer:
     """Encode/decode text and name Whisper's special token ids."""
 
     def __init__(self, path: Path, multilingual: bool):
-        from tokenizers import Tokenizer
-
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as e:  # the tokenizers library raises plain Exceptions for bad files
@@ -67,8 +80,20 @@ class WhisperTokenizer:
     def language_token(self, code: str) -> int:
         token = self._id(f"<|{_TOKEN_CODE.get(code, code)}|>")
         if token is None:
-            raise AmanuensisError(f"unknown language {code!r} for this model")
+            raise BadOption("language", f"unknown language {code!r} for this model")
         return token
+
+    def check_language(self, language: str) -> str:
+        """The code of `language` (a code or a name, any case) if this model knows it; BadOption otherwise."""
+        code = language_code(language)
+        if not self.multilingual:
+            if code != "en":
+                raise BadOption("language", f"language {language!r}: this model is English-only")
+            return code
+        if code is None:
+            raise BadOption("language", f"unknown language {language!r} for this model")
+        self.language_token(code)
+        return code
 
     @cached_property
     def language_tokens(self) -> dict[str, int]:

@@ -1,20 +1,21 @@
-"""Audio in, log-mel out: decoding, mono mix, 16 kHz resampling, 30 s windows, Whisper's log-mel.
+"""Audio in: checking the path, decoding, mono mix, 16 kHz resampling, 30 s windows.
 
 Decoding uses soundfile for wav, flac, ogg and aiff (and files without a known
 extension, falling back to PyAV), and PyAV for everything else (mp3, m4a, opus,
-video containers, ...). Resampling uses soxr.
+video containers, ...). Resampling uses soxr. The log-mel is kernels.frontend's.
 """
 from __future__ import annotations
 
-import math
-from functools import lru_cache
+import logging
+import stat
 from pathlib import Path
 
 import numpy as np
+import soundfile
+import soxr
 
-from encoder.dims import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
-from encoder.errors import AmanuensisError, UndecodableAudio
-
+from kernels.errors import AmanuensisError, BadAudio, UndecodableAudio
+from kernels.frontend import N_SAMPLES, SAMPLE_RATE
 
 SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".aifc", ".w64", ".rf64", ".caf"}
 
@@ -26,8 +27,6 @@ def _soundfile_first(path: Path) -> bool:
 
 
 def _read_soundfile(path: Path):
-    import soundfile
-
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)   # (samples, channels)
     except (RuntimeError, soundfile.LibsndfileError, TypeError, ValueError):
@@ -37,9 +36,7 @@ def _read_soundfile(path: Path):
 
 def _quiet_av():
     """Import PyAV with libav's own log output limited to errors (we report problems ourselves)."""
-    import logging
-
-    import av
+    import av  # loads libav (0.13 s): only for the formats soundfile cannot read
 
     av.logging.set_level(av.logging.ERROR)
     # PyAV forwards libav's errors to Python logging, whose last-resort handler prints them on
@@ -56,14 +53,30 @@ def _read_av(path: Path):
     return np.concatenate(parts), rate
 
 
-def check_audio_file(path: Path) -> None:
-    """Fail with a message naming the file if it is missing, not a file, or empty."""
-    if not path.exists():
-        raise AmanuensisError(f"{path}: file not found")
-    if not path.is_file():
-        raise AmanuensisError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise AmanuensisError(f"{path}: empty file (0 bytes)")
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_audio_path(path: str | Path) -> Path:
+    """`path` as a Path if it names a non-empty regular file (or a link to one); BadAudio saying what
+    it is otherwise: missing, a broken symbolic link, a directory, a device, a FIFO, empty."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise BadAudio(f"{path}: broken symbolic link (its target {path.readlink()} does not exist)") from None
+        raise BadAudio(f"{path}: file not found") from None
+    except OSError as e:
+        raise BadAudio(f"{path}: cannot read ({e.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise BadAudio(f"{path}: is a directory, not an audio file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+        raise BadAudio(f"{path}: not a regular file ({kind})")
+    if info.st_size == 0:
+        raise BadAudio(f"{path}: empty file (0 bytes)")
+    return path
 
 
 MIN_SAMPLE_RATE = 4000   # below: not speech-bearing audio, and upsampling would multiply the samples
@@ -78,15 +91,14 @@ def check_rate(path: Path, rate: int) -> None:
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode `path` to mono float32 samples at `sample_rate` Hz."""
-    path = Path(path)
-    check_audio_file(path)
+    path = check_audio_path(path)
     decoded = (_read_soundfile(path) if _soundfile_first(path) else None) or _read_av(path)
     samples, rate = decoded
     check_rate(path, rate)
     if samples.size == 0:
-        raise AmanuensisError(f"{path}: contains no audio samples")
+        raise BadAudio(f"{path}: contains no audio samples")
     if not np.all(np.isfinite(samples)):
-        raise AmanuensisError(f"{path}: audio contains NaN or infinite samples")
+        raise BadAudio(f"{path}: audio contains NaN or infinite samples")
     return resample(samples, rate, sample_rate)
 
 
@@ -95,8 +107,6 @@ def resample(samples: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.nd
     samples = np.asarray(samples, np.float32)
     if rate == target:
         return samples
-    import soxr
-
     return soxr.resample(samples, rate, target).astype(np.float32)
 
 
@@ -106,68 +116,17 @@ def as_samples(audio) -> np.ndarray:
         return load_audio(audio)
     samples = np.asarray(audio, np.float32)
     if samples.ndim != 1:
-        raise AmanuensisError(f"audio array must be 1-D mono samples at {SAMPLE_RATE} Hz, got shape {samples.shape}")
+        raise BadAudio(f"audio array must be 1-D mono samples at {SAMPLE_RATE} Hz, got shape {samples.shape}")
     if samples.size == 0:
-        raise AmanuensisError("audio array is empty")
+        raise BadAudio("audio array is empty")
     if not np.all(np.isfinite(samples)):
-        raise AmanuensisError("audio array contains NaN or infinite samples")
+        raise BadAudio("audio array contains NaN or infinite samples")
     return samples
 
 
 def windows(samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """Consecutive 30 s windows: (start sample, samples) pairs; the last may be shorter."""
     return [(start, samples[start:start + N_SAMPLES]) for start in range(0, len(samples), N_SAMPLES)]
-
-
-def _hz_to_mel(f):
-    """Slaney mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
-    f = np.asarray(f, np.float64)
-    mel = f / (200.0 / 3)
-    log_part = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (math.log(6.4) / 27.0)
-    return np.where(f >= 1000.0, log_part, mel)
-
-
-def _mel_to_hz(m):
-    m = np.asarray(m, np.float64)
-    return np.where(m >= 15.0, 1000.0 * np.exp((math.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
-
-
-@lru_cache(maxsize=4)
-def mel_filters(n_mels: int) -> np.ndarray:
-    """Slaney-normalised triangular mel filters, (n_mels, N_FFT // 2 + 1), 0 to 8 kHz."""
-    fft_freqs = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
-    hz = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(SAMPLE_RATE / 2), n_mels + 2))
-    lower = (fft_freqs[None, :] - hz[:-2, None]) / (hz[1:-1] - hz[:-2])[:, None]
-    upper = (hz[2:, None] - fft_freqs[None, :]) / (hz[2:] - hz[1:-1])[:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (hz[2:] - hz[:-2]))[:, None]       # Slaney: equal area per filter
-    return weights
-
-
-@lru_cache(maxsize=1)
-def _hann() -> np.ndarray:
-    n = np.arange(N_FFT)
-    return 0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)      # periodic Hann
-
-
-def log_mel_spectrogram(samples: np.ndarray, n_mels: int) -> np.ndarray:
-    """Whisper's log-mel of one window: (n_mels, 3000) float32.
-
-    The samples are zero-padded (or cut) to 30 s, framed with a centred, reflect-
-    padded 400-sample periodic Hann window every 160 samples, |STFT|² (last frame
-    dropped), Slaney mel filters, log10 with a 1e-10 floor, clamped to max − 8,
-    then (x + 4) / 4.
-    """
-    x = np.zeros(N_SAMPLES, np.float64)
-    n = min(len(samples), N_SAMPLES)
-    x[:n] = samples[:n]
-    x = np.pad(x, N_FFT // 2, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:N_FRAMES]  # (3000, 400)
-    power = np.abs(np.fft.rfft(frames * _hann(), axis=-1)) ** 2                          # (3000, 201)
-    mel = mel_filters(n_mels) @ power.T                                                  # (n_mels, 3000)
-    log_spec = np.log10(np.maximum(mel, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
 
 
 class AudioStream:
@@ -189,15 +148,13 @@ class AudioStream:
         self._eof = False
 
     def _decode(self):
-        import soxr
-
         source, rate = _open_chunks(self.path, self.CHUNK)
         check_rate(self.path, rate)
         resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
         produced = False
         for block in source:
             if not np.all(np.isfinite(block)):
-                raise AmanuensisError(f"{self.path}: audio contains NaN or infinite samples")
+                raise BadAudio(f"{self.path}: audio contains NaN or infinite samples")
             out = block if resampler is None else resampler.resample_chunk(block)
             produced = produced or block.size > 0
             if out.size:
@@ -207,12 +164,12 @@ class AudioStream:
             if tail.size:
                 yield tail
         if not produced:
-            raise AmanuensisError(f"{self.path}: contains no audio samples")
+            raise BadAudio(f"{self.path}: contains no audio samples")
 
     def window(self, start: int, length: int) -> np.ndarray:
         """Samples [start, start + length), shorter at the end of the file."""
         if start < self._buf_start:
-            raise AmanuensisError("internal: audio stream asked to go backwards")
+            raise RuntimeError("audio stream asked to go backwards (the seek loop only moves forward)")
         drop = start - self._buf_start
         self._buf, self._buf_start = self._buf[drop:], start
         while len(self._buf) < length and not self._eof:
@@ -224,10 +181,8 @@ class AudioStream:
 
 
 def _read_probe(path: Path) -> float:
-    """Duration in seconds (0 if unknown); raises AmanuensisError for missing files."""
-    check_audio_file(path)
-    import soundfile
-
+    """Duration in seconds (0 if unknown); BadAudio for a path that is not a usable file."""
+    check_audio_path(path)
     if _soundfile_first(path):
         try:
             info = soundfile.info(str(path))
@@ -249,8 +204,6 @@ def _read_probe(path: Path) -> float:
 
 def _open_chunks(path: Path, chunk: int):
     """(iterator of mono float32 blocks, sample rate) from soundfile, else PyAV."""
-    import soundfile
-
     if not _soundfile_first(path):
         return _av_chunks(path)
     try:

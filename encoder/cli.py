@@ -1,30 +1,123 @@
-"""What every command-line entry point shares: user errors become one clear line and exit 2."""
+"""What the commands share: their common options (each defined once here), how they tell the user
+which backend runs, and how they run (a user error is one line `error: ...` and exit status 2)."""
 from __future__ import annotations
 
+import argparse
 import sys
 
+from decoder.options import (
+    BEST_OF,
+    COMPRESSION_RATIO_THRESHOLD,
+    LOGPROB_THRESHOLD,
+    NO_SPEECH_THRESHOLD,
+    TEMPERATURE_INCREMENT,
+    DecodingOptions,
+    TranscribeOptions,
+    temperature_ladder,
+)
+from encoder.memory import tune_allocator
+from kernels.backends import DEVICES
+from kernels.errors import run_main
+from kernels.settings import parse_bool
+from weights_tools.model_dir import DECODER_PRECISIONS
+from weights_tools.resolve import DEFAULT_MODEL
 
-def add_decoder_precision(parser) -> None:
-    """The --decoder-precision option every transcribing command takes."""
-    from weights_tools.model_dir import DECODER_PRECISIONS
 
-    parser.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default="fp32",
-                        help="decoder weights: fp32, or int8 (about twice as fast per token; see README) "
-                             "(default fp32)")
-
-
-def run_main(main, argv=None) -> None:
-    """Run `main(argv)`; an AmanuensisError prints `error: <message>` and exits 2, no traceback."""
-    from encoder.errors import AmanuensisError
-    from encoder.memory import tune_allocator
-
-    tune_allocator()
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
     try:
-        code = main(argv)
-    except AmanuensisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def boolean(text: str) -> bool:
+    """argparse type: True or False (also yes/no, 1/0, on/off)."""
+    try:
+        return parse_bool(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"default name, model directory or Hugging Face hub id (default {DEFAULT_MODEL})")
+
+
+def add_device(parser: argparse.ArgumentParser, default: str = "auto", strict: bool = True) -> None:
+    """--device, and --strict where a fallback can happen during the run."""
+    parser.add_argument("--device", choices=DEVICES, default=default,
+                        help=f"encoder backend (default {default}; auto: the NPU if present, else cpu)")
+    if strict:
+        parser.add_argument("--strict", action="store_true",
+                            help="fail instead of letting any op fall back from the device")
+
+
+def add_decoder_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default="fp32",
+                        help="decoder weights: fp32, or int8 (about twice as fast per token; see "
+                             "docs/performance.md) (default fp32)")
+
+
+def add_decoding(parser: argparse.ArgumentParser) -> None:
+    """The decoding options of openai-whisper's command line, with its defaults."""
+    p = parser.add_argument_group("decoding")
+    p.add_argument("--language", default=None,
+                   help="language code or name, any case: en, EN, English (default: detect; en for .en models)")
+    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe", help="translate = to English")
+    p.add_argument("--beam-size", type=positive_int, default=None, help="beam search width at temperature 0 "
+                   "(default greedy)")
+    p.add_argument("--best-of", type=positive_int, default=BEST_OF, help=f"samples kept when falling back to "
+                   f"temperature > 0 (default {BEST_OF})")
+    p.add_argument("--patience", type=float, default=1.0, help="beam search patience (default 1.0)")
+    p.add_argument("--length-penalty", type=float, default=None, help="length penalty (default: rank by "
+                   "average log-probability)")
+    p.add_argument("--temperature", type=float, default=0.0, help="first temperature, 0 to 1 (default 0)")
+    p.add_argument("--temperature-increment-on-fallback", type=float, default=TEMPERATURE_INCREMENT,
+                   help=f"step of the fallback ladder up to 1.0; 0 disables fallback (default {TEMPERATURE_INCREMENT})")
+    p.add_argument("--compression-ratio-threshold", type=float, default=COMPRESSION_RATIO_THRESHOLD,
+                   help=f"fall back above this gzip ratio (default {COMPRESSION_RATIO_THRESHOLD})")
+    p.add_argument("--logprob-threshold", type=float, default=LOGPROB_THRESHOLD,
+                   help=f"fall back below this average log-probability (default {LOGPROB_THRESHOLD})")
+    p.add_argument("--no-speech-threshold", type=float, default=NO_SPEECH_THRESHOLD,
+                   help=f"skip windows more likely silent than this (default {NO_SPEECH_THRESHOLD})")
+    p.add_argument("--condition-on-previous-text", type=boolean, default=True,
+                   help="prompt each window with the text so far: True or False (default True)")
+    p.add_argument("--initial-prompt", default=None, help="text to prompt the first window with")
+    p.add_argument("--word-timestamps", action="store_true", help="word-level timestamps (cross-attention + DTW)")
+    p.add_argument("--without-timestamps", action="store_true", help="no timestamp tokens: one segment per window")
+
+
+def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
+    """The TranscribeOptions of the options add_decoding defined; BadOption names a bad value."""
+    decoding = DecodingOptions(task=args.task, language=args.language, beam_size=args.beam_size,
+                               best_of=args.best_of, patience=args.patience, length_penalty=args.length_penalty,
+                               without_timestamps=args.without_timestamps)
+    return TranscribeOptions(decoding=decoding, condition_on_previous_text=args.condition_on_previous_text,
+                             initial_prompt=args.initial_prompt,
+                             temperatures=temperature_ladder(args.temperature, args.temperature_increment_on_fallback),
+                             compression_ratio_threshold=args.compression_ratio_threshold,
+                             logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
+                             word_timestamps=args.word_timestamps)
+
+
+def say(message: str) -> None:
+    """One line for the user on stderr, marked as ours."""
+    print(f"amanuensis: {message}", file=sys.stderr, flush=True)
+
+
+def report_device(model, decoder: bool = False) -> None:
+    """Say which backend runs the encoder (never a silent choice), and with `decoder`, what runs the decoder."""
+    say(f"device {model.backend.describe()} ({model.device_note})")
+    if decoder:
+        say(f"decoder {model.describe_decoder()}")
+
+
+def run(main) -> None:
+    """Run a command's main: the process's allocator set for the encoder's threads (encoder.memory),
+    user errors as one line and exit status 2 (kernels.errors.run_main)."""
+    tune_allocator()
+    run_main(main)

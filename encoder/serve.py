@@ -7,24 +7,29 @@ server accepts connections, so it is ready when it answers.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import numpy as np
+import uvicorn
+
+from encoder.cli import add_decoder_precision, add_device, add_model, positive_int, report_device, run, say
+from encoder.model import load_model
+from encoder.server import ServerConfig, TranscriptionService, create_app
+from kernels.errors import AmanuensisError
+from kernels.frontend import SAMPLE_RATE
+from kernels.settings import api_key
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from encoder.cli import add_decoder_precision
-    from encoder.model import DEVICES
-
     p = argparse.ArgumentParser(prog="python -m encoder.serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=9004, help="port (default 9004)")
-    p.add_argument("--model", default="tiny.en", help="default name, model directory or hub id (default tiny.en)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="encoder backend (default auto)")
-    p.add_argument("--strict", action="store_true", help="fail requests instead of letting any op fall back")
+    add_model(p)
+    add_device(p)
     add_decoder_precision(p)
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest accepted upload (default 25 MiB)")
-    p.add_argument("--queue", type=int, default=8, help="requests waiting at most; more get 503 (default 8)")
+    p.add_argument("--queue", type=positive_int, default=8, help="requests waiting at most; more get 503 (default 8)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (default 600)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
@@ -32,30 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _log_requests() -> None:
+    """The service's one line per request, on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("amanuensis: %(message)s"))
+    logger = logging.getLogger("amanuensis.server")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from encoder.errors import AmanuensisError
-
-    if args.queue < 1 or args.max_upload_mb <= 0 or args.timeout <= 0:
-        raise AmanuensisError("--queue must be at least 1; --max-upload-mb and --timeout must be positive")
-    import uvicorn
-
-    from encoder.model import load_model, report_device
-    from encoder.server import ServerConfig, TranscriptionService, api_key_from_env, create_app
-
+    if args.max_upload_mb <= 0 or args.timeout <= 0:
+        raise AmanuensisError("--max-upload-mb and --timeout must be positive")
     model = load_model(args.model, args.device, args.strict, args.decoder_precision)
     report_device(model, decoder=True)
-    t = np.arange(16000) / 16000
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     model.transcribe((0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))     # warm up both halves
-    config = ServerConfig(int(args.max_upload_mb * 2**20), args.queue, api_key_from_env(args.api_key), args.timeout)
+    config = ServerConfig(int(args.max_upload_mb * 2**20), args.queue, api_key(args.api_key), args.timeout)
     app = create_app(TranscriptionService(model, config))
-    print(f"amanuensis: serving {args.model} on http://{args.host}:{args.port} "
-          f"({'API key required' if config.api_key else 'no API key'})", file=sys.stderr, flush=True)
+    _log_requests()
+    say(f"serving {args.model} on http://{args.host}:{args.port} "
+        f"({'API key required' if config.api_key else 'no API key'})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
 if __name__ == "__main__":
-    from encoder.cli import run_main
-
-    run_main(main)
+    run(main)

@@ -1,14 +1,15 @@
 """The transcription service: an ASGI app with one transcription worker and a bounded queue.
 
 Endpoints: GET /health (no auth), GET /status, POST /transcribe, and the OpenAI audio API's
-POST /v1/audio/transcriptions. `python -m encoder.serve` runs it (see serve.py).
+POST /v1/audio/transcriptions. Every error is an OpenAI-style JSON body, and every request is
+logged in one line (logger "amanuensis.server"). `python -m encoder.serve` runs it.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import hmac
-import os
+import logging
 import queue
 import re
 import shutil
@@ -16,15 +17,29 @@ import statistics
 import tempfile
 import threading
 import time
+import uuid
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from encoder.errors import AmanuensisError, UndecodableAudio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
 
-VERSION = "0.1.0"
+from decoder.options import DecodingOptions, TranscribeOptions, temperature_ladder
+from encoder.results import Transcription
+from encoder.version import VERSION
+from encoder.writers import RENDER
+from kernels.errors import AmanuensisError, BadAudio, BadOption, UndecodableAudio
+from kernels.settings import parse_bool
+from kernels.xrt import detect
+
 CHUNK = 1 << 16
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,5}$")
+log = logging.getLogger("amanuensis.server")
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,10 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param=None, headers=None):
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.headers = status, message, kind, param, headers or {}
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 class Worker:
@@ -81,21 +100,27 @@ class Counters:
         self.lock = threading.Lock()
         self.requests = self.failures = 0
         self.audio_seconds = 0.0
-        self.rtf: deque = deque(maxlen=1000)       # audio seconds per processing second
+        self.rtf: deque = deque(maxlen=1000)       # seconds of processing per second of audio
         self.started = time.time()
 
     def done(self, audio_s: float, processing_s: float) -> None:
         with self.lock:
             self.audio_seconds += audio_s
-            if processing_s > 0:
-                self.rtf.append(audio_s / processing_s)
+            if audio_s > 0:
+                self.rtf.append(processing_s / audio_s)
+
+    def failed(self) -> None:
+        with self.lock:
+            self.failures += 1
 
     def snapshot(self) -> dict:
         with self.lock:
             rtf = sorted(self.rtf)
             return {"requests": self.requests, "failures": self.failures, "audio_seconds": round(self.audio_seconds, 3),
-                    "median_rtf": round(statistics.median(rtf), 2) if rtf else None,
-                    "p95_rtf": round(rtf[min(len(rtf) - 1, int(0.95 * len(rtf)))], 2) if rtf else None}
+                    "realtime_factor": {
+                        "definition": "seconds of processing per second of audio (below 1: faster than real time)",
+                        "median": round(statistics.median(rtf), 4) if rtf else None,
+                        "p95": round(rtf[min(len(rtf) - 1, int(0.95 * len(rtf)))], 4) if rtf else None}}
 
 
 def _limited(receive, limit: int):
@@ -113,16 +138,41 @@ def _limited(receive, limit: int):
     return inner
 
 
+class RequestLog:
+    """ASGI middleware: a request id on every answer (X-Request-Id) and one log line per request:
+    id, method and path, status, audio seconds (where there was audio) and processing seconds."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id, status, started = uuid.uuid4().hex[:12], 500, time.perf_counter()
+        state = scope.setdefault("state", {})
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            audio = state.get("audio_seconds")
+            log.info("request %s %s %s %d audio %s processing %.3f s", request_id, scope["method"], scope["path"],
+                     status, "-" if audio is None else f"{audio:.2f} s", time.perf_counter() - started)
+
+
 class TranscriptionService:
     """Model, worker, counters and the request handlers (framework-free core)."""
 
     def __init__(self, model, config: ServerConfig):
-        from kernels.xrt import detect
-
         self.model, self.config = model, config
         self.worker = Worker(config.queue_size)
         self.counters = Counters()
-        self.npu_available, self.npu_reason = False, ""
         device, why = detect()
         self.npu_available, self.npu_reason = device is not None, why
         self.last_backends: dict[str, list[str]] = {}
@@ -137,10 +187,8 @@ class TranscriptionService:
             raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                            "authentication_error")
 
-    async def read_upload(self, request) -> tuple[dict, Path]:
+    async def read_upload(self, request: Request) -> tuple[dict, Path]:
         """(form fields, path of the uploaded file in a fresh temp dir). The caller removes the dir."""
-        from starlette.requests import Request
-
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > self.config.max_upload_bytes:
             raise ApiError(413, f"upload exceeds the {self.config.max_upload_bytes // 2**20} MiB limit", param="file")
@@ -171,34 +219,29 @@ class TranscriptionService:
             raise ApiError(400, "the uploaded file is empty", param="file")
         return fields, path
 
-    async def transcribe(self, path: Path, options) -> dict:
+    async def transcribe(self, path: Path, options: TranscribeOptions) -> Transcription:
         """Run one transcription on the worker, with the per-request timeout."""
-        def job():
-            return self.model.transcribe(path, options)
-
-        future = self.worker.submit(job)
+        future = self.worker.submit(lambda: self.model.transcribe(path, options))
         started = time.perf_counter()
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), self.config.timeout_s)
         except asyncio.TimeoutError:
             future.cancel()
             raise ApiError(504, f"transcription took longer than {self.config.timeout_s:g} s", "timeout") from None
-        except UndecodableAudio as e:
-            raise ApiError(415, f"not decodable audio: {_strip_path(str(e))}", param="file") from None
         except AmanuensisError as e:
-            raise ApiError(400, _strip_path(str(e)), param="file") from None
-        self.counters.done(result.get("duration", 0.0), time.perf_counter() - started)
-        self.last_backends = _backends(result)
+            raise _api_error(e) from None
+        self.counters.done(result.duration, time.perf_counter() - started)
+        self.last_backends = result.provenance.encoder_nodes
         return result
 
     def status(self) -> dict:
         backend = self.model.backend
         return {
             "status": "ready", "version": VERSION, "uptime_s": round(time.time() - self.counters.started, 1),
-            "model": {"name": self.model.spec, "path": str(self.model.converted.path), "dims": self.model.dims.as_dict()},
+            "model": {"name": self.model.spec, "path": str(self.model.converted.path),
+                      "dims": self.model.dims.as_dict()},
             "device": {"backend": backend.name, "description": backend.describe(), "note": self.model.device_note,
-                       "npu_available": self.npu_available, "npu_reason": self.npu_reason,
-                       "npu": backend.status() if hasattr(backend, "status") else None},
+                       "npu_available": self.npu_available, "npu_reason": self.npu_reason, "npu": backend.status()},
             "decoder": self.model.describe_decoder(),
             "graph_backends": self.last_backends or {n.name: [backend.name] for n in self.model.graph.nodes},
             "counters": self.counters.snapshot(),
@@ -211,53 +254,54 @@ def _strip_path(message: str) -> str:
     return re.sub(r"[^\s'\"]*amanuensis-upload-[^/\s]*/upload(\.\w+)?", "upload", message)
 
 
-def _backends(result: dict) -> dict:
-    nodes: dict[str, set] = {}
-    for window in result.get("encoder_profile", []):
-        for row in window:
-            nodes.setdefault(row["node"], set()).add(row["backend"])
-    return {n: sorted(b) for n, b in nodes.items()}
+def _api_error(e: AmanuensisError) -> ApiError:
+    """The HTTP answer to a user error: the option it names, the audio, or (anything else, such as
+    --strict refusing a fallback) the server's own failure."""
+    message = _strip_path(str(e))
+    if isinstance(e, BadOption):
+        return ApiError(400, message, param=e.option)
+    if isinstance(e, UndecodableAudio):
+        return ApiError(415, f"not decodable audio: {message}", param="file")
+    if isinstance(e, BadAudio):
+        return ApiError(400, message, param="file")
+    return ApiError(500, message, "server_error")
 
 
-def _error_body(e: ApiError) -> dict:
-    return {"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.status}}
+def _bool(fields: dict, name: str) -> bool:
+    try:
+        return parse_bool(fields.get(name) or "")
+    except ValueError:
+        raise ApiError(400, f"{name} must be true or false", param=name) from None
 
 
-def _bool(value, name: str) -> bool:
-    if value is None:
-        return False
-    if str(value).lower() in ("1", "true", "yes"):
-        return True
-    if str(value).lower() in ("0", "false", "no", ""):
-        return False
-    raise ApiError(400, f"{name} must be true or false", param=name)
-
-
-def _options(fields: dict, *, prompt=None, temperature=None, words=False):
-    from decoder.decoding import DecodingOptions
-    from decoder.pipeline import TranscribeOptions
-
-    language = fields.get("language") or None
-    options = TranscribeOptions(decoding=DecodingOptions(language=language), initial_prompt=prompt, word_timestamps=words)
-    if temperature is not None:
+def _options(fields: dict, *, prompt=None, temperature=None, words=False) -> TranscribeOptions:
+    try:
+        options = TranscribeOptions(decoding=DecodingOptions(language=fields.get("language") or None),
+                                    initial_prompt=prompt, word_timestamps=words)
+        if temperature is None:
+            return options
         try:
-            t = float(temperature)
+            first = float(temperature)
         except ValueError:
-            raise ApiError(400, "temperature must be a number", param="temperature") from None
-        if not 0 <= t <= 1:
-            raise ApiError(400, "temperature must be between 0 and 1", param="temperature")
-        steps = tuple(round(t + 0.2 * i, 2) for i in range(6) if t + 0.2 * i <= 1.0 + 1e-9)
-        options = replace(options, temperatures=steps)
-    return options
+            raise BadOption("temperature", "temperature must be a number") from None
+        return TranscribeOptions(options.decoding, temperature_ladder(first), initial_prompt=prompt,
+                                 word_timestamps=words)
+    except BadOption as e:
+        raise _api_error(e) from None
 
 
-def create_app(service: TranscriptionService):
+def _verbose_json(result: Transcription, words: bool) -> dict:
+    keys = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio",
+            "no_speech_prob")
+    body = {"task": "transcribe", "language": result.language, "duration": result.duration,
+            "text": result.text.strip(), "segments": [{k: getattr(s, k) for k in keys} for s in result.segments]}
+    if words:
+        body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end} for w in result.words]
+    return body
+
+
+def create_app(service: TranscriptionService) -> Starlette:
     """The Starlette application around `service`."""
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, PlainTextResponse
-    from starlette.routing import Route
-
-    from encoder.writers import RENDER
 
     async def guarded(request, handler, needs_auth=True):
         try:
@@ -265,43 +309,50 @@ def create_app(service: TranscriptionService):
                 service.check_auth(request.headers)
             return await handler(request)
         except ApiError as e:
-            if e.status >= 500 or e.status == 415 or e.status == 400:
-                with service.counters.lock:
-                    service.counters.failures += 1
-            return JSONResponse(_error_body(e), status_code=e.status, headers=e.headers)
+            if e.status >= 500 or e.status in (400, 415):
+                service.counters.failed()
+            return e.response()
         except Exception as e:  # a bug: report it as JSON, keep serving
-            with service.counters.lock:
-                service.counters.failures += 1
-            return JSONResponse(_error_body(ApiError(500, f"internal error: {type(e).__name__}", "server_error")),
-                                status_code=500)
+            service.counters.failed()
+            log.exception("internal error")
+            return ApiError(500, f"internal error: {type(e).__name__}", "server_error").response()
 
     async def with_upload(request, respond):
         with service.counters.lock:
             service.counters.requests += 1
         fields, path = await service.read_upload(request)
         try:
-            return await respond(fields, path)
+            result = await respond(fields, path)
         finally:
             shutil.rmtree(path.parent, ignore_errors=True)
+        return result
+
+    async def transcribed(request, path, options) -> Transcription:
+        result = await service.transcribe(path, options)
+        request.state.audio_seconds = result.duration
+        return result
 
     async def health(request):
         return JSONResponse({"status": "ok"})
 
     async def status(request):
-        return await guarded(request, lambda r: _json(service.status()))
+        async def respond(_):
+            return JSONResponse(service.status())
+        return await guarded(request, respond)
 
     async def transcribe(request):
         async def respond(fields, path):
             fmt = fields.get("response_format", "json")
             if fmt not in ("json", "text", "srt", "vtt", "tsv"):
                 raise ApiError(400, f"unknown response_format {fmt!r}", param="response_format")
-            result = await service.transcribe(path, _options(fields, words=_bool(fields.get("word_timestamps"),
-                                                                                   "word_timestamps")))
+            words = _bool(fields, "word_timestamps")
+            result = await transcribed(request, path, _options(fields, words=words))
             if fmt != "json":
                 return PlainTextResponse(RENDER["txt" if fmt == "text" else fmt](result))
-            return JSONResponse({"text": result["text"].strip(), "language": result["language"],
-                                 "duration": result["duration"], "processing_seconds": result["processing_seconds"],
-                                 "segments": result["segments"], "backends": _backends(result)})
+            return JSONResponse({"text": result.text.strip(), "language": result.language,
+                                 "duration": result.duration, "processing_seconds": result.processing_seconds,
+                                 "segments": [s.to_dict() for s in result.segments],
+                                 "backends": result.provenance.encoder_nodes})
         return await guarded(request, lambda r: with_upload(r, respond))
 
     async def openai_transcriptions(request):
@@ -311,35 +362,27 @@ def create_app(service: TranscriptionService):
                 raise ApiError(400, f"response_format must be json, text, srt, vtt or verbose_json, not {fmt!r}",
                                param="response_format")
             words = "word" in fields["timestamp_granularities"]
-            result = await service.transcribe(path, _options(fields, prompt=fields.get("prompt") or None,
-                                                              temperature=fields.get("temperature"), words=words))
-            text = result["text"].strip()
+            options = _options(fields, prompt=fields.get("prompt") or None, temperature=fields.get("temperature"),
+                               words=words)
+            result = await transcribed(request, path, options)
+            text = result.text.strip()
             if fmt == "json":
                 return JSONResponse({"text": text})
             if fmt == "text":
                 return PlainTextResponse(text + "\n")
             if fmt in ("srt", "vtt"):
                 return PlainTextResponse(RENDER[fmt](result))
-            body = {"task": "transcribe", "language": result["language"], "duration": result["duration"], "text": text,
-                    "segments": [{k: s[k] for k in ("id", "seek", "start", "end", "text", "tokens", "temperature",
-                                                     "avg_logprob", "compression_ratio", "no_speech_prob")}
-                                 for s in result["segments"]]}
-            if words:
-                body["words"] = [{"word": w["word"].strip(), "start": w["start"], "end": w["end"]}
-                                 for s in result["segments"] for w in s.get("words", [])]
-            return JSONResponse(body)
+            return JSONResponse(_verbose_json(result, words))
         return await guarded(request, lambda r: with_upload(r, respond))
 
-    async def _json(body):
-        return JSONResponse(body)
+    async def http_error(request, exc: HTTPException):
+        """404, 405 and the like as the OpenAI-style JSON every other error is."""
+        error = ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", headers=exc.headers)
+        return error.response()
 
     return Starlette(routes=[
         Route("/health", health, methods=["GET"]),
         Route("/status", status, methods=["GET"]),
         Route("/transcribe", transcribe, methods=["POST"]),
         Route("/v1/audio/transcriptions", openai_transcriptions, methods=["POST"]),
-    ])
-
-
-def api_key_from_env(value: str | None) -> str | None:
-    return value or os.environ.get("AMANUENSIS_API_KEY") or None
+    ], middleware=[Middleware(RequestLog)], exception_handlers={HTTPException: http_error})

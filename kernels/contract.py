@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from kernels.frontend import N_FFT
+
 TILE = 64
 LANES = 16
 
@@ -144,8 +146,6 @@ def log10(x: np.ndarray) -> np.ndarray:
 
 def dft_matrix() -> np.ndarray:
     """(N_FFT, 2·(N_FFT/2+1)) fp32: [cos | −sin] of the real DFT, computed in float64, rounded once."""
-    from encoder.dims import N_FFT
-
     n = np.arange(N_FFT)[:, None]
     k = np.arange(N_FFT // 2 + 1)[None, :]
     angle = 2 * np.pi * n * k / N_FFT

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from kernels import native
+from kernels import native, settings
 from kernels.interface import Backend
 
 # erf(u) ≈ tanh(u · P(u²)): P fitted by us (iteratively reweighted least squares against
@@ -126,7 +126,7 @@ class CpuBackend(Backend):
     def __init__(self, threads: int | None = None, native_kernels: bool | None = None):
         """threads: the pool's size (default AMANUENSIS_THREADS, else every core); native_kernels:
         None uses them when built, False forces the numpy kernels, True insists on them."""
-        self.threads = threads or int(os.environ.get("AMANUENSIS_THREADS", 0)) or os.cpu_count() or 1
+        self.threads = threads or settings.threads()
         if native_kernels and native.LIBRARY is None:
             raise RuntimeError(f"the cpu backend's native kernels are {native.UNAVAILABLE}")
         self.native = native.LIBRARY is not None if native_kernels is None else native_kernels
@@ -161,8 +161,6 @@ class CpuBackend(Backend):
     @contextmanager
     def session(self):
         """Pin BLAS to one thread while any graph run is active (re-entrant across threads)."""
-        from threadpoolctl import threadpool_limits
-
         with self._blas_lock:
             if self._blas_users == 0:
                 self._blas_limit = threadpool_limits(1, user_api="blas")

@@ -14,7 +14,9 @@ import threading
 import numpy as np
 
 from kernels import contract as C
+from kernels.frontend import frames, hann_window, mel_filters
 from kernels.interface import Backend
+from kernels.reference import im2col_k3
 
 ROW_BLOCK = 256     # rows per block of the chunked matmul (bounds its float64 temporaries)
 
@@ -55,8 +57,6 @@ class EmuBackend(Backend):
         return out
 
     def conv1d_k3(self, x, w, b, stride=1, gelu=True):
-        from kernels.reference import im2col_k3
-
         return self.linear(im2col_k3(C.bf16(x), stride), w, b, gelu=gelu)
 
     def layernorm(self, x, gamma, beta, eps=1e-5):
@@ -80,7 +80,7 @@ class EmuBackend(Backend):
         q, k, v = x.reshape(tiles, C.TILE, 3, n_head, d).transpose(2, 3, 0, 1, 4)
         q = C.bf16(q * np.float32(1.0 / math.sqrt(d)))                       # 1/8: exact for d = 64
         m = np.full((n_head, tiles, C.TILE), -np.inf, np.float32)
-        l = np.zeros((n_head, tiles, C.TILE), np.float32)
+        row_sum = np.zeros((n_head, tiles, C.TILE), np.float32)
         o = np.zeros((n_head, tiles, C.TILE, d), np.float32)
         key_valid = np.arange(padded).reshape(tiles, C.TILE) < t
         for j in range(tiles):                                              # key tiles, in order
@@ -89,10 +89,10 @@ class EmuBackend(Backend):
             m_new = np.maximum(m, s.max(axis=-1))
             alpha = np.where(np.isneginf(m_new), np.float32(0.0), C.exp(m - m_new))
             p = np.where(np.isneginf(m_new)[..., None], np.float32(0.0), C.exp(s - m_new[..., None]))
-            l = l * alpha + C.lane_sum(p)
+            row_sum = row_sum * alpha + C.lane_sum(p)
             o = o * alpha[..., None] + C.matmul(C.bf16(p), v[:, j:j + 1])
             m = m_new
-        out = C.bf16(o / l[..., None])                                      # (H, tiles, 64, d)
+        out = C.bf16(o / row_sum[..., None])                                      # (H, tiles, 64, d)
         return np.ascontiguousarray(out.transpose(1, 2, 0, 3).reshape(padded, d_model)[:t])
 
     def add(self, x, y):
@@ -101,14 +101,6 @@ class EmuBackend(Backend):
 
 def log_mel(samples: np.ndarray, n_mels: int) -> np.ndarray:
     """The mel front-end kernel's log-mel of one window, (n_mels, 3000) bf16 values (CONTRACT.md)."""
-    from encoder.audio import _hann, mel_filters
-    from encoder.dims import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES
-
-    x = np.zeros(N_SAMPLES, np.float32)
-    n = min(len(samples), N_SAMPLES)
-    x[:n] = samples[:n]
-    x = np.pad(x, N_FFT // 2, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:N_FRAMES]   # (3000, 400)
-    logm = C.mel_frames(frames, _hann().astype(np.float32), C.dft_matrix(),
+    logm = C.mel_frames(frames(samples, np.float32), hann_window().astype(np.float32), C.dft_matrix(),
                         np.ascontiguousarray(mel_filters(n_mels).T.astype(np.float32)))
     return np.ascontiguousarray(C.mel_finish(logm, logm.max()).T)

@@ -42,3 +42,8 @@ class Backend:
 
     def describe(self) -> str:
         return self.name
+
+    def status(self) -> dict | None:
+        """The state of the backend's device kernels (the npu backend's: ready, disabled and why,
+        calls, failures), or None for a backend without any."""
+        return None

@@ -17,13 +17,15 @@ from collections import Counter
 
 import numpy as np
 
-from encoder.errors import AmanuensisError
 from kernels import contract as C
+from kernels.contract import TILE
+from kernels.emu import EmuBackend
+from kernels.errors import AmanuensisError
 from kernels.interface import Backend
 from kernels.npu_manifest import Entry, key, load_manifest
+from kernels.reference import im2col_k3
 from kernels.xrt import DeviceInfo, NpuFault, XrtKernel, detect
 
-TILE = 64
 MIN_SELF_TEST_CORRELATION = 0.999
 
 
@@ -115,13 +117,12 @@ class NpuBackend(Backend):
 
     name = "npu"
 
-    def __init__(self, device: DeviceInfo, entries: list[Entry], fallback=None, reference=None):
-        from kernels import get_backend
-        from kernels.emu import EmuBackend
-
+    def __init__(self, device: DeviceInfo, entries: list[Entry], fallback: Backend, reference=None):
+        """fallback: the backend that runs an op no NPU kernel can (the cpu backend);
+        reference: what the self-tests compare with (default: the emulator)."""
         self.device = device
         self.entries = {e.key: e for e in entries}
-        self.fallback = fallback or get_backend("cpu")
+        self.fallback = fallback
         self.reference = reference or EmuBackend()
         self.kernels: dict[tuple, XrtKernel] = {}
         self.fallbacks: Counter = Counter()
@@ -231,8 +232,6 @@ class NpuBackend(Backend):
         if kernel == "add":
             return C.bf16(C.bf16(args[0]) + C.bf16(args[1])), "host", None
         if kernel == "conv1d_k3":
-            from kernels.reference import im2col_k3
-
             x, w, b = args
             patches = im2col_k3(C.bf16(x), kwargs.get("stride", 1))
             return self.run("linear", (patches, w, b), {"gelu": kwargs.get("gelu", True)})
@@ -294,12 +293,13 @@ def check_output(got: np.ndarray, expected: np.ndarray | None) -> str:
     return ""
 
 
-def open_npu() -> NpuBackend:
-    """The NPU backend if a device and at least one working kernel are present; AmanuensisError otherwise."""
+def open_npu(fallback: Backend) -> NpuBackend:
+    """The NPU backend if a device and at least one working kernel are present; AmanuensisError otherwise.
+    fallback: the backend that runs what no NPU kernel can."""
     device, why = detect()
     if device is None:
         raise AmanuensisError(why)
-    backend = NpuBackend(device, load_manifest())
+    backend = NpuBackend(device, load_manifest(), fallback)
     if not any(e.state == "ready" for e in backend.entries.values()):
         reasons = "; ".join(f"{e.label()}: {e.reason}" for e in backend.entries.values()) or "manifest is empty"
         raise AmanuensisError(f"no NPU kernel passed its self-test ({reasons})")

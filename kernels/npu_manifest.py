@@ -12,11 +12,11 @@ layernorm (R rows, multiple of 64; D). Paths are relative to the manifest.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from encoder.errors import AmanuensisError
+from kernels import settings
+from kernels.errors import AmanuensisError
 
 FORMAT = "amanuensis-npu-kernels"
 SHAPE_KEYS = {"linear": ("M", "K", "N", "gelu"), "attention": ("T", "H"), "layernorm": ("R", "D")}
@@ -47,15 +47,9 @@ def key(op: str, shape: dict) -> tuple:
     return (op,) + tuple(shape[k] for k in SHAPE_KEYS[op])
 
 
-def manifest_dir() -> Path:
-    from weights_tools.resolve import cache_dir
-
-    return Path(os.environ.get("AMANUENSIS_NPU_KERNELS") or cache_dir() / "npu-kernels")
-
-
 def load_manifest(directory: Path | None = None) -> list[Entry]:
     """The entries of manifest.json, checked; AmanuensisError names what is wrong."""
-    directory = Path(directory or manifest_dir())
+    directory = Path(directory or settings.npu_kernels_dir())
     path = directory / "manifest.json"
     if not path.is_file():
         raise AmanuensisError(f"no NPU kernel manifest at {path} (build the kernels: kernels/aie/README.md)")

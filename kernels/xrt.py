@@ -10,14 +10,14 @@ synced back before they are read. Buffers are allocated once and reused.
 from __future__ import annotations
 
 import glob
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-ACCEL_GLOB = "/dev/accel/accel*"
+from kernels import settings
+
 GENERATIONS = {"phoenix": ("npu1", "Phoenix", "Hawk"), "strix": ("npu4", "npu5", "npu6", "Strix", "Krackan")}
 CONTEXT_LIMIT = {"phoenix": 6, "strix": 16}
 TIMEOUT_MS = 10_000
@@ -41,7 +41,7 @@ class DeviceInfo:
 
 def detect() -> tuple[DeviceInfo | None, str]:
     """(device, "") when an NPU is usable through pyxrt, else (None, why not)."""
-    pattern = os.environ.get("AMANUENSIS_ACCEL_GLOB", ACCEL_GLOB)
+    pattern = settings.accel_glob()
     if not glob.glob(pattern):
         return None, f"no NPU device node ({pattern})"
     try:

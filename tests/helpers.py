@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.dims import ModelDimensions
 from weights_tools import names
+from weights_tools.dims import ModelDimensions
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SPEECH = SHARED / "speech"
@@ -99,10 +99,12 @@ def ct2_variables(tensors: dict, dims: ModelDimensions) -> dict[str, np.ndarray]
     for side, n_layer in (("encoder", dims.n_audio_layer), ("decoder", dims.n_text_layer)):
         for i in range(n_layer):
             p = f"{side}.layers.{i}"
+            cross = ("encoder_attn_layer_norm", "encoder_attn.q_proj", "encoder_attn.out_proj")
             for module in ("self_attn_layer_norm", "self_attn.out_proj", "final_layer_norm", "fc1", "fc2") + (
-                    ("encoder_attn_layer_norm", "encoder_attn.q_proj", "encoder_attn.out_proj") if side == "decoder" else ()):
+                    cross if side == "decoder" else ()):
                 is_norm = "layer_norm" in module
-                for hf_param, ct_param in (("weight", "gamma" if is_norm else "weight"), ("bias", "beta" if is_norm else "bias")):
+                params = (("weight", "gamma" if is_norm else "weight"), ("bias", "beta" if is_norm else "bias"))
+                for hf_param, ct_param in params:
                     out[f"{side}/layer_{i}/{scope(side, module)}/{ct_param}"] = tensors[f"{p}.{module}.{hf_param}"]
             a = f"{p}.self_attn"
             zero = np.zeros_like(tensors[f"{a}.q_proj.bias"])
@@ -118,10 +120,12 @@ def ct2_variables(tensors: dict, dims: ModelDimensions) -> dict[str, np.ndarray]
     for ct, hf in (("encoder/conv1/weight", "encoder.conv1.weight"), ("encoder/conv1/bias", "encoder.conv1.bias"),
                    ("encoder/conv2/weight", "encoder.conv2.weight"), ("encoder/conv2/bias", "encoder.conv2.bias"),
                    ("encoder/position_encodings/encodings", "encoder.embed_positions.weight"),
-                   ("encoder/layer_norm/gamma", "encoder.layer_norm.weight"), ("encoder/layer_norm/beta", "encoder.layer_norm.bias"),
+                   ("encoder/layer_norm/gamma", "encoder.layer_norm.weight"),
+                   ("encoder/layer_norm/beta", "encoder.layer_norm.bias"),
                    ("decoder/embeddings/weight", "decoder.embed_tokens.weight"),
                    ("decoder/position_encodings/encodings", "decoder.embed_positions.weight"),
-                   ("decoder/layer_norm/gamma", "decoder.layer_norm.weight"), ("decoder/layer_norm/beta", "decoder.layer_norm.bias")):
+                   ("decoder/layer_norm/gamma", "decoder.layer_norm.weight"),
+                   ("decoder/layer_norm/beta", "decoder.layer_norm.bias")):
         out[ct] = tensors[hf]
     out["encoder/num_heads"] = np.array(dims.n_audio_head, np.int16)
     out["decoder/num_heads"] = np.array(dims.n_text_head, np.int16)

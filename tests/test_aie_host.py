@@ -130,20 +130,21 @@ def host_attention(lib, qkv, n_head, t):
     x = np.zeros((tiles * 64, 3 * d_model), np.float32)
     x[:t] = C.bf16(qkv)
     out = np.zeros((tiles * 64, d_model), np.float32)
-    m, l, o = np.empty(64, np.float32), np.empty(64, np.float32), np.empty((64, 64), np.float32)
+    m, row_sum, o = np.empty(64, np.float32), np.empty(64, np.float32), np.empty((64, 64), np.float32)
     for h in range(n_head):
         q_all = bits(x[:, h * d:(h + 1) * d] * np.float32(0.125))
         k_all = bits(x[:, d_model + h * d:d_model + (h + 1) * d])
         v_all = bits(x[:, 2 * d_model + h * d:2 * d_model + (h + 1) * d])
         for i in range(tiles):
-            lib.attn_init(ptr(m), ptr(l), ptr(o))
+            lib.attn_init(ptr(m), ptr(row_sum), ptr(o))
             q = np.ascontiguousarray(q_all[i * 64:(i + 1) * 64])
             for j in range(tiles):
-                kt, vt = np.ascontiguousarray(k_all[j * 64:(j + 1) * 64]), np.ascontiguousarray(v_all[j * 64:(j + 1) * 64])
+                kt = np.ascontiguousarray(k_all[j * 64:(j + 1) * 64])
+                vt = np.ascontiguousarray(v_all[j * 64:(j + 1) * 64])
                 lib.attn_step_64(ptr(q, ctypes.c_uint16), ptr(kt, ctypes.c_uint16), ptr(vt, ctypes.c_uint16),
-                                 min(64, t - j * 64), ptr(m), ptr(l), ptr(o))
+                                 min(64, t - j * 64), ptr(m), ptr(row_sum), ptr(o))
             tile = np.empty((64, 64), np.uint16)
-            lib.attn_finish(ptr(o), ptr(l), ptr(tile, ctypes.c_uint16))
+            lib.attn_finish(ptr(o), ptr(row_sum), ptr(tile, ctypes.c_uint16))
             out[i * 64:(i + 1) * 64, h * d:(h + 1) * d] = from_bits(tile)
     return out[:t]
 
@@ -166,8 +167,8 @@ def test_log10_bit_exact(lib):
 
 def test_mel_kernel_matches_the_emulated_front_end(lib):
     """Frames of real-looking audio through mel_frames_64 + mel_finish equal kernels.emu.log_mel."""
-    from encoder.audio import _hann, mel_filters
     from kernels.emu import log_mel
+    from kernels.frontend import hann_window, mel_filters
 
     rng = np.random.default_rng(9)
     t = np.arange(48000) / 16000
@@ -175,7 +176,7 @@ def test_mel_kernel_matches_the_emulated_front_end(lib):
     expected = log_mel(samples, 80)                                   # (80, 3000)
     x = np.pad(np.pad(samples, (0, 480000 - samples.size)), 200, mode="reflect").astype(np.float32)
     frames = np.lib.stride_tricks.sliding_window_view(x, 400)[::160][:3000]
-    hann, dft = _hann().astype(np.float32), C.dft_matrix()
+    hann, dft = hann_window().astype(np.float32), C.dft_matrix()
     filters_t = np.ascontiguousarray(mel_filters(80).T.astype(np.float32))
     logm = np.empty((3008, 80), np.float32)
     padded = np.zeros((3008, 400), np.float32)

@@ -5,7 +5,9 @@ no output file; every working case must exit 0 and write its transcript. README.
 "Bad input" table lists the same cases.
 """
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +70,8 @@ AUDIO_CASES = [
     ("0.05 s", lambda d: soundfile.write(str(d / "clip.wav"), speech()[:800], 16000), "clip.wav",
      r"clip\.wav: 0\.050 s long, too short to hold speech \(at least 0\.1 s is needed\)"),
     ("NaN samples", lambda d: soundfile.write(str(d / "clip.wav"), np.full(16000, np.nan, np.float32), 16000,
-                                              subtype="FLOAT"), "clip.wav", r"clip\.wav: audio contains NaN or infinite samples"),
+                                              subtype="FLOAT"),
+     "clip.wav", r"clip\.wav: audio contains NaN or infinite samples"),
     ("text file renamed .wav", lambda d: (d / "clip.wav").write_text("not audio\n" * 100), "clip.wav",
      r"clip\.wav: cannot decode audio \(InvalidDataError"),
     ("truncated flac", _cut_flac, "clip.flac", r"clip\.flac: cannot decode audio \(truncated or corrupt"),
@@ -131,19 +134,26 @@ def _rewrite(d, tensors, change):
     save_file({f"model.{k}": v for k, v in t.items()}, str(d / "model.safetensors"))
 
 
+def _tensors_changed(change):
+    """A maker of a random model whose safetensors file has `change` applied to its tensors."""
+    return lambda p: _bad_model(p, lambda d, t, _: _rewrite(d, t, change))
+
+
 MODEL_CASES = [
     ("truncated model.bin", lambda p: _truncate_bin(p), r"model\.bin: truncated or corrupt"),
-    ("missing tensor", lambda p: _bad_model(p, lambda d, t, _: _rewrite(d, t, lambda x: x.pop("encoder.layers.1.fc1.bias"))),
+    ("missing tensor", _tensors_changed(lambda x: x.pop("encoder.layers.1.fc1.bias")),
      r"missing tensor\(s\): encoder\.layers\.1\.fc1\.bias"),
-    ("extra tensor", lambda p: _bad_model(p, lambda d, t, _: _rewrite(d, t, lambda x: x.__setitem__("encoder.bonus", np.zeros(2, np.float32)))),
+    ("extra tensor", _tensors_changed(lambda x: x.__setitem__("encoder.bonus", np.zeros(2, np.float32))),
      r"unexpected tensor\(s\): encoder\.bonus"),
-    ("mis-shaped tensor", lambda p: _bad_model(p, lambda d, t, _: _rewrite(d, t, lambda x: x.__setitem__("encoder.layers.0.fc2.weight", np.zeros((3, 3), np.float32)))),
+    ("mis-shaped tensor",
+     _tensors_changed(lambda x: x.__setitem__("encoder.layers.0.fc2.weight", np.zeros((3, 3), np.float32))),
      r"wrong shape: encoder\.layers\.0\.fc2\.weight: \(3, 3\) where the config implies \(128, 512\)"),
     ("config disagrees with weights", lambda p: _bad_model(p, lambda d, t, dims: (d / "config.json").write_text(
         json.dumps({**json.loads((d / "config.json").read_text()), "d_model": 256}))),
      r"wrong shape: .* where the config implies"),
     ("tokenizer without special tokens", lambda p: _bad_model(p, lambda d, t, _: (d / "tokenizer.json").write_text(
-        json.dumps({"added_tokens": []}))), r"tokenizer\.json: special token\(s\) <\|endoftext\|>, <\|startoftranscript\|> missing"),
+        json.dumps({"added_tokens": []}))),
+     r"tokenizer\.json: special token\(s\) <\|endoftext\|>, <\|startoftranscript\|> missing"),
     ("unknown model name", lambda p: "tiny.enn", r"unknown model 'tiny\.enn'"),
 ]
 
@@ -196,3 +206,84 @@ def test_damaged_decoder_graph(tiny, tmp_path, damage, message):
         (model / "decoder-int8.onnx").write_bytes(bytes(range(256)) * 4)
     r = run("encoder.transcribe", HELLO, "--model", model, "--decoder-precision", "int8", "-o", "out", cwd=tmp_path)
     assert_clean_failure(r, message, tmp_path / "out")
+
+
+@pytest.mark.parametrize("value", ["-1", "5", "nan"])
+def test_a_temperature_out_of_range_is_one_clear_line(tmp_path, value):
+    r = run("encoder.transcribe", HELLO, "--temperature", value, "-o", "out", cwd=tmp_path)
+    assert_clean_failure(r, rf"temperature must be a number from 0 to 1, got {float(value)!r}", tmp_path / "out")
+    r = run("encoder.transcribe", HELLO, "--temperature-increment-on-fallback", "-0.2", "-o", "out", cwd=tmp_path)
+    assert_clean_failure(r, r"temperature increment on fallback must be a number of at least 0", tmp_path / "out")
+
+
+def _fifo(d):
+    os.mkfifo(d / "clip.wav")
+
+
+PATH_CASES = [
+    # (id, make in dir, the path given, what the one error line says)
+    ("directory", lambda d: (d / "clip.wav").mkdir(), "clip.wav", r"clip\.wav: is a directory, not an audio file"),
+    ("FIFO", _fifo, "clip.wav", r"clip\.wav: not a regular file \(a FIFO \(named pipe\)\)"),
+    ("/dev/null", lambda d: None, "/dev/null", r"/dev/null: not a regular file \(a character device\)"),
+    ("broken symlink", lambda d: (d / "clip.wav").symlink_to(d / "gone.wav"), "clip.wav",
+     r"clip\.wav: broken symbolic link \(its target .*gone\.wav does not exist\)"),
+]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/null").exists(), reason="POSIX paths")
+@pytest.mark.parametrize("command", ["transcribe", "embed", "evaluate"])
+@pytest.mark.parametrize("case, make, name, message", PATH_CASES, ids=[c[0] for c in PATH_CASES])
+def test_paths_that_are_not_audio_files_say_what_they_are(tmp_path, command, case, make, name, message):
+    make(tmp_path)
+    if command == "transcribe":
+        r = run("encoder.transcribe", name, "-o", "out", cwd=tmp_path)
+    elif command == "embed":
+        r = run("encoder.embed", name, "--output", "states.npy", cwd=tmp_path)
+    else:
+        (tmp_path / "m.jsonl").write_text(json.dumps({"file": name, "text": "hello"}) + "\n")
+        r = run("encoder.evaluate", "m.jsonl", cwd=tmp_path)
+        message += r" \(listed in m\.jsonl\)"
+    assert_clean_failure(r, message, tmp_path / "out")
+    assert "amanuensis: device" not in r.stderr                  # refused before loading the model
+    assert not list(tmp_path.glob("states.npy*"))
+
+
+def test_one_bad_file_among_many_fails_alone(tmp_path):
+    """Every good file is transcribed; each bad one gets its error line; the exit status says so."""
+    for name in ("good1.wav", "good2.wav"):
+        shutil.copyfile(HELLO, tmp_path / name)
+    soundfile.write(str(tmp_path / "short.wav"), speech()[:800], 16000)
+    r = run("encoder.transcribe", "good1.wav", "short.wav", "missing.wav", "good2.wav", "-o", "out", "-f", "txt",
+            "--verbose", "False", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: missing.wav: file not found",
+                      "error: short.wav: 0.050 s long, too short to hold speech (at least 0.1 s is needed)"], r.stderr
+    assert "2 of 4 inputs failed" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1.txt", "good2.txt"]
+    assert r.stdout.count("lazy dog") == 2
+
+
+def test_inputs_with_the_same_name_are_refused_before_any_work(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(HELLO, tmp_path / folder / "clip.wav")
+    r = run("encoder.transcribe", "a/clip.wav", "b/clip.wav", "-o", "same", cwd=tmp_path)
+    assert_clean_failure(r, r"a/clip\.wav and b/clip\.wav would both be written as clip\.\* in same", tmp_path / "same")
+    assert "amanuensis: device" not in r.stderr
+    r = run("encoder.transcribe", "a/clip.wav", "a/clip.wav", "-o", "same", cwd=tmp_path)
+    assert_clean_failure(r, r"a/clip\.wav and a/clip\.wav would both be written", tmp_path / "same")
+
+
+@pytest.mark.parametrize("language", ["EN", "En", "english"])
+def test_language_codes_in_any_case_and_names(tiny, language):
+    assert tiny.transcribe(HELLO, language=language).language == "en"
+
+
+def test_language_name_on_the_command_line(tmp_path):
+    r = run("encoder.transcribe", HELLO, "--language", "English", "-o", ".", "-f", "json", "--verbose", "False",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "hello.json").read_text())["language"] == "en"
+    r = run("encoder.transcribe", HELLO, "--language", "German", "-o", "out", cwd=tmp_path)
+    assert_clean_failure(r, r"language 'German': this model is English-only", tmp_path / "out")

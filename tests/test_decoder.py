@@ -5,13 +5,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from decoder.decoding import DecodingOptions  # noqa: E402
+from decoder.options import DecodingOptions  # noqa: E402
 from encoder.audio import load_audio  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def hf_whisper(tiny):
-    from encoder.parity import torch_whisper
+    from encoder.torch_reference import torch_whisper
 
     return torch_whisper(tiny.converted)
 
@@ -63,13 +63,14 @@ def greedy_reference(tiny, hf_whisper, samples):
     return [int(t) for t in out[0] if t < tok.eot]
 
 
+@pytest.mark.slow
 def test_greedy_equals_transformers_on_every_clip(tiny, hf_whisper, speech):
     tr = tiny.transcriber
     for clip in speech:
-        samples = load_audio(clip["path"])[:480000]
+        samples = load_audio(clip.path)[:480000]
         ours = [t for t in greedy_ours(tr, samples) if t < tr.tokenizer.eot]
         ref = greedy_reference(tiny, hf_whisper, samples)
-        assert tr.tokenizer.decode(ours) == tr.tokenizer.decode(ref), clip["file"]
+        assert tr.tokenizer.decode(ours) == tr.tokenizer.decode(ref), clip.file
 
 
 def test_greedy_equals_transformers_on_project_clip(tiny, hf_whisper):
@@ -84,8 +85,8 @@ def test_multilingual_prompt_and_language_detection_match_transformers(tmp_path)
     our greedy tokens equal transformers' generate (same <|sot|> <|lang|> <|task|> prefix)."""
     import json
 
-    from encoder.model import WhisperEncoderModel
-    from encoder.parity import torch_whisper
+    from encoder.model import WhisperModel
+    from encoder.torch_reference import torch_whisper
     from tests.helpers import hf_config, random_hf_tensors, tiny_random_dims, write_hf_model
     from weights_tools.convert import convert
     from weights_tools.model_dir import ConvertedModel
@@ -95,15 +96,15 @@ def test_multilingual_prompt_and_language_detection_match_transformers(tmp_path)
                 "prev": 50360, "lm": 50359, "nocaptions": 50361, "notimestamps": 50362}
     config = {**hf_config(dims), "decoder_start_token_id": specials["sot"], "eos_token_id": 50256,
               "pad_token_id": 50256, "bos_token_id": 50256, "begin_suppress_tokens": [220, 50256],
-              "suppress_tokens": [1, 2, 7, 8, 9, 10, 14, 25, 26] + [specials[k] for k in
-                                                                  ("sot", "transcribe", "translate", "prev", "lm", "nocaptions")]}
+              "suppress_tokens": [1, 2, 7, 8, 9, 10, 14, 25, 26] + [
+                  specials[k] for k in ("sot", "transcribe", "translate", "prev", "lm", "nocaptions")]}
     src = write_hf_model(tmp_path / "hf", dims, random_hf_tensors(dims, seed=11), config=config)
     (src / "generation_config.json").write_text(json.dumps({
         "is_multilingual": True, "lang_to_id": {"<|de|>": specials["de"], "<|fr|>": specials["fr"]},
         "task_to_id": {"transcribe": specials["transcribe"], "translate": specials["translate"]},
         "no_timestamps_token_id": specials["notimestamps"], "alignment_heads": [[1, 0]],
         "suppress_tokens": config["suppress_tokens"], "begin_suppress_tokens": [220, 50256]}))
-    model = WhisperEncoderModel(ConvertedModel.open(convert(src, tmp_path / "out")), "cpu")
+    model = WhisperModel(ConvertedModel.open(convert(src, tmp_path / "out")), "cpu")
     tr = model.transcriber
     samples = load_audio("tests/data/hello.wav")
     cross, _ = tr.encode_window(samples)
@@ -134,3 +135,4 @@ def test_multilingual_prompt_and_language_detection_match_transformers(tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "t").exists(), r.stderr
     assert [line for line in r.stderr.splitlines() if line.startswith("error:")] == [
         "error: unknown language 'xx' for this model"], r.stderr
+

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from encoder.errors import AmanuensisError
+from kernels.errors import AmanuensisError
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_states_equal_pytorch_hidden_states(tiny, tiny_torch, clip):
         np.testing.assert_allclose(emb.states[i], ref[0, :665].numpy(), atol=1e-3, err_msg=f"layer {i}")
     final = tiny.embed(samples)
     np.testing.assert_array_equal(final.states, emb.states[-1])
-    assert {row["backend"] for window in final.profile for row in window} == {"cpu"}
+    assert {r.backend for run in final.profile.runs for r in run} == {"cpu"} and len(final.profile.runs) == 1
 
 
 def test_long_audio_is_encoded_window_by_window(tiny):
@@ -126,7 +126,7 @@ def test_outputs_get_ordinary_permissions(clip, tmp_path):
     import os
     import stat
 
-    from encoder.fileio import umask_mode
+    from weights_tools.fileio import umask_mode
 
     out = tmp_path / "perm.safetensors"
     assert run_cli(clip, "--output", out).returncode == 0

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from encoder.audio import MIN_SAMPLE_RATE, load_audio
-from encoder.dims import ModelDimensions
-from encoder.errors import AmanuensisError
+from kernels.errors import AmanuensisError
+from weights_tools.dims import ModelDimensions
 from weights_tools.safetensors_io import read_safetensors
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from encoder.errors import AmanuensisError
-from encoder.graph import INPUT, OUTPUT, build_encoder_graph, format_graph
+from encoder.network import INPUT, OUTPUT, build_encoder_graph
+from kernels.cost import PRESETS, format_projection, project
+from kernels.errors import AmanuensisError
+from kernels.graph import format_graph
 from tests.helpers import small_dims
 
 
@@ -41,8 +43,8 @@ def test_graph_scales_with_dims():
 
 def test_buffer_plan_never_overlaps_live_tensors(tiny_graph):
     plan = tiny_graph.buffer_plan()
-    holder = {t: b["index"] for b in plan for t in b["tensors"]}
-    sizes = {b["index"]: b["bytes"] for b in plan}
+    holder = {t: b.index for b in plan for t in b.tensors}
+    sizes = {b.index: b.bytes for b in plan}
     last = tiny_graph.last_use()
     produced = {INPUT: -1, **{n.name: i for i, n in enumerate(tiny_graph.nodes)}}
     for t, b in holder.items():
@@ -56,7 +58,7 @@ def test_buffer_plan_never_overlaps_live_tensors(tiny_graph):
 
 
 def test_format_lists_every_node_and_the_plan(tiny_graph):
-    text = format_graph(tiny_graph)
+    text = format_graph(tiny_graph, per="30 s window")
     for node in tiny_graph.nodes:
         assert node.name in text
     assert "buffer plan" in text and "GFLOP per 30 s window" in text
@@ -80,22 +82,22 @@ def test_runner_rejects_bad_input(tiny):
 
 
 def test_npu_projection(tiny_graph):
-    from encoder.cost import PRESETS, format_projection, project, replace
+    from dataclasses import replace
 
     phoenix = PRESETS["phoenix"]
     rows = project(tiny_graph, phoenix)
-    by_node = {r["node"]: r for r in rows}
-    assert by_node["layers.0.fc1"]["bound"] == "compute" and by_node["embed"]["bound"] == "memory"
+    by_node = {r.node: r for r in rows}
+    assert by_node["layers.0.fc1"].bound == "compute" and by_node["embed"].bound == "memory"
     for r in rows:
-        assert r["ms"] == max(r["compute_ms"], r["memory_ms"])
-        assert r["bound"] == ("compute" if r["compute_ms"] >= r["memory_ms"] else "memory")
-    assert by_node["layers.0.fc1"]["tiles"] == 24 * 24
+        assert r.ms == max(r.compute_ms, r.memory_ms)
+        assert r.bound == ("compute" if r.compute_ms >= r.memory_ms else "memory")
+    assert by_node["layers.0.fc1"].tiles == 24 * 24
     # fc1: the matmul at 35% of 16 cores x 128 MAC x 2 x 1 GHz, bias + GELU at 35% of 16 x 16 vector ops
     node = tiny_graph.node("layers.0.fc1")
     mm = 2 * 1500 * 384 * 1536
     expected = mm / (16 * 128 * 2 * 1e9 * 0.35) + (node.flops - mm) / (16 * 16 * 1e9 * 0.35)
-    assert abs(by_node["layers.0.fc1"]["compute_ms"] - expected * 1e3) < 1e-6
-    faster = sum(r["ms"] for r in project(tiny_graph, replace(phoenix, efficiency=0.7)))
-    assert faster < sum(r["ms"] for r in rows)
+    assert abs(by_node["layers.0.fc1"].compute_ms - expected * 1e3) < 1e-6
+    faster = sum(r.ms for r in project(tiny_graph, replace(phoenix, efficiency=0.7)))
+    assert faster < sum(r.ms for r in rows)
     text = format_projection(tiny_graph, PRESETS["strix"])
     assert text.startswith("PROJECTION (not measured)") and "per 30 s window" in text

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import contract, get_backend, native, reference
+from kernels import contract, native, reference
+from kernels.backends import get_backend
 from kernels.cpu import CpuBackend, erf
 
 # Both variants of the cpu backend: the native kernels and their numpy fallback. Matrices go through
@@ -166,7 +167,7 @@ def test_session_restores_blas_threads(be):
 
 
 def test_missing_npu_is_an_error_not_a_fallback(monkeypatch, tmp_path):
-    from encoder.errors import AmanuensisError
+    from kernels.errors import AmanuensisError
 
     monkeypatch.setenv("AMANUENSIS_ACCEL_GLOB", str(tmp_path / "accel*"))
     with pytest.raises(AmanuensisError, match="device npu: no NPU device node"):

@@ -40,10 +40,10 @@ def test_the_description_names_the_variant_in_use():
 
 
 def test_switching_them_off_is_reported():
-    code = "from kernels import get_backend; print(get_backend('cpu').describe())"
+    code = "from kernels.backends import get_backend; print(get_backend('cpu').describe())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "AMANUENSIS_CPU_NATIVE": "0"}).stdout
-    assert "numpy kernels: native kernels switched off by AMANUENSIS_CPU_NATIVE=0" in out
+    assert "numpy kernels: native kernels switched off by AMANUENSIS_CPU_NATIVE" in out
 
 
 def test_insisting_on_missing_native_kernels_is_an_error(monkeypatch):
@@ -128,7 +128,8 @@ def _check_the_copy_in_use():
     rng = np.random.default_rng(11)
     be = CpuBackend(2, native_kernels=True)
     qkv = (2 * rng.standard_normal((301, 3 * 128))).astype(np.float32)
-    x, g, b = (rng.standard_normal((77, 384)) * 5 + 2).astype(np.float32), *rng.standard_normal((2, 384)).astype(np.float32)
+    x = (rng.standard_normal((77, 384)) * 5 + 2).astype(np.float32)
+    g, b = rng.standard_normal((2, 384)).astype(np.float32)
     w = (rng.standard_normal((384, 128)) / 20).astype(np.float32)
     r = rng.standard_normal((77, 128)).astype(np.float32)
     out = np.empty((77, 128), np.float32)
@@ -206,7 +207,7 @@ def test_both_runners_share_one_prepared_copy_of_the_weights(tiny):
 def test_a_runner_replaces_the_matrices_it_is_given(tiny):
     """The runner packs in the caller's dict, so the plain matrices are freed as it goes (a second
     dict holding them would double the weights' memory at load)."""
-    from encoder.runner import Runner
+    from kernels.runner import Runner
 
     weights = tiny.converted.read_encoder_weights()
     runner = Runner(tiny.graph, weights, tiny.backend)

@@ -4,10 +4,10 @@ import sys
 import numpy as np
 import pytest
 
-import kernels
 from encoder.audio import load_audio
-from encoder.errors import AmanuensisError
-from encoder.evaluate import score
+from encoder.evaluation import score
+from kernels import backends
+from kernels.errors import AmanuensisError
 from tests.fake_pyxrt import FakeXRT, tiny_en_entries, write_kernel_dir
 from tests.helpers import run_concurrently
 
@@ -22,8 +22,8 @@ def npu_env(monkeypatch, tmp_path):
     """Install a fake NPU: returns a function (device name, faults, ...) -> the FakeXRT in use."""
     (tmp_path / "accel0").write_text("")
     monkeypatch.setenv("AMANUENSIS_ACCEL_GLOB", str(tmp_path / "accel*"))
-    monkeypatch.setitem(kernels._instances, "npu", None)
-    kernels._instances.pop("npu")
+    monkeypatch.setitem(backends._instances, "npu", None)
+    backends._instances.pop("npu")
 
     def install(device_name="NPU Strix", faults=None, entries=None, insts_count="words", context_limit=16):
         fake = FakeXRT(device_name, faults, context_limit)
@@ -31,17 +31,17 @@ def npu_env(monkeypatch, tmp_path):
         directory = write_kernel_dir(tmp_path / "npu-kernels", entries or tiny_en_entries(), insts_count,
                                      fake_insts_count="words")
         monkeypatch.setenv("AMANUENSIS_NPU_KERNELS", str(directory))
-        kernels._instances.pop("npu", None)
+        backends._instances.pop("npu", None)
         return fake
 
     yield install
-    kernels._instances.pop("npu", None)
+    backends._instances.pop("npu", None)
 
 
 def npu_model(tiny, strict=False):
-    from encoder.model import WhisperEncoderModel
+    from encoder.model import WhisperModel
 
-    return WhisperEncoderModel(tiny.converted, "npu", strict)
+    return WhisperModel(tiny.converted, "npu", strict)
 
 
 def test_detection_names_the_generation_or_the_reason(npu_env, monkeypatch, tmp_path):
@@ -61,7 +61,7 @@ def test_detection_names_the_generation_or_the_reason(npu_env, monkeypatch, tmp_
 
 
 def test_encoder_on_npu_equals_the_emulator(npu_env, tiny):
-    from encoder.model import WhisperEncoderModel
+    from encoder.model import WhisperModel
 
     fake = npu_env()
     model = npu_model(tiny)
@@ -70,7 +70,7 @@ def test_encoder_on_npu_equals_the_emulator(npu_env, tiny):
     ran = {r.node: r.backend for r in result.records}
     assert ran.pop("embed") == "host" and set(ran.values()) == {"npu"}
     assert not any(r.fallback for r in result.records)
-    emu = WhisperEncoderModel(tiny.converted, "emu").encode_with_cross(mel)
+    emu = WhisperModel(tiny.converted, "emu").encode_with_cross(mel)
     np.testing.assert_array_equal(result.output, emu.output)
     np.testing.assert_array_equal(result.tensors["cross_kv.2"], emu.tensors["cross_kv.2"])
     assert fake.violations == []
@@ -123,9 +123,10 @@ def test_faulty_kernel_is_disabled_and_the_transcript_is_still_right(npu_env, ti
     fc1 = next(k for k in model.backend.status()["kernels"] if k["kernel"].startswith("linear[M=1536,K=384,N=1536"))
     assert fc1["state"] == "disabled" and reason in fc1["reason"]
     result = model.transcribe(HELLO)
-    assert score(HELLO_TEXT, result["text"])["wer"] <= 0.15
-    fell = {row["node"]: row for window in result["encoder_profile"] for row in window if row["fallback"]}
-    assert set(fell) == {f"layers.{i}.fc1" for i in range(4)} and all(r["backend"] == "cpu" for r in fell.values())
+    assert score(HELLO_TEXT, result.text).wer <= 0.15
+    fell = {r.node: r for run in result.profile.runs for r in run if r.fallback}
+    assert set(fell) == {f"layers.{i}.fc1" for i in range(4)} and all(r.backend == "cpu" for r in fell.values())
+    assert set(result.provenance.fallbacks) == set(fell)
     with pytest.raises(AmanuensisError, match=r"node layers\.0\.fc1: .*disabled.*--strict"):
         npu_model(tiny, strict=True).transcribe(HELLO)
 
@@ -152,17 +153,17 @@ def test_kernel_failing_after_its_self_test_falls_back_at_run_time(npu_env, tiny
 def test_instruction_count_unit_is_checked(npu_env, tiny):
     fake = npu_env(insts_count="bytes")                   # the manifest says bytes, the designs want words
     with pytest.raises(AmanuensisError, match="no NPU kernel passed its self-test"):
-        kernels.get_backend("npu")
+        backends.get_backend("npu")
     assert fake.violations and all("instruction count" in v for v in fake.violations)
 
 
 def test_auto_uses_the_npu_when_it_works_and_says_why_not(npu_env, tiny, monkeypatch, tmp_path):
-    from encoder.model import select_backend
+    from kernels.backends import select_backend
 
     npu_env()
     backend, note = select_backend("auto")
     assert backend.name == "npu" and note == "auto: NPU found"
-    kernels._instances.pop("npu", None)
+    backends._instances.pop("npu", None)
     monkeypatch.setenv("AMANUENSIS_ACCEL_GLOB", str(tmp_path / "none*"))
     backend, note = select_backend("auto")
     assert backend.name == "cpu" and "no NPU device node" in note
@@ -183,6 +184,7 @@ def test_transcribe_json_reports_npu_status(npu_env, tmp_path):
     assert any(k["state"] == "disabled" and "garbage" in k["reason"] for k in prov["npu"]["kernels"])
 
 
+@pytest.mark.slow
 def test_concurrent_encodes_on_the_npu(npu_env, tiny):
     npu_env()
     model = npu_model(tiny)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from encoder.evaluate import score
+from encoder.evaluation import score
 from tests.helpers import run_concurrently
 
 HELLO = Path(__file__).parent / "data" / "hello.wav"
@@ -105,11 +105,11 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cli_text(tiny):
-    return tiny.transcribe(HELLO)["text"].strip()
+    return tiny.transcribe(HELLO).text.strip()
 
 
 def test_health_status_and_auth(server):
-    assert server.get("/health") == (200, b'{"status":"ok"}', server.get("/health")[2])
+    assert server.get("/health")[:2] == (200, b'{"status":"ok"}')
     for key in (None, "wrong"):
         code, body, _ = server.get("/status", key)
         assert code == 401 and json.loads(body)["error"]["type"] == "authentication_error"
@@ -119,7 +119,8 @@ def test_health_status_and_auth(server):
     assert code == 200 and status["status"] == "ready" and status["model"]["name"] == "tiny.en"
     assert status["model"]["dims"]["n_audio_layer"] == 4 and status["device"]["backend"] == "cpu"
     assert status["device"]["npu_available"] is False and "no NPU device node" in status["device"]["npu_reason"]
-    assert set(status["counters"]) >= {"requests", "failures", "audio_seconds", "median_rtf", "p95_rtf"}
+    assert set(status["counters"]) >= {"requests", "failures", "audio_seconds", "realtime_factor"}
+    assert "seconds of processing per second of audio" in status["counters"]["realtime_factor"]["definition"]
     assert status["queue"]["capacity"] == 32 and "layers.3.fc2" in status["graph_backends"]
     assert status["decoder"] == "onnxruntime cpu, fp32 weights (decoder.onnx)"
 
@@ -154,7 +155,7 @@ def test_openai_transcriptions(server, cli_text):
                                 audio)
     verbose = json.loads(body)
     assert code == 200 and verbose["task"] == "transcribe" and verbose["language"] == "en"
-    assert score(HELLO_TEXT, verbose["text"])["wer"] <= 0.15 and verbose["segments"][0]["id"] == 0
+    assert score(HELLO_TEXT, verbose["text"]).wer <= 0.15 and verbose["segments"][0]["id"] == 0
     assert len(verbose["words"]) >= 12 and all({"word", "start", "end"} <= set(w) for w in verbose["words"])
     for fields, param in (({"response_format": "xml"}, "response_format"), ({"temperature": "hot"}, "temperature")):
         code, body, _ = server.post("/v1/audio/transcriptions", fields, audio)
@@ -162,6 +163,7 @@ def test_openai_transcriptions(server, cli_text):
         assert code == 400 and error["param"] == param and error["type"] == "invalid_request_error"
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_clients(server, cli_text):
     results, errors = [], []
 
@@ -251,6 +253,7 @@ def _rss_mb_and_fds(pid: int) -> tuple[float, int]:
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
 def test_soak_memory_and_file_descriptors_stay_flat(server, cli_text):
     """A bounded soak on loopback: after warm-up, 4 rounds of good, bad, oversize and concurrent
@@ -276,3 +279,47 @@ def test_soak_memory_and_file_descriptors_stay_flat(server, cli_text):
     assert max(rss for rss, _ in samples) <= rss0 + 40, (rss0, samples)
     assert samples[-1][0] <= samples[1][0] + 15, samples          # no steady climb in the second half
     assert not list(server.tmp.glob("amanuensis-upload-*")) and server.healthy()
+
+
+def test_errors_are_openai_json_and_name_their_parameter(server):
+    code, body, _ = server.get("/nowhere", KEY)
+    error = json.loads(body)["error"]
+    assert code == 404 and error["code"] == 404 and error["type"] == "invalid_request_error"
+    assert "/nowhere" in error["message"]
+    code, body, headers = server.get("/transcribe", KEY)
+    assert code == 405 and json.loads(body)["error"]["code"] == 405
+    assert "POST" in {k.lower(): v for k, v in headers.items()}["allow"]
+    for fields, param in (({"language": "xx"}, "language"), ({"temperature": "5"}, "temperature")):
+        code, body, _ = server.post("/v1/audio/transcriptions", fields, HELLO.read_bytes())
+        error = json.loads(body)["error"]
+        assert code == 400 and error["param"] == param and error["type"] == "invalid_request_error", error
+    code, body, _ = server.post("/transcribe", {"language": "English"}, HELLO.read_bytes())
+    assert code == 200 and json.loads(body)["language"] == "en"
+
+
+def test_every_request_is_logged_with_its_id(tmp_path_factory):
+    import re
+
+    s = Server(tmp_path_factory.mktemp("log-tmp"))
+    try:
+        code, _, headers = s.post("/transcribe", file=HELLO.read_bytes(), key=None)
+        request_id = {k.lower(): v for k, v in headers.items()}["x-request-id"]
+        assert code == 200 and s.get("/nowhere")[0] == 404
+    finally:
+        s.stop()
+    lines = s.proc.stderr.read().splitlines()
+    line = next(line for line in lines if request_id in line)
+    assert re.fullmatch(rf"amanuensis: request {request_id} POST /transcribe 200 audio 9\.\d\d s processing "
+                        r"\d+\.\d{3} s", line), line
+    assert any(re.fullmatch(r"amanuensis: request [0-9a-f]{12} GET /nowhere 404 audio - processing \S+ s", x)
+               for x in lines), lines
+
+
+def test_realtime_factor_is_work_per_second_of_audio():
+    from encoder.server import Counters
+
+    counters = Counters()
+    counters.done(10.0, 0.5)
+    counters.done(20.0, 2.0)
+    rtf = counters.snapshot()["realtime_factor"]
+    assert rtf["median"] == 0.075 and rtf["p95"] == 0.1 and "per second of audio" in rtf["definition"]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from decoder.pipeline import TranscribeOptions
+from decoder.options import TranscribeOptions
 from decoder.timing import dtw, median_filter
 from tests.test_transcribe import HELLO
 
@@ -44,14 +44,14 @@ def test_words_land_where_the_speech_is(tiny, tmp_path):
     path = tmp_path / "late.wav"
     soundfile.write(str(path), shifted, rate)
     result = tiny.transcribe(path, TranscribeOptions(word_timestamps=True))
-    words = [w for s in result["segments"] for w in s["words"]]
-    assert "".join(w["word"] for w in words) == result["text"]
-    assert abs(words[0]["start"] - 5.0) < 0.6, words[0]
-    starts = [w["start"] for w in words]
-    assert starts == sorted(starts) and all(w["start"] <= w["end"] for w in words)
-    assert words[-1]["end"] <= len(shifted) / rate + 0.1
-    for seg in result["segments"]:
-        assert all(seg["start"] <= w["start"] <= w["end"] <= seg["end"] for w in seg["words"])
-    dog = next(w for w in words if "dog" in w["word"])
-    assert 5.0 + 2.0 < dog["end"] < 5.0 + 6.0            # "lazy dog." ends mid-clip, not at an edge
-    assert all(0.0 <= w["probability"] <= 1.0 for w in words)
+    words = result.words
+    assert "".join(w.word for w in words) == result.text
+    assert abs(words[0].start - 5.0) < 0.6, words[0]
+    starts = [w.start for w in words]
+    assert starts == sorted(starts) and all(w.start <= w.end for w in words)
+    assert words[-1].end <= len(shifted) / rate + 0.1
+    for seg in result.segments:
+        assert all(seg.start <= w.start <= w.end <= seg.end for w in seg.words)
+    dog = next(w for w in words if "dog" in w.word)
+    assert 5.0 + 2.0 < dog.end < 5.0 + 6.0            # "lazy dog." ends mid-clip, not at an edge
+    assert all(0.0 <= w.probability <= 1.0 for w in words)

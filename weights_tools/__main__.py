@@ -5,7 +5,10 @@ import argparse
 import json
 from pathlib import Path
 
-from encoder.cli import run_main
+from kernels.errors import AmanuensisError, run_main
+from weights_tools.convert import convert, source_format
+from weights_tools.model_dir import ConvertedModel
+from weights_tools.resolve import DEFAULT_MODEL, bundled_tiny_en, hub_download, resolve_model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,10 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from weights_tools.convert import convert, source_format
-    from weights_tools.model_dir import ConvertedModel
-    from weights_tools.resolve import DEFAULT_MODEL, bundled_tiny_en, hub_download, resolve_model
-
     if args.command == "info":
         model = ConvertedModel.open(resolve_model(args.model))
         print(json.dumps({"path": str(model.path), **model.manifest}, indent=2))
@@ -38,8 +37,6 @@ def main(argv=None) -> int:
     if not source.exists():
         source = bundled_tiny_en() if args.source == DEFAULT_MODEL else hub_download(args.source)
     elif source_format(source) == "converted":
-        from encoder.errors import AmanuensisError
-
         raise AmanuensisError(f"{source}: already a converted model (use it as --model directly)")
     out = convert(source, args.out, force=args.force)
     print(f"converted {source} -> {out}")

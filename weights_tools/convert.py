@@ -20,10 +20,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from encoder.dims import ModelDimensions
-from encoder.errors import AmanuensisError
-from encoder.fileio import umask_mode
+from kernels.errors import AmanuensisError
 from weights_tools import ct2, hf, layout, names
+from weights_tools.dims import ModelDimensions
+from weights_tools.fileio import umask_mode
+from weights_tools.onnx_decoder import build_decoder_onnx, build_decoder_onnx_int8
 from weights_tools.safetensors_io import write_safetensors
 
 FORMAT = "amanuensis-whisper"
@@ -41,6 +42,8 @@ def is_current(directory: Path) -> bool:
         return False
     return (manifest.get("format") == FORMAT and manifest.get("format_version") == FORMAT_VERSION
             and all((Path(directory) / name).is_file() for name in FILES))
+
+
 REQUIRED_SPECIAL_TOKENS = ("<|endoftext|>", "<|startoftranscript|>")
 
 
@@ -89,8 +92,6 @@ def _write(tmp: Path, source: Path, dims, config, generation, tensors) -> None:
     write_safetensors(tmp / "encoder.safetensors", encoder, {"layout": "kernel-v1"})
     decoder = {k: v for k, v in tensors.items() if k.startswith("decoder.")}
     write_safetensors(tmp / "decoder.safetensors", decoder, {"layout": "hf"})
-    from weights_tools.onnx_decoder import build_decoder_onnx, build_decoder_onnx_int8
-
     heads = [tuple(h) for h in generation.get("alignment_heads") or []]
     (tmp / "decoder.onnx").write_bytes(build_decoder_onnx(dims, tmp / "decoder.safetensors", heads))
     (tmp / "decoder-int8.onnx").write_bytes(build_decoder_onnx_int8(dims, decoder, heads))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.errors import AmanuensisError
+from kernels.errors import AmanuensisError
 
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 _BF16 = 5
@@ -282,7 +282,8 @@ def _hf_config(path: Path, hf: dict, meta: dict, ct2_config: dict, tokenizer: Pa
     # Key names as in Hugging Face's Whisper generation configs.
     if "<|notimestamps|>" in ids:
         generation["no_timestamps_token_id"] = ids["<|notimestamps|>"]
-    generation["task_to_id"] = {task: ids[f"<|{task}|>"] for task in ("transcribe", "translate") if f"<|{task}|>" in ids}
+    generation["task_to_id"] = {task: ids[f"<|{task}|>"] for task in ("transcribe", "translate")
+                                if f"<|{task}|>" in ids}
     return config, generation
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.errors import AmanuensisError
+from kernels.errors import AmanuensisError
 from weights_tools.safetensors_io import read_safetensors
 
 INDEX = "model.safetensors.index.json"
@@ -47,7 +47,8 @@ def read_hf(directory: Path) -> tuple[dict, dict, dict]:
     """Return (config, generation config or {}, {HF name without `model.`: fp32 array})."""
     directory = Path(directory)
     config = read_json(directory / "config.json")
-    generation = read_json(directory / "generation_config.json") if (directory / "generation_config.json").is_file() else {}
+    generation_path = directory / "generation_config.json"
+    generation = read_json(generation_path) if generation_path.is_file() else {}
     tensors: dict[str, np.ndarray] = {}
     for shard in _shards(directory):
         for name, value in read_safetensors(shard).items():

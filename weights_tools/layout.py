@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from encoder.dims import ModelDimensions
+from weights_tools.dims import ModelDimensions
 
 
 def conv_to_kernel(w: np.ndarray) -> np.ndarray:
@@ -107,6 +107,12 @@ def kernel_shapes(dims: ModelDimensions) -> dict[str, tuple]:
     return shapes
 
 
+def cross_kv_projection(layer: int) -> str:
+    """Name (without .weight/.bias) of decoder layer `layer`'s fused cross-attention [K | V] projection,
+    (d, 2d) in the kernel layout: the encoder's backend runs it once per window."""
+    return f"decoder.layers.{layer}.encoder_attn.kv_proj"
+
+
 def cross_kv_sources(dims: ModelDimensions) -> set[str]:
     """The decoder tensors (HF names) that cross_kv_to_kernel reads."""
     return {f"decoder.layers.{i}.encoder_attn.{part}" for i in range(dims.n_text_layer)
@@ -117,14 +123,13 @@ def cross_kv_to_kernel(decoder: dict, dims: ModelDimensions) -> dict[str, np.nda
     """Decoder cross-attention K and V projections fused for one matmul: W (d, 2d) = [k.T | v.T], b = [0 | v_bias]."""
     out = {}
     for i in range(dims.n_text_layer):
-        a = f"decoder.layers.{i}.encoder_attn"
-        out[f"{a}.kv_proj.weight"] = np.concatenate([decoder[f"{a}.k_proj.weight"].T, decoder[f"{a}.v_proj.weight"].T], 1)
-        out[f"{a}.kv_proj.bias"] = np.concatenate([np.zeros_like(decoder[f"{a}.v_proj.bias"]), decoder[f"{a}.v_proj.bias"]])
+        a, kv = f"decoder.layers.{i}.encoder_attn", cross_kv_projection(i)
+        out[f"{kv}.weight"] = np.concatenate([decoder[f"{a}.k_proj.weight"].T, decoder[f"{a}.v_proj.weight"].T], 1)
+        out[f"{kv}.bias"] = np.concatenate([np.zeros_like(decoder[f"{a}.v_proj.bias"]), decoder[f"{a}.v_proj.bias"]])
     return out
 
 
 def cross_kv_shapes(dims: ModelDimensions) -> dict[str, tuple]:
     d = dims.n_text_state
     return {name: shape for i in range(dims.n_text_layer) for name, shape in (
-        (f"decoder.layers.{i}.encoder_attn.kv_proj.weight", (d, 2 * d)),
-        (f"decoder.layers.{i}.encoder_attn.kv_proj.bias", (2 * d,)))}
+        (f"{cross_kv_projection(i)}.weight", (d, 2 * d)), (f"{cross_kv_projection(i)}.bias", (2 * d,)))}

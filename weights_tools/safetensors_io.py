@@ -15,21 +15,27 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
-from encoder.errors import AmanuensisError
-from encoder.fileio import atomic_write
+from kernels.errors import AmanuensisError
+from weights_tools.fileio import atomic_write
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
-def _dtypes() -> dict:
-    import ml_dtypes
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+    "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
 
-    return {
-        "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-        "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-        "BOOL": np.bool_,
-    }
+
+def _dtype(kind: str) -> np.dtype | None:
+    """The numpy dtype of a safetensors dtype name, None for one we do not read."""
+    if kind == "BF16":
+        import ml_dtypes  # only for bf16 checkpoints: it takes ~0.7 s to import
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(_DTYPES[kind]) if kind in _DTYPES else None
 
 
 def read_header(path: Path) -> tuple[dict, int]:
@@ -62,7 +68,6 @@ def read_safetensors(path: Path, dtype=np.float32, only=None) -> dict[str, np.nd
     path = Path(path)
     header, start = read_header(path)
     size = path.stat().st_size
-    known = _dtypes()
     out = {}
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         for name, info in header.items():
@@ -70,11 +75,11 @@ def read_safetensors(path: Path, dtype=np.float32, only=None) -> dict[str, np.nd
                 kind, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise AmanuensisError(f"{path}: tensor {name!r} has a malformed header entry") from None
-            if kind not in known:
+            np_dtype = _dtype(kind) if isinstance(kind, str) else None
+            if np_dtype is None:
                 raise AmanuensisError(f"{path}: tensor {name!r} has unsupported dtype {kind!r}")
             if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
                 raise AmanuensisError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
-            np_dtype = np.dtype(known[kind])
             nbytes = math.prod(shape) * np_dtype.itemsize          # exact: numpy's int64 product can wrap
             if not (isinstance(begin, int) and isinstance(end, int)) or end - begin != nbytes \
                     or begin < 0 or start + end > size:
@@ -94,7 +99,6 @@ def _copy_out(buf, src_dtype, nbytes, offset, shape, dtype) -> np.ndarray:
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
     """Write fp32 tensors to `path` via a temporary file and a rename (never half-written)."""
-    from safetensors.numpy import save_file
-
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()}))
+    text = {k: str(v) for k, v in (metadata or {}).items()}
+    atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=text))

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from encoder.benchmark.report import systems
+from weights_tools.fileio import atomic_write
+
 
 def draw(result: dict, path: Path) -> str | None:
     """Write the chart to `path`; returns None, or why no chart was drawn (matplotlib missing)."""
@@ -13,7 +16,6 @@ def draw(result: dict, path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install 'amanuensis[bench]')"
-    from encoder.fileio import atomic_write
 
     profile = result["profile"]
     encoders = {"ours": result, **result.get("peers", {})}
@@ -42,8 +44,6 @@ def draw(result: dict, path: Path) -> str | None:
 def _realtime(ax, result: dict) -> None:
     """× realtime of every configuration and peer that ran end to end, on the 5 min input (else
     the longest one)."""
-    from encoder.bench import systems
-
     inputs = [n for n in result.get("inputs", []) if result.get(f"rtf_{n}")]
     if not inputs:
         ax.set_axis_off()

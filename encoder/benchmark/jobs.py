@@ -13,11 +13,26 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
+import soundfile
+from threadpoolctl import threadpool_limits
 
-from encoder.dims import SAMPLE_RATE
+from decoder.tokenizer import WhisperTokenizer
+from encoder.audio import load_audio
+from encoder.benchmark import speech
+from encoder.cli import run
+from encoder.evaluation import score
+from encoder.model import load_model
+from encoder.torch_reference import torch_whisper
+from kernels import native
+from kernels.frontend import SAMPLE_RATE, log_mel_spectrogram
+from weights_tools.layout import kernel_to_encoder
+from weights_tools.model_dir import ConvertedModel
+from weights_tools.onnx_encoder import build_encoder_onnx
+from weights_tools.resolve import resolve_model
 
 
 def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
@@ -33,9 +48,6 @@ def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
 
 def _mel(n_mels: int) -> np.ndarray:
     """The first 30 s of the bench speech as Whisper's log-mel (n_mels, 3000)."""
-    from encoder.audio import log_mel_spectrogram
-    from encoder.benchmark import speech
-
     samples, _ = speech.build(30.0)
     return log_mel_spectrogram(samples, n_mels).astype(np.float32)
 
@@ -48,22 +60,16 @@ def _timed_load(load):
 
 def _e2e(transcribe, audio: str, reference: str, load_s: float) -> dict:
     """Wall time of one transcription of `audio` (a file), its speed and its word error rate."""
-    import soundfile
-
-    from encoder.evaluate import score
-
     seconds = soundfile.info(audio).duration
     start = time.perf_counter()
     text = transcribe(audio)
     wall = time.perf_counter() - start
     return {"audio_s": round(seconds, 2), "wall_s": round(wall, 3), "rtf": round(seconds / wall, 2),
-            "load_s": round(load_s, 2), "wer": round(score(reference, text)["wer"], 4) if reference else None}
+            "load_s": round(load_s, 2), "wer": round(score(reference, text).wer, 4) if reference else None}
 
 
 def gemm_peak(threads: int) -> dict:
     """The machine's fp32 GEMM rate as numpy's BLAS reaches it: best of 5 2048³ products."""
-    from threadpoolctl import threadpool_limits
-
     a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
     with threadpool_limits(threads, user_api="blas"):
         ms = min(_median_ms(lambda: a @ a, 1) for _ in range(5))
@@ -72,12 +78,10 @@ def gemm_peak(threads: int) -> dict:
 
 def ours_encoder(model: str, device: str, repeats: int) -> dict:
     """Our encoder graph on one backend: ms per 30 s window and the per-node profile."""
-    from encoder.model import load_model
-
     m, load_s = _timed_load(lambda: load_model(model, device=device))
     mel = _mel(m.dims.n_mels)
     profiles = []
-    ms = _median_ms(lambda: profiles.append(m.encode(mel).profile()), repeats)
+    ms = _median_ms(lambda: profiles.append([r.to_dict() for r in m.encode(mel).records]), repeats)
     timed = profiles[-repeats:]                      # the warm-up runs appended theirs first
     profile = [{**row, "ms": statistics.median(p[i]["ms"] for p in timed)} for i, row in enumerate(timed[-1])]
     return {"encoder_ms_per_window": round(ms, 2), "backend": m.backend.describe(), "load_s": round(load_s, 2),
@@ -87,8 +91,6 @@ def ours_encoder(model: str, device: str, repeats: int) -> dict:
 def ours_batched(model: str, device: str, repeats: int) -> dict:
     """What stacking two windows' rows into one matmul would gain: every linear node of the
     graph on 2 x 1500 rows against twice on 1500 rows (attention stays per window)."""
-    from encoder.model import load_model
-
     m = load_model(model, device=device)
     rng = np.random.default_rng(0)
     linears = [n for n in m.graph.nodes if n.kernel == "linear"]
@@ -114,10 +116,6 @@ def native_levels(repeats: int) -> dict:
     """On one thread, each copy of the native kernels this CPU runs: one attention head (T = 1500)
     and an fc1-shaped linear (750 x 384 x 1536), beside numpy's BLAS on the same product. A copy
     that is far slower than the others shows here (the AVX2 copy once ran attention 34x slower)."""
-    from threadpoolctl import threadpool_limits
-
-    from kernels import native
-
     if native.LIBRARY is None:
         return {"error": f"native kernels {native.UNAVAILABLE}"}
     rng = np.random.default_rng(0)
@@ -135,28 +133,23 @@ def native_levels(repeats: int) -> dict:
         with native.copy_of_level(level):
             scratch = native.empty_aligned((native.attention_scratch(1500),))
             panels = native.pack(w)
-            attention = _median_ms(lambda: native.attention_head(qkv[:, :64], qkv[:, 384:448], qkv[:, 768:832],
-                                                                 0.125, head, scratch), repeats)
-            linear = _median_ms(lambda: native.linear(x, panels, b, out), repeats)
+            attention = _median_ms(lambda s=scratch: native.attention_head(qkv[:, :64], qkv[:, 384:448],
+                                                                           qkv[:, 768:832], 0.125, head, s), repeats)
+            linear = _median_ms(lambda p=panels: native.linear(x, p, b, out), repeats)
         levels[name] = {"attention_head_ms": round(attention, 2), "linear_gflops": round(gflop / linear * 1e3, 1)}
     return {**result, "levels": levels, "in_use": native.isa()}
 
 
-def ours_e2e(model: str, device: str, audio: str, reference: str, threads: int, decoder_precision: str = "fp32") -> dict:
+def ours_e2e(model: str, device: str, audio: str, reference: str, threads: int,
+             decoder_precision: str = "fp32") -> dict:
     """Our whole pipeline, greedy (temperature fallback as openai-whisper), on an audio file."""
-    from encoder.model import load_model
-
     m, load_s = _timed_load(lambda: load_model(model, device=device, decoder_precision=decoder_precision))
     m.transcribe(_warmup_file())
-    return _e2e(lambda path: m.transcribe(path)["text"], audio, reference, load_s)
+    return _e2e(lambda path: m.transcribe(path).text, audio, reference, load_s)
 
 
 def _warmup_file() -> str:
     """A 3 s clip, written once, to warm up runtimes before the timed run."""
-    from encoder.benchmark import speech
-
-    import tempfile
-
     path = os.path.join(os.environ.get("AMANUENSIS_BENCH_TMP") or tempfile.gettempdir(), "amanuensis-bench-warmup.wav")
     if not os.path.exists(path):
         speech.write(path, 3.0, seed=99)
@@ -165,7 +158,7 @@ def _warmup_file() -> str:
 
 def _faster_whisper(model_dir: str, compute_type: str, threads: int):
     """(faster-whisper model on the CPU, seconds it took to load)."""
-    from faster_whisper import WhisperModel
+    from faster_whisper import WhisperModel  # a peer, from the bench extra
 
     return _timed_load(lambda: WhisperModel(model_dir, device="cpu", compute_type=compute_type, cpu_threads=threads))
 
@@ -191,16 +184,11 @@ def faster_whisper_e2e(model_dir: str, compute_type: str, audio: str, reference:
 
 def _converted(model: str):
     """The converted model (ConvertedModel) of a name, directory or hub id."""
-    from weights_tools.model_dir import ConvertedModel
-    from weights_tools.resolve import resolve_model
-
     return ConvertedModel.open(resolve_model(model))
 
 
 def _transformers_model(converted, threads: int):
-    import torch
-
-    from encoder.parity import torch_whisper
+    import torch  # a peer, from the test extra
 
     torch.set_num_threads(threads)
     return torch_whisper(converted)
@@ -221,9 +209,6 @@ def transformers_e2e(model: str, audio: str, reference: str, threads: int) -> di
     """transformers' generate, greedy, sequential long-form with timestamps for > 30 s."""
     import torch
     import transformers
-
-    from decoder.tokenizer import WhisperTokenizer
-    from encoder.audio import load_audio
 
     converted = _converted(model)
     m, load_s = _timed_load(lambda: _transformers_model(converted, threads))
@@ -249,9 +234,6 @@ def transformers_e2e(model: str, audio: str, reference: str, threads: int) -> di
 def onnxruntime_encoder(model: str, repeats: int, threads: int) -> dict:
     """ONNX Runtime's CPU provider running the encoder graph of weights_tools.onnx_encoder."""
     import onnxruntime
-
-    from weights_tools.layout import kernel_to_encoder
-    from weights_tools.onnx_encoder import build_encoder_onnx
 
     def load():
         converted = _converted(model)
@@ -280,6 +262,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from encoder.cli import run_main
-
-    run_main(main)
+    run(main)

@@ -11,8 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import soundfile
 
-from encoder.dims import SAMPLE_RATE
+from kernels.frontend import SAMPLE_RATE
 
 DATA = Path(__file__).parent / "data"
 GAP_SECONDS = (0.2, 0.8)
@@ -21,8 +22,6 @@ GAP_SECONDS = (0.2, 0.8)
 @lru_cache(maxsize=1)
 def sentences() -> list[tuple[np.ndarray, str]]:
     """(samples, text) of each synthesised sentence, 16 kHz float32."""
-    import soundfile
-
     meta = json.loads((DATA / "speech.json").read_text())
     audio, rate = soundfile.read(DATA / "speech.ogg", dtype="float32")
     assert rate == meta["sample_rate"] == SAMPLE_RATE, "bench speech must be 16 kHz"
@@ -55,8 +54,6 @@ def build(seconds: float, seed: int = 0) -> tuple[np.ndarray, str]:
 
 def write(path: Path, seconds: float, seed: int = 0) -> str:
     """Write `seconds` of speech to a 16-bit WAV at `path`, piece by piece; returns the reference text."""
-    import soundfile
-
     texts = []
     with soundfile.SoundFile(path, "w", SAMPLE_RATE, 1, "PCM_16") as out:
         for part, text in pieces(seconds, seed):

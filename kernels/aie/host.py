@@ -12,7 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from encoder.errors import AmanuensisError
+from kernels.errors import AmanuensisError
+from kernels.settings import cache_dir
 
 HERE = Path(__file__).resolve().parent
 SOURCES = sorted(HERE.glob("*/*.cc"))
@@ -21,8 +22,6 @@ FLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-
 
 def build(out_dir: Path | None = None) -> Path:
     """Compile every kernel source into one shared library; returns its path."""
-    from weights_tools.resolve import cache_dir
-
     compiler = shutil.which("g++")
     if compiler is None:
         raise AmanuensisError("building the host kernels needs g++ (apt-get install g++)")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from kernels import settings
+from kernels.errors import AmanuensisError
 
 HEAD = 64      # attention_head's head size (cpu_kernels.h HEAD): every Whisper model's
 PANEL = 64     # columns of a packed weight panel (cpu_kernels.h NR)
@@ -40,9 +42,12 @@ def _library_path() -> Path | None:
     return None
 
 
-def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    if os.environ.get("AMANUENSIS_CPU_NATIVE", "1") == "0":
-        return None, "switched off by AMANUENSIS_CPU_NATIVE=0"
+def _load() -> tuple[Kernels | None, str | None]:
+    try:
+        if not settings.cpu_native():
+            return None, "switched off by AMANUENSIS_CPU_NATIVE"
+    except AmanuensisError as e:
+        return None, f"not used: {e}"
     path = _library_path()
     if path is None:
         return None, "not built (no C compiler at install?); reinstall with gcc to build them"

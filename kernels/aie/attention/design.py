@@ -29,42 +29,46 @@ def amanuensis_attention(dev, seq: int, heads: int):
     vec_f32 = np.ndarray[(TILE,), np.dtype[np.float32]]
     tile_f32 = np.ndarray[(TILE, TILE), np.dtype[np.float32]]
     of_q, of_k, of_v, of_o = (ObjectFifo(tile_bf16, name=n) for n in ("q", "k", "v", "o"))
-    m, l, o = Buffer(vec_f32, name="m"), Buffer(vec_f32, name="l"), Buffer(tile_f32, name="o_acc")
+    m, row_sum, o = Buffer(vec_f32, name="m"), Buffer(vec_f32, name="l"), Buffer(tile_f32, name="o_acc")
     init = Kernel("attn_init", "attention.o", [vec_f32, vec_f32, tile_f32])
-    step = Kernel("attn_step_64", "attention.o", [tile_bf16, tile_bf16, tile_bf16, np.int32, vec_f32, vec_f32, tile_f32])
+    step = Kernel("attn_step_64", "attention.o",
+                  [tile_bf16, tile_bf16, tile_bf16, np.int32, vec_f32, vec_f32, tile_f32])
     finish = Kernel("attn_finish", "attention.o", [tile_f32, vec_f32, tile_bf16])
 
-    def core(q, k, v, out, m, l, o, init, step, finish):
+    def core(q, k, v, out, m, row_sum, o, init, step, finish):
         for _ in range_(heads * tiles):
-            init(m, l, o)
+            init(m, row_sum, o)
             tq = q.acquire(1)
             for _ in range_(tiles - 1):
                 tk, tv = k.acquire(1), v.acquire(1)
-                step(tq, tk, tv, TILE, m, l, o)
+                step(tq, tk, tv, TILE, m, row_sum, o)
                 k.release(1)
                 v.release(1)
             tk, tv = k.acquire(1), v.acquire(1)
-            step(tq, tk, tv, last_valid, m, l, o)          # the last key tile holds the padding
+            step(tq, tk, tv, last_valid, m, row_sum, o)          # the last key tile holds the padding
             k.release(1)
             v.release(1)
             q.release(1)
             to = out.acquire(1)
-            finish(o, l, to)
+            finish(o, row_sum, to)
             out.release(1)
 
-    worker = Worker(core, [of_q.cons(), of_k.cons(), of_v.cons(), of_o.prod(), m, l, o, init, step, finish])
+    worker = Worker(core, [of_q.cons(), of_k.cons(), of_v.cons(), of_o.prod(), m, row_sum, o, init, step, finish])
     rt = Runtime()
     per_head = np.ndarray[(heads * padded * TILE,), np.dtype[bfloat16]]      # (H, padded, 64) per tensor
     with rt.sequence(per_head, per_head, per_head, per_head) as (q, k, v, out):
         rt.start(worker)
         for h in range(heads):
             base = h * padded * TILE
-            rt.fill(of_q.prod(), q, TensorAccessPattern((heads * padded, TILE), base, [1, tiles, TILE, TILE], [0, TILE * TILE, TILE, 1]))
+            one_head = TensorAccessPattern((heads * padded, TILE), base, [1, tiles, TILE, TILE],
+                                           [0, TILE * TILE, TILE, 1])
+            rt.fill(of_q.prod(), q, one_head)
             # Every query tile sees every key/value tile of its head, in order.
-            kv = TensorAccessPattern((heads * padded, TILE), base, [tiles, tiles, TILE, TILE], [0, TILE * TILE, TILE, 1])
+            kv = TensorAccessPattern((heads * padded, TILE), base, [tiles, tiles, TILE, TILE],
+                                     [0, TILE * TILE, TILE, 1])
             rt.fill(of_k.prod(), k, kv)
             rt.fill(of_v.prod(), v, kv)
-            rt.drain(of_o.cons(), out, TensorAccessPattern((heads * padded, TILE), base, [1, tiles, TILE, TILE], [0, TILE * TILE, TILE, 1]), wait=True)
+            rt.drain(of_o.cons(), out, one_head, wait=True)
     return Program(dev, rt).resolve_program(SequentialPlacer())
 
 

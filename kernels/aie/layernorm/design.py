@@ -22,7 +22,8 @@ def amanuensis_layernorm(dev, rows: int, d: int, eps: float = 1e-5):
     scratch = Buffer(np.ndarray[(2 * d,), np.dtype[np.float32]], name="scratch")
     of_x, of_y = ObjectFifo(block, name="x"), ObjectFifo(block, name="y")
     of_g, of_b = ObjectFifo(vec, name="gamma", depth=1), ObjectFifo(vec, name="beta", depth=1)
-    norm = Kernel("layernorm_bf16", "layernorm.o", [block, vec, vec, block, np.int32, np.int32, np.float32, scratch.type])
+    norm = Kernel("layernorm_bf16", "layernorm.o",
+                  [block, vec, vec, block, np.int32, np.int32, np.float32, scratch.type])
 
     def core(x, g, b, y, scratch, norm):
         tg, tb = g.acquire(1), b.acquire(1)

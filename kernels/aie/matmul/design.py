@@ -26,7 +26,8 @@ def amanuensis_matmul(dev, m: int, k: int, n: int, gelu: bool, residual: bool):
     tile_f32 = np.ndarray[(TILE, TILE), np.dtype[np.float32]]
     row_bf16 = np.ndarray[(TILE,), np.dtype[bfloat16]]
     of_a, of_b = ObjectFifo(tile_bf16, name="a"), ObjectFifo(tile_bf16, name="b")
-    of_bias, of_res, of_c = ObjectFifo(row_bf16, name="bias"), ObjectFifo(tile_bf16, name="res"), ObjectFifo(tile_bf16, name="c")
+    of_bias = ObjectFifo(row_bf16, name="bias")
+    of_res, of_c = ObjectFifo(tile_bf16, name="res"), ObjectFifo(tile_bf16, name="c")
     acc = Buffer(tile_f32, name="acc")
     zero = Kernel("mm_zero_64x64", "mm.o", [tile_f32])
     mac = Kernel("mm_bf16_64x64x64", "mm.o", [tile_bf16, tile_bf16, tile_f32])
@@ -46,15 +47,18 @@ def amanuensis_matmul(dev, m: int, k: int, n: int, gelu: bool, residual: bool):
             res.release(1)
             c.release(1)
 
-    worker = Worker(core, [of_a.cons(), of_b.cons(), of_bias.cons(), of_res.cons(), of_c.prod(), acc, zero, mac, epilogue])
+    worker = Worker(core, [of_a.cons(), of_b.cons(), of_bias.cons(), of_res.cons(), of_c.prod(),
+                           acc, zero, mac, epilogue])
     rt = Runtime()
     ty = lambda rows, cols: np.ndarray[(rows * cols,), np.dtype[bfloat16]]   # noqa: E731
     with rt.sequence(ty(m, k), ty(k, n), ty(1, n), ty(m, n), ty(m, n)) as (a, b, bias, res, c):
         rt.start(worker)
         for i in range(m // TILE):
             # A row block i, once per output column tile; B and bias column tiles in order.
-            rt.fill(of_a.prod(), a, TensorAccessPattern((m, k), i * TILE * k, [n // TILE, k // TILE, TILE, TILE], [0, TILE, k, 1]))
-            rt.fill(of_b.prod(), b, TensorAccessPattern((k, n), 0, [n // TILE, k // TILE, TILE, TILE], [TILE, TILE * n, n, 1]))
+            rt.fill(of_a.prod(), a, TensorAccessPattern((m, k), i * TILE * k, [n // TILE, k // TILE, TILE, TILE],
+                                                        [0, TILE, k, 1]))
+            rt.fill(of_b.prod(), b, TensorAccessPattern((k, n), 0, [n // TILE, k // TILE, TILE, TILE],
+                                                        [TILE, TILE * n, n, 1]))
             rt.fill(of_bias.prod(), bias, TensorAccessPattern((1, n), 0, [1, 1, n // TILE, TILE], [0, 0, TILE, 1]))
             tile_rows = TensorAccessPattern((m, n), i * TILE * n, [1, n // TILE, TILE, TILE], [0, TILE, n, 1])
             # Without a residual the host passes a zero tensor (kept simple: one design for both).
@@ -74,7 +78,8 @@ def main():
     args = p.parse_args()
     from aie.iron.device import NPU1, NPU2
 
-    print(amanuensis_matmul(NPU1() if args.device == "npu" else NPU2(), args.M, args.K, args.N, args.gelu, args.residual))
+    device = NPU1() if args.device == "npu" else NPU2()
+    print(amanuensis_matmul(device, args.M, args.K, args.N, args.gelu, args.residual))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def amanuensis_mel(dev, n_mels: int):
     hann_ty, dft_ty = np.ndarray[(N_FFT,), f32], np.ndarray[(N_FFT * 2 * BINS,), f32]
     filt_ty, out_ty = np.ndarray[(BINS * n_mels,), f32], np.ndarray[(TILE * n_mels,), f32]
     of_frames, of_out = ObjectFifo(frames_ty, name="frames"), ObjectFifo(out_ty, name="logmel")
-    of_hann, of_dft, of_filt = (ObjectFifo(t, name=n, depth=1) for t, n in ((hann_ty, "hann"), (dft_ty, "dft"), (filt_ty, "filters")))
+    constants = ((hann_ty, "hann"), (dft_ty, "dft"), (filt_ty, "filters"))
+    of_hann, of_dft, of_filt = (ObjectFifo(t, name=n, depth=1) for t, n in constants)
     frames_kernel = Kernel("mel_frames_64", "mel.o", [frames_ty, hann_ty, dft_ty, filt_ty, np.int32, out_ty])
 
     def core(frames, hann, dft, filt, out, kernel):
@@ -39,11 +40,12 @@ def amanuensis_mel(dev, n_mels: int):
         dft.release(1)
         filt.release(1)
 
-    worker = Worker(core, [of_frames.cons(), of_hann.cons(), of_dft.cons(), of_filt.cons(), of_out.prod(), frames_kernel],
-                    while_true=False)
+    worker = Worker(core, [of_frames.cons(), of_hann.cons(), of_dft.cons(), of_filt.cons(), of_out.prod(),
+                           frames_kernel], while_true=False)
     samples = (FRAMES - 1) * HOP + N_FFT
     rt = Runtime()
-    with rt.sequence(np.ndarray[(samples,), f32], hann_ty, dft_ty, filt_ty, np.ndarray[(FRAMES * n_mels,), f32]) as (x, h, d, f, y):
+    audio_ty, logmel_ty = np.ndarray[(samples,), f32], np.ndarray[(FRAMES * n_mels,), f32]
+    with rt.sequence(audio_ty, hann_ty, dft_ty, filt_ty, logmel_ty) as (x, h, d, f, y):
         rt.start(worker)
         rt.fill(of_hann.prod(), h)
         rt.fill(of_dft.prod(), d)

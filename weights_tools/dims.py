@@ -7,16 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from encoder.errors import AmanuensisError
-
-N_FFT = 400            # samples per STFT window (25 ms at 16 kHz)
-HOP_LENGTH = 160       # samples between frames (10 ms)
-SAMPLE_RATE = 16000    # Hz, what every Whisper model was trained on
-CHUNK_SECONDS = 30     # the encoder always sees one 30 s window
-N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE   # 480000 samples per window
-N_FRAMES = N_SAMPLES // HOP_LENGTH        # 3000 mel frames per window
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH // 2  # 50 encoder positions/s (conv2 stride 2)
-
+from kernels.errors import AmanuensisError
 
 MAX_DIM = 1 << 20
 
@@ -65,7 +56,7 @@ class ModelDimensions:
         return self.n_vocab >= 51865
 
     @classmethod
-    def from_hf_config(cls, config: dict, source: str = "config.json") -> "ModelDimensions":
+    def from_hf_config(cls, config: dict, source: str = "config.json") -> ModelDimensions:
         """Read the dims from a Hugging Face Whisper config dict; name what is missing."""
         if config.get("model_type", "whisper") != "whisper":
             raise AmanuensisError(f"{source}: model_type is {config.get('model_type')!r}, not 'whisper'")

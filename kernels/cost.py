@@ -3,14 +3,18 @@
 PROJECTION, not a measurement: nothing here ran on an NPU. Per node, matmul FLOPs run
 at cores x MACs/cycle x 2 x clock x efficiency, the rest (softmax, GELU, norms, adds) at
 the vector rate x efficiency (default efficiency 0.35: tuned AIE micro-kernels reach
-26-43% of peak in public reports; our kernels today are the scalar path, far below); DDR traffic counts bf16 activations in and out and bf16 weights once (attention
-keys/values of one head fit a 512 KiB memory tile, so they cross DDR once). A node takes
-the longer of the two: compute- or memory-bound.
+26-43% of peak in public reports; the kernels of kernels/aie are a scalar path today, far
+below); DDR traffic counts bf16 activations in and out and bf16 weights once (attention
+keys/values of one head fit a 512 KiB memory tile, so they cross DDR once). A node takes the
+longer of the two: compute- or memory-bound.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+
+from kernels.contract import TILE
+from kernels.errors import BadOption
 
 BF16 = 2
 
@@ -53,22 +57,39 @@ def _ddr_bytes(graph, node) -> int:
 
 def _tiles(node) -> int:
     t, n = node.shape
-    return math.ceil(t / 64) * math.ceil(n / 64)
+    return math.ceil(t / TILE) * math.ceil(n / TILE)
 
 
-def project(graph, params: NpuParams) -> list[dict]:
-    """One row per node: FLOPs, 64x64 output tiles, DDR bytes, compute/memory ms, bound."""
+@dataclass(frozen=True)
+class NodeProjection:
+    node: str
+    kernel: str
+    gflop: float
+    tiles: int                  # 64x64 output tiles
+    ddr_mib: float
+    compute_ms: float
+    memory_ms: float
+
+    @property
+    def ms(self) -> float:
+        return max(self.compute_ms, self.memory_ms)
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_ms >= self.memory_ms else "memory"
+
+
+def project(graph, params: NpuParams) -> list[NodeProjection]:
+    """One row per node: FLOPs, 64x64 output tiles, DDR bytes, compute and memory time."""
     rows = []
+    rate = params.cores * params.clock_ghz * 1e9 * params.efficiency
     for node in graph.nodes:
         mm = _matmul_flops(graph, node)
         other = max(node.flops - mm, 0)
-        rate = params.cores * params.clock_ghz * 1e9 * params.efficiency
         compute_s = mm / (rate * params.macs_per_cycle * 2) + other / (rate * params.vector_flops_per_cycle)
         ddr = _ddr_bytes(graph, node)
-        memory_s = ddr / (params.ddr_gbs * 1e9)
-        rows.append({"node": node.name, "kernel": node.kernel, "gflop": node.flops / 1e9, "tiles": _tiles(node),
-                     "ddr_mib": ddr / 2**20, "compute_ms": compute_s * 1e3, "memory_ms": memory_s * 1e3,
-                     "ms": max(compute_s, memory_s) * 1e3, "bound": "compute" if compute_s >= memory_s else "memory"})
+        rows.append(NodeProjection(node.name, node.kernel, node.flops / 1e9, _tiles(node), ddr / 2**20,
+                                   compute_s * 1e3, ddr / (params.ddr_gbs * 1e9) * 1e3))
     return rows
 
 
@@ -76,18 +97,21 @@ def format_projection(graph, params: NpuParams) -> str:
     rows = project(graph, params)
     lines = [f"PROJECTION (not measured) for {params.name}, {params.cores} cores at "
              f"{100 * params.efficiency:.0f}% of peak compute:",
-             f"{'node':32} {'kernel':10} {'GFLOP':>7} {'tiles':>6} {'DDR MiB':>8} {'compute':>8} {'memory':>8} {'ms':>7}  bound"]
+             f"{'node':32} {'kernel':10} {'GFLOP':>7} {'tiles':>6} {'DDR MiB':>8} {'compute':>8} {'memory':>8} "
+             f"{'ms':>7}  bound"]
     for r in rows:
-        lines.append(f"{r['node']:32} {r['kernel']:10} {r['gflop']:7.3f} {r['tiles']:6d} {r['ddr_mib']:8.2f} "
-                     f"{r['compute_ms']:8.3f} {r['memory_ms']:8.3f} {r['ms']:7.3f}  {r['bound']}")
-    total = sum(r["ms"] for r in rows)
+        lines.append(f"{r.node:32} {r.kernel:10} {r.gflop:7.3f} {r.tiles:6d} {r.ddr_mib:8.2f} "
+                     f"{r.compute_ms:8.3f} {r.memory_ms:8.3f} {r.ms:7.3f}  {r.bound}")
+    total = sum(r.ms for r in rows)
     lines.append(f"projected total per 30 s window: {total:.1f} ms (PROJECTION; no overlap between nodes, "
                  f"host and decoder not included)")
     return "\n".join(lines)
 
 
-def params_from_args(preset: str, cores=None, clock_ghz=None, ddr_gbs=None, efficiency=None) -> NpuParams:
-    p = PRESETS[preset]
-    changes = {k: v for k, v in (("cores", cores), ("clock_ghz", clock_ghz), ("ddr_gbs", ddr_gbs),
-                                 ("efficiency", efficiency)) if v}
-    return replace(p, **changes) if changes else p
+def preset(name: str, **changes) -> NpuParams:
+    """PRESETS[name] with the parameters in `changes` that are given (not None); each must be positive."""
+    given = {k: v for k, v in changes.items() if v is not None}
+    for key, value in given.items():
+        if not value > 0:
+            raise BadOption(key, f"--{key.replace('_', '-')} must be positive, got {value}")
+    return replace(PRESETS[name], **given)

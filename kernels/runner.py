@@ -1,0 +1,149 @@
+"""Run a layer graph on a backend, recording which backend ran each node and how long it took."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels.errors import AmanuensisError
+from kernels.graph import Graph, Node
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """One node of one run: what ran it, how long it took."""
+
+    node: str
+    kernel: str
+    backend: str                 # what actually ran the node ("npu", "cpu", "emu", "host")
+    ms: float
+    flops: int
+    fallback: str | None = None  # why it did not run where asked, if it did not
+
+    @property
+    def gflops(self) -> float | None:
+        """Achieved GFLOP/s."""
+        return self.flops / self.ms / 1e6 if self.ms > 0 else None
+
+    def to_dict(self) -> dict:
+        """As the JSON outputs carry it: name, kernel, backend, ms, achieved GFLOP/s, fallback."""
+        gflops = self.gflops
+        return {"node": self.node, "kernel": self.kernel, "backend": self.backend, "ms": round(self.ms, 3),
+                "gflops": None if gflops is None else round(gflops, 1), "fallback": self.fallback}
+
+
+@dataclass
+class RunResult:
+    output: np.ndarray                                     # the graph's first output
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)   # graph outputs and tensors asked for
+    records: list[NodeRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeSummary:
+    """One node over every run of a profile."""
+
+    node: str
+    kernel: str
+    backends: tuple[str, ...]    # what ran it, sorted
+    fallbacks: tuple[str, ...]   # why it fell back, sorted (empty when it never did)
+    ms: float                    # total over the runs
+    gflop: float                 # total over the runs
+
+    @property
+    def gflops(self) -> float:
+        return self.gflop / self.ms * 1e3 if self.ms else 0.0
+
+
+@dataclass
+class Profile:
+    """Per-node timing of graph runs: one list of NodeRecord per run (a 30 s window, for Whisper)."""
+
+    runs: list[list[NodeRecord]] = field(default_factory=list)
+
+    def add(self, result: RunResult) -> None:
+        self.runs.append(result.records)
+
+    def nodes(self) -> dict[str, NodeSummary]:
+        """Each node summed over the runs, in graph order."""
+        rows: dict[str, list[NodeRecord]] = {}
+        for run in self.runs:
+            for r in run:
+                rows.setdefault(r.node, []).append(r)
+        return {name: NodeSummary(name, rs[0].kernel, tuple(sorted({r.backend for r in rs})),
+                                  tuple(sorted({r.fallback for r in rs if r.fallback})),
+                                  sum(r.ms for r in rs), sum(r.flops for r in rs) / 1e9)
+                for name, rs in rows.items()}
+
+    def to_json(self) -> list[list[dict]]:
+        return [[r.to_dict() for r in run] for run in self.runs]
+
+    def format(self) -> str:
+        """Per-node table summed over the runs: backend(s) that ran it (* = fell back), ms, GFLOP/s."""
+        nodes = self.nodes()
+        lines = [f"{'node':32} {'kernel':10} {'backend':8} {'ms':>9} {'GFLOP/s':>8}   ({len(self.runs)} window(s); "
+                 f"* = fell back)"]
+        for s in nodes.values():
+            backends = ",".join(s.backends) + ("*" if s.fallbacks else "")
+            lines.append(f"{s.node:32} {s.kernel:10} {backends:8} {s.ms:9.2f} {s.gflops:8.1f}")
+        lines.append(f"{'total':32} {'':10} {'':8} {sum(s.ms for s in nodes.values()):9.2f}")
+        return "\n".join(lines)
+
+
+class Runner:
+    """Executes `graph` with `weights` on `backend`; frees each activation after its last use.
+
+    With strict=True any op that falls back from the requested backend is an error. The runner
+    takes `weights` over: each node's matrix in it is replaced, in place, by the form the backend's
+    kernel takes (Backend.prepare_weight), so the plain copy is freed matrix by matrix (loading
+    large-v3 would otherwise hold its encoder weights twice). Pass a copy of a dict you reuse.
+    """
+
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend, strict: bool = False):
+        self.graph, self.backend, self.strict = graph, backend, strict
+        self._last_use = graph.last_use()
+        self.weights = weights
+        for node in graph.nodes:
+            if not backend.supports(node.kernel):
+                raise AmanuensisError(f"backend {backend.name!r} has no kernel {node.kernel!r} (node {node.name})")
+            if node.weights:
+                self.weights[node.weights[0]] = backend.prepare_weight(node.kernel, self.weights[node.weights[0]])
+
+    def call(self, node: Node, values: dict, backend=None):
+        """(output, what ran it, fallback reason) of one node on `backend` (default: the runner's),
+        its activations taken from `values`."""
+        args = tuple(values[t] for t in node.inputs) + tuple(self.weights[w] for w in node.weights)
+        kwargs = dict(node.params)
+        if node.residual:
+            kwargs["residual"] = values[node.residual]
+        return (backend or self.backend).run(node.kernel, args, kwargs)
+
+    def run(self, x: np.ndarray, keep=()) -> RunResult:
+        """Run the graph on its input `x` (fp32, in the graph's layout). keep: tensor names, or "all"."""
+        expected = self.graph.shapes[self.graph.input]
+        if x.shape != expected:
+            raise AmanuensisError(f"graph input {self.graph.input!r} has shape {x.shape}, the graph expects {expected}")
+        keep = set(self.graph.shapes) if keep == "all" else set(keep)
+        unknown = keep - set(self.graph.shapes)
+        if unknown:
+            raise AmanuensisError(f"no tensor named {sorted(unknown)} in the graph")
+        values = {self.graph.input: np.ascontiguousarray(x, dtype=np.float32)}
+        kept = {t: values[t] for t in keep & set(values)}
+        records = []
+        with self.backend.session():
+            for i, node in enumerate(self.graph.nodes):
+                start = time.perf_counter()
+                values[node.name], ran_on, fallback = self.call(node, values)
+                ms = (time.perf_counter() - start) * 1e3
+                if fallback and self.strict:
+                    raise AmanuensisError(f"node {node.name}: {fallback}; ran on {ran_on} instead of "
+                                          f"{self.backend.name}, which --strict forbids")
+                records.append(NodeRecord(node.name, node.kernel, ran_on, ms, node.flops, fallback))
+                if node.name in keep:
+                    kept[node.name] = values[node.name]
+                for t in set(node.activation_inputs):
+                    if self._last_use[t] == i:
+                        del values[t]
+        kept.update({t: values[t] for t in self.graph.outputs})
+        return RunResult(values[self.graph.outputs[0]], kept, records)

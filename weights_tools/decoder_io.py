@@ -1,0 +1,50 @@
+"""The decoder graph's inputs and outputs, by name: one definition for the graph builder
+(weights_tools.onnx_decoder) and the session that runs it (decoder.session).
+
+Inputs
+    input_ids           int64 (B, S)         the new tokens
+    offset              int64 ()             how many tokens the cache already holds
+    logits_from         int64 ()             first position whose logits are wanted (a prefill of
+                        a long prompt needs only its last few rows: the vocabulary projection is
+                        the decoder's largest matmul, and its output the largest tensor)
+    past_key_i/value_i  float (B, H, n_text_ctx, d_head)  self-attention cache, slots >= offset ignored
+    cross_key_i/value_i float (1 or B, H, n_audio_ctx, d_head)  from the encoder output, computed
+                        once per window by the encoder's kernels (not in this graph)
+Outputs
+    logits              float (B, S - logits_from, n_vocab)
+    new_key_i/value_i   float (B, H, S, d_head)  the host writes them into the cache at `offset`,
+                        so the cache is never copied whole
+    alignment           float (B, n_align, S, n_audio_ctx)  cross-attention of the alignment heads
+                        (only when the model names alignment heads)
+"""
+from __future__ import annotations
+
+INPUT_IDS = "input_ids"
+OFFSET = "offset"
+LOGITS_FROM = "logits_from"
+LOGITS = "logits"
+ALIGNMENT = "alignment"
+
+
+def past_key(layer: int) -> str:
+    return f"past_key_{layer}"
+
+
+def past_value(layer: int) -> str:
+    return f"past_value_{layer}"
+
+
+def cross_key(layer: int) -> str:
+    return f"cross_key_{layer}"
+
+
+def cross_value(layer: int) -> str:
+    return f"cross_value_{layer}"
+
+
+def new_key(layer: int) -> str:
+    return f"new_key_{layer}"
+
+
+def new_value(layer: int) -> str:
+    return f"new_value_{layer}"
