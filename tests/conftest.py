@@ -1,12 +1,15 @@
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 # Conversions go to a cache private to this test session, never the user's (set before any import
-# of the project reads it).
+# of the project reads it), and removed with it: a converted tiny.en is 250 MB.
 os.environ["AMANUENSIS_CACHE"] = tempfile.mkdtemp(prefix="amanuensis-test-cache-")
+atexit.register(shutil.rmtree, os.environ["AMANUENSIS_CACHE"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from encoder import load_model  # noqa: E402
