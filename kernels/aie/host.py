@@ -1,7 +1,8 @@
-"""Build the AIE kernel sources for the host (g++, scalar path) and load them with ctypes.
+"""Build the AIE kernel sources for the host (g++) and load them with ctypes.
 
-The library is what ties the emulator to the code that would run on the NPU: the
-tests feed the same tiles to both. It is built on first use into the cache
+The scalar reference kernels build as they are; the vectorised ones through the project's aie_api
+shim (common/aie_host.h). The library is what ties the emulator to the code that would run on the
+NPU: the tests feed the same tiles to both. It is built on first use into the cache
 ($AMANUENSIS_CACHE/host-kernels/<hash of the sources>).
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ from kernels.settings import cache_dir
 
 HERE = Path(__file__).resolve().parent
 SOURCES = sorted(HERE.glob("*/*.cc"))
-FLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared"]
+HEADERS = sorted(HERE.glob("common/*.h"))
+FLAGS = ["-O2", "-std=c++20", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared"]
 
 
 def build(out_dir: Path | None = None) -> Path:
@@ -25,7 +27,7 @@ def build(out_dir: Path | None = None) -> Path:
     compiler = shutil.which("g++")
     if compiler is None:
         raise AmanuensisError("building the host kernels needs g++ (apt-get install g++)")
-    digest = hashlib.sha1(b"".join(p.read_bytes() for p in SOURCES + [HERE / "common" / "contract.h"])
+    digest = hashlib.sha1(b"".join(p.read_bytes() for p in SOURCES + HEADERS)
                           + " ".join(FLAGS).encode()).hexdigest()[:12]
     out_dir = out_dir or cache_dir() / "host-kernels" / digest
     lib = out_dir / "libamanuensis_aie_host.so"
@@ -59,8 +61,26 @@ def load() -> ctypes.CDLL:
         "mel_frames_64": [f32, f32, f32, f32, i32, f32],
         "mel_finish": [f32, i32, ctypes.c_float, u16],
         "contract_log10_f32": [f32, f32, i32],
+        # the vectorised kernels (bf16 as uint16 bits)
+        "mmv_zero_64x64": [f32],
+        "mmv_bf16_64x64x64": [u16, u16, f32],
+        "mmv_epilogue_64x64": [f32, u16, u16, i32, u16],
+        "attnv_init": [f32, f32, f32],
+        "attnv_step_64": [u16, u16, u16, i32, f32, f32, f32],
+        "attnv_finish": [f32, f32, u16],
+        "layernormv_bf16": [u16, u16, u16, u16, i32, i32, ctypes.c_float],
+        "geluv_bf16": [u16, u16, i32],
+        "mmf_f32_64x64x64": [f32, u16, f32],
+        "melv_power_64x64": [f32, f32],
+        "melv_log10": [f32, i32, f32],
+        "melv_max": [f32, i32],
+        "melv_finish": [f32, i32, ctypes.c_float, u16],
+        **{f"vmath_{name}": [f32, f32, i32] for name in ("exp", "erf", "gelu", "recip", "rsqrt", "log10")},
+        "vmath_lane_sum": [f32, i32, i32, f32],
+        "vmath_round_bf16": [f32, u16, i32],
     }
     for name, args in signatures.items():
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = None
+    lib.melv_max.restype = ctypes.c_float
     return lib

@@ -1,0 +1,119 @@
+// Attention over one 64-query tile of one head, walking every 64-key tile of the sequence with a
+// running max, running sum and rescale (flash style), on the AIE-ML matrix unit. The vectorised
+// variant of attention.cc (the scalar reference it is checked against).
+//
+//   attnv_init      m = -inf, l = 0, O = 0
+//   attnv_step_64   one key tile: S = Q K^T on the matrix unit (each K block transposed in
+//                   registers); keys >= valid_keys set to -inf; per query row m' = max(m, max S),
+//                   alpha = exp(m - m'), P = exp(S - m'), l = l alpha + sum P; O = O alpha + bf16(P) V
+//                   (the rescaled O is the accumulator the P V products are added into)
+//   attnv_finish    out = bf16(O * (1 / l))
+// Q is pre-scaled by 1/sqrt(64) (exact in bf16). Query rows are processed 4 at a time, so only one
+// 4 x 64 band of scores exists at once.
+//
+// Layouts (common/blocked.h): Q and K (rows x dims) in the A layout, V (keys x dims) in the B
+// layout, O (fp32) and out (bf16) in the C layout; m, l: 64 fp32 each, one per query row.
+// State (m, l, O: 16.5 KB) stays in the core's data memory across steps.
+//
+// Cycle estimate per attnv_step_64 (fp32 multiply = ~15 instructions, emulated; see vmath.h):
+//   Q K^T and P V: 2 x 64^3 / 128 = 4096 mmul instructions, plus 2048 transposes of K blocks.
+//   exp of the 64 x 64 scores and 64 alphas: 260 vectors x (~10 fp32 multiplies + ~12 other
+//   instructions) = ~42000 instructions; max, row sums, rescale of O (256 fp32 multiplies), the
+//   bf16 narrowing: ~5500. Total ~54000 cycles a key tile: the fp32 exp is ~80% of it.
+// attnv_finish: 64 reciprocals (~50 instructions each, per row) and 256 block multiplies: ~7000.
+#include "../common/blocked.h"
+
+using namespace amanuensis::vec;
+using namespace amanuensis::blocked;
+
+namespace {
+constexpr int kTile = 64;
+
+// A 4 x 4 block whose row r holds value[r] in all 4 lanes.
+inline v16f per_row(const float (&value)[4]) {
+  return aie::concat(aie::broadcast<float, 4>(value[0]), aie::broadcast<float, 4>(value[1]),
+                     aie::broadcast<float, 4>(value[2]), aie::broadcast<float, 4>(value[3]));
+}
+
+// The 4 x 64 band of scores of query rows 4i..4i+3: 16 blocks of S, each over 8 dim steps.
+void scores(const bfloat16* q, const bfloat16* k, int i, float (&band)[4][kTile]) {
+  for (int j = 0; j < kBlocks; ++j) {
+    MMUL s;
+    for (int step = 0; step < kSteps; ++step)
+      s.mac(aie::load_v<32>(q + a_block(i, step)), aie::transpose(aie::load_v<32>(k + a_block(j, step)), 4, 8));
+    v16f block = s.to_vector<float>();
+    for (int r = 0; r < 4; ++r) aie::store_v(&band[r][4 * j], block.extract<4>(r));
+  }
+}
+
+// Row r of the band: mask the keys past valid_keys, update the running max and sum, leave bf16(P) in
+// p_row and return alpha.
+float softmax_row(float (&s)[kTile], int valid_keys, float& m, float& l, bfloat16* p_row) {
+  v16f chunk[4];
+  for (int c = 0; c < 4; ++c) {
+    chunk[c] = aie::load_v<16>(&s[16 * c]);
+    int valid = valid_keys - 16 * c;
+    if (valid < 16) {
+      auto keep = aie::mask<16>::from_uint32(valid <= 0 ? 0u : (1u << valid) - 1u);
+      chunk[c] = aie::select(bcast(-INFINITY), chunk[c], keep);
+    }
+  }
+  float row_max = aie::reduce_max(aie::max(aie::max(chunk[0], chunk[1]), aie::max(chunk[2], chunk[3])));
+  float m_new = m > row_max ? m : row_max;
+  float alpha = exp(fsub(bcast(m), bcast(m_new))).get(0);
+  v16f sum = bcast(0.0f);
+  for (int c = 0; c < 4; ++c) {
+    v16f p = exp(fsub(chunk[c], bcast(m_new)));
+    sum = c == 0 ? p : fadd(sum, p);
+    aie::store_v(p_row + 16 * c, narrow(p));
+  }
+  l = fadd(fmul(bcast(l), bcast(alpha)), bcast(aie::reduce_add(sum))).get(0);
+  m = m_new;
+  return alpha;
+}
+}  // namespace
+
+extern "C" {
+
+void attnv_init(float* m, float* l, float* o) {
+  for (int r = 0; r < kTile; r += 16) {
+    aie::store_v(m + r, bcast(-INFINITY));
+    aie::store_v(l + r, bcast(0.0f));
+  }
+  for (int b = 0; b < kBlocks * kBlocks; ++b) aie::store_v(o + b * 16, bcast(0.0f));
+}
+
+void attnv_step_64(const bfloat16* q, const bfloat16* k, const bfloat16* v, int32_t valid_keys, float* m,
+                   float* l, float* o) {
+  aie::set_rounding(aie::rounding_mode::conv_even);
+  for (int i = 0; i < kBlocks; ++i) {                   // query rows 4i .. 4i+3
+    alignas(32) float band[4][kTile];
+    alignas(32) bfloat16 p[4][kTile];
+    float alpha[4];
+    scores(q, k, i, band);
+    for (int r = 0; r < 4; ++r) alpha[r] = softmax_row(band[r], valid_keys, m[4 * i + r], l[4 * i + r], p[r]);
+    v16f rescale = per_row(alpha);
+    for (int j = 0; j < kBlocks; ++j) {                 // O's dim blocks
+      MMUL acc(acc16(fmul(aie::load_v<16>(o + c_block(i, j)), rescale)));
+      for (int step = 0; step < kSteps; ++step) {      // keys 8 at a time
+        v32bf p_block = aie::concat(aie::load_v<8>(&p[0][8 * step]), aie::load_v<8>(&p[1][8 * step]),
+                                    aie::load_v<8>(&p[2][8 * step]), aie::load_v<8>(&p[3][8 * step]));
+        acc.mac(p_block, aie::load_v<32>(v + b_block(step, j)));
+      }
+      aie::store_v(o + c_block(i, j), acc.to_vector<float>());
+    }
+  }
+}
+
+void attnv_finish(const float* o, const float* l, bfloat16* out) {
+  aie::set_rounding(aie::rounding_mode::conv_even);
+  for (int i = 0; i < kBlocks; ++i) {
+    float inv[4];
+    for (int r = 0; r < 4; ++r) inv[r] = recip(bcast(l[4 * i + r])).get(0);
+    v16f scale = per_row(inv);
+    for (int j = 0; j < kBlocks; ++j)
+      aie::store_v(out + c_block(i, j), narrow(fmul(aie::load_v<16>(o + c_block(i, j)), scale)));
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,40 @@
+// The blocked 64 x 64 tile layouts of the matrix unit's operands (mmul<4, 8, 4>), which the DMA
+// of a whole-array design produces so that every load is one contiguous vector (row-major within
+// a block, blocks row-major):
+//   A  bf16 (or fp32) as 16 x 8 blocks of 4 x 8 (rows x K)   block (i, k) at (i * 8 + k) * 32
+//   B  bf16 as 8 x 16 blocks of 8 x 4 (K x columns)           block (k, j) at (k * 16 + j) * 32
+//   C  fp32 (or bf16) as 16 x 16 blocks of 4 x 4              block (i, j) at (i * 16 + j) * 16
+#pragma once
+#include "vmath.h"
+
+namespace amanuensis::blocked {
+
+using MMUL = aie::mmul<4, 8, 4, bfloat16, bfloat16, accfloat>;
+
+constexpr int kBlocks = 16;     // 4-row (or 4-column) blocks along a 64 side
+constexpr int kSteps = 8;       // 8-wide K steps along a 64 side
+constexpr int kRows = 4;        // register blocking: kRows x kCols C blocks held in accumulators
+constexpr int kCols = 4;
+
+inline int a_block(int i, int k) { return (i * kSteps + k) * 32; }
+inline int b_block(int k, int j) { return (k * kBlocks + j) * 32; }
+inline int c_block(int i, int j) { return (i * kBlocks + j) * 16; }
+
+// C += the products that step(acc, i0, j0, k) adds at K step k, for the 64 x 64 fp32 tile c: each
+// group of kRows x kCols C blocks (rows from block i0, columns from block j0) stays in accumulators
+// over the 8 steps, so C is loaded and stored once per call.
+template <typename Step>
+inline void accumulate_tile(float* c, Step&& step) {
+  for (int i0 = 0; i0 < kBlocks; i0 += kRows)
+    for (int j0 = 0; j0 < kBlocks; j0 += kCols) {
+      MMUL acc[kRows][kCols];
+      for (int r = 0; r < kRows; ++r)
+        for (int s = 0; s < kCols; ++s)
+          acc[r][s] = MMUL(vec::acc16(aie::load_v<16>(c + c_block(i0 + r, j0 + s))));
+      for (int k = 0; k < kSteps; ++k) step(acc, i0, j0, k);
+      for (int r = 0; r < kRows; ++r)
+        for (int s = 0; s < kCols; ++s) aie::store_v(c + c_block(i0 + r, j0 + s), acc[r][s].to_vector<float>());
+    }
+}
+
+}  // namespace amanuensis::blocked

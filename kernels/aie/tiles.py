@@ -1,0 +1,176 @@
+"""The vectorised kernels run over whole ops on the host: the tiling, the blocked layouts the DMA
+produces, and the kernel calls, in the order a design makes them (kernels/aie/*/*_vec.cc).
+
+Each function takes the graph op's arguments (fp32 arrays, as kernels/interface.py has them) and
+the host build of the kernels (kernels.aie.host.load()), and returns what the NPU would: the tests
+compare it with the `emu` backend bit for bit.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+
+from kernels import contract as C
+from kernels.frontend import HOP_LENGTH, N_FFT, N_FRAMES, hann_window, mel_filters
+
+TILE = C.TILE
+_F32 = ctypes.POINTER(ctypes.c_float)
+_U16 = ctypes.POINTER(ctypes.c_uint16)
+
+
+def bits(x) -> np.ndarray:
+    """fp32 values as contiguous bf16 bits (uint16), rounded to nearest even."""
+    import ml_dtypes  # bf16 data: only where the kernels run
+
+    return np.ascontiguousarray(C.bf16(x).astype(ml_dtypes.bfloat16).view(np.uint16))
+
+
+def from_bits(b: np.ndarray) -> np.ndarray:
+    import ml_dtypes
+
+    return np.ascontiguousarray(b).view(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def _p(a: np.ndarray):
+    return a.ctypes.data_as(_U16 if a.dtype == np.uint16 else _F32)
+
+
+def pad(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    out = np.zeros((rows, cols), x.dtype)
+    out[:x.shape[0], :x.shape[1]] = x
+    return out
+
+
+def up(n: int) -> int:
+    return -(-n // TILE) * TILE
+
+
+# ---- the DMA's blocked layouts of a 64 x 64 tile ---------------------------------------------------------
+
+def block_a(t: np.ndarray) -> np.ndarray:
+    """A operand: 16 x 8 blocks of 4 x 8 (rows x K), blocks and their elements row-major."""
+    return np.ascontiguousarray(t.reshape(16, 4, 8, 8).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def block_b(t: np.ndarray) -> np.ndarray:
+    """B operand: 8 x 16 blocks of 8 x 4 (K x columns)."""
+    return np.ascontiguousarray(t.reshape(8, 8, 16, 4).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def block_c(t: np.ndarray) -> np.ndarray:
+    """C, residual and output: 16 x 16 blocks of 4 x 4."""
+    return np.ascontiguousarray(t.reshape(16, 4, 16, 4).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def unblock_c(flat: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(flat.reshape(16, 16, 4, 4).transpose(0, 2, 1, 3)).reshape(64, 64)
+
+
+# ---- ops ---------------------------------------------------------------------------------------------------
+
+def linear(lib, x, w, b, gelu=False, residual=None) -> np.ndarray:
+    """act(x · W + b) + residual: per 64 x 64 output tile, zero, one matmul call per 64-wide K chunk, the
+    epilogue."""
+    m, k, n = up(x.shape[0]), up(x.shape[1]), up(w.shape[1])
+    xb, wb = bits(pad(x, m, k)), bits(pad(w, k, n))
+    bias = bits(np.pad(b, (0, n - len(b))))
+    res = None if residual is None else bits(pad(residual, m, n))
+    out = np.zeros((m, n), np.uint16)
+    acc, tile = np.zeros(TILE * TILE, np.float32), np.zeros(TILE * TILE, np.uint16)
+    for i in range(0, m, TILE):
+        for j in range(0, n, TILE):
+            lib.mmv_zero_64x64(_p(acc))
+            for kk in range(0, k, TILE):
+                a_t, b_t = block_a(xb[i:i + TILE, kk:kk + TILE]), block_b(wb[kk:kk + TILE, j:j + TILE])
+                lib.mmv_bf16_64x64x64(_p(a_t), _p(b_t), _p(acc))
+            r_t = None if res is None else block_c(res[i:i + TILE, j:j + TILE])
+            lib.mmv_epilogue_64x64(_p(acc), _p(np.ascontiguousarray(bias[j:j + TILE])),
+                                   None if r_t is None else _p(r_t), int(gelu), _p(tile))
+            out[i:i + TILE, j:j + TILE] = unblock_c(tile)
+    return from_bits(out)[:x.shape[0], :w.shape[1]]
+
+
+def attention(lib, qkv, n_head) -> np.ndarray:
+    """Per head and 64-query tile: init, one step per 64-key tile of the padded sequence, finish."""
+    t, d_model = qkv.shape[0], qkv.shape[1] // 3
+    d = d_model // n_head
+    padded = up(t)
+    x = np.zeros((padded, qkv.shape[1]), np.float32)
+    x[:t] = qkv
+    out = np.zeros((padded, d_model), np.uint16)
+    m, row_sum, o = np.zeros(TILE, np.float32), np.zeros(TILE, np.float32), np.zeros(TILE * TILE, np.float32)
+    tile = np.zeros(TILE * TILE, np.uint16)
+    for h in range(n_head):
+        q_all = bits(x[:, h * d:(h + 1) * d] * np.float32(1.0 / math.sqrt(d)))
+        k_all = bits(x[:, d_model + h * d:d_model + (h + 1) * d])
+        v_all = bits(x[:, 2 * d_model + h * d:2 * d_model + (h + 1) * d])
+        keys = [(block_a(k_all[j:j + TILE]), block_b(v_all[j:j + TILE]), min(TILE, t - j))
+                for j in range(0, padded, TILE)]
+        for i in range(0, padded, TILE):
+            q = block_a(q_all[i:i + TILE])
+            lib.attnv_init(_p(m), _p(row_sum), _p(o))
+            for k_t, v_t, valid in keys:
+                lib.attnv_step_64(_p(q), _p(k_t), _p(v_t), valid, _p(m), _p(row_sum), _p(o))
+            lib.attnv_finish(_p(o), _p(row_sum), _p(tile))
+            out[i:i + TILE, h * d:(h + 1) * d] = unblock_c(tile)
+    return from_bits(out)[:t]
+
+
+def layernorm(lib, x, gamma, beta, eps=1e-5) -> np.ndarray:
+    xb, out = bits(x), np.zeros(x.shape, np.uint16)
+    lib.layernormv_bf16(_p(xb), _p(bits(gamma)), _p(bits(beta)), _p(out), x.shape[0], x.shape[1], eps)
+    return from_bits(out)
+
+
+def gelu(lib, x) -> np.ndarray:
+    flat = bits(np.ravel(x))
+    n = up(flat.size)
+    xb, out = np.zeros(n, np.uint16), np.zeros(n, np.uint16)
+    xb[:flat.size] = flat
+    lib.geluv_bf16(_p(xb), _p(out), n)
+    return from_bits(out[:flat.size]).reshape(np.shape(x))
+
+
+def matmul_f32(lib, a: np.ndarray, b_pieces: list[np.ndarray]) -> np.ndarray:
+    """fp32 a (M, K) · b (K, N), b given as its three bf16 pieces (contract.split3): mmf_f32_64x64x64 per tile."""
+    m, k, n = up(a.shape[0]), up(a.shape[1]), up(b_pieces[0].shape[1])
+    a = pad(np.asarray(a, np.float32), m, k)
+    pieces = [bits(pad(p, k, n)) for p in b_pieces]
+    out = np.zeros((m, n), np.float32)
+    acc = np.zeros(TILE * TILE, np.float32)
+    for i in range(0, m, TILE):
+        for j in range(0, n, TILE):
+            acc[:] = 0
+            for kk in range(0, k, TILE):
+                b3 = np.concatenate([block_b(p[kk:kk + TILE, j:j + TILE]) for p in pieces])
+                lib.mmf_f32_64x64x64(_p(block_a(a[i:i + TILE, kk:kk + TILE])), _p(b3), _p(acc))
+            out[i:i + TILE, j:j + TILE] = unblock_c(acc)
+    return out
+
+
+def log_mel(lib, samples, n_mels) -> np.ndarray:
+    """Whisper's log-mel of one window (3000, n_mels), bf16 values: the spectrum and the mel energies on the
+    matrix unit, power, log10, the window's maximum and the finish."""
+    frames_padded = up(N_FRAMES)                                               # 3008
+    x = np.zeros((frames_padded - 1) * HOP_LENGTH + N_FFT, np.float32)
+    window = np.zeros(N_FRAMES * HOP_LENGTH, np.float32)
+    window[:min(len(samples), window.size)] = samples[:window.size]
+    reflected = np.pad(window, N_FFT // 2, mode="reflect")
+    x[:reflected.size] = reflected
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:frames_padded]   # the DMA's pattern
+    spectrum = matmul_f32(lib, frames, list(C.split3(C.dft_matrix(hann_window()))))   # (3008, 448)
+    power = np.zeros((frames_padded, C.BINS_PADDED), np.float32)
+    part = np.zeros(TILE * 32, np.float32)
+    for i in range(0, frames_padded, TILE):
+        for t in range(C.BINS_PADDED // C.BIN_TILE):
+            lib.melv_power_64x64(_p(block_c(spectrum[i:i + TILE, 64 * t:64 * t + 64])), _p(part))
+            power[i:i + TILE, 32 * t:32 * t + 32] = part.reshape(TILE, 32)
+    energies = matmul_f32(lib, power, list(C.split3(C.filters_padded(mel_filters(n_mels)))))
+    energies = np.ascontiguousarray(energies[:N_FRAMES, :n_mels]).reshape(-1)     # the real frames and bins
+    log_mel = np.zeros_like(energies)
+    lib.melv_log10(_p(energies), energies.size, _p(log_mel))
+    out = np.zeros(energies.size, np.uint16)
+    lib.melv_finish(_p(log_mel), log_mel.size, lib.melv_max(_p(log_mel), log_mel.size), _p(out))
+    return from_bits(out).reshape(N_FRAMES, n_mels)
