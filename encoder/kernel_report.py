@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     model = ConvertedModel.open(resolve_model(args.model))
     graph = build_encoder_graph(model.dims, cross_kv=True)          # the cross-attention K/V nodes too
     weights = {**model.read_encoder_weights(), **model.cross_kv_weights()}
-    rows = kernel_report(graph, weights, window, model.dims.n_mels, get_backend("cpu"), get_backend("emu"))
+    rows = kernel_report(graph, weights, window, get_backend("cpu"), get_backend("emu"))
     if args.json:
         print(json.dumps({"min_correlation": MIN_CORRELATION, "nodes": [r.to_dict() for r in rows]}, indent=2))
     else:

@@ -9,12 +9,12 @@ from decoder.options import TranscribeOptions, with_changes
 from decoder.session import int8_caveat
 from encoder.audio import as_samples, windows
 from encoder.embedding import POOLINGS, Embedding
-from encoder.network import OUTPUT, block_output, build_encoder_graph
+from encoder.network import INPUT, MEL, OUTPUT, block_output, build_encoder_graph
 from encoder.results import Transcription
 from encoder.transcription import Transcriber
 from kernels.backends import select_backend
 from kernels.errors import AmanuensisError, BadOption
-from kernels.frontend import N_FRAMES, SAMPLE_RATE, SAMPLES_PER_FRAME, log_mel_spectrogram
+from kernels.frontend import N_FRAMES, SAMPLE_RATE, SAMPLES_PER_FRAME, log_mel_spectrogram, pad_window
 from kernels.runner import Profile, Runner, RunResult
 from weights_tools.model_dir import ConvertedModel
 from weights_tools.resolve import resolve_model
@@ -44,28 +44,33 @@ class WhisperModel:
         return self.converted.name
 
     def mel(self, samples: np.ndarray) -> np.ndarray:
-        """Log-mel of one window of 16 kHz samples: (n_mels, 3000)."""
+        """Whisper's log-mel of one window of 16 kHz samples, (n_mels, 3000), in float64 on the host
+        (the reference of the graph's front end, which runs on the backend)."""
         return log_mel_spectrogram(samples, self.dims.n_mels)
 
-    def _graph_input(self, mel: np.ndarray) -> np.ndarray:
-        """The graph's input, time-major (3000, n_mels), of a log-mel laid out as Whisper's (n_mels, 3000)."""
+    def _graph_inputs(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """What the graph starts from: one window of 16 kHz samples (1-D, at most 30 s), or a
+        log-mel laid out as Whisper's (n_mels, 3000), which skips the front end."""
+        if x.ndim == 1:
+            return {INPUT: pad_window(x)}
         expected = (self.dims.n_mels, N_FRAMES)
-        if mel.shape != expected:
-            raise AmanuensisError(f"mel input has shape {mel.shape}, the model expects {expected}")
-        return np.ascontiguousarray(mel.T, dtype=np.float32)
+        if x.shape != expected:
+            raise AmanuensisError(f"mel input has shape {x.shape}, the model expects {expected}")
+        return {MEL: np.ascontiguousarray(x.T, dtype=np.float32)}
 
-    def encode(self, mel: np.ndarray, keep=()) -> RunResult:
-        """Run the encoder graph on one window's log-mel (n_mels, 3000). keep: tensor names, or "all"."""
-        return self.runner.run(self._graph_input(mel), keep=keep)
+    def encode(self, x: np.ndarray, keep=()) -> RunResult:
+        """Run the encoder graph on one window: its samples (the front end runs on the backend too)
+        or its log-mel (n_mels, 3000). keep: tensor names, or "all"."""
+        return self.runner.run(self._graph_inputs(x), keep=keep)
 
-    def encode_with_cross(self, mel: np.ndarray) -> RunResult:
+    def encode_with_cross(self, x: np.ndarray) -> RunResult:
         """Run the graph with the decoder's cross-attention K/V nodes (for transcription)."""
         if self._cross_runner is None:
             graph = build_encoder_graph(self.dims, cross_kv=True)
             # the encoder runner's weights, already in the backend's layout: one copy for both runners
             weights = {**self.runner.weights, **self.converted.cross_kv_weights()}
             self._cross_runner = Runner(graph, weights, self.backend, self.strict)
-        return self._cross_runner.run(self._graph_input(mel))
+        return self._cross_runner.run(self._graph_inputs(x))
 
     def describe_decoder(self) -> str:
         """What runs the decoder: always ONNX Runtime on the CPU, with this precision's graph (and
@@ -112,10 +117,10 @@ class WhisperModel:
         names = [self.layer_tensor(i) for i in layers]
         samples = as_samples(audio)
         parts, profile = [], Profile()
-        with self.backend.session():            # around the mel too (see Transcriber.transcribe)
+        with self.backend.session():            # one for every window (see Transcriber.transcribe)
             for _, chunk in windows(samples):
                 frames = min(self.dims.n_audio_ctx, math.ceil(len(chunk) / SAMPLES_PER_FRAME))
-                result = self.encode(self.mel(chunk), keep=names)
+                result = self.encode(chunk, keep=names)
                 parts.append(np.stack([result.tensors[t][:frames] for t in names]))   # (L, frames, d)
                 profile.add(result)
         states = np.concatenate(parts, axis=1)                                    # (L, total, d)

@@ -1,6 +1,7 @@
 """Whisper's encoder as a layer graph of kernels, built from the model's dims.
 
 Phases (names of boundary tensors in brackets):
+  front   one 30 s window of 16 kHz samples [samples] → log-mel, time-major [mel]
   stem    conv1 + GELU [conv1], conv2 stride 2 + GELU [conv2], + positions [embed]
   block i norm [layers.i.self_attn_layer_norm] → QKV [.self_attn.qkv_proj] →
           attention [.self_attn] → out-projection + residual [.self_attn.out_proj] →
@@ -9,17 +10,18 @@ Phases (names of boundary tensors in brackets):
   cross   (for transcription) per decoder layer i, the cross-attention keys and values of
           the encoder output in one matmul [cross_kv.i]: matmul work for the encoder's kernels
 Each node names its kernel (kernels/interface.py), its activation inputs, its weights
-(encoder.safetensors names), FLOPs and bytes moved (fp32). The graph's input is the log-mel,
-time-major (3000, n_mels); kernels.runner runs it on a backend.
+(encoder.safetensors names), FLOPs and bytes moved (fp32). kernels.runner runs it on a backend,
+from the samples, or from a log-mel given as `mel` (the front end's node is then skipped).
 """
 from __future__ import annotations
 
-from kernels.frontend import INPUT_STRIDE
+from kernels.frontend import INPUT_STRIDE, N_FFT, N_FRAMES, N_SAMPLES
 from kernels.graph import Graph, Node
 from weights_tools.dims import ModelDimensions
 from weights_tools.layout import cross_kv_projection, cross_kv_shapes, kernel_shapes
 
-INPUT = "mel"
+INPUT = "samples"
+MEL = "mel"
 OUTPUT = "layer_norm"
 
 
@@ -67,8 +69,13 @@ def build_encoder_graph(dims: ModelDimensions, cross_kv: bool = False) -> Graph:
     """The encoder graph for one 30 s window of `dims` (with the decoder's cross K/V if asked)."""
     t, d, c = dims.n_audio_ctx, dims.n_audio_state, dims.n_mels
     frames = INPUT_STRIDE * t                                # conv2 has stride 2
+    bins = N_FFT // 2 + 1
     nodes = [
-        Node("conv1", "conv1d_k3", (INPUT,), ("encoder.conv1.weight", "encoder.conv1.bias"), (frames, d),
+        # the DFT and the mel filters as matmuls, + window, power and log (~10 per element)
+        Node(MEL, "log_mel", (INPUT,), (), (N_FRAMES, c),
+             2 * N_FRAMES * N_FFT * 2 * bins + 2 * N_FRAMES * bins * c + 10 * N_FRAMES * (N_FFT + c),
+             (("n_mels", c),)),
+        Node("conv1", "conv1d_k3", (MEL,), ("encoder.conv1.weight", "encoder.conv1.bias"), (frames, d),
              2 * frames * 3 * c * d + 9 * frames * d, (("stride", 1), ("gelu", True))),
         Node("conv2", "conv1d_k3", ("conv1",), ("encoder.conv2.weight", "encoder.conv2.bias"), (t, d),
              2 * t * 3 * d * d + 9 * t * d, (("stride", 2), ("gelu", True))),
@@ -86,5 +93,5 @@ def build_encoder_graph(dims: ModelDimensions, cross_kv: bool = False) -> Graph:
             nodes.append(_linear(cross_kv_output(i), OUTPUT, cross_kv_projection(i), t, d, 2 * d))
         weights = {**weights, **cross_kv_shapes(dims)}
         outputs += tuple(cross_kv_output(i) for i in range(dims.n_text_layer))
-    shapes = {INPUT: (frames, c), **{n.name: n.shape for n in nodes}}
+    shapes = {INPUT: (N_SAMPLES,), **{n.name: n.shape for n in nodes}}
     return Graph(INPUT, nodes, shapes, weights, outputs)

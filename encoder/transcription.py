@@ -95,7 +95,7 @@ class Transcriber:
 
     def encode_window(self, samples: np.ndarray) -> tuple[list, RunResult]:
         """(cross-attention inputs bound for the decoder, encoder run) of one window."""
-        result = self.model.encode_with_cross(self.model.mel(samples))
+        result = self.model.encode_with_cross(samples)
         kv = [result.tensors[cross_kv_output(i)] for i in range(self.model.dims.n_text_layer)]
         return self.session.bind_cross(kv), result
 
@@ -108,9 +108,9 @@ class Transcriber:
         else:
             samples = as_samples(audio)
             duration, window, name = len(samples) / SAMPLE_RATE, lambda a, n: samples[a:a + n], "audio"
-        # The whole loop inside one backend session: a BLAS call of the mel or the decoding between
-        # windows would otherwise wake BLAS's own threads, which then spin on the cores the next
-        # window's encoder needs (measured: +46 ms on each 30 s window's encoder, 180 -> 226 ms).
+        # The whole loop inside one backend session: a BLAS call of the decoding between windows
+        # would otherwise wake BLAS's own threads, which then spin on the cores the next window's
+        # encoder needs (measured: +46 ms on each 30 s window's encoder, 180 -> 226 ms).
         with self.model.backend.session():
             return _SeekLoop(self, options, window, duration, progress, name).run()
 

@@ -1,168 +1,291 @@
-"""The numeric contract of the NPU kernels, written once.
+"""The numeric contract of the NPU kernels, written once: what the vectorised kernels of kernels/aie
+compute, operation for operation, in numpy. The `emu` backend is built from these functions, and
+the kernels, built for the host through kernels/aie/common/aie_host.h, equal them bit for bit
+(tests/test_aie_host.py). kernels/CONTRACT.md is the prose version.
 
-Every function here is the exact arithmetic an AIE kernel performs, in numpy:
-the `emu` backend is built from them and the kernel sources in kernels/aie/
-implement them (their host-compiled scalar paths are tested against these).
-See kernels/CONTRACT.md for the prose version.
-
-- Tiles are 64 x 64. Weights and activations are bf16 (round to nearest even);
-  every kernel reads bf16, computes in fp32 and writes bf16.
-- Matmul: products of bf16 values are exact in fp32; each 64-wide K chunk is
-  summed and rounded once to fp32, and the chunks accumulate in fp32 in K order.
-- Reductions (softmax sums, layernorm statistics): 16 lanes, lane i takes the
-  elements i, i+16, ... in order (fp32), then the lanes are added pairwise.
-- exp: range reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial,
-  fp32 (max error 1.3 ulp, measured). GELU: the exact-erf form with the fp32
-  rational erf below (max abs error 3.4e-7): no tanh on the cores, and a
-  division costs the same as a multiply there. (The cpu backend evaluates
-  erf in a tanh form instead, which is cheaper in numpy.)
-- No fused multiply-add: every multiply and add rounds to fp32.
+- Tiles are 64 x 64. Weights and activations are bf16 (round to nearest even); kernels read bf16,
+  compute in fp32 and write bf16. No subnormals: a result below the smallest normal float is zero.
+- Matmul (the mmul<4,8,4> unit): bf16 x bf16 products are exact; for every output, each 8-wide K
+  step adds the exact sum of its 8 products to the fp32 accumulator with one rounding, in K order.
+- fp32 multiplies, adds and subtracts round to nearest even, one operation at a time (no fused
+  multiply-add); reductions over 16 lanes: the vectors of a row added in order, then the halving
+  tree x[i] + x[i + 8], + 4, + 2, + 1 (aie_api's reduce_add on aie2).
+- Division, square root and exp are not operations of the vector unit: 1/q and 1/sqrt(x) are Newton
+  iterations from a bit-pattern start, e^x is 2^k p(r) with k rounded by adding 1.5 * 2^23 and 2^k
+  built in the exponent bits, erf a rational function with its division as a reciprocal.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from kernels import exact_sum
 from kernels.frontend import N_FFT
 
 TILE = 64
 LANES = 16
+STEP = 8                                     # K per mmul instruction
+_F = np.float32
+_MIN_NORMAL = np.finfo(np.float32).tiny
 
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693145751953125)                      # 16 significant bits: k * LN2_HI is exact
-_LN2_LO = np.float32(math.log(2.0) - 0.693145751953125)
-_EXP_MAX, _EXP_MIN = np.float32(88.7), np.float32(-103.0)   # above overflows, below is 0
-# e^r on [-ln2/2, ln2/2], fitted for this project (relative error 1.9e-9 before fp32 rounding).
-_EXP_POLY = tuple(np.float32(c) for c in (
-    1.0000000005542613, 1.0000000363227308, 0.49999992078339245, 0.1666642017141224,
-    0.04166822590235366, 0.008374815699891782, 0.0013836827356279889))
-# erf(x) ≈ x · P(x²) / Q(x²) on [-4, 4] (|erf| rounds to 1 in fp32 beyond), coefficients
-# fitted by us (weighted least squares on Chebyshev nodes). The fit's own error is 2.5e-8;
-# evaluated in fp32 the max abs error is 3.4e-7 (a few ulps of 1), measured on a 1.2M-point grid.
-_ERF_P = tuple(np.float32(c) for c in (
-    1.128378947110758, 0.19797619977799844, 0.053686567157058676,
-    0.004074493892425168, 0.00028910305714117436, 1.955181944738132e-06))
-_ERF_Q = tuple(np.float32(c) for c in (
-    1.0, 0.5087826770976088, 0.11718184066732072,
-    0.015587526004807313, 0.0012324912167420044, 3.733127555938595e-05))
-_ERF_CLAMP = np.float32(4.0)
-_INV_SQRT2 = np.float32(1.0 / math.sqrt(2.0))
+
+def flush(x: np.ndarray) -> np.ndarray:
+    """Zero for results below the smallest normal float (the hardware has no subnormals)."""
+    x = np.asarray(x, _F)
+    small = np.abs(x) < _MIN_NORMAL
+    return np.where(small, np.copysign(_F(0), x), x) if small.any() else x
 
 
 def bf16(x) -> np.ndarray:
-    """Round to bf16 (nearest even) and return as float32 (so numpy arithmetic stays fp32)."""
-    import ml_dtypes
+    """Round to bf16 (nearest even) and return as float32, so numpy arithmetic stays fp32."""
+    import ml_dtypes  # 0.7 s to import: only where bf16 numerics are computed
 
-    return np.asarray(x, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
-
-
-def exp(x: np.ndarray) -> np.ndarray:
-    """fp32 e^x as the core computes it: e^x = 2^k · p(r), k = rint(x·log2 e), r = x − k·ln2."""
-    x = np.asarray(x, np.float32)
-    xc = np.clip(x, _EXP_MIN, _EXP_MAX)
-    k = np.rint(xc * _LOG2E)
-    r = (xc - k * _LN2_HI) - k * _LN2_LO
-    p = np.full_like(r, _EXP_POLY[-1])
-    for c in _EXP_POLY[-2::-1]:
-        p = p * r + c
-    out = np.ldexp(p, k.astype(np.int32)).astype(np.float32)
-    return np.where(x < _EXP_MIN, np.float32(0.0), out)
+    return flush(x).astype(ml_dtypes.bfloat16).astype(_F)
 
 
-def _horner(z: np.ndarray, coeffs: tuple) -> np.ndarray:
-    out = np.full_like(z, coeffs[-1])
-    for c in coeffs[-2::-1]:
-        out = out * z + c
-    return out
+def _bits(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, _F).view(np.int32)
 
 
-def erf(x: np.ndarray) -> np.ndarray:
-    """fp32 erf(x) = x · P(x²) / Q(x²) with x clamped to [-4, 4] (max abs error 3.4e-7)."""
-    x = np.clip(np.asarray(x, np.float32), -_ERF_CLAMP, _ERF_CLAMP)
-    z = x * x
-    return x * _horner(z, _ERF_P) / _horner(z, _ERF_Q)
+def _float(bits: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(bits, np.int32).view(_F)
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
-    """fp32 GELU(x) = ½ · x · (1 + erf(x/√2)) with the rational erf above, in this order."""
-    x = np.asarray(x, np.float32)
-    e = erf(x * _INV_SQRT2)
-    return x * ((e + np.float32(1.0)) * np.float32(0.5))
+# ---- the matrix unit ---------------------------------------------------------------------------------
 
-
-def lane_sum(x: np.ndarray) -> np.ndarray:
-    """fp32 sum over the last axis in the lane order above (zero-padded to a multiple of 16)."""
-    x = np.asarray(x, np.float32)
-    n = x.shape[-1]
-    pad = (-n) % LANES
-    if pad:
-        x = np.concatenate([x, np.zeros(x.shape[:-1] + (pad,), np.float32)], axis=-1)
-    lanes = x.reshape(x.shape[:-1] + (-1, LANES))
-    acc = np.cumsum(lanes, axis=-2, dtype=np.float32)[..., -1, :]       # sequential per lane, fp32
-    while acc.shape[-1] > 1:
-        acc = acc[..., 0::2] + acc[..., 1::2]                              # pairwise tree
-    return acc[..., 0]
-
-
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """fp32 A·B of bf16-valued A (..., M, K) and B (..., K, N): exact 64-wide chunks, fp32 across chunks."""
+def matmul(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) -> np.ndarray:
+    """fp32 acc + A·B of bf16-valued A (..., M, K) and B (..., K, N), as mmul<4,8,4> computes it: each
+    8-wide K step adds its exact sum to the fp32 accumulator with one rounding (K is zero-padded).
+    Here the step's sum is taken in float64, which is exact unless its terms span more than 2^53 of
+    their least unit (products of activations near zero with large ones); then, if the sum also lies
+    within float64's error of an fp32 rounding midpoint, the accumulator may round the other way than
+    the kernel's (one fp32 step). The test on real speech finds no such element in tiny.en."""
     k = a.shape[-1]
-    pad = (-k) % TILE
+    pad = (-k) % STEP
     if pad:
         a = np.concatenate([a, np.zeros(a.shape[:-1] + (pad,), a.dtype)], axis=-1)
         b = np.concatenate([b, np.zeros(b.shape[:-2] + (pad, b.shape[-1]), b.dtype)], axis=-2)
-    chunks = a.shape[-1] // TILE
-    acc = None
-    for c in range(chunks):
-        sl = slice(c * TILE, (c + 1) * TILE)
-        part = np.matmul(a[..., sl].astype(np.float64), b[..., sl, :].astype(np.float64)).astype(np.float32)
-        acc = part if acc is None else acc + part
-    return acc
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    shape = np.broadcast_shapes(a.shape[:-1], b.shape[:-2] + (1,))[:-1] + (a.shape[-2], b.shape[-1])
+    out = np.zeros(shape, _F) if acc is None else np.array(np.broadcast_to(acc, shape), _F)
+    for s in range(0, a.shape[-1], STEP):
+        s64 = np.matmul(a64[..., s:s + STEP], b64[..., s:s + STEP, :])
+        s64 += out
+        np.copyto(out, s64, casting="same_kind")                 # one rounding to fp32 (nearest even)
+    return flush(out)
 
 
-# ---- the mel front end (fp32 throughout: bf16 audio would cost the quiet bins their precision) ----
+def _accumulate_exactly(out: np.ndarray, a64: np.ndarray, b64: np.ndarray) -> None:
+    """out (fp32) ← fl32(out + Σₖ a64·b64), the exact sum rounded once, in place. The sum is taken in
+    float64 (BLAS, any order); where that may round to the other side of an fp32 midpoint than the
+    exact sum, the element is rounded from its terms exactly (kernels/exact_sum.py): the fp32 matmul's
+    cancellation (the spectrum's quiet bins) makes that common. The kernel also
+    flushes a subnormal partial sum to zero; here only the result is flushed (matmul): the two differ
+    only where a partial sum is below 1.2e-38, which takes operands far below any activation's."""
+    s = np.matmul(a64, b64)                                      # (..., M, N) float64
+    s += out
+    magnitude = np.matmul(np.abs(a64), np.abs(b64))              # Σ|products|
+    near = np.nonzero(exact_sum.near_midpoint(s, magnitude, a64.shape[-1]))
+    acc = out[near]
+    np.copyto(out, s, casting="same_kind")                       # one rounding to fp32 (nearest even)
+    if not acc.size:
+        return
+    # terms are multiples of the least product unit (bf16 x bf16) and of the accumulator's (fp32)
+    unit_a = np.broadcast_to(exact_sum.quantum(a64, 8, axis=-1), out.shape[:-1])[near[:-1]]
+    unit_b = np.broadcast_to(exact_sum.quantum(b64, 8, axis=-2), out.shape[:-2] + out.shape[-1:])
+    unit = np.minimum(unit_a * unit_b[near[:-2] + near[-1:]], exact_sum.quantum(acc.astype(np.float64), 24))
+    doubtful = ~exact_sum.exact_in_float64(magnitude[near] + np.abs(acc), unit)
+    if doubtful.any():
+        where = tuple(w[doubtful] for w in near)
+        out[where] = exact_sum.round_sums(_terms(acc[doubtful], a64, b64, where, out.shape))
 
-_LOG10_2 = np.float32(0.30102999566398120)
-_LOG10_E = np.float32(0.43429448190325176)
-_SQRT_HALF = np.float32(0.7071067811865476)
+
+def _terms(acc: np.ndarray, a64: np.ndarray, b64: np.ndarray, where: tuple, shape: tuple) -> np.ndarray:
+    """The accumulator and the K products (exact in float64) of the outputs `where` (of shape), (n, 1 + K)."""
+    rows = np.broadcast_to(a64, shape[:-1] + a64.shape[-1:])[where[:-1]]                   # (n, K)
+    b_t = np.swapaxes(np.broadcast_to(b64, shape[:-2] + b64.shape[-2:]), -1, -2)            # (..., N, K)
+    return np.concatenate([acc[:, None].astype(np.float64), rows * b_t[where[:-2] + where[-1:]]], axis=1)
+
+
+# The three bf16 pieces of an fp32 matmul operand, and the order their products are accumulated in:
+# the smallest first (hi·lo, lo·hi, mid·mid, hi·mid, mid·hi, hi·hi; lo·mid, mid·lo and lo·lo, below
+# 2^-24 of the result, are left out).
+SPLIT_PRODUCTS = ((0, 2), (2, 0), (1, 1), (0, 1), (1, 0), (0, 0))
+
+
+def split3(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fp32 x as hi + mid + lo, each bf16-valued, exactly: the top 8 significant bits (the word's low 16
+    bits cleared), the top 8 of what remains, and the rest."""
+    keep = np.int32(-65536)                                      # 0xFFFF0000
+    hi = _float(_bits(x) & keep)
+    rest = flush(np.asarray(x, _F) - hi)
+    mid = _float(_bits(rest) & keep)
+    return hi, mid, flush(rest - mid)
+
+
+def matmul_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """fp32 A·B on the bf16 matrix unit: both operands split in three (split3), the products of
+    SPLIT_PRODUCTS accumulated 8-wide K step by step, in that order within each step."""
+    k = a.shape[-1]
+    pad = (-k) % STEP
+    if pad:
+        a = np.concatenate([a, np.zeros(a.shape[:-1] + (pad,), _F)], axis=-1)
+        b = np.concatenate([b, np.zeros((pad, b.shape[-1]), _F)], axis=0)
+    pa = [p.astype(np.float64) for p in split3(a)]
+    pb = [p.astype(np.float64) for p in split3(b)]
+    out = np.zeros(a.shape[:-1] + (b.shape[-1],), _F)
+    for s in range(0, a.shape[-1], STEP):
+        for i, j in SPLIT_PRODUCTS:
+            _accumulate_exactly(out, pa[i][..., s:s + STEP], pb[j][s:s + STEP, :])
+    return flush(out)
+
+
+# ---- reductions --------------------------------------------------------------------------------------
+
+def lane_sum(x: np.ndarray) -> np.ndarray:
+    """fp32 sum over the last axis (a multiple of 16) as the kernels take it: the 16-lane vectors added in
+    order, then reduce_add's halving tree."""
+    x = np.asarray(x, _F)
+    chunks = x.reshape(x.shape[:-1] + (-1, LANES))
+    acc = chunks[..., 0, :]
+    for c in range(1, chunks.shape[-2]):
+        acc = acc + chunks[..., c, :]
+    width = LANES // 2
+    while width:
+        acc = acc[..., :width] + acc[..., width:2 * width]
+        width //= 2
+    return acc[..., 0]
+
+
+# ---- elementwise functions (kernels/aie/common/vmath.h) -------------------------------------------------
+# The kernels flush every result below the smallest normal float; these functions need not: on normal
+# (or zero) inputs their intermediate results stay normal, or a subnormal one is absorbed by the next
+# addition of a normal constant (Horner's p * x + c), which gives the same float either way.
+
+def _horner(x: np.ndarray, coeffs: tuple) -> np.ndarray:
+    p = np.full_like(x, coeffs[-1])
+    for c in coeffs[-2::-1]:
+        p = p * x + c
+    return p
+
+
+def recip(q: np.ndarray) -> np.ndarray:
+    """1/q for positive normal q: y0 from the bits 0x7EF311C3 − bits(q), three Newton steps y·(2 − q·y)."""
+    q = np.asarray(q, _F)
+    y = _float(np.int32(0x7EF311C3) - _bits(q))
+    for _ in range(3):
+        y = y * (_F(2.0) - q * y)
+    return y
+
+
+def rsqrt(x: np.ndarray) -> np.ndarray:
+    """1/√x for positive normal x: y0 from 0x5F3759DF − bits(x)/2, three Newton steps y·(1.5 − (x/2)·y·y)."""
+    x = np.asarray(x, _F)
+    half_x = x * _F(0.5)
+    y = _float(np.int32(0x5F3759DF) - (_bits(x) >> 1))
+    for _ in range(3):
+        y = y * (_F(1.5) - half_x * (y * y))
+    return y
+
+
+_ROUND = _F(12582912.0)                                       # 1.5 * 2^23
+EXP_LO, EXP_HI = _F(-87.0), _F(88.0)
+_EXP_POLY = tuple(_F(c) for c in (                              # e^r on [-ln2/2, ln2/2], fitted for this project
+    1.0000000005542613, 1.0000000363227308, 0.49999992078339245, 0.1666642017141224,
+    0.04166822590235366, 0.008374815699891782, 0.0013836827356279889))
+
+
+def exp(x: np.ndarray) -> np.ndarray:
+    """e^x = 2^k · p(r): k = rint(x·log2 e) (by + and − 1.5·2^23), r = (x − k·ln2_hi) − k·ln2_lo, 2^k in
+    the exponent bits; x < −87 gives 0, x is clamped at 88."""
+    x = np.asarray(x, _F)
+    xc = np.minimum(np.maximum(x, EXP_LO), EXP_HI)
+    t = xc * _F(1.4426950408889634) + _ROUND
+    k = t - _ROUND
+    r = (xc - k * _F(0.693145751953125)) - k * _F(1.4286068203094172e-06)
+    p = _horner(r, _EXP_POLY)
+    scale = _float(((_bits(t) - _bits(_ROUND)) + 127) << 23)
+    return np.where(x < EXP_LO, _F(0.0), p * scale)
+
+
+_ERF_P = tuple(_F(c) for c in (1.128378947110758, 0.19797619977799844, 0.053686567157058676,
+                               0.004074493892425168, 0.00028910305714117436, 1.955181944738132e-06))
+_ERF_Q = tuple(_F(c) for c in (1.0, 0.5087826770976088, 0.11718184066732072,
+                               0.015587526004807313, 0.0012324912167420044, 3.733127555938595e-05))
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """erf(x) = x·P(x²)·(1/Q(x²)) on [−4, 4] (|erf| rounds to 1 in fp32 beyond), fitted for this project."""
+    xc = np.minimum(np.maximum(np.asarray(x, _F), _F(-4.0)), _F(4.0))
+    z = xc * xc
+    return (_horner(z, _ERF_P) * xc) * recip(_horner(z, _ERF_Q))
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU(x) = x · ((erf(x/√2) + 1) · 0.5), Whisper's exact form, in this order."""
+    x = np.asarray(x, _F)
+    e = erf(x * _F(0.7071067811865476))
+    return x * ((e + _F(1.0)) * _F(0.5))
 
 
 def log10(x: np.ndarray) -> np.ndarray:
-    """fp32 log10 of positive x: x = m·2^e with m in [√½, √2), ln m = 2·atanh(t), t = (m−1)/(m+1),
-    atanh by its series to t⁹ (|t| ≤ 0.172, truncation < 1e-9)."""
-    m, e = np.frexp(np.asarray(x, np.float32))                    # m in [0.5, 1)
-    low = m < _SQRT_HALF
-    m = np.where(low, m * np.float32(2.0), m).astype(np.float32)
-    e = np.where(low, e - 1, e).astype(np.float32)
-    t = (m - np.float32(1.0)) / (m + np.float32(1.0))
-    s = t * t
-    p = np.float32(1.0 / 9.0)
-    for c in (1.0 / 7.0, 1.0 / 5.0, 1.0 / 3.0, 1.0):
-        p = p * s + np.float32(c)
-    ln_m = (np.float32(2.0) * t) * p
-    return ln_m * _LOG10_E + e * _LOG10_2
+    """log10 of positive normal x: x = m·2^e, m in [√½, √2), ln m = 2·atanh(t), t = (m − 1)·(1/(m + 1)),
+    atanh by its series to t⁹."""
+    b = _bits(x)
+    e = (b >> 23) - 126
+    m = _float((b & 0x007FFFFF) | 0x3F000000)                    # [0.5, 1)
+    low = m < _F(0.7071067811865476)
+    m = np.where(low, m + m, m)
+    e = np.where(low, e - 1, e)
+    t = (m - _F(1.0)) * recip(m + _F(1.0))
+    atanh = (_F(1.0), _F(1.0 / 3.0), _F(1.0 / 5.0), _F(1.0 / 7.0), _F(1.0 / 9.0))
+    ln_m = (t + t) * _horner(t * t, atanh)
+    e_float = _float(e + _bits(_ROUND)) - _ROUND                  # exact for small integers
+    return ln_m * _F(0.43429448190325176) + e_float * _F(0.30102999566398120)
 
 
-def dft_matrix() -> np.ndarray:
-    """(N_FFT, 2·(N_FFT/2+1)) fp32: [cos | −sin] of the real DFT, computed in float64, rounded once."""
+# ---- the mel front end ------------------------------------------------------------------------------------
+
+BINS = N_FFT // 2 + 1                         # 201 frequency bins
+BIN_TILE = 32                                 # bins per 64-column tile of the DFT: 32 cos, then 32 −sin
+BINS_PADDED = -(-BINS // BIN_TILE) * BIN_TILE   # 224
+
+
+def dft_matrix(hann: np.ndarray) -> np.ndarray:
+    """(N_FFT, 2 · BINS_PADDED) fp32: the periodic Hann window folded into the real DFT, computed in
+    float64 and rounded once; each 64-column tile t holds hann·cos of bins 32t…32t+31, then hann·(−sin)."""
     n = np.arange(N_FFT)[:, None]
-    k = np.arange(N_FFT // 2 + 1)[None, :]
+    k = np.arange(BINS_PADDED)[None, :]
     angle = 2 * np.pi * n * k / N_FFT
-    return np.concatenate([np.cos(angle), -np.sin(angle)], axis=1).astype(np.float32)
+    valid = k < BINS
+    w = np.asarray(hann, np.float64)[:, None]
+    cos, sin = np.where(valid, w * np.cos(angle), 0.0), np.where(valid, -w * np.sin(angle), 0.0)
+    tiles = BINS_PADDED // BIN_TILE
+    out = np.stack([cos.reshape(N_FFT, tiles, BIN_TILE), sin.reshape(N_FFT, tiles, BIN_TILE)], axis=2)
+    return out.reshape(N_FFT, 2 * BINS_PADDED).astype(_F)
 
 
-def mel_frames(frames: np.ndarray, hann: np.ndarray, dft: np.ndarray, filters_t: np.ndarray) -> np.ndarray:
-    """log10 mel energies of frames (F, N_FFT): windowed, DFT and mel filters as chunked fp32
-    matmuls, power re² + im², floor 1e-10. filters_t: (N_FFT/2+1, n_mels) fp32."""
-    windowed = frames.astype(np.float32) * hann
-    spec = matmul(windowed, dft)                                   # (F, 2·bins)
-    bins = dft.shape[1] // 2
-    power = spec[:, :bins] * spec[:, :bins] + spec[:, bins:] * spec[:, bins:]
-    return log10(np.maximum(matmul(power, filters_t), np.float32(1e-10)))
+def mel_power(frames: np.ndarray, dft: np.ndarray) -> np.ndarray:
+    """|DFT|² of frames (F, N_FFT): the windowed DFT as an fp32 matmul, then re·re + im·im, (F, BINS_PADDED)."""
+    spec = matmul_f32(np.asarray(frames, _F), dft).reshape(len(frames), -1, 2, BIN_TILE)
+    re, im = spec[:, :, 0], spec[:, :, 1]
+    return flush(flush(re * re) + flush(im * im)).reshape(len(frames), BINS_PADDED)
 
 
-def mel_finish(log_mel: np.ndarray, maximum: np.float32) -> np.ndarray:
-    """Whisper's dynamic range and scaling: bf16((max(x, max − 8) + 4) / 4)."""
-    y = np.maximum(log_mel, np.float32(maximum) - np.float32(8.0))
-    return bf16((y + np.float32(4.0)) / np.float32(4.0))
+def mel_log(power: np.ndarray, filters_t: np.ndarray) -> np.ndarray:
+    """log10 of the mel energies: power (F, BINS_PADDED) · filters (BINS_PADDED, n_mels) as an fp32
+    matmul, floored at 1e-10."""
+    return log10(np.maximum(matmul_f32(power, filters_t), _F(1e-10)))
+
+
+def mel_finish(log_mel: np.ndarray, maximum) -> np.ndarray:
+    """Whisper's dynamic range and scaling: bf16((max(x, max − 8) + 4) · 0.25)."""
+    y = np.maximum(log_mel, flush(_F(maximum) - _F(8.0)))
+    return bf16(flush(flush(y + _F(4.0)) * _F(0.25)))
+
+
+def filters_padded(filters: np.ndarray) -> np.ndarray:
+    """The mel filters (n_mels, BINS) as the mel matmul's B: transposed, rows zero-padded to BINS_PADDED, fp32."""
+    out = np.zeros((BINS_PADDED, filters.shape[0]), _F)
+    out[:BINS] = np.asarray(filters, np.float64).T
+    return out
+

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from kernels.contract import TILE
 from kernels.errors import BadOption
+from kernels.frontend import N_FFT
 
 BF16 = 2
 
@@ -46,6 +47,9 @@ def _matmul_flops(graph, node) -> int:
         return 2 * t * k * n
     if node.kernel == "attention":
         return 4 * t * t * n
+    if node.kernel == "log_mel":                     # the DFT and the mel filters
+        bins = N_FFT // 2 + 1
+        return 2 * t * N_FFT * 2 * bins + 2 * t * bins * n
     return 0
 
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from kernels import native, settings
+from kernels import native, reference, settings
 from kernels.interface import Backend
 
 # erf(u) ≈ tanh(u · P(u²)): P fitted by us (iteratively reweighted least squares against
@@ -197,6 +197,10 @@ class CpuBackend(Backend):
                 and w.shape[1] % native.PANEL == 0:
             return PackedWeight(w)
         return w
+
+    def log_mel(self, samples, n_mels):
+        """The front end on the host in float64 (the reference: its cost, ~10 ms a window, is small)."""
+        return reference.log_mel(samples, n_mels)
 
     def linear(self, x, w, b, gelu=False, residual=None):
         if isinstance(w, PackedWeight):

@@ -1,24 +1,26 @@
 """The `emu` backend: the NPU kernels' exact numerics (kernels/contract.py) in vectorised numpy.
 
-Slow next to `cpu` (float64 chunk sums, bf16 rounding at every kernel boundary), but
-it computes what the AIE kernels compute: bf16 in and out, fp32 accumulation in
-64-wide chunks, the contract's exp and GELU, and attention as the attention kernel
-runs it — for each 64-query tile a running max and sum over the 64-key tiles of the
-whole (padded) sequence — vectorised over heads and query tiles.
+Slow next to `cpu` (every 8-wide K step of every matmul is its own rounding, bf16 at every kernel
+boundary), but it computes what the vectorised AIE kernels compute, bit for bit: bf16 in and out,
+the matrix unit's fp32 accumulation, the contract's exp, reciprocal and GELU, and attention as the
+attention kernel runs it (for each 64-query tile a running max and sum over the 64-key tiles of the
+whole padded sequence), vectorised over heads and query tiles.
 """
 from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from kernels import contract as C
+from kernels import settings
 from kernels.frontend import frames, hann_window, mel_filters
 from kernels.interface import Backend
 from kernels.reference import im2col_k3
 
-ROW_BLOCK = 256     # rows per block of the chunked matmul (bounds its float64 temporaries)
+ROW_BLOCK = 256     # rows per block of the matmul (bounds its float64 temporaries)
 
 
 class EmuBackend(Backend):
@@ -27,8 +29,14 @@ class EmuBackend(Backend):
     name = "emu"
 
     def __init__(self):
-        self._weights: dict[int, tuple] = {}     # id(array) -> (array, its bf16 copy)
+        self._weights: dict = {}                 # id(array) -> (array, its bf16 copy); mel constants
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="amanuensis-emu")
+
+    def _each(self, fn, items) -> None:
+        """fn(item) for every item, on the pool's threads (numpy releases the GIL in the large ops)."""
+        for future in [self._pool.submit(fn, item) for item in items]:
+            future.result()
 
     def describe(self) -> str:
         return "emu (NPU kernel numerics: bf16 in/out, fp32 accumulate, emulated on the CPU)"
@@ -46,14 +54,16 @@ class EmuBackend(Backend):
         xb, wb, bb = C.bf16(x), self._bf16_weight(w), self._bf16_weight(b)
         rb = C.bf16(residual) if residual is not None else None
         out = np.empty((x.shape[0], w.shape[1]), np.float32)                 # (T, N)
-        for start in range(0, x.shape[0], ROW_BLOCK):
-            rows = slice(start, start + ROW_BLOCK)
-            y = C.matmul(xb[rows], wb) + bb
+
+        def block(rows):
+            y = C.flush(C.matmul(xb[rows], wb) + bb)
             if gelu:
                 y = C.gelu(y)
             if rb is not None:
-                y = y + rb[rows]
+                y = C.flush(y + rb[rows])
             out[rows] = C.bf16(y)
+
+        self._each(block, [slice(start, start + ROW_BLOCK) for start in range(0, x.shape[0], ROW_BLOCK)])
         return out
 
     def conv1d_k3(self, x, w, b, stride=1, gelu=True):
@@ -61,12 +71,12 @@ class EmuBackend(Backend):
 
     def layernorm(self, x, gamma, beta, eps=1e-5):
         xb = C.bf16(x)
-        n = np.float32(x.shape[-1])
-        mean = C.lane_sum(xb) / n
-        d = xb - mean[:, None]
-        var = C.lane_sum(d * d) / n
-        rstd = np.float32(1.0) / np.sqrt(var + np.float32(eps))
-        return C.bf16((d * rstd[:, None]) * self._bf16_weight(gamma) + self._bf16_weight(beta))
+        inv_n = np.float32(1.0) / np.float32(x.shape[-1])
+        mean = C.flush(C.lane_sum(xb) * inv_n)[:, None]
+        d = C.flush(xb - mean)
+        var = C.flush(C.lane_sum(C.flush(d * d)) * inv_n)
+        rstd = C.rsqrt(C.flush(var + np.float32(eps)))[:, None]
+        return C.bf16(C.flush(C.flush(C.flush(d * rstd) * self._bf16_weight(gamma)) + self._bf16_weight(beta)))
 
     def attention(self, qkv, n_head):
         t, three_d = qkv.shape
@@ -79,28 +89,53 @@ class EmuBackend(Backend):
         # (3, H, tiles, 64, d): Q, K, V per head and 64-row tile
         q, k, v = x.reshape(tiles, C.TILE, 3, n_head, d).transpose(2, 3, 0, 1, 4)
         q = C.bf16(q * np.float32(1.0 / math.sqrt(d)))                       # 1/8: exact for d = 64
-        m = np.full((n_head, tiles, C.TILE), -np.inf, np.float32)
-        row_sum = np.zeros((n_head, tiles, C.TILE), np.float32)
-        o = np.zeros((n_head, tiles, C.TILE, d), np.float32)
         key_valid = np.arange(padded).reshape(tiles, C.TILE) < t
-        for j in range(tiles):                                              # key tiles, in order
-            s = C.matmul(q, k[:, j:j + 1].transpose(0, 1, 3, 2))            # (H, tiles, 64, 64)
-            s = np.where(key_valid[j], s, np.float32(-np.inf))
-            m_new = np.maximum(m, s.max(axis=-1))
-            alpha = np.where(np.isneginf(m_new), np.float32(0.0), C.exp(m - m_new))
-            p = np.where(np.isneginf(m_new)[..., None], np.float32(0.0), C.exp(s - m_new[..., None]))
-            row_sum = row_sum * alpha + C.lane_sum(p)
-            o = o * alpha[..., None] + C.matmul(C.bf16(p), v[:, j:j + 1])
-            m = m_new
-        out = C.bf16(o / row_sum[..., None])                                      # (H, tiles, 64, d)
+        out = np.empty((n_head, tiles, C.TILE, d), np.float32)
+
+        def heads(h):
+            out[h] = _attention_tiles(q[h], k[h], v[h], key_valid)
+
+        self._each(heads, [slice(h, h + 1) for h in range(n_head)])
         return np.ascontiguousarray(out.transpose(1, 2, 0, 3).reshape(padded, d_model)[:t])
 
     def add(self, x, y):
         return C.bf16(C.bf16(x) + C.bf16(y))
 
+    def log_mel(self, samples, n_mels):
+        """The mel kernels' log-mel of one window, (3000, n_mels) bf16 values (CONTRACT.md)."""
+        dft, filters = self._mel_constants(n_mels)
+        window = frames(samples, np.float32)                                  # (3000, 400)
+        log_mel = np.empty((len(window), n_mels), np.float32)
 
-def log_mel(samples: np.ndarray, n_mels: int) -> np.ndarray:
-    """The mel front-end kernel's log-mel of one window, (n_mels, 3000) bf16 values (CONTRACT.md)."""
-    logm = C.mel_frames(frames(samples, np.float32), hann_window().astype(np.float32), C.dft_matrix(),
-                        np.ascontiguousarray(mel_filters(n_mels).T.astype(np.float32)))
-    return np.ascontiguousarray(C.mel_finish(logm, logm.max()).T)
+        def block(rows):
+            log_mel[rows] = C.mel_log(C.mel_power(window[rows], dft), filters)
+
+        self._each(block, [slice(start, start + ROW_BLOCK) for start in range(0, len(window), ROW_BLOCK)])
+        return C.mel_finish(log_mel, log_mel.max())
+
+    def _mel_constants(self, n_mels: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the windowed DFT matrix, the padded mel filters), made once per n_mels."""
+        key = ("mel", n_mels)
+        with self._lock:
+            if key not in self._weights:
+                self._weights[key] = (C.dft_matrix(hann_window()), C.filters_padded(mel_filters(n_mels)))
+            return self._weights[key]
+
+
+def _attention_tiles(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.ndarray) -> np.ndarray:
+    """The attention kernel on every query tile of some heads at once: q, k, v (H, tiles, 64, d) bf16
+    values, q pre-scaled; for each key tile in order, the running max, sum and rescale; (H, tiles, 64, d)."""
+    shape = q.shape[:-1]
+    m = np.full(shape, -np.inf, np.float32)
+    row_sum = np.zeros(shape, np.float32)
+    o = np.zeros(q.shape, np.float32)
+    for j in range(k.shape[1]):                                         # key tiles, in order
+        s = C.matmul(q, k[:, j:j + 1].transpose(0, 1, 3, 2))            # (H, tiles, 64, 64)
+        s = np.where(key_valid[j], s, np.float32(-np.inf))
+        m_new = np.maximum(m, s.max(axis=-1))
+        alpha = C.exp(m - m_new)                                        # 0 on the first tile (m = -inf)
+        p = C.exp(s - m_new[..., None])
+        row_sum = C.flush(row_sum * alpha + C.lane_sum(p))
+        o = C.matmul(C.bf16(p), v[:, j:j + 1], acc=C.flush(o * alpha[..., None]))
+        m = m_new
+    return C.bf16(C.flush(o * C.recip(row_sum)[..., None]))

@@ -64,6 +64,14 @@ def frames(samples: np.ndarray, dtype=np.float64) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:N_FRAMES]   # (3000, 400)
 
 
+def pad_window(samples: np.ndarray) -> np.ndarray:
+    """One window's samples as the front end takes them: float32, zero-padded (or cut) to N_SAMPLES."""
+    out = np.zeros(N_SAMPLES, np.float32)
+    n = min(len(samples), N_SAMPLES)
+    out[:n] = samples[:n]
+    return out
+
+
 def log_mel_spectrogram(samples: np.ndarray, n_mels: int) -> np.ndarray:
     """Whisper's log-mel of one window: (n_mels, 3000) float32.
 

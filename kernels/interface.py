@@ -3,6 +3,7 @@
 A backend is an object with a `name` and one method per kernel below. Inputs
 and outputs are float32 numpy arrays, time-major, weights in the kernel layout.
 
+    log_mel(samples, n_mels)                     Whisper's log-mel of one 30 s window, (3000, n_mels)
     linear(x, w, b, gelu=False, residual=None)   act(x @ w + b) + residual
     conv1d_k3(x, w, b, stride=1, gelu=True)      Whisper's k=3 pad-1 conv as im2col + matmul
     attention(qkv, n_head)                       softmax(Q Kᵀ/√d) V per head, whole sequence
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-KERNELS = ("linear", "conv1d_k3", "attention", "layernorm", "add")
+KERNELS = ("log_mel", "linear", "conv1d_k3", "attention", "layernorm", "add")
 
 
 class Backend:

@@ -21,6 +21,7 @@ from kernels import contract as C
 from kernels.contract import TILE
 from kernels.emu import EmuBackend
 from kernels.errors import AmanuensisError
+from kernels.frontend import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, hann_window, mel_filters
 from kernels.interface import Backend
 from kernels.npu_manifest import Entry, key, load_manifest
 from kernels.reference import im2col_k3
@@ -45,9 +46,17 @@ def _float(bits: np.ndarray) -> np.ndarray:
     return bits.view(ml_dtypes.bfloat16).astype(np.float32)
 
 
+MEL_FRAMES = _pad_to(N_FRAMES)                          # 3008: the mel kernels run 64 frames a tile
+MEL_SAMPLES = (MEL_FRAMES - 1) * HOP_LENGTH + N_FFT     # the reflect-padded window, zero-extended
+DFT_SHAPE = (_pad_to(N_FFT), 2 * C.BINS_PADDED)          # (448, 448): K zero-padded to a tile
+
+
 def arg_bytes(entry: Entry) -> list[int]:
-    """Buffer sizes of an entry's runtime-sequence arguments, in order (bf16)."""
+    """Buffer sizes of an entry's runtime-sequence arguments, in order (bf16; the mel design's fp32)."""
     s = entry.shape
+    if entry.op == "log_mel":
+        filters = _pad_to(C.BINS_PADDED) * _pad_to(s["M"])
+        return [4 * MEL_SAMPLES, 3 * 2 * math.prod(DFT_SHAPE), 3 * 2 * filters, 4 * MEL_FRAMES * s["M"]]
     if entry.op == "linear":
         m, k, n = s["M"], s["K"], s["N"]
         return [2 * m * k, 2 * k * n, 2 * n, 2 * m * n, 2 * m * n]
@@ -105,6 +114,22 @@ def pack_attention(qkv, n_head):
     x[:t] = C.bf16(qkv)
     q, k, v = x.reshape(p, 3, n_head, d).transpose(1, 2, 0, 3)        # (H, P, 64) each
     return {0: _bits(q * np.float32(1.0 / math.sqrt(d))), 1: _bits(k), 2: _bits(v)}
+
+
+def _pieces(matrix: np.ndarray, shape: tuple) -> np.ndarray:
+    """A matrix zero-padded to `shape` as its three bf16 pieces (contract.split3), stacked: (3, *shape) bits."""
+    return np.stack([_bits(_padded(p, shape)) for p in C.split3(matrix)])
+
+
+def pack_log_mel(samples: np.ndarray, n_mels: int) -> dict[int, np.ndarray]:
+    """The mel design's inputs: the window reflect-padded by N_FFT/2 (the DMA frames it) and zero-extended
+    to MEL_SAMPLES (fp32), the windowed DFT matrix and the padded mel filters as bf16 pieces."""
+    x = np.zeros(MEL_SAMPLES, np.float32)
+    padded = np.pad(samples.astype(np.float32), N_FFT // 2, mode="reflect")
+    x[:padded.size] = padded
+    filters = C.filters_padded(mel_filters(n_mels))
+    return {0: x, 1: _pieces(C.dft_matrix(hann_window()), DFT_SHAPE),
+            2: _pieces(filters, (_pad_to(filters.shape[0]), _pad_to(n_mels)))}
 
 
 def unpack_attention(out_bits, t, n_head):
@@ -168,6 +193,8 @@ class NpuBackend(Backend):
             args, kwargs = (x, w, b), {"gelu": s["gelu"]}
         elif entry.op == "attention":
             args, kwargs = (rng.standard_normal((s["T"], 3 * s["H"] * TILE)).astype(np.float32), s["H"]), {}
+        elif entry.op == "log_mel":
+            args, kwargs = ((0.1 * rng.standard_normal(N_SAMPLES)).astype(np.float32),), {"n_mels": s["M"]}
         else:
             args = (rng.standard_normal((s["R"], s["D"])).astype(np.float32) * 3,
                     rng.standard_normal(s["D"]).astype(np.float32), rng.standard_normal(s["D"]).astype(np.float32))
@@ -199,6 +226,8 @@ class NpuBackend(Backend):
             if qkv.shape[1] // 3 // n_head != TILE:
                 return None, "heads are not 64 wide"
             shape = {"T": qkv.shape[0], "H": n_head}
+        elif op == "log_mel":
+            shape = {"M": kwargs["n_mels"]}
         else:
             shape = {"R": _pad_to(args[0].shape[0]), "D": args[0].shape[1]}
         entry = self.entries.get(key(op, shape))
@@ -220,6 +249,11 @@ class NpuBackend(Backend):
             qkv, n_head = args
             out = kernel.run(pack_attention(qkv, n_head), {3: np.uint16})
             return unpack_attention(out[3], qkv.shape[0], n_head)
+        if entry.op == "log_mel":
+            out = kernel.run(pack_log_mel(args[0], s["M"]), {3: np.float32})
+            log_mel = out[3].reshape(MEL_FRAMES, s["M"])[:N_FRAMES]
+            # the window's maximum, the clamp and the scaling: on the host, in the kernel's numerics
+            return C.mel_finish(log_mel, log_mel.max())
         x, gamma, beta = args
         out = kernel.run({0: _bits(_padded(x, (s["R"], s["D"]))), 1: _bits(gamma), 2: _bits(beta)}, {3: np.uint16})
         return _float(out[3]).reshape(s["R"], s["D"])[:x.shape[0]]
@@ -263,6 +297,9 @@ class NpuBackend(Backend):
                 "fallbacks": dict(self.fallbacks)}
 
     # The graph calls kernels through run(); direct calls get the same dispatch.
+    def log_mel(self, samples, n_mels):
+        return self.run("log_mel", (samples,), {"n_mels": n_mels})[0]
+
     def linear(self, x, w, b, gelu=False, residual=None):
         return self.run("linear", (x, w, b), {"gelu": gelu, "residual": residual})[0]
 

@@ -7,7 +7,7 @@ manifest.json, in $AMANUENSIS_NPU_KERNELS (else <cache>/npu-kernels):
                   "insts": "mm_64x64x64_M1536_K384_N1536_npu.insts.bin",
                   "kernel_name": "MLIR_AIE", "insts_count": "words"}, ...]}
 ops and shape keys: linear (M, K, N multiples of 64, gelu), attention (T, H; 64-wide heads),
-layernorm (R rows, multiple of 64; D). Paths are relative to the manifest.
+layernorm (R rows, multiple of 64; D), log_mel (M mel bins). Paths are relative to the manifest.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from kernels import settings
 from kernels.errors import AmanuensisError
 
 FORMAT = "amanuensis-npu-kernels"
-SHAPE_KEYS = {"linear": ("M", "K", "N", "gelu"), "attention": ("T", "H"), "layernorm": ("R", "D")}
+SHAPE_KEYS = {"linear": ("M", "K", "N", "gelu"), "attention": ("T", "H"), "layernorm": ("R", "D"),
+              "log_mel": ("M",)}
 
 
 @dataclass

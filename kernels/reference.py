@@ -10,7 +10,16 @@ import math
 
 import numpy as np
 
+from kernels.frontend import log_mel_spectrogram
+
 _erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def log_mel(samples: np.ndarray, n_mels: int) -> np.ndarray:
+    """Whisper's log-mel of one 30 s window, time-major (3000, n_mels): frames of 400 samples every
+    160 under a periodic Hann window, |rfft|², Slaney mel filters, log10 (floor 1e-10), clamped to
+    max − 8, (x + 4) / 4; float64 (kernels.frontend.log_mel_spectrogram)."""
+    return np.ascontiguousarray(log_mel_spectrogram(samples, n_mels).T)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:

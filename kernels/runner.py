@@ -119,20 +119,34 @@ class Runner:
             kwargs["residual"] = values[node.residual]
         return (backend or self.backend).run(node.kernel, args, kwargs)
 
-    def run(self, x: np.ndarray, keep=()) -> RunResult:
-        """Run the graph on its input `x` (fp32, in the graph's layout). keep: tensor names, or "all"."""
-        expected = self.graph.shapes[self.graph.input]
-        if x.shape != expected:
-            raise AmanuensisError(f"graph input {self.graph.input!r} has shape {x.shape}, the graph expects {expected}")
+    def _given(self, inputs) -> dict[str, np.ndarray]:
+        """The tensors a run starts from, checked: the graph's input, or tensors further down."""
+        given = {self.graph.input: inputs} if isinstance(inputs, np.ndarray) else dict(inputs)
+        for name, x in given.items():
+            expected = self.graph.shapes.get(name)
+            if expected is None:
+                raise AmanuensisError(f"no tensor named {name!r} in the graph")
+            if x.shape != expected:
+                raise AmanuensisError(f"graph input {name!r} has shape {x.shape}, the graph expects {expected}")
+            given[name] = np.ascontiguousarray(x, dtype=np.float32)
+        return given
+
+    def run(self, inputs, keep=()) -> RunResult:
+        """Run the graph. inputs: the graph's input (fp32, in the graph's layout), or {tensor: array}
+        to start further down: the nodes that make a given tensor, and those before them, are
+        skipped. keep: tensor names, or "all"."""
+        values = self._given(inputs)
+        given = sorted(values)
         keep = set(self.graph.shapes) if keep == "all" else set(keep)
         unknown = keep - set(self.graph.shapes)
         if unknown:
             raise AmanuensisError(f"no tensor named {sorted(unknown)} in the graph")
-        values = {self.graph.input: np.ascontiguousarray(x, dtype=np.float32)}
         kept = {t: values[t] for t in keep & set(values)}
         records = []
         with self.backend.session():
             for i, node in enumerate(self.graph.nodes):
+                if node.name in values or any(t not in values for t in node.activation_inputs):
+                    continue                                        # given, or upstream of what is given
                 start = time.perf_counter()
                 values[node.name], ran_on, fallback = self.call(node, values)
                 ms = (time.perf_counter() - start) * 1e3
@@ -145,5 +159,8 @@ class Runner:
                 for t in set(node.activation_inputs):
                     if self._last_use[t] == i:
                         del values[t]
+        missing = [t for t in self.graph.outputs if t not in values]
+        if missing:
+            raise AmanuensisError(f"graph outputs {missing} cannot be computed from {given}")
         kept.update({t: values[t] for t in self.graph.outputs})
         return RunResult(values[self.graph.outputs[0]], kept, records)

@@ -20,8 +20,10 @@ import types
 import ml_dtypes
 import numpy as np
 
+from kernels import contract as C
 from kernels.emu import EmuBackend
-from kernels.npu import arg_bytes
+from kernels.frontend import HOP_LENGTH, N_FFT
+from kernels.npu import DFT_SHAPE, MEL_FRAMES, arg_bytes
 from kernels.npu_manifest import Entry
 
 
@@ -42,6 +44,11 @@ class xrt_info_device(enum.Enum):      # noqa: N801
 
 def _f(bits):
     return np.frombuffer(bits, np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def _joined(buffer):
+    """An fp32 matrix sent as its three bf16 pieces (hi, mid, lo, one after another), summed back: exact."""
+    return sum(_f(p) for p in np.frombuffer(buffer, np.uint16).reshape(3, -1))
 
 
 def _bits(x):
@@ -191,6 +198,13 @@ class FakeXRT:
 
     def _compute(self, spec, bufs):
         s, op = spec["shape"], spec["op"]
+        if op == "log_mel":                  # the log10 mel energies of every frame the DMA cuts, fp32
+            x = np.frombuffer(bufs[0], np.float32)
+            frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:MEL_FRAMES]
+            dft = _joined(bufs[1]).reshape(DFT_SHAPE)[:N_FFT]
+            filters = _joined(bufs[2]).reshape(-1, -(-s["M"] // 64) * 64)
+            log_mel = C.mel_log(C.mel_power(frames, dft), filters[:C.BINS_PADDED, :s["M"]])
+            return np.ascontiguousarray(log_mel, np.float32).tobytes()
         if op == "linear":
             a = _f(bufs[0]).reshape(s["M"], s["K"])
             w = _f(bufs[1]).reshape(s["K"], s["N"])
@@ -237,4 +251,5 @@ def tiny_en_entries():
     lin = lambda k, n, gelu, m=1536: ("linear", {"M": m, "K": k, "N": n, "gelu": gelu})   # noqa: E731
     return [("layernorm", {"R": 1536, "D": 384}), ("attention", {"T": 1500, "H": 6}),
             lin(384, 1152, False), lin(384, 384, False), lin(384, 1536, True), lin(1536, 384, False),
-            lin(256, 384, True, m=3008), lin(1152, 384, True), lin(384, 768, False)]   # conv1: 3000 frames
+            lin(256, 384, True, m=3008), lin(1152, 384, True), lin(384, 768, False),   # conv1: 3000 frames
+            ("log_mel", {"M": 80})]

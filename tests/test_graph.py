@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from encoder.network import INPUT, OUTPUT, build_encoder_graph
+from encoder.network import INPUT, MEL, OUTPUT, build_encoder_graph
 from kernels.cost import PRESETS, format_projection, project
 from kernels.errors import AmanuensisError
 from kernels.graph import format_graph
@@ -17,27 +17,30 @@ def tiny_graph(tiny):
 def test_nodes_follow_whisper_order(tiny_graph):
     kernels = [n.kernel for n in tiny_graph.nodes]
     block = ["layernorm", "linear", "attention", "linear", "layernorm", "linear", "linear"]
-    assert kernels == ["conv1d_k3", "conv1d_k3", "add"] + block * 4 + ["layernorm"]
+    assert kernels == ["log_mel", "conv1d_k3", "conv1d_k3", "add"] + block * 4 + ["layernorm"]
     assert tiny_graph.node("layers.2.fc1").params == (("gelu", True),)
     assert tiny_graph.node("layers.2.fc2").residual == "layers.2.self_attn.out_proj"
     assert tiny_graph.node("layers.2.self_attn.out_proj").residual == "layers.1.fc2"
-    assert tiny_graph.shapes[INPUT] == (3000, 80) and tiny_graph.shapes[OUTPUT] == (1500, 384)
+    assert tiny_graph.shapes[INPUT] == (480000,) and tiny_graph.shapes[MEL] == (3000, 80)
+    assert tiny_graph.shapes[OUTPUT] == (1500, 384)
 
 
 def test_matmul_flops_of_tiny_en(tiny_graph):
-    """36.9 GFLOP of matmuls per window (the figure the performance issue uses)."""
+    """36.9 GFLOP of matmuls per window past the front end, which adds 1.1 GFLOP of its own."""
     d, t = 384, 1500
     matmul = 2 * 3000 * 240 * d + 2 * t * 3 * d * d + 4 * (2 * t * d * (3 * d + d + 4 * d + 4 * d) + 4 * t * t * d)
     assert abs(matmul / 1e9 - 36.9) < 0.05
-    total = sum(n.flops for n in tiny_graph.nodes)
+    total = sum(n.flops for n in tiny_graph.nodes if n.kernel != "log_mel")
     assert matmul < total < 1.02 * matmul
+    mel = tiny_graph.node(MEL).flops                   # the DFT (400 x 402) and the mel filters, as matmuls
+    assert 2 * 3000 * (400 * 402 + 201 * 80) < mel < 1.02 * 2 * 3000 * (400 * 402 + 201 * 80)
 
 
 def test_graph_scales_with_dims():
     dims = small_dims()
     graph = build_encoder_graph(dims)
-    assert len(graph.nodes) == 3 + 7 * 5 + 1
-    assert graph.shapes[INPUT] == (3000, 128)
+    assert len(graph.nodes) == 4 + 7 * 5 + 1
+    assert graph.shapes[MEL] == (3000, 128) and graph.node(MEL).params == (("n_mels", 128),)
     assert graph.node("layers.4.self_attn").params == (("n_head", 8),)
 
 
@@ -66,12 +69,21 @@ def test_format_lists_every_node_and_the_plan(tiny_graph):
 
 def test_runner_records_backend_and_time_for_every_node(tiny):
     mel = np.zeros((80, 3000), np.float32) - 1.0
-    result = tiny.encode(mel, keep=["layers.0.fc1"])
-    assert [r.node for r in result.records] == [n.name for n in tiny.graph.nodes]
+    result = tiny.encode(mel, keep=["layers.0.fc1"])                 # from a log-mel: the front end is skipped
+    assert [r.node for r in result.records] == [n.name for n in tiny.graph.nodes][1:]
     assert {r.backend for r in result.records} == {"cpu"}
     assert all(r.ms > 0 for r in result.records)
     assert result.tensors["layers.0.fc1"].shape == (1500, 1536)
     assert np.isfinite(result.output).all() and np.abs(result.output).max() > 0
+
+
+def test_the_front_end_is_a_node_on_the_backend(tiny):
+    samples = (0.1 * np.sin(np.arange(16000 * 4) / 9)).astype(np.float32)
+    result = tiny.encode(samples, keep=[MEL])
+    assert [r.node for r in result.records] == [n.name for n in tiny.graph.nodes]
+    assert result.records[0].kernel == "log_mel" and result.records[0].backend == "cpu"
+    np.testing.assert_array_equal(result.tensors[MEL], tiny.mel(samples).T)      # the host's float64 log-mel
+    np.testing.assert_array_equal(result.output, tiny.encode(tiny.mel(samples)).output)
 
 
 def test_runner_rejects_bad_input(tiny):
@@ -79,6 +91,9 @@ def test_runner_rejects_bad_input(tiny):
         tiny.encode(np.zeros((80, 100), np.float32))
     with pytest.raises(AmanuensisError, match="no tensor named"):
         tiny.encode(np.zeros((80, 3000), np.float32), keep=["nope"])
+    with pytest.raises(AmanuensisError, match=r"graph outputs \['layer_norm'\] cannot be computed from "
+                                              r"\['layers.0.self_attn'\]"):
+        tiny.runner.run({"layers.0.self_attn": np.zeros((1500, 384), np.float32)})   # its residual is missing
 
 
 def test_npu_projection(tiny_graph):

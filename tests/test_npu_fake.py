@@ -65,12 +65,12 @@ def test_encoder_on_npu_equals_the_emulator(npu_env, tiny):
 
     fake = npu_env()
     model = npu_model(tiny)
-    mel = tiny.mel(load_audio(HELLO))
-    result = model.encode_with_cross(mel)
+    samples = load_audio(HELLO)                      # from the samples: the front end runs on the NPU too
+    result = model.encode_with_cross(samples)
     ran = {r.node: r.backend for r in result.records}
-    assert ran.pop("embed") == "host" and set(ran.values()) == {"npu"}
+    assert ran["mel"] == "npu" and ran.pop("embed") == "host" and set(ran.values()) == {"npu"}
     assert not any(r.fallback for r in result.records)
-    emu = WhisperModel(tiny.converted, "emu").encode_with_cross(mel)
+    emu = WhisperModel(tiny.converted, "emu").encode_with_cross(samples)
     np.testing.assert_array_equal(result.output, emu.output)
     np.testing.assert_array_equal(result.tensors["cross_kv.2"], emu.tensors["cross_kv.2"])
     assert fake.violations == []
@@ -104,7 +104,7 @@ def test_phoenix_context_limit_falls_back_visibly(npu_env, tiny):
     npu_env("NPU Phoenix", context_limit=6)
     model = npu_model(tiny)
     states = [k for k in model.backend.status()["kernels"] if k["state"] == "disabled"]
-    assert len(states) == 3 and all("hardware context limit (6)" in k["reason"] for k in states)
+    assert len(states) == 4 and all("hardware context limit (6)" in k["reason"] for k in states)
     result = model.encode(tiny.mel(load_audio(HELLO)))
     fell = [r for r in result.records if r.fallback]
     assert fell and all(r.backend == "cpu" and "context limit" in r.fallback for r in fell)

@@ -222,17 +222,21 @@ def test_clipped_audio_still_transcribes(tiny):
 
 
 def test_transcription_keeps_blas_single_threaded_between_windows(tiny, monkeypatch):
-    """The mel and the decoding run inside the backend's session: a multi-threaded BLAS call there
-    leaves BLAS's threads spinning on the cores the next window's encoder needs."""
+    """The front end and the decoding run inside the backend's session: a multi-threaded BLAS call
+    there leaves BLAS's threads spinning on the cores the next window's encoder needs."""
     from threadpoolctl import threadpool_info
 
     def blas_threads():
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
-    before, seen = blas_threads(), []
-    mel = tiny.mel
-    monkeypatch.setattr(tiny, "mel", lambda samples: (seen.append(blas_threads()), mel(samples))[1])
+    def watched(fn, seen):
+        return lambda *args, **kwargs: (seen.append(blas_threads()), fn(*args, **kwargs))[1]
+
+    before, mel_calls, steps = blas_threads(), [], []
+    monkeypatch.setattr(tiny.backend, "log_mel", watched(tiny.backend.log_mel, mel_calls))
+    monkeypatch.setattr(tiny.transcriber.session, "step", watched(tiny.transcriber.session.step, steps))
     tiny.transcribe(HELLO)
     tiny.embed(HELLO)
-    assert len(seen) == 2 and all(s == {1} for s in seen), seen
+    assert len(mel_calls) == 2 and all(s == {1} for s in mel_calls), mel_calls
+    assert len(steps) > 10 and all(s == {1} for s in steps)
     assert blas_threads() == before                 # the caller's setting comes back
