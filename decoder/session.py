@@ -33,7 +33,7 @@ def int8_caveat(cpuinfo: str = "/proc/cpuinfo") -> str | None:
         return None
     if flags is None or {"avx512_vnni", "avx_vnni"} & set(flags):
         return None
-    return "this CPU has no VNNI, so ONNX Runtime's int8 products may saturate (see README)"
+    return "this CPU has no VNNI, so ONNX Runtime's int8 products may saturate (see docs/performance.md)"
 
 
 @dataclass

@@ -54,8 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds of speech for the end-to-end runs (default 30,300)")
     parser.add_argument("--memory-minutes", default="30", help="extra, longer end-to-end runs of ours, for memory "
                         "growth (default 30; '' for none; e.g. 30,60,180 for hours of input)")
-    parser.add_argument("--decoder-precisions", default="fp32,int8", help="decoder weights of our end-to-end runs, "
-                        "each run in turn; the first gives the headline figures (default fp32,int8)")
+    parser.add_argument("--decoder-precisions", default=",".join(DECODER_PRECISIONS), help="decoder weights of our "
+                        "end-to-end runs, each run in turn; the first gives the headline figures (default "
+                        f"{','.join(DECODER_PRECISIONS)})")
     parser.add_argument("--repeats", type=int, default=5, help="timed encoder runs per system (median; default 5)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="threads for every system (default: all cores)")

@@ -19,7 +19,7 @@ from encoder.memory import tune_allocator
 from kernels.backends import DEVICES
 from kernels.errors import run_main
 from kernels.settings import parse_bool
-from weights_tools.model_dir import DECODER_PRECISIONS
+from weights_tools.model_dir import DECODER_PRECISIONS, DEFAULT_DECODER_PRECISION
 from weights_tools.resolve import DEFAULT_MODEL
 
 
@@ -57,9 +57,11 @@ def add_device(parser: argparse.ArgumentParser, default: str = "auto", strict: b
 
 
 def add_decoder_precision(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default="fp32",
-                        help="decoder weights: fp32, or int8 (about twice as fast per token; see "
-                             "docs/performance.md) (default fp32)")
+    parser.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default=DEFAULT_DECODER_PRECISION,
+                        help="decoder weights: int8-vocab (the output projection in int8: under half of fp32's "
+                             "weight bytes per token, the same transcripts on our real clips), fp32, or int8 "
+                             "(every layer; fastest, slightly less accurate); see docs/performance.md "
+                             f"(default {DEFAULT_DECODER_PRECISION})")
 
 
 def add_decoding(parser: argparse.ArgumentParser) -> None:

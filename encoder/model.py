@@ -16,7 +16,7 @@ from kernels.backends import select_backend
 from kernels.errors import AmanuensisError, BadOption
 from kernels.frontend import N_FRAMES, SAMPLE_RATE, SAMPLES_PER_FRAME, log_mel_spectrogram, pad_window
 from kernels.runner import Profile, Runner, RunResult
-from weights_tools.model_dir import ConvertedModel
+from weights_tools.model_dir import DEFAULT_DECODER_PRECISION, ConvertedModel
 from weights_tools.resolve import resolve_model
 
 
@@ -24,12 +24,12 @@ class WhisperModel:
     """A converted model: its encoder as a layer graph on a backend, and its decoder."""
 
     def __init__(self, converted: ConvertedModel, device: str = "auto", strict: bool = False,
-                 decoder_precision: str = "fp32"):
+                 decoder_precision: str = DEFAULT_DECODER_PRECISION):
         self.converted = converted
         self.decoder_path = converted.decoder_onnx(decoder_precision)     # checks the name
         self.decoder_precision = decoder_precision
         # read once: it is reported with every result
-        self._decoder_caveat = int8_caveat() if decoder_precision == "int8" else None
+        self._decoder_caveat = int8_caveat() if decoder_precision != "fp32" else None
         self.spec = converted.name            # what the user asked for (load_model sets the exact spec)
         self.dims = converted.dims
         self.strict = strict
@@ -74,7 +74,7 @@ class WhisperModel:
 
     def describe_decoder(self) -> str:
         """What runs the decoder: always ONNX Runtime on the CPU, with this precision's graph (and
-        for int8, the caveat of this CPU if it has one)."""
+        where it has int8 weights, the caveat of this CPU if it has one)."""
         return f"onnxruntime cpu, {self.decoder_precision} weights ({self.decoder_path.name})" + \
             (f"; {self._decoder_caveat}" if self._decoder_caveat else "")
 
@@ -132,11 +132,12 @@ class WhisperModel:
 
 
 def load_model(name: str = "tiny.en", device: str = "auto", strict: bool = False,
-               decoder_precision: str = "fp32") -> WhisperModel:
+               decoder_precision: str = DEFAULT_DECODER_PRECISION) -> WhisperModel:
     """Load a model by default name, directory or hub id (converting on first use) onto `device`.
 
     strict=True makes any op that falls back from the chosen backend an error.
-    decoder_precision: the weights transcription decodes with, "fp32" or "int8" (decoder-int8.onnx).
+    decoder_precision: the weights transcription decodes with (DECODER_PRECISIONS): "int8-vocab" (the
+    output projection in int8, the rest fp32), "fp32" or "int8" (every linear layer).
     """
     model = WhisperModel(ConvertedModel.open(resolve_model(name)), device, strict, decoder_precision)
     model.spec = str(name)

@@ -104,8 +104,11 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cli_text(tiny):
-    return tiny.transcribe(HELLO).text.strip()
+def cli_text():
+    """The transcript of the command line's defaults (the server's too)."""
+    from encoder.model import load_model
+
+    return load_model("tiny.en", device="cpu").transcribe(HELLO).text.strip()
 
 
 def test_health_status_and_auth(server):
@@ -122,7 +125,7 @@ def test_health_status_and_auth(server):
     assert set(status["counters"]) >= {"requests", "failures", "audio_seconds", "realtime_factor"}
     assert "seconds of processing per second of audio" in status["counters"]["realtime_factor"]["definition"]
     assert status["queue"]["capacity"] == 32 and "layers.3.fc2" in status["graph_backends"]
-    assert status["decoder"] == "onnxruntime cpu, fp32 weights (decoder.onnx)"
+    assert status["decoder"] == "onnxruntime cpu, int8-vocab weights (decoder-int8-vocab.onnx)"   # the default
 
 
 def test_transcribe_every_format(server, cli_text):

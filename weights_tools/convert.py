@@ -7,6 +7,7 @@ The converted directory holds:
     encoder.safetensors      encoder weights, fp32, in the kernel layout (see layout.py)
     decoder.safetensors      decoder weights, fp32, Hugging Face names and layout
     decoder.onnx             the decoder graph; its weights are external data in decoder.safetensors
+    decoder-int8-vocab.onnx  the same with the output projection in int8 (the default decoder)
     decoder-int8.onnx        the decoder graph with int8 weights, self-contained (--decoder-precision int8)
     tokenizer.json           the model's tokenizer
 It is written into a temporary sibling and renamed into place, so a failed or
@@ -24,14 +25,15 @@ from kernels.errors import AmanuensisError
 from weights_tools import ct2, hf, layout, names
 from weights_tools.dims import ModelDimensions
 from weights_tools.fileio import umask_mode
-from weights_tools.onnx_decoder import build_decoder_onnx, build_decoder_onnx_int8
+from weights_tools.onnx_decoder import PRECISIONS, build_decoder_onnx
 from weights_tools.safetensors_io import write_safetensors
 
 FORMAT = "amanuensis-whisper"
-FORMAT_VERSION = 3   # 2: decoder.onnx takes logits_from; 3: decoder-int8.onnx
+FORMAT_VERSION = 4   # 2: decoder.onnx takes logits_from; 3: decoder-int8.onnx; 4: decoder-int8-vocab.onnx
 MANIFEST = "amanuensis.json"
+DECODER_FILES = {p: "decoder.onnx" if p == "fp32" else f"decoder-{p}.onnx" for p in PRECISIONS}
 FILES = (MANIFEST, "config.json", "generation_config.json", "encoder.safetensors", "decoder.safetensors",
-         "decoder.onnx", "decoder-int8.onnx", "tokenizer.json")
+         *DECODER_FILES.values(), "tokenizer.json")
 
 
 def is_current(directory: Path) -> bool:
@@ -93,8 +95,8 @@ def _write(tmp: Path, source: Path, dims, config, generation, tensors) -> None:
     decoder = {k: v for k, v in tensors.items() if k.startswith("decoder.")}
     write_safetensors(tmp / "decoder.safetensors", decoder, {"layout": "hf"})
     heads = [tuple(h) for h in generation.get("alignment_heads") or []]
-    (tmp / "decoder.onnx").write_bytes(build_decoder_onnx(dims, tmp / "decoder.safetensors", heads))
-    (tmp / "decoder-int8.onnx").write_bytes(build_decoder_onnx_int8(dims, decoder, heads))
+    for precision, file in DECODER_FILES.items():
+        (tmp / file).write_bytes(build_decoder_onnx(dims, precision, tmp / "decoder.safetensors", heads))
     shutil.copyfile(source / "tokenizer.json", tmp / "tokenizer.json")
     config = {**config, **dims.hf_fields()}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))

@@ -1,17 +1,19 @@
-"""Build the Whisper decoder as an ONNX graph (onnx package only; no torch).
+"""Build the Whisper decoder as an ONNX graph (onnx package only; no torch), in three precisions.
 
-The fp32 graph's initializers are not copied: each points into decoder.safetensors
-(ONNX external data: file, offset, length), so the converted model keeps one copy
-of the decoder weights, in Hugging Face layout. Linear layers are `Gemm` with
-transB=1 on (B·S, D) rows for that reason.
+fp32 (decoder.onnx): the initializers are not copied: each points into decoder.safetensors (ONNX
+external data: file, offset, length), so the converted model keeps one copy of the decoder weights,
+in Hugging Face layout. Linear layers are `Gemm` with transB=1 on (B·S, D) rows for that reason.
 
-The int8 graph (decoder-int8.onnx) holds its own weights: every linear layer and
-the tied token embedding / output projection as int8 with one fp32 scale per
-output channel, run as MatMulInteger on inputs quantized per call. A greedy step
-is memory bound (one row against every weight), so reading a quarter of the
-bytes halves the step time; the accuracy cost is measured in docs/performance.md.
+int8-vocab (decoder-int8-vocab.onnx): the fp32 graph, but the output projection onto the vocabulary
+(the tied token embedding) is int8 with one fp32 scale per token, run as MatMulInteger on inputs
+quantized per call; its int8 copy is held in the graph, everything else is external data. A greedy
+step is memory bound (one row against every weight) and the projection is most of its bytes (tiny.en:
+80 of 113 MB in fp32).
 
-The graph's inputs and outputs are listed, and named, in weights_tools/decoder_io.py.
+int8 (decoder-int8.onnx): every linear layer and the token embedding int8, self-contained.
+
+The accuracy of each is measured in docs/performance.md. The graph's inputs and outputs are listed,
+and named, in weights_tools/decoder_io.py.
 """
 from __future__ import annotations
 
@@ -23,27 +25,34 @@ import numpy as np
 from weights_tools import decoder_io as io
 from weights_tools.dims import ModelDimensions
 from weights_tools.quantize import quantize_int8
-from weights_tools.safetensors_io import read_header
+from weights_tools.safetensors_io import read_header, read_safetensors
 
 OPSET = 17
+
+
+PRECISIONS = ("fp32", "int8-vocab", "int8")
+VOCAB_PROJECTION = "decoder.embed_tokens"          # tied: the token embedding is the output projection
 
 
 class _Builder:
     """Collects nodes, initializers and constants with unique names."""
 
     def __init__(self, weights_file: str = "", header: dict | None = None, data_start: int = 0,
-                 arrays: dict[str, np.ndarray] | None = None, int8: bool = False):
+                 arrays: dict[str, np.ndarray] | None = None, precision: str = "fp32"):
         """Weights come from a safetensors file (`weights_file`, its `header` and data offset) as
-        external data, or, for a graph built in memory, from `arrays`. int8: linear weights and
-        the token embedding are quantized from `arrays` (see _linear_int8)."""
+        external data, else from `arrays`; what `precision` quantizes is quantized from `arrays`."""
         import onnx
         from onnx import helper
 
         self.onnx, self.helper = onnx, helper
         self.nodes, self.inits, self.count = [], {}, 0
-        self.weights_file, self.header, self.data_start = weights_file, header, data_start
+        self.weights_file, self.header, self.data_start = weights_file, header or {}, data_start
         self.arrays = arrays or {}
-        self.int8 = int8
+        self.precision = precision
+
+    def quantized(self, prefix: str) -> bool:
+        """Whether the linear layer `prefix` runs in int8."""
+        return self.precision == "int8" or (self.precision == "int8-vocab" and prefix == VOCAB_PROJECTION)
 
     def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs):
         """Add a node; its output name, or a tuple of `n_out` names."""
@@ -81,10 +90,10 @@ class _Builder:
         return model.SerializeToString()
 
     def weight(self, name: str) -> str:
-        """The initializer of weight `name`: in memory if given as an array, else external data."""
+        """The initializer of weight `name`: external data if the file has it, else in memory."""
         if name in self.inits:
             return name
-        if name in self.arrays:
+        if name not in self.header:
             return self.array(name, self.arrays[name])
         info = self.header[name]
         begin, end = info["data_offsets"]
@@ -102,7 +111,7 @@ class _Builder:
 
 def _linear(g: _Builder, x2d: str, prefix: str, bias: bool = True) -> str:
     """y = x · Wᵀ + b on (rows, D) with W in HF layout (out, in)."""
-    if g.int8:
+    if g.quantized(prefix):
         return _linear_int8(g, x2d, f"{prefix}.weight", f"{prefix}.bias" if bias else None)
     if bias:
         return g.op("Gemm", x2d, g.weight(f"{prefix}.weight"), g.weight(f"{prefix}.bias"), transB=1)
@@ -123,8 +132,8 @@ def _linear_int8(g: _Builder, x2d: str, weight: str, bias: str | None) -> str:
 def _token_embedding(g: _Builder, ids: str) -> str:
     """Rows of the token embedding for `ids` (B, S) -> (B, S, D); from its int8 copy in an int8 graph
     (the same table serves the tied output projection, so it is held once)."""
-    name = "decoder.embed_tokens.weight"
-    if not g.int8:
+    name = f"{VOCAB_PROJECTION}.weight"
+    if g.precision != "int8":
         return g.op("Gather", g.weight(name), ids)
     q, scale = g.int8_weight(name)                                           # (D, V), (V,)
     rows = g.op("Transpose", g.op("Gather", q, ids, axis=1), perm=[1, 2, 0])    # (B, S, D) int8
@@ -198,17 +207,16 @@ def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
     }
 
 
-def build_decoder_onnx(dims: ModelDimensions, weights_path: Path, alignment_heads=()) -> bytes:
-    """Serialized fp32 ONNX decoder whose weights are external data in `weights_path` (same directory)."""
+def build_decoder_onnx(dims: ModelDimensions, precision: str, weights_path: Path, alignment_heads=()) -> bytes:
+    """Serialized ONNX decoder of `precision` (PRECISIONS) for the decoder weights in `weights_path`
+    (safetensors, Hugging Face names): fp32 weights stay there as external data (the graph goes in the
+    same directory); int8 ones are quantized (quantize.py) into the graph. int8 keeps the layer norms,
+    biases and positions fp32 in the graph."""
+    if precision == "int8":
+        return _build(_Builder(arrays=read_safetensors(weights_path), precision=precision), dims, alignment_heads)
     header, start = read_header(weights_path)
-    return _build(_Builder(Path(weights_path).name, header, start), dims, alignment_heads)
-
-
-def build_decoder_onnx_int8(dims: ModelDimensions, tensors: dict[str, np.ndarray], alignment_heads=()) -> bytes:
-    """Serialized self-contained ONNX decoder from the decoder's fp32 `tensors` (HF names): the
-    linear layers and the token embedding quantized to int8 (quantize.py), the layer norms,
-    biases and positions kept fp32."""
-    return _build(_Builder(arrays=tensors, int8=True), dims, alignment_heads)
+    arrays = read_safetensors(weights_path, only={f"{VOCAB_PROJECTION}.weight"}) if precision == "int8-vocab" else {}
+    return _build(_Builder(Path(weights_path).name, header, start, arrays, precision), dims, alignment_heads)
 
 
 def _build(g: _Builder, dims: ModelDimensions, alignment_heads) -> bytes:

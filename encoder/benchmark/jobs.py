@@ -30,7 +30,7 @@ from encoder.torch_reference import torch_whisper
 from kernels import native
 from kernels.frontend import SAMPLE_RATE, log_mel_spectrogram
 from weights_tools.layout import kernel_to_encoder
-from weights_tools.model_dir import ConvertedModel
+from weights_tools.model_dir import DEFAULT_DECODER_PRECISION, ConvertedModel
 from weights_tools.onnx_encoder import build_encoder_onnx
 from weights_tools.resolve import resolve_model
 
@@ -141,7 +141,7 @@ def native_levels(repeats: int) -> dict:
 
 
 def ours_e2e(model: str, device: str, audio: str, reference: str, threads: int,
-             decoder_precision: str = "fp32") -> dict:
+             decoder_precision: str = DEFAULT_DECODER_PRECISION) -> dict:
     """Our whole pipeline, greedy (temperature fallback as openai-whisper), on an audio file."""
     m, load_s = _timed_load(lambda: load_model(model, device=device, decoder_precision=decoder_precision))
     m.transcribe(_warmup_file())
