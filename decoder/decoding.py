@@ -109,19 +109,26 @@ class WindowDecoder:
         itself (compression ratio) or is improbable (average log-probability)."""
         result = None
         for t in rules.temperatures:
-            attempt = replace(options, temperature=t,
-                              beam_size=options.beam_size if t == 0 else None,
-                              best_of=(options.best_of or BEST_OF) if t > 0 else None)
-            result = self.decode(cross, attempt)
-            repetitive = rules.compression_ratio_threshold is not None and \
-                result.compression_ratio > rules.compression_ratio_threshold
-            improbable = rules.logprob_threshold is not None and result.avg_logprob < rules.logprob_threshold
-            silent = rules.no_speech_threshold is not None and result.no_speech_prob > rules.no_speech_threshold
-            if silent and improbable:
-                return result          # the caller skips it as silence; no point retrying
-            if not (repetitive or improbable):
+            result = self.decode(cross, attempt_options(options, t))
+            if accepted(result, rules):
                 return result
         return result
+
+
+def attempt_options(options: DecodingOptions, temperature: float) -> DecodingOptions:
+    """`options` for one attempt at `temperature`: beam search only at 0, best-of only above."""
+    return replace(options, temperature=temperature, beam_size=options.beam_size if temperature == 0 else None,
+                   best_of=(options.best_of or BEST_OF) if temperature > 0 else None)
+
+
+def accepted(result: DecodingResult, rules: TranscribeOptions) -> bool:
+    """Whether an attempt ends the fallback ladder: its text neither repeats itself (compression ratio)
+    nor is improbable (average log-probability), or the window is silence (then retrying is no use)."""
+    repetitive = rules.compression_ratio_threshold is not None and \
+        result.compression_ratio > rules.compression_ratio_threshold
+    improbable = rules.logprob_threshold is not None and result.avg_logprob < rules.logprob_threshold
+    silent = rules.no_speech_threshold is not None and result.no_speech_prob > rules.no_speech_threshold
+    return (silent and improbable) or not (repetitive or improbable)
 
 
 def is_silence(result: DecodingResult, rules: TranscribeOptions) -> bool:

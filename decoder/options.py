@@ -21,6 +21,7 @@ NO_SPEECH_CERTAIN = 0.9
 TEMPERATURE_INCREMENT = 0.2         # step of the fallback ladder
 MAX_TEMPERATURE = 1.0               # top of the ladder
 BEST_OF = 5                         # samples per attempt at temperature > 0
+BATCH_SIZE = 8                      # windows decoded at once with VAD chunking
 
 
 def temperature_ladder(first: float = 0.0, increment: float = TEMPERATURE_INCREMENT) -> tuple[float, ...]:
@@ -75,8 +76,12 @@ class TranscribeOptions:
     condition_on_previous_text: bool = True    # prompt each window with the text so far
     initial_prompt: str | None = None          # text to prompt the first window with
     word_timestamps: bool = False              # word-level timestamps (cross-attention + DTW)
+    vad: bool = False                          # transcribe only the speech found by voice activity detection
+    batch_size: int = BATCH_SIZE               # windows decoded together (with vad)
 
     def __post_init__(self):
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise BadOption("batch_size", f"batch size must be a whole number of at least 1, got {self.batch_size!r}")
         if not self.temperatures or any(not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0)
                                         for t in self.temperatures):
             raise BadOption("temperature", f"temperatures must be numbers of at least 0, got {self.temperatures!r}")

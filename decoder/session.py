@@ -141,13 +141,21 @@ class DecoderSession:
         return cache._io, cache._io_names
 
     def bind_cross(self, cross_kv: list[np.ndarray]) -> list:
-        """Each decoder layer's cross-attention [K | V] (n_audio_ctx, 2·d) from the encoder's backend, as
-        the (K, V) OrtValues of shape (1, H, T, d_head) the graph takes; once per window."""
-        out = []
-        for kv in cross_kv:
-            t, two_d = kv.shape
-            heads = kv.reshape(t, 2, self.dims.n_text_head, two_d // 2 // self.dims.n_text_head)
-            k, v = heads.transpose(1, 2, 0, 3)                                  # (H, T, d_head) each
-            out.append((self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(k)[None]),
-                        self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)[None])))
-        return out
+        """Each decoder layer's cross-attention [K | V] (n_audio_ctx, 2·d) of one window, from the encoder's
+        backend, as the (K, V) OrtValues of shape (1, H, T, d_head) the graph takes; once per window."""
+        return self.bind_cross_rows([cross_kv], 1)[0]
+
+    def bind_cross_rows(self, rows, n: int) -> tuple[list, list[list]]:
+        """`n` windows' cross-attention inputs (an iterable of bind_cross's argument, consumed one window
+        at a time so each encoder output can be freed once copied) as (the batch's (K, V) OrtValues
+        (n, H, T, d_head) per layer, each window's own (1, H, T, d_head) OrtValues sharing that memory)."""
+        d = self.dims
+        heads, d_head = d.n_text_head, d.n_text_state // d.n_text_head
+        kv = [np.empty((2, n, heads, d.n_audio_ctx, d_head), np.float32) for _ in range(d.n_text_layer)]
+        for i, window in enumerate(rows):
+            for layer, src in zip(kv, window):
+                layer[:, i] = src.reshape(d.n_audio_ctx, 2, heads, d_head).transpose(1, 2, 0, 3)
+        value = self._ort.OrtValue.ortvalue_from_numpy
+        batch = [(value(k), value(v)) for k, v in kv]
+        own = [[(value(k[i:i + 1]), value(v[i:i + 1])) for k, v in kv] for i in range(n)]
+        return batch, own

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from decoder.options import (
+    BATCH_SIZE,
     BEST_OF,
     COMPRESSION_RATIO_THRESHOLD,
     LOGPROB_THRESHOLD,
@@ -91,6 +92,12 @@ def add_decoding(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--initial-prompt", default=None, help="text to prompt the first window with")
     p.add_argument("--word-timestamps", action="store_true", help="word-level timestamps (cross-attention + DTW)")
     p.add_argument("--without-timestamps", action="store_true", help="no timestamp tokens: one segment per window")
+    p.add_argument("--vad", type=boolean, default=TranscribeOptions.vad,
+                   help="True: transcribe only the speech that voice activity detection (Silero VAD) finds, in "
+                        "chunks of at most 30 s decoded in batches, each chunk without the text before it as "
+                        "prompt; False: Whisper's sequential windows (default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                   help=f"chunks decoded together with --vad (default {BATCH_SIZE})")
 
 
 def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
@@ -103,7 +110,7 @@ def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:
                              temperatures=temperature_ladder(args.temperature, args.temperature_increment_on_fallback),
                              compression_ratio_threshold=args.compression_ratio_threshold,
                              logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
-                             word_timestamps=args.word_timestamps)
+                             word_timestamps=args.word_timestamps, vad=args.vad, batch_size=args.batch_size)
 
 
 def say(message: str) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -275,17 +275,17 @@ def _bool(fields: dict, name: str) -> bool:
 
 
 def _options(fields: dict, *, prompt=None, temperature=None, words=False) -> TranscribeOptions:
+    vad = _bool(fields, "vad") if fields.get("vad") else TranscribeOptions.vad
     try:
         options = TranscribeOptions(decoding=DecodingOptions(language=fields.get("language") or None),
-                                    initial_prompt=prompt, word_timestamps=words)
+                                    initial_prompt=prompt, word_timestamps=words, vad=vad)
         if temperature is None:
             return options
         try:
             first = float(temperature)
         except ValueError:
             raise BadOption("temperature", "temperature must be a number") from None
-        return TranscribeOptions(options.decoding, temperature_ladder(first), initial_prompt=prompt,
-                                 word_timestamps=words)
+        return replace(options, temperatures=temperature_ladder(first))
     except BadOption as e:
         raise _api_error(e) from None
 

@@ -166,6 +166,15 @@ def test_openai_transcriptions(server, cli_text):
         assert code == 400 and error["param"] == param and error["type"] == "invalid_request_error"
 
 
+def test_vad_field(server):
+    """`vad` chooses VAD chunking per request; a bad value is a 400 naming it."""
+    for endpoint in ("/transcribe", "/v1/audio/transcriptions"):
+        code, body, _ = server.post(endpoint, {"vad": "true"}, HELLO.read_bytes())
+        assert code == 200 and score(HELLO_TEXT, json.loads(body)["text"]).wer <= 0.15
+        code, body, _ = server.post(endpoint, {"vad": "maybe"}, HELLO.read_bytes())
+        assert code == 400 and json.loads(body)["error"]["param"] == "vad"
+
+
 @pytest.mark.slow
 def test_sixteen_concurrent_clients(server, cli_text):
     results, errors = [], []

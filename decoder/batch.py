@@ -1,0 +1,78 @@
+"""Decoding several windows at once: one ONNX Runtime call per token step for the whole batch.
+
+A decoder step of tiny.en at batch 1 mostly reads weights (the vocabulary projection alone is
+10-40 MB); a batch of windows reads them once per step for every row. Each row has its own
+cross-attention inputs, stop and result; rows that finish keep feeding <|endoftext|>, which
+no result includes. Every row starts from the same initial tokens (one prompt for the batch).
+
+    decode_batch(wd, cross_rows, options, rules) -> [DecodingResult per row]
+
+Greedy decoding runs batched; beam search and sampling decode row by row. Rows whose first
+attempt fails the fallback rules retry alone, up Whisper's ladder.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from decoder.decoding import DecodingResult, WindowDecoder, accepted, attempt_options
+from decoder.logits import log_softmax
+from decoder.options import DecodingOptions, TranscribeOptions
+
+
+def decode_batch(wd: WindowDecoder, cross, rows: list, options: DecodingOptions,
+                 rules: TranscribeOptions) -> list[DecodingResult]:
+    """Each row's result, as decode_with_fallback would give it: the first temperature of `rules`
+    for all rows at once, then the ladder's next temperatures for the rows that need them.
+    cross: the rows' cross-attention inputs bound as one batch; rows: each row's own."""
+    first = attempt_options(options, rules.temperatures[0])
+    if first.temperature == 0 and first.beam_size is None:
+        results = greedy_batch(wd, cross, first)
+    else:
+        results = [wd.decode(row, first) for row in rows]
+    ladder = replace(rules, temperatures=rules.temperatures[1:])
+    return [r if accepted(r, rules) or not ladder.temperatures else wd.decode_with_fallback(row, options, ladder)
+            for r, row in zip(results, rows)]
+
+
+def greedy_batch(wd: WindowDecoder, cross, options: DecodingOptions) -> list[DecodingResult]:
+    """Greedy decoding (temperature 0) of every row of `cross` together."""
+    n = _rows(cross)
+    initial, sot_index = wd.initial_tokens(options)
+    cache = wd.session.new_cache(n)
+    tokens = np.tile(np.array(initial, np.int64), (n, 1))                     # (n, n_initial)
+    logits = wd.session.step(tokens, cache, cross, logits_from=sot_index)      # (n, n_initial - sot_index, V)
+    no_speech = _no_speech_probs(wd, logits[:, 0])
+    filters = wd.filters(options, len(initial))
+    limit = min(options.sample_len or wd.n_ctx // 2, wd.n_ctx - len(initial))
+    eot = wd.tokenizer.eot
+    sum_logprob, done = np.zeros(n), np.zeros(n, bool)
+    for _ in range(limit):
+        last = logits[:, -1].astype(np.float32)        # a copy: the filters write into it
+        for f in filters:
+            f.apply(last, tokens)
+        nxt = np.where(done, eot, last.argmax(axis=-1))
+        sum_logprob += np.where(done, 0.0, log_softmax(last)[np.arange(n), nxt])
+        done |= nxt == eot
+        tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
+        if done.all() or cache.length >= wd.n_ctx:
+            break
+        logits = wd.session.step(nxt[:, None], cache, cross)
+    results = []
+    for row, s, p in zip(tokens[:, len(initial):], sum_logprob, no_speech):
+        row = [int(t) for t in row]
+        seq = row[:row.index(eot)] if eot in row else row
+        results.append(wd.finish(seq, float(s), float(p), options))
+    return results
+
+
+def _rows(cross) -> int:
+    return cross[0][0].shape()[0]
+
+
+def _no_speech_probs(wd: WindowDecoder, sot_logits: np.ndarray) -> np.ndarray:
+    """P(<|nospeech|>) at <|startoftranscript|> of each row; sot_logits (n, vocab)."""
+    if wd.tokenizer.no_speech is None:
+        return np.zeros(len(sot_logits))
+    return np.exp(log_softmax(sot_logits.astype(np.float32))[:, wd.tokenizer.no_speech])
