@@ -21,7 +21,7 @@ NO_SPEECH_CERTAIN = 0.9
 TEMPERATURE_INCREMENT = 0.2         # step of the fallback ladder
 MAX_TEMPERATURE = 1.0               # top of the ladder
 BEST_OF = 5                         # samples per attempt at temperature > 0
-BATCH_SIZE = 8                      # windows decoded at once with VAD chunking
+BATCH_SIZE = 8                      # windows decoded at once (VAD chunks; several files' windows)
 
 
 def temperature_ladder(first: float = 0.0, increment: float = TEMPERATURE_INCREMENT) -> tuple[float, ...]:
@@ -77,7 +77,7 @@ class TranscribeOptions:
     initial_prompt: str | None = None          # text to prompt the first window with
     word_timestamps: bool = False              # word-level timestamps (cross-attention + DTW)
     vad: bool = False                          # transcribe only the speech found by voice activity detection
-    batch_size: int = BATCH_SIZE               # windows decoded together (with vad)
+    batch_size: int = BATCH_SIZE               # windows decoded together (VAD chunks, several files)
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:

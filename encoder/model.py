@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -95,6 +96,16 @@ class WhisperModel:
         """
         options = with_changes(options or TranscribeOptions(), **changes)
         return self.transcriber.transcribe(audio, options, progress)
+
+    def transcribe_many(self, audios, options: TranscribeOptions | None = None, batch_size: int | None = None,
+                        **changes) -> Iterator[tuple[int, Transcription | AmanuensisError]]:
+        """Transcribe several paths or sample arrays together: `batch_size` files at a time (default
+        options.batch_size), the windows they have ready decoded as one batch where their decoding
+        options agree (with vad=True, every chunk; without, the windows not prompted with earlier
+        text). Yields (index, Transcription, or the AmanuensisError that stopped that input) as each
+        input finishes; one bad input stops only itself."""
+        options = with_changes(options or TranscribeOptions(), **changes)
+        return self.transcriber.transcribe_many(((audio, options) for audio in audios), batch_size)
 
     def layer_tensor(self, layer: int) -> str:
         """Graph tensor of hidden state `layer`, numbered as Hugging Face's hidden_states."""

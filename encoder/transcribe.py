@@ -1,8 +1,10 @@
 """python -m encoder.transcribe: speech to text with the Amanuensis encoder and the ONNX decoder.
 
 Flags and output files follow openai-whisper's command line where they overlap. Existing
-transcripts of the same name in --output-dir are replaced (atomically). A file that cannot be
-transcribed is reported and skipped; the others are transcribed, and the exit status is 2.
+transcripts of the same name in --output-dir are replaced (atomically). Several files are
+transcribed --batch-size at a time, their windows decoded together where their prompts allow;
+results are written in the order given. A file that cannot be transcribed is reported and
+skipped; the others are transcribed, and the exit status is 2.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from encoder.cli import (
 from encoder.model import load_model
 from encoder.results import Transcription
 from encoder.writers import FORMATS, check_distinct_outputs, check_output_dir, timestamp, write_result
-from kernels.errors import EXIT_USER_ERROR, BadAudio, print_error
+from kernels.errors import EXIT_USER_ERROR, AmanuensisError, BadAudio, print_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +66,16 @@ def _show(result: Transcription, verbose: bool) -> None:
         print(f"[{timestamp(s.start, False, '.')} --> {timestamp(s.end, False, '.')}] {s.text.strip()}", flush=True)
 
 
+def _in_order(results):
+    """transcribe_many's results (in the order they finish) in the order of the inputs."""
+    waiting, following = {}, 0
+    for i, result in results:
+        waiting[i] = result
+        while following in waiting:
+            yield waiting.pop(following)
+            following += 1
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     options = transcribe_options(args)
@@ -77,13 +89,15 @@ def main(argv=None) -> int:
     options = model.transcriber.check_options(options)
     check_output_dir(args.output_dir)              # after every check, so a refused run leaves nothing
     failed = len(args.audio) - len(inputs)
-    for audio in inputs:
-        try:
-            result = model.transcribe(audio, options, progress=True)
-        except BadAudio as e:
-            print_error(e)
+    results = model.transcriber.transcribe_many(((audio, options) for audio in inputs),
+                                                progress=len(inputs) == 1)
+    for audio, result in zip(inputs, _in_order(results)):
+        if isinstance(result, BadAudio):
+            print_error(result)
             failed += 1
             continue
+        if isinstance(result, AmanuensisError):
+            raise result
         if args.profile:
             say(f"{audio}: per-node profile\n{result.profile.format()}")
         _show(result, args.verbose)

@@ -7,23 +7,25 @@ Audio is read window by window, so memory does not grow with the file's length.
 """
 from __future__ import annotations
 
+import itertools
 import sys
 import time
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import replace
 
 import numpy as np
 
-from decoder.batch import decode_batch
 from decoder.decoding import DecodingResult, WindowDecoder, is_silence
-from decoder.options import TranscribeOptions
+from decoder.options import DecodingOptions, TranscribeOptions
 from decoder.session import DecoderSession
 from decoder.timing import clamp_long_words, speech_onset, word_timings
 from decoder.tokenizer import WhisperTokenizer
 from encoder.audio import AudioStream, as_samples
+from encoder.batching import DecodeAsk, Reply, run_together
 from encoder.network import cross_kv_output
 from encoder.results import Provenance, Segment, Transcription, Word
 from encoder.vad import SileroVad, speech_chunks, speech_regions
-from kernels.errors import BadAudio, BadOption
+from kernels.errors import AmanuensisError, BadAudio, BadOption
 from kernels.frontend import HOP_LENGTH, INPUT_STRIDE, N_FRAMES, N_SAMPLES, SAMPLE_RATE, TIME_PRECISION
 from kernels.runner import Profile, RunResult
 
@@ -115,6 +117,35 @@ class Transcriber:
 
     def transcribe(self, audio, options: TranscribeOptions | None = None, progress: bool = False) -> Transcription:
         """Transcribe a path (streamed) or 16 kHz samples."""
+        ((_, result),) = self.transcribe_many([(audio, options)], progress=progress)
+        if isinstance(result, AmanuensisError):
+            raise result
+        return result
+
+    def transcribe_many(self, jobs: Iterable, batch_size: int | None = None,
+                        progress: bool = False) -> Iterator[tuple[int, Transcription | AmanuensisError]]:
+        """Transcribe (audio, options) pairs together: `batch_size` of them at a time (default: the first
+        one's options.batch_size), their windows decoded in batches of as many rows. Yields (index, the
+        Transcription or the AmanuensisError that stopped it) as each one finishes. Audio is a path or
+        16 kHz samples; each is opened when its turn comes."""
+        jobs = iter(jobs)
+        first = next(jobs, None)
+        if first is None:
+            return
+        size = batch_size or (first[1] or TranscribeOptions()).batch_size
+        loops = (self._steps(audio, options, progress) for audio, options in itertools.chain([first], jobs))
+        # Every loop inside one backend session: a BLAS call of the decoding between windows would
+        # otherwise wake BLAS's own threads, which then spin on the cores the next window's encoder
+        # needs (measured: +46 ms on each 30 s window's encoder, 180 -> 226 ms).
+        with self.model.backend.session():
+            yield from run_together(self.decoder, self.session, loops, size)
+
+    def _steps(self, audio, options: TranscribeOptions | None, progress: bool):
+        """The loop's steps; a problem found on opening ends it at once (as its result)."""
+        loop = self._loop(audio, options, progress)
+        return (yield from loop.steps())
+
+    def _loop(self, audio, options: TranscribeOptions | None, progress: bool) -> _Loop:
         options = self.check_options(options or TranscribeOptions())
         if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
             duration, name = AudioStream(audio).duration, str(audio)
@@ -127,12 +158,7 @@ class Transcriber:
 
             def reader():
                 return lambda a, n: samples[max(a, 0):a + n]
-        loop = _VadLoop if options.vad else _SeekLoop
-        # The whole loop inside one backend session: a BLAS call of the decoding between windows
-        # would otherwise wake BLAS's own threads, which then spin on the cores the next window's
-        # encoder needs (measured: +46 ms on each 30 s window's encoder, 180 -> 226 ms).
-        with self.model.backend.session():
-            return loop(self, options, reader, duration, progress, name).run()
+        return (_VadLoop if options.vad else _SeekLoop)(self, options, reader, duration, progress, name)
 
 
 class _Loop:
@@ -162,6 +188,13 @@ class _Loop:
         kv, run = self.tr.cross_kv(samples)
         self.profile.add(run)
         return kv
+
+    def _detect(self, kv: list[np.ndarray]) -> None:
+        """The language, from this window when it is not known yet."""
+        if self.language is None:
+            needs_model = self.tr.tokenizer.multilingual        # an English-only model answers "en" without it
+            self.language = self.tr.decoder.detect_language(self.tr.session.bind_cross(kv) if needs_model
+                                                            else None)[0]
 
     def _transcribed(self, result: DecodingResult, cross, samples: np.ndarray, seek: int, frames: int) -> int:
         """Add a window's decoding as segments (and words); returns the mel frames it consumed."""
@@ -226,7 +259,8 @@ class _SeekLoop(_Loop):
         if self.options.initial_prompt:
             self.all_tokens = self.tr.tokenizer.encode(" " + self.options.initial_prompt.strip())
 
-    def run(self) -> Transcription:
+    def steps(self) -> Generator[DecodeAsk, Reply, Transcription]:
+        """The loop, asking for each window's decoding (see encoder.batching)."""
         seek = 0
         while True:
             samples = self.window(seek * HOP_LENGTH, N_SAMPLES)
@@ -236,25 +270,23 @@ class _SeekLoop(_Loop):
                 break
             frames = min(N_FRAMES, -(-len(samples) // HOP_LENGTH))
             self.duration = max(self.duration, (seek * HOP_LENGTH + len(samples)) / SAMPLE_RATE)
-            seek += self._window(samples, seek, frames)
+            if _silent(samples):
+                seek += frames
+            else:
+                kv = self._encode(samples)
+                self._detect(kv)
+                ask = DecodeAsk([kv], self._decoding(), self.options)
+                del kv                              # the scheduler frees it once bound
+                ((result, cross),) = yield ask
+                seek += self._transcribed(result, cross, samples, seek, frames)
             self.progress.update(seek * HOP_LENGTH / SAMPLE_RATE)
         return self._result()
 
-    def _window(self, samples: np.ndarray, seek: int, frames: int) -> int:
-        """Transcribe the window at mel frame `seek`; returns how many mel frames it consumed."""
-        if _silent(samples):
-            return frames
-        cross = self.tr.session.bind_cross(self._encode(samples))
-        if self.language is None:
-            self.language = self.tr.decoder.detect_language(cross)[0]
-        return self._transcribed(self._decode(cross), cross, samples, seek, frames)
-
-    def _decode(self, cross) -> DecodingResult:
+    def _decoding(self) -> DecodingOptions:
         o = self.options
         prompt = tuple(self.all_tokens[self.prompt_reset:]) if o.condition_on_previous_text or \
             (o.initial_prompt and self.prompt_reset == 0) else ()
-        decoding = replace(o.decoding, language=self.language, prompt=prompt)
-        return self.tr.decoder.decode_with_fallback(cross, decoding, o)
+        return replace(o.decoding, language=self.language, prompt=prompt)
 
     def _add(self, pieces, result: DecodingResult, seek: int) -> list[Segment]:
         added = super()._add(pieces, result, seek)
@@ -271,7 +303,8 @@ class _VadLoop(_Loop):
     prompts every chunk). A chunk whose decoding stops before its end has the rest transcribed as
     a window of its own, as the seek loop would."""
 
-    def run(self) -> Transcription:
+    def steps(self) -> Generator[DecodeAsk, Reply, Transcription]:
+        """The loop, asking for each batch of chunks' decoding (see encoder.batching)."""
         scores = self.tr.vad.scores(self.reader())
         self.duration = scores.n_samples / SAMPLE_RATE
         if scores.n_samples < MIN_SECONDS * SAMPLE_RATE:
@@ -280,7 +313,7 @@ class _VadLoop(_Loop):
         window, size, rest, done = self.reader(), self.options.batch_size, [], 0
         while done < len(chunks) or rest:
             take = chunks[done:done + max(size - len(rest), 0)]              # rests go first, with new chunks
-            rest = self._round(rest + [(a, window(a, b - a)) for a, b in take])
+            rest = yield from self._round(rest + [(a, window(a, b - a)) for a, b in take])
             done += len(take)
             self.progress.update(chunks[done - 1][1] / SAMPLE_RATE if done else 0.0)
         self.segments.sort(key=lambda seg: seg.start)
@@ -288,18 +321,17 @@ class _VadLoop(_Loop):
             seg.id = i
         return self._result()
 
-    def _round(self, pending: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
-        """Decode the windows (start sample, samples) as one batch; returns the rests still to do."""
+    def _round(self, pending: list[tuple[int, np.ndarray]]):
+        """Decode the windows (start sample, samples) as one ask; returns the rests still to do."""
         pending = [(a, x) for a, x in pending if len(x) >= MIN_SECONDS * SAMPLE_RATE and not _silent(x)]
         if not pending:
             return []
-        cross, rows = self.tr.session.bind_cross_rows((self._encode(x) for _, x in pending), len(pending))
-        if self.language is None:
-            self.language = self.tr.decoder.detect_language(rows[0])[0]
+        kv = [self._encode(x) for _, x in pending]
+        self._detect(kv[0])
         decoding = replace(self.options.decoding, language=self.language, prompt=self._prompt())
-        results = decode_batch(self.tr.decoder, cross, rows, decoding, self.options)
+        reply = yield DecodeAsk(kv, decoding, self.options)     # the scheduler empties kv as it binds
         rest = []
-        for (start, samples), result, row in zip(pending, results, rows):
+        for (start, samples), (result, row) in zip(pending, reply):
             seek, frames = start // HOP_LENGTH, -(-len(samples) // HOP_LENGTH)
             consumed = self._transcribed(result, row, samples, seek, frames)
             if consumed < frames:

@@ -1,0 +1,94 @@
+"""Several transcriptions at once: their windows decoded together.
+
+Each transcription is a generator (a loop of encoder/transcription.py) that encodes its next
+windows itself and yields a DecodeAsk: the windows' cross-attention K/V and the decoding options.
+run_together gathers the asks of every transcription, decodes those with the same options (hence
+the same initial tokens) as one batch of at most `batch_size` rows, and sends each transcription
+its results. A window asked alone is decoded exactly as one transcription would decode it.
+
+Windows prompted with earlier text (Whisper's condition_on_previous_text) mostly have prompts of
+their own length and are decoded alone; first windows, VAD chunks and unprompted windows batch.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from decoder.batch import decode_batch
+from decoder.decoding import DecodingResult, WindowDecoder
+from decoder.options import DecodingOptions, TranscribeOptions
+from decoder.session import DecoderSession
+from kernels.errors import AmanuensisError
+
+
+@dataclass
+class DecodeAsk:
+    kv: list[list[np.ndarray]]         # each window's cross-attention [K | V] per decoder layer
+    options: DecodingOptions           # for every window of the ask (the initial tokens included)
+    rules: TranscribeOptions           # fallback ladder and thresholds
+
+
+# What a loop is sent back: for each window of its ask, its result and its bound cross-attention inputs.
+Reply = list[tuple[DecodingResult, list]]
+Loop = Generator[DecodeAsk, Reply, object]
+
+
+def run_together(decoder: WindowDecoder, session: DecoderSession, loops: Iterable[Loop], batch_size: int,
+                 active: int | None = None) -> Iterator[tuple[int, object]]:
+    """Run `loops` to their ends, at most `active` (default batch_size) at a time, taking the next as
+    one ends; yields (index in `loops`, what the loop returned, or the AmanuensisError that ended it)
+    as each one finishes."""
+    source = enumerate(loops)
+    running: dict[int, Loop] = {}
+    asks: dict[int, DecodeAsk] = {}
+    todo: list[tuple[int, Reply | None]] = []          # loops to advance, with what they are sent
+
+    def start_more():
+        for i, loop in itertools.islice(source, max((active or batch_size) - len(running), 0)):
+            running[i] = loop
+            todo.append((i, None))
+
+    start_more()
+    while todo:
+        while todo:                                 # advance every loop that has its answer
+            i, reply = todo.pop(0)
+            try:
+                asks[i] = running[i].send(reply)
+                continue
+            except StopIteration as done:
+                result = done.value
+            except AmanuensisError as e:
+                result = e
+            del running[i]
+            yield i, result
+            start_more()                            # a finished loop's place is taken at once
+        replies: dict[int, Reply] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, ask in asks.items():
+            groups.setdefault((ask.options, ask.rules), []).append(i)
+        for (options, rules), members in groups.items():
+            owners = [i for i in members for _ in asks[i].kv]
+            windows = []
+            for i in members:                       # the asks let go of their windows: freed once bound
+                windows += asks[i].kv
+                asks.pop(i).kv.clear()
+            for first in range(0, len(owners), batch_size):
+                part = [windows.pop(0) for _ in owners[first:first + batch_size]]
+                for i, answer in zip(owners[first:first + batch_size], _decode(decoder, session, part, options,
+                                                                                 rules)):
+                    replies.setdefault(i, []).append(answer)
+        todo = list(replies.items())
+
+
+def _decode(decoder: WindowDecoder, session: DecoderSession, kv: list, options: DecodingOptions,
+            rules: TranscribeOptions) -> Reply:
+    """Decode the windows `kv` (emptied as they are bound, so each encoder output is freed once copied)."""
+    n = len(kv)
+    if n == 1:
+        cross = session.bind_cross(kv.pop())
+        return [(decoder.decode_with_fallback(cross, options, rules), cross)]
+    cross, rows = session.bind_cross_rows((kv.pop(0) for _ in range(n)), n)
+    return list(zip(decode_batch(decoder, cross, rows, options, rules), rows))
