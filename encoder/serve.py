@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(p)
     add_decoder_precision(p)
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest accepted upload (default 25 MiB)")
-    p.add_argument("--queue", type=positive_int, default=8, help="requests waiting at most; more get 503 (default 8)")
+    p.add_argument("--queue", type=positive_int, default=ServerConfig.queue_size,
+                   help="requests waiting at most; more get 503 (default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=ServerConfig.batch_size,
+                   help="waiting requests run together, their windows decoded in batches (default %(default)s)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (default 600)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
     report_device(model, decoder=True)
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     model.transcribe((0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))     # warm up both halves
-    config = ServerConfig(int(args.max_upload_mb * 2**20), args.queue, api_key(args.api_key), args.timeout)
+    config = ServerConfig(int(args.max_upload_mb * 2**20), args.queue, api_key(args.api_key), args.timeout,
+                          args.batch_size)
     app = create_app(TranscriptionService(model, config))
     _log_requests()
     say(f"serving {args.model} on http://{args.host}:{args.port} "

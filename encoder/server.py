@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from decoder.options import DecodingOptions, TranscribeOptions, temperature_ladder
+from decoder.options import BATCH_SIZE, DecodingOptions, TranscribeOptions, temperature_ladder
 from encoder.results import Transcription
 from encoder.version import VERSION
 from encoder.writers import RENDER
@@ -45,9 +45,10 @@ log = logging.getLogger("amanuensis.server")
 @dataclass(frozen=True)
 class ServerConfig:
     max_upload_bytes: int = 25 * 2**20
-    queue_size: int = 8
+    queue_size: int = 32                 # requests waiting at most (16 concurrent clients all wait their turn)
     api_key: str | None = None
     timeout_s: float = 600.0
+    batch_size: int = BATCH_SIZE         # requests run together
 
 
 class ApiError(Exception):
@@ -63,17 +64,22 @@ class ApiError(Exception):
 
 
 class Worker:
-    """One thread runs jobs from a bounded queue, so the model is used by one request at a time."""
+    """One thread runs the transcriptions. Each round takes every waiting request (up to `batch`) and
+    runs them together, their windows decoded in batches (encoder.batching), answering each request
+    as its own transcription ends; requests that arrive meanwhile wait for the next round."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, batch: int, run_many):
         self.jobs: queue.Queue = queue.Queue(maxsize=size)
+        self.batch, self.run_many = batch, run_many
+        self.busy_seconds = 0.0                    # time spent running rounds
+        self.rounds = self.run = 0                 # rounds, and requests they ran
         self.thread = threading.Thread(target=self._loop, name="amanuensis-worker", daemon=True)
         self.thread.start()
 
-    def submit(self, fn) -> concurrent.futures.Future:
+    def submit(self, job) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
-            self.jobs.put_nowait((fn, future))
+            self.jobs.put_nowait((job, future))
         except queue.Full:
             raise ApiError(503, "the transcription queue is full; retry later", "server_busy",
                            headers={"Retry-After": "5"}) from None
@@ -81,11 +87,28 @@ class Worker:
 
     def _loop(self) -> None:
         while True:
-            fn, future = self.jobs.get()
-            if future.set_running_or_notify_cancel():          # skipped if the request timed out
+            waiting = [self.jobs.get()]
+            while len(waiting) < self.batch:
                 try:
-                    future.set_result(fn())
-                except BaseException as e:  # delivered to the waiting request, never kills the worker
+                    waiting.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            live = [(job, f) for job, f in waiting if f.set_running_or_notify_cancel()]   # timed out: skipped
+            started = time.perf_counter()
+            self._round(live)
+            self.busy_seconds += time.perf_counter() - started
+            self.rounds, self.run = self.rounds + 1, self.run + len(live)
+
+    def _round(self, live: list) -> None:
+        try:
+            for i, result in self.run_many([job for job, _ in live]):
+                if isinstance(result, BaseException):
+                    live[i][1].set_exception(result)
+                else:
+                    live[i][1].set_result(result)
+        except BaseException as e:  # delivered to the waiting requests, never kills the worker
+            for _, future in live:
+                if not future.done():
                     future.set_exception(e)
 
     @property
@@ -93,34 +116,48 @@ class Worker:
         return self.jobs.qsize()
 
 
+def _percentile(values, q: float) -> float | None:
+    """The q-quantile of `values` (the median for 0.5: the mean of the middle two of an even count)."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return round(statistics.median(ordered) if q == 0.5 else ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+
 class Counters:
-    """Request counters and realtime factors for /status."""
+    """Request counters, realtime factors, latencies and throughput for /status (the last 1000 requests)."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.requests = self.failures = 0
         self.audio_seconds = 0.0
-        self.rtf: deque = deque(maxlen=1000)       # seconds of processing per second of audio
+        self.rtf: deque = deque(maxlen=1000)       # seconds of transcription per second of audio
+        self.latency: deque = deque(maxlen=1000)   # seconds from submission to answer (waiting included)
         self.started = time.time()
 
-    def done(self, audio_s: float, processing_s: float) -> None:
+    def done(self, audio_s: float, latency_s: float, processing_s: float | None = None) -> None:
         with self.lock:
             self.audio_seconds += audio_s
+            self.latency.append(latency_s)
             if audio_s > 0:
-                self.rtf.append(processing_s / audio_s)
+                self.rtf.append((latency_s if processing_s is None else processing_s) / audio_s)
 
     def failed(self) -> None:
         with self.lock:
             self.failures += 1
 
-    def snapshot(self) -> dict:
+    def snapshot(self, busy_seconds: float = 0.0) -> dict:
         with self.lock:
-            rtf = sorted(self.rtf)
             return {"requests": self.requests, "failures": self.failures, "audio_seconds": round(self.audio_seconds, 3),
                     "realtime_factor": {
-                        "definition": "seconds of processing per second of audio (below 1: faster than real time)",
-                        "median": round(statistics.median(rtf), 4) if rtf else None,
-                        "p95": round(rtf[min(len(rtf) - 1, int(0.95 * len(rtf)))], 4) if rtf else None}}
+                        "definition": "seconds of processing per second of audio (below 1: faster than real time); "
+                                      "requests run together share their processing time",
+                        "median": _percentile(self.rtf, 0.5), "p95": _percentile(self.rtf, 0.95)},
+                    "latency_seconds": {"definition": "from the request's submission to its answer, waiting included",
+                                        "p50": _percentile(self.latency, 0.5), "p95": _percentile(self.latency, 0.95)},
+                    "throughput": {"definition": "seconds of audio transcribed per second the worker was busy",
+                                   "audio_seconds_per_second": round(self.audio_seconds / busy_seconds, 3)
+                                   if busy_seconds > 0 else None}}
 
 
 def _limited(receive, limit: int):
@@ -171,7 +208,7 @@ class TranscriptionService:
 
     def __init__(self, model, config: ServerConfig):
         self.model, self.config = model, config
-        self.worker = Worker(config.queue_size)
+        self.worker = Worker(config.queue_size, config.batch_size, model.transcriber.transcribe_many)
         self.counters = Counters()
         device, why = detect()
         self.npu_available, self.npu_reason = device is not None, why
@@ -221,7 +258,7 @@ class TranscriptionService:
 
     async def transcribe(self, path: Path, options: TranscribeOptions) -> Transcription:
         """Run one transcription on the worker, with the per-request timeout."""
-        future = self.worker.submit(lambda: self.model.transcribe(path, options))
+        future = self.worker.submit((path, options))
         started = time.perf_counter()
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), self.config.timeout_s)
@@ -230,12 +267,12 @@ class TranscriptionService:
             raise ApiError(504, f"transcription took longer than {self.config.timeout_s:g} s", "timeout") from None
         except AmanuensisError as e:
             raise _api_error(e) from None
-        self.counters.done(result.duration, time.perf_counter() - started)
+        self.counters.done(result.duration, time.perf_counter() - started, result.processing_seconds)
         self.last_backends = result.provenance.encoder_nodes
         return result
 
     def status(self) -> dict:
-        backend = self.model.backend
+        backend, w = self.model.backend, self.worker
         return {
             "status": "ready", "version": VERSION, "uptime_s": round(time.time() - self.counters.started, 1),
             "model": {"name": self.model.spec, "path": str(self.model.converted.path),
@@ -244,8 +281,10 @@ class TranscriptionService:
                        "npu_available": self.npu_available, "npu_reason": self.npu_reason, "npu": backend.status()},
             "decoder": self.model.describe_decoder(),
             "graph_backends": self.last_backends or {n.name: [backend.name] for n in self.model.graph.nodes},
-            "counters": self.counters.snapshot(),
-            "queue": {"depth": self.worker.depth, "capacity": self.config.queue_size},
+            "counters": self.counters.snapshot(self.worker.busy_seconds),
+            "queue": {"depth": self.worker.depth, "capacity": self.config.queue_size,
+                      "batch": self.config.batch_size, "rounds": w.rounds,
+                      "requests_per_round": round(w.run / w.rounds, 2) if w.rounds else None},
         }
 
 
