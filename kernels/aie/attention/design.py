@@ -7,6 +7,7 @@ bf16(O / l). Keys past the real length (1500 of 1536) are masked inside the kern
 the valid-key count the core passes per key tile. The runtime sequence streams Q tiles
 (pre-scaled by 1/8 on the host side of the previous matmul), K and V tiles per head.
 Not compiled here (no MLIR-AIE toolchain).
+As written it needs 83,456 bytes of a core's 65,536 (kernels/aie/iron_host.py).
 """
 import argparse
 

@@ -1,6 +1,6 @@
 """IRON design: elementwise GELU (exact erf form) over a bf16 vector, 4096 values per call.
 
-Not compiled here (no MLIR-AIE toolchain).
+Not compiled here (no MLIR-AIE toolchain). kernels/aie/iron_host.py runs it on the host.
 """
 import argparse
 

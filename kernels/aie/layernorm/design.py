@@ -1,14 +1,25 @@
-"""IRON design: LayerNorm with affine over R rows of D values, 64 rows per core call.
+"""IRON design: LayerNorm with affine over R rows of D values, a block of rows per core call.
 
-gamma and beta (D bf16 each) are loaded once; row blocks stream in and out; the kernel
-keeps fp32 statistics in a 2·D scratch buffer in data memory. Not compiled here.
+gamma and beta (D bf16 each) are loaded once; row blocks stream in and out, double-buffered;
+the kernel keeps fp32 statistics in a 2·D scratch buffer in data memory. The block is as many
+rows (a power of two, at most 64) as fit the core's data memory with all of that: 16 rows
+for d 384, 4 for d 1280. Not compiled here; kernels/aie/iron_host.py runs it on the host.
 """
 import argparse
 
 import numpy as np
 from ml_dtypes import bfloat16
 
-ROWS_PER_CALL = 64
+MAX_ROWS_PER_CALL = 64
+DATA_MEMORY = 64 * 1024 - 1024        # a core's data memory less its stack (the host executor checks both)
+
+
+def rows_per_call(d: int) -> int:
+    """Rows per block: x and y double-buffered, gamma, beta and the fp32 scratch within DATA_MEMORY."""
+    rows = MAX_ROWS_PER_CALL
+    while rows > 1 and 2 * 2 * rows * d * 2 + 2 * d * 2 + 2 * d * 4 > DATA_MEMORY:
+        rows //= 2
+    return rows
 
 
 def amanuensis_layernorm(dev, rows: int, d: int, eps: float = 1e-5):
@@ -16,8 +27,9 @@ def amanuensis_layernorm(dev, rows: int, d: int, eps: float = 1e-5):
     from aie.iron.controlflow import range_
     from aie.iron.placers import SequentialPlacer
 
-    assert rows % ROWS_PER_CALL == 0 and d % 16 == 0
-    block = np.ndarray[(ROWS_PER_CALL * d,), np.dtype[bfloat16]]
+    per_call = rows_per_call(d)
+    assert rows % per_call == 0 and d % 16 == 0
+    block = np.ndarray[(per_call * d,), np.dtype[bfloat16]]
     vec = np.ndarray[(d,), np.dtype[bfloat16]]
     scratch = Buffer(np.ndarray[(2 * d,), np.dtype[np.float32]], name="scratch")
     of_x, of_y = ObjectFifo(block, name="x"), ObjectFifo(block, name="y")
@@ -27,9 +39,9 @@ def amanuensis_layernorm(dev, rows: int, d: int, eps: float = 1e-5):
 
     def core(x, g, b, y, scratch, norm):
         tg, tb = g.acquire(1), b.acquire(1)
-        for _ in range_(rows // ROWS_PER_CALL):
+        for _ in range_(rows // per_call):
             tx, ty = x.acquire(1), y.acquire(1)
-            norm(tx, tg, tb, ty, ROWS_PER_CALL, d, eps, scratch)
+            norm(tx, tg, tb, ty, per_call, d, eps, scratch)
             x.release(1)
             y.release(1)
         g.release(1)

@@ -6,6 +6,7 @@ residual tiles, and writes one bf16 tile (mm_epilogue_64x64). The runtime sequen
 streams A row blocks repeated across the N tiles, B column tiles, bias and residual,
 and drains C tile by tile. One core first; spreading row blocks over 4 (Phoenix) or
 8 (Strix) columns is the next step. Not compiled here (no MLIR-AIE toolchain).
+As written it needs 83,200 bytes of a core's 65,536 (kernels/aie/iron_host.py).
 """
 import argparse
 

@@ -5,6 +5,8 @@ pattern, no copy on the host); the core runs mel_frames_64 on 64 frames at a tim
 Hann window, the [cos | -sin] DFT matrix and the transposed mel filters resident in the
 memory tile, writes fp32 log energies, and a second pass (mel_finish) applies the window's
 maximum. Not compiled here (no MLIR-AIE toolchain).
+As written it needs 955,904 bytes of a core's 65,536:
+the constants must stay in the memory tile (kernels/aie/iron_host.py).
 """
 import argparse
 

@@ -1,0 +1,410 @@
+"""A host executor for the project's IRON designs (kernels/aie/*/design.py).
+
+The designs import mlir-aie's IRON API (`aie.iron`, `aie.helpers.taplib.tap`), which does not run
+here. `run_design` installs, for the duration of one call, a module `aie` implementing the subset
+the designs use, with the meaning IRON gives it, then runs the design's runtime sequence with the
+host build of the kernels (kernels/aie/host.py):
+
+- ObjectFifo(obj_type, depth=2, name=...): `depth` buffers of obj_type between one producer and
+  one consumer. prod().acquire(1) waits for a free buffer, prod().release(1) hands it to the
+  consumer; cons().acquire(1) waits for the oldest filled one, cons().release(1) frees it.
+- TensorAccessPattern(tensor_dims, offset, sizes, strides): the element order a DMA walks, outer
+  dimension first: element offset + sum(i_d * strides[d]) for every index vector i < sizes.
+- Runtime.sequence(types...) binds the host arrays; start(workers) runs each worker's function on
+  its own thread; fill(prod, tensor, tap) and drain(cons, tensor, tap, wait) are DMA tasks on
+  their own threads, moving one fifo object at a time; `wait=True` waits for the task to finish.
+- Worker(fn, args, while_true=True): fn(*args) once, or (while_true, IRON's default) again and
+  again until the sequence ends.
+- Kernel(name, object_file, arg_types): the host build's function of that name.
+
+It checks what the hardware limits (CORE_MEMORY below): a worker's fifo buffers (depth x object
+size, each endpoint it holds), its Buffers and the stack must fit a core's data memory; a DMA
+access pattern may have at most DMA_DIMS dimensions. A design that waits forever (a fifo nobody
+fills, a drain that never completes) is reported after TIMEOUT seconds with every fifo's state.
+What it does not model: timing, placement on tiles, memory tiles, routing.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import itertools
+import queue
+import sys
+import threading
+import types
+import typing
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels.aie import host
+from kernels.errors import AmanuensisError
+
+CORE_MEMORY = 64 * 1024        # bytes of data memory per AIE-ML core (Phoenix, Hawk Point, Strix)
+STACK = 1024                   # bytes of it the core's stack takes (mlir-aie's default stack size)
+DMA_DIMS = 4                   # dimensions of one DMA buffer descriptor's access pattern
+TIMEOUT = 60.0                 # seconds without progress before a run counts as deadlocked
+
+
+class DesignError(AmanuensisError):
+    """A design that cannot run as written: memory over a core's, a pattern the DMA cannot walk, a
+    deadlock."""
+
+
+class _Stop(Exception):
+    """Raised in a worker blocked on a fifo when the sequence has ended."""
+
+
+def _shape_dtype(obj_type) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of np.ndarray[(shape), np.dtype[T]]."""
+    shape, dtype = typing.get_args(obj_type)
+    return tuple(shape), np.dtype(typing.get_args(dtype)[0])
+
+
+def _nbytes(obj_type) -> int:
+    shape, dtype = _shape_dtype(obj_type)
+    return int(np.prod(shape)) * dtype.itemsize
+
+
+# ---- IRON's objects ------------------------------------------------------------------------------
+
+class ObjectFifo:
+    def __init__(self, obj_type, depth: int = 2, name: str | None = None, default_depth: int | None = None,
+                 **_ignored):
+        self.obj_type, self.name = obj_type, name or f"fifo{id(self)}"
+        self.depth = default_depth or depth
+        self.shape, self.dtype = _shape_dtype(obj_type)
+        self.nbytes = _nbytes(obj_type)
+        self._prod, self._cons = _Endpoint(self, "prod"), _Endpoint(self, "cons")
+        self.reset(threading.Event())
+
+    def reset(self, stop: threading.Event) -> None:
+        self.free: queue.Queue = queue.Queue()
+        self.full: queue.Queue = queue.Queue()
+        for _ in range(self.depth):
+            self.free.put(np.zeros(self.shape, self.dtype))
+        self.stop, self.moved = stop, 0
+
+    def prod(self) -> _Endpoint:
+        return self._prod
+
+    def cons(self) -> _Endpoint:
+        return self._cons
+
+    def state(self) -> str:
+        return f"{self.name}: {self.full.qsize()} full, {self.free.qsize()} free of {self.depth}, {self.moved} moved"
+
+
+class _Endpoint:
+    def __init__(self, fifo: ObjectFifo, side: str):
+        self.fifo, self.side, self.held = fifo, side, []
+
+    def acquire(self, n: int):
+        if n != 1:
+            raise DesignError(f"{self.fifo.name}: acquire({n}): the executor takes one object at a time")
+        source = self.fifo.free if self.side == "prod" else self.fifo.full
+        while True:
+            try:
+                buf = source.get(timeout=0.05)
+                break
+            except queue.Empty:
+                if self.fifo.stop.is_set():
+                    raise _Stop from None
+        self.held.append(buf)
+        return buf
+
+    def release(self, n: int) -> None:
+        for _ in range(n):
+            buf = self.held.pop(0)
+            if self.side == "prod":
+                self.fifo.full.put(buf)
+                self.fifo.moved += 1
+            else:
+                self.fifo.free.put(buf)
+
+
+class Buffer:
+    def __init__(self, obj_type, name: str | None = None, initial_value=None, **_ignored):
+        self.type, self.name = obj_type, name
+        shape, dtype = _shape_dtype(obj_type)
+        self.array = np.zeros(shape, dtype) if initial_value is None else np.array(initial_value, dtype)
+        self.nbytes = _nbytes(obj_type)
+
+
+class Kernel:
+    def __init__(self, name: str, object_file: str, arg_types: list):
+        self.name, self.object_file, self.arg_types = name, object_file, arg_types
+
+    def bind(self, lib) -> typing.Callable:
+        try:
+            function = getattr(lib, self.name)
+        except AttributeError:
+            raise DesignError(f"kernel {self.name} ({self.object_file}): not in the host build") from None
+
+        def call(*args):
+            return function(*(_c_arg(a) for a in args))
+        return call
+
+
+def _c_arg(value):
+    if isinstance(value, Buffer):
+        value = value.array
+    if isinstance(value, np.ndarray):
+        if not value.flags.c_contiguous:
+            raise DesignError("a kernel argument is not contiguous")
+        return value.ctypes.data_as(ctypes.POINTER(ctypes.c_float if value.dtype == np.float32 else ctypes.c_uint16))
+    if isinstance(value, (bool, int, np.integer)):
+        return int(value)
+    return float(value)
+
+
+class Worker:
+    def __init__(self, core_fn, fn_args=(), placement=None, while_true: bool = True, **_ignored):
+        self.core_fn, self.fn_args, self.while_true = core_fn, list(fn_args), while_true
+
+    def memory(self) -> list[tuple[str, int]]:
+        """(what, bytes) of the data memory this worker's core holds."""
+        out = [("stack", STACK)]
+        for a in self.fn_args:
+            if isinstance(a, _Endpoint):
+                out.append((f"fifo {a.fifo.name} ({a.side}, {a.fifo.depth} x {a.fifo.nbytes})",
+                            a.fifo.depth * a.fifo.nbytes))
+            elif isinstance(a, Buffer):
+                out.append((f"buffer {a.name}", a.nbytes))
+        return out
+
+
+@dataclass
+class TensorAccessPattern:
+    tensor_dims: tuple
+    offset: int
+    sizes: list
+    strides: list
+
+    def indices(self) -> np.ndarray:
+        """Flat element indices in the order the DMA walks them."""
+        if len(self.sizes) > DMA_DIMS:
+            raise DesignError(f"an access pattern of {len(self.sizes)} dimensions: a DMA walks at most {DMA_DIMS}")
+        grids = np.meshgrid(*[np.arange(s) * st for s, st in zip(self.sizes, self.strides)], indexing="ij")
+        return (self.offset + sum(grids)).reshape(-1) if grids else np.array([self.offset])
+
+
+@dataclass
+class _Task:
+    kind: str                  # "start", "fill", "drain"
+    args: tuple
+    wait: bool = False
+
+
+@dataclass
+class Runtime:
+    tasks: list = field(default_factory=list)
+    arg_types: tuple = ()
+
+    @contextlib.contextmanager
+    def sequence(self, *arg_types):
+        self.arg_types = arg_types
+        yield tuple(_Arg(i) for i in range(len(arg_types)))
+
+    def start(self, *workers):
+        self.tasks.append(_Task("start", workers))
+
+    def fill(self, endpoint, source, tap=None, task_group=None, wait=False, placement=None):
+        self.tasks.append(_Task("fill", (endpoint, source, tap), wait))
+
+    def drain(self, endpoint, dest, tap=None, task_group=None, wait=False, placement=None):
+        self.tasks.append(_Task("drain", (endpoint, dest, tap), wait))
+
+
+@dataclass(frozen=True)
+class _Arg:
+    index: int
+
+
+class Program:
+    def __init__(self, device, runtime: Runtime):
+        self.device, self.runtime = device, runtime
+
+    def resolve_program(self, placer=None) -> HostProgram:
+        return HostProgram(self.runtime)
+
+
+class SequentialPlacer:
+    pass
+
+
+class _Device:
+    def __init__(self, columns: int):
+        self.columns = columns
+
+
+def _devices() -> dict:
+    return {"NPU1": lambda: _Device(4), "NPU2": lambda: _Device(8), "NPU1Col1": lambda: _Device(1),
+            "NPU1Col4": lambda: _Device(4)}
+
+
+# ---- running a program ---------------------------------------------------------------------------
+
+@dataclass
+class RunReport:
+    workers: int
+    memory: list[list[tuple[str, int]]]        # per worker: (what, bytes)
+    moved: dict[str, int]                      # objects each fifo carried
+
+
+class HostProgram:
+    """A resolved design: run(*arrays) runs its sequence on the host."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.workers = [w for t in runtime.tasks if t.kind == "start" for w in t.args]
+        self.fifos = {id(e.fifo): e.fifo for t in runtime.tasks if t.kind in ("fill", "drain") for e in t.args[:1]}
+        for w in self.workers:
+            for a in w.fn_args:
+                if isinstance(a, _Endpoint):
+                    self.fifos[id(a.fifo)] = a.fifo
+
+    def check_memory(self) -> None:
+        for i, w in enumerate(self.workers):
+            parts = w.memory()
+            total = sum(b for _, b in parts)
+            if total > CORE_MEMORY:
+                listed = ", ".join(f"{what} {b}" for what, b in parts)
+                raise DesignError(f"worker {i} needs {total} bytes of data memory, a core has {CORE_MEMORY}: {listed}")
+
+    def run(self, *arrays: np.ndarray, lib=None, check_memory: bool = True) -> RunReport:
+        """Run the sequence with `arrays` as its arguments (written in place by drains)."""
+        if check_memory:
+            self.check_memory()
+        lib = lib or host.load()
+        stop = threading.Event()
+        for f in self.fifos.values():
+            f.reset(stop)
+        errors: list[BaseException] = []
+        workers, transfers = [], []
+
+        def spawn(target, *args) -> threading.Thread:
+            def guarded():
+                try:
+                    target(*args)
+                except _Stop:
+                    pass
+                except BaseException as e:      # reported by run(), with the others
+                    errors.append(e)
+                    stop.set()
+            t = threading.Thread(target=guarded, daemon=True)
+            t.start()
+            return t
+
+        try:
+            for task in self.runtime.tasks:
+                if task.kind == "start":
+                    workers.extend(spawn(self._work, w, lib) for w in task.args)
+                    continue
+                endpoint, tensor, tap = task.args
+                flat = arrays[tensor.index].reshape(-1)
+                order = tap.indices() if tap is not None else np.arange(flat.size)
+                transfers.append(spawn(self._fill if task.kind == "fill" else self._drain, endpoint, flat, order))
+                if task.wait:
+                    self._join(transfers[-1], errors)
+            for t in transfers:
+                self._join(t, errors)
+        finally:
+            stop.set()
+            for t in workers + transfers:
+                t.join(1.0)
+        if errors:
+            raise errors[0]
+        return RunReport(len(self.workers), [w.memory() for w in self.workers],
+                         {f.name: f.moved for f in self.fifos.values()})
+
+    def _join(self, thread, errors) -> None:
+        thread.join(TIMEOUT)
+        if errors:
+            raise errors[0]
+        if thread.is_alive():
+            states = "; ".join(f.state() for f in self.fifos.values())
+            raise DesignError(f"the design made no progress for {TIMEOUT:g} s (deadlock?): {states}")
+
+    @staticmethod
+    def _work(worker: Worker, lib) -> None:
+        args = [a.array if isinstance(a, Buffer) else a.bind(lib) if isinstance(a, Kernel) else a
+                for a in worker.fn_args]
+        for _ in itertools.count():
+            worker.core_fn(*args)
+            if not worker.while_true:
+                return
+
+    @staticmethod
+    def _fill(endpoint: _Endpoint, flat: np.ndarray, order: np.ndarray) -> None:
+        for buf, where in HostProgram._objects(endpoint, order, "fill"):
+            buf.reshape(-1)[:] = flat[where]
+            endpoint.release(1)
+
+    @staticmethod
+    def _drain(endpoint: _Endpoint, flat: np.ndarray, order: np.ndarray) -> None:
+        for buf, where in HostProgram._objects(endpoint, order, "drain"):
+            flat[where] = buf.reshape(-1)
+            endpoint.release(1)
+
+    @staticmethod
+    def _objects(endpoint: _Endpoint, order: np.ndarray, what: str):
+        """(acquired object, the tensor elements it carries) for each object the transfer moves."""
+        size = int(np.prod(endpoint.fifo.shape))
+        if len(order) % size:
+            raise DesignError(f"{what} of {endpoint.fifo.name}: {len(order)} elements is not a whole number of "
+                              f"{size}-element objects")
+        for start in range(0, len(order), size):
+            yield endpoint.acquire(1), order[start:start + size]
+
+
+# ---- the `aie` modules ---------------------------------------------------------------------------
+
+def _modules() -> dict[str, types.ModuleType]:
+    def module(name, **attrs):
+        m = types.ModuleType(name)
+        m.__dict__.update(attrs)
+        return m
+
+    iron = module("aie.iron", Buffer=Buffer, Kernel=Kernel, ObjectFifo=ObjectFifo, Program=Program,
+                  Runtime=Runtime, Worker=Worker)
+    return {
+        "aie": module("aie", iron=iron), "aie.iron": iron,
+        "aie.iron.controlflow": module("aie.iron.controlflow", range_=range),
+        "aie.iron.placers": module("aie.iron.placers", SequentialPlacer=SequentialPlacer),
+        "aie.iron.device": module("aie.iron.device", **{k: v for k, v in _devices().items()}),
+        "aie.helpers": module("aie.helpers"), "aie.helpers.taplib": module("aie.helpers.taplib"),
+        "aie.helpers.taplib.tap": module("aie.helpers.taplib.tap", TensorAccessPattern=TensorAccessPattern),
+    }
+
+
+@contextlib.contextmanager
+def iron_modules():
+    """The `aie` modules above in sys.modules (the real ones, if any, put back afterwards)."""
+    fake = _modules()
+    saved = {name: sys.modules.get(name) for name in fake}
+    sys.modules.update(fake)
+    try:
+        yield
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+
+
+def design(kernel: str) -> types.ModuleType:
+    """The design script kernels/aie/<kernel>/design.py as a module."""
+    path = host.HERE / kernel / "design.py"
+    spec = importlib.util.spec_from_file_location(f"amanuensis_design_{kernel}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve(design_fn, *args, **kwargs) -> HostProgram:
+    """Build a design (e.g. amanuensis_matmul) for a Phoenix-sized array with the host's IRON."""
+    with iron_modules():
+        return design_fn(_devices()["NPU1"](), *args, **kwargs)

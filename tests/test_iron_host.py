@@ -1,0 +1,174 @@
+"""The host executor of the IRON designs (kernels/aie/iron_host.py): each design's data movement,
+run with the host build of the kernels it places, against the same kernels called directly; and
+the hardware limits the executor checks."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from kernels import contract as C
+from kernels.aie import iron_host
+from kernels.aie.iron_host import DesignError
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+TILE = 64
+U16, F32 = ctypes.POINTER(ctypes.c_uint16), ctypes.POINTER(ctypes.c_float)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    if not __import__("shutil").which("g++"):
+        pytest.skip("g++ is needed to build the kernels for the host")
+    from kernels.aie import host
+
+    return host.load()
+
+
+def bf16(x) -> np.ndarray:
+    return np.asarray(x, np.float32).astype(ml_dtypes.bfloat16)
+
+
+def p(a: np.ndarray):
+    return a.ctypes.data_as(F32 if a.dtype == np.float32 else U16)
+
+
+def test_gelu_design_equals_the_kernel_called_directly(lib):
+    program = iron_host.resolve(iron_host.design("gelu").amanuensis_gelu, 3 * 4096)
+    x = bf16(np.random.default_rng(0).standard_normal(3 * 4096) * 3)
+    y = np.zeros_like(x)
+    report = program.run(x, y, lib=lib)
+    direct = np.zeros_like(x)
+    lib.gelu_bf16(p(x), p(direct), x.size)
+    assert np.array_equal(y.view(np.uint16), direct.view(np.uint16))
+    assert report.moved == {"x": 3, "y": 3}
+
+
+@pytest.mark.parametrize("d", [384, 1280])
+def test_layernorm_design_fits_a_core_and_equals_the_kernel(lib, d):
+    module = iron_host.design("layernorm")
+    rows = 64
+    program = iron_host.resolve(module.amanuensis_layernorm, rows, d)
+    rng = np.random.default_rng(d)
+    x, g, b = bf16(rng.standard_normal((rows, d)) * 2 + 1), bf16(1 + 0.1 * rng.standard_normal(d)), \
+        bf16(0.1 * rng.standard_normal(d))
+    y = np.zeros_like(x)
+    report = program.run(x, g, b, y, lib=lib)                      # the memory check passes
+    assert sum(b for _, b in report.memory[0]) <= iron_host.CORE_MEMORY
+    direct, scratch = np.zeros_like(x), np.zeros(2 * d, np.float32)
+    lib.layernorm_bf16(p(x), p(g), p(b), p(direct), rows, d, ctypes.c_float(1e-5), p(scratch))
+    assert np.array_equal(y.view(np.uint16), direct.view(np.uint16))
+    assert report.moved["x"] == rows // module.rows_per_call(d)
+
+
+def _matmul_direct(lib, a, b, bias, res, gelu) -> np.ndarray:
+    """The design's computation, tile by tile with the same kernels, tiles taken on the host."""
+    m, k = a.shape
+    n = b.shape[1]
+    out = np.zeros((m, n), ml_dtypes.bfloat16)
+    acc, tile = np.zeros((TILE, TILE), np.float32), np.zeros((TILE, TILE), ml_dtypes.bfloat16)
+    for i in range(0, m, TILE):
+        for j in range(0, n, TILE):
+            lib.mm_zero_64x64(p(acc))
+            for kk in range(0, k, TILE):
+                lib.mm_bf16_64x64x64(p(np.ascontiguousarray(a[i:i + TILE, kk:kk + TILE])),
+                                     p(np.ascontiguousarray(b[kk:kk + TILE, j:j + TILE])), p(acc))
+            lib.mm_epilogue_64x64(p(acc), p(np.ascontiguousarray(bias[j:j + TILE])),
+                                  p(np.ascontiguousarray(res[i:i + TILE, j:j + TILE])), int(gelu), p(tile))
+            out[i:i + TILE, j:j + TILE] = tile
+    return out
+
+
+def test_matmul_design_moves_the_right_tiles(lib):
+    """Its fills and drains deliver every tile where the kernels expect it (checked with the memory
+    check off: as written the design needs more than a core's data memory, see below)."""
+    m, k, n = 128, 192, 128
+    program = iron_host.resolve(iron_host.design("matmul").amanuensis_matmul, m, k, n, True, True)
+    rng = np.random.default_rng(1)
+    a, b = bf16(rng.standard_normal((m, k))), bf16(rng.standard_normal((k, n)) / 8)
+    bias, res = bf16(rng.standard_normal(n)), bf16(rng.standard_normal((m, n)))
+    c = np.zeros((m, n), ml_dtypes.bfloat16)
+    program.run(a, b, bias, res, c, lib=lib, check_memory=False)
+    assert np.array_equal(c.view(np.uint16), _matmul_direct(lib, a, b, bias, res, True).view(np.uint16))
+    assert np.abs(c.astype(np.float32) - (C.gelu(a.astype(np.float32) @ b.astype(np.float32)
+                                                 + bias.astype(np.float32)) + res.astype(np.float32))).max() < 0.1
+
+
+def test_attention_design_moves_the_right_tiles(lib):
+    seq, heads = 100, 2                                   # two key tiles, the last one padded
+    tiles = 2
+    program = iron_host.resolve(iron_host.design("attention").amanuensis_attention, seq, heads)
+    rng = np.random.default_rng(2)
+    q, k, v = (bf16(rng.standard_normal((heads, tiles * TILE, TILE)) / 4) for _ in range(3))
+    out = np.zeros_like(q)
+    program.run(q, k, v, out, lib=lib, check_memory=False)
+    for h in range(heads):
+        for t in range(tiles):
+            m_, l_ = np.zeros(TILE, np.float32), np.zeros(TILE, np.float32)
+            o, tile = np.zeros((TILE, TILE), np.float32), np.zeros((TILE, TILE), ml_dtypes.bfloat16)
+            lib.attn_init(p(m_), p(l_), p(o))
+            qt = np.ascontiguousarray(q[h, t * TILE:(t + 1) * TILE])
+            for j in range(tiles):
+                valid = TILE if j < tiles - 1 else seq - (tiles - 1) * TILE
+                lib.attn_step_64(p(qt), p(np.ascontiguousarray(k[h, j * TILE:(j + 1) * TILE])),
+                                 p(np.ascontiguousarray(v[h, j * TILE:(j + 1) * TILE])), valid, p(m_), p(l_), p(o))
+            lib.attn_finish(p(o), p(l_), p(tile))
+            assert np.array_equal(out[h, t * TILE:(t + 1) * TILE].view(np.uint16), tile.view(np.uint16))
+
+
+@pytest.mark.parametrize("kernel, args, needs", [
+    ("matmul", (128, 128, 128, False, False), 83200),
+    ("attention", (1500, 6), 83456),
+    ("mel", (80,), 955904),
+])
+def test_designs_that_do_not_fit_a_core_are_refused(kernel, args, needs):
+    """As written, these designs hold more than a core's 64 KiB of data memory: the executor says so,
+    with the sum (they are re-tiled with the whole-array designs)."""
+    fn = getattr(iron_host.design(kernel), f"amanuensis_{kernel}")
+    program = iron_host.resolve(fn, *args)
+    with pytest.raises(DesignError, match=f"needs {needs} bytes of data memory, a core has 65536"):
+        program.check_memory()
+
+
+def test_an_access_pattern_deeper_than_the_dma_is_refused():
+    tap = iron_host.TensorAccessPattern((4, 4, 4, 4, 4), 0, [4] * 5, [256, 64, 16, 4, 1])
+    with pytest.raises(DesignError, match="at most 4"):
+        tap.indices()
+    assert list(iron_host.TensorAccessPattern((8, 8), 2, [2, 2], [8, 1]).indices()) == [2, 3, 10, 11]
+
+
+def _tiny_design(produced: int, consumed: int, depth: int = 2):
+    """A worker that consumes `consumed` objects of a fifo that a fill feeds `produced`."""
+    from aie.iron import ObjectFifo, Program, Runtime, Worker
+
+    obj = np.ndarray[(4,), np.dtype[np.float32]]
+    of_in, of_out = ObjectFifo(obj, name="in", depth=depth), ObjectFifo(obj, name="out", depth=depth)
+
+    def core(i, o):
+        for _ in range(consumed):
+            a, b = i.acquire(1), o.acquire(1)
+            b[:] = a * 2
+            i.release(1)
+            o.release(1)
+
+    worker = Worker(core, [of_in.cons(), of_out.prod()], while_true=False)
+    rt = Runtime()
+    with rt.sequence(np.ndarray[(4 * produced,), np.dtype[np.float32]],
+                     np.ndarray[(4 * consumed,), np.dtype[np.float32]]) as (x, y):
+        rt.start(worker)
+        rt.fill(of_in.prod(), x)
+        rt.drain(of_out.cons(), y, wait=True)
+    return Program(None, rt).resolve_program()
+
+
+def test_a_design_that_waits_forever_is_reported(monkeypatch):
+    monkeypatch.setattr(iron_host, "TIMEOUT", 1.0)
+    with iron_host.iron_modules():
+        ok = _tiny_design(3, 3)
+        x, y = np.arange(12, dtype=np.float32), np.zeros(12, np.float32)
+        ok.run(x, y, lib=object())
+        assert np.array_equal(y, 2 * x)
+        stuck = _tiny_design(6, 3)                # three objects nobody takes: the fill cannot end
+        with pytest.raises(DesignError, match="no progress .* in: 2 full, 0 free of 2"):
+            stuck.run(np.zeros(24, np.float32), np.zeros(12, np.float32), lib=object())
