@@ -169,6 +169,71 @@ def test_a_design_that_waits_forever_is_reported(monkeypatch):
         x, y = np.arange(12, dtype=np.float32), np.zeros(12, np.float32)
         ok.run(x, y, lib=object())
         assert np.array_equal(y, 2 * x)
-        stuck = _tiny_design(6, 3)                # three objects nobody takes: the fill cannot end
-        with pytest.raises(DesignError, match="no progress .* in: 2 full, 0 free of 2"):
-            stuck.run(np.zeros(24, np.float32), np.zeros(12, np.float32), lib=object())
+        stuck = _tiny_design(10, 3)               # more objects than the buffers on the way hold
+        with pytest.raises(DesignError, match="no progress .* in: prod .*cons 2 full, 0 free of 2"):
+            stuck.run(np.zeros(40, np.float32), np.zeros(12, np.float32), lib=object())
+
+
+def _f32(*shape):
+    return np.ndarray[shape, np.dtype[np.float32]]
+
+
+def test_links_broadcast_and_stream_order():
+    """forward with dims_to_stream (a transpose on the way), split to two workers, join back, and a
+    broadcast to a third worker: the data arrive where IRON says they do."""
+    with iron_host.iron_modules():
+        from aie.iron import ObjectFifo, Program, Runtime, Worker
+        from aie.iron.device import Tile
+
+        of_in = ObjectFifo(_f32(4, 4), name="in")
+        # the memory tile sends each 4 x 4 object column by column: the consumer receives its transpose
+        of_t = of_in.cons().forward(Tile(0, 1), name="t", dims_to_stream=[(4, 1), (4, 4)])
+        halves = of_t.cons().split([0, 8], Tile(0, 1), obj_types=[_f32(8), _f32(8)], names=["h0", "h1"])
+        of_out = ObjectFifo(_f32(16), name="out")
+        parts = of_out.prod().join([0, 8], Tile(0, 1), obj_types=[_f32(8), _f32(8)], names=["p0", "p1"])
+        of_seen = ObjectFifo(_f32(8), name="seen")
+
+        def add(src, dst, amount):
+            a, b = src.acquire(1), dst.acquire(1)
+            b[:] = a + amount
+            src.release(1)
+            dst.release(1)
+
+        def copy(src, dst):
+            add(src, dst, 0.0)
+
+        workers = [Worker(add, [halves[i].cons(), parts[i].prod(), 100.0 * (i + 1)], while_true=True)
+                   for i in range(2)]
+        workers.append(Worker(copy, [halves[0].cons(), of_seen.prod()], while_true=True))      # broadcast
+        rt = Runtime()
+        with rt.sequence(_f32(32), _f32(32), _f32(16)) as (x, y, seen):
+            rt.start(*workers)
+            rt.fill(of_in.prod(), x)
+            rt.drain(of_out.cons(), y, wait=True)
+            rt.drain(of_seen.cons(), seen, wait=True)
+        program = Program(None, rt).resolve_program()
+    x = np.arange(32, dtype=np.float32)
+    y, seen = np.zeros(32, np.float32), np.zeros(16, np.float32)
+    report = program.run(x, y, seen, lib={})
+    expected = np.concatenate([m.reshape(4, 4).T.reshape(-1) for m in (x[:16], x[16:])])
+    expected = expected + np.tile(np.repeat([100.0, 200.0], 8), 2)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(seen, np.concatenate([x[:16].reshape(4, 4).T.reshape(-1)[:8],
+                                                        x[16:].reshape(4, 4).T.reshape(-1)[:8]]))
+    assert report.moved["in"] == 2 and report.moved["h0"] == 2
+
+
+def test_a_memory_tile_over_its_size_is_refused():
+    with iron_host.iron_modules():
+        from aie.iron import ObjectFifo, Program, Runtime
+        from aie.iron.device import Tile
+
+        big = ObjectFifo(_f32(64 * 1024), depth=3, name="big")     # three 256 KiB objects
+        out = big.cons().forward(Tile(0, 1), name="big_out")
+        rt = Runtime()
+        with rt.sequence(_f32(64 * 1024), _f32(64 * 1024)) as (x, y):
+            rt.fill(big.prod(), x)
+            rt.drain(out.cons(), y, wait=True)
+        program = Program(None, rt).resolve_program()
+    with pytest.raises(DesignError, match="holds 786432 bytes of linked fifos, it has 524288"):
+        program.check_memory()

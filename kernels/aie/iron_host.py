@@ -5,9 +5,13 @@ here. `run_design` installs, for the duration of one call, a module `aie` implem
 the designs use, with the meaning IRON gives it, then runs the design's runtime sequence with the
 host build of the kernels (kernels/aie/host.py):
 
-- ObjectFifo(obj_type, depth=2, name=...): `depth` buffers of obj_type between one producer and
-  one consumer. prod().acquire(1) waits for a free buffer, prod().release(1) hands it to the
-  consumer; cons().acquire(1) waits for the oldest filled one, cons().release(1) frees it.
+- ObjectFifo(obj_type, depth=2, name=..., dims_to_stream=...): `depth` buffers of obj_type at the
+  producer and at each consumer; every cons() call adds a consumer, and each object goes to all of
+  them (a broadcast). prod().acquire(1) waits for a free buffer, prod().release(1) hands it to the
+  DMA, which copies it to every consumer in the order dims_to_stream gives ((size, stride) pairs,
+  outer first); cons().acquire(1) waits for the oldest filled one, cons().release(1) frees it.
+- cons().forward(...), cons().split(offsets, ...) and prod().join(offsets, ...): objects copied
+  through a memory tile whole, in parts to several fifos, or from several fifos into one.
 - TensorAccessPattern(tensor_dims, offset, sizes, strides): the element order a DMA walks, outer
   dimension first: element offset + sum(i_d * strides[d]) for every index vector i < sizes.
 - Runtime.sequence(types...) binds the host arrays; start(workers) runs each worker's function on
@@ -17,11 +21,14 @@ host build of the kernels (kernels/aie/host.py):
   again until the sequence ends.
 - Kernel(name, object_file, arg_types): the host build's function of that name.
 
-It checks what the hardware limits (CORE_MEMORY below): a worker's fifo buffers (depth x object
-size, each endpoint it holds), its Buffers and the stack must fit a core's data memory; a DMA
-access pattern may have at most DMA_DIMS dimensions. A design that waits forever (a fifo nobody
-fills, a drain that never completes) is reported after TIMEOUT seconds with every fifo's state.
-What it does not model: timing, placement on tiles, memory tiles, routing.
+It checks what the hardware limits (the constants below): a worker's fifo buffers (depth x object
+size, each endpoint it holds), its Buffers and the stack must fit a core's data memory, the linked
+fifos placed on a memory tile its size; a DMA access pattern (and dims_to_stream) may have at most
+DMA_DIMS dimensions; every consumer must have a reader (a worker, a drain or a link). A design
+that waits forever (a fifo nobody fills, a drain that never completes) is reported after TIMEOUT
+seconds with every fifo's state.
+What it does not model: timing, placement and routing, buffer descriptor counts, padding, and the
+IRON constructs our designs do not use.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ from kernels.errors import AmanuensisError
 
 CORE_MEMORY = 64 * 1024        # bytes of data memory per AIE-ML core (Phoenix, Hawk Point, Strix)
 STACK = 1024                   # bytes of it the core's stack takes (mlir-aie's default stack size)
+MEMORY_TILE = 512 * 1024       # bytes of a memory tile (AIE-ML)
 DMA_DIMS = 4                   # dimensions of one DMA buffer descriptor's access pattern
 TIMEOUT = 60.0                 # seconds without progress before a run counts as deadlocked
 
@@ -69,59 +77,178 @@ def _nbytes(obj_type) -> int:
 
 # ---- IRON's objects ------------------------------------------------------------------------------
 
+_CREATED: list | None = None          # the fifos and links a design makes (set while it is built)
+
+
+def _register(thing) -> None:
+    if _CREATED is not None:
+        _CREATED.append(thing)
+
+
 class ObjectFifo:
+    """`depth` objects of obj_type at its producer and at each consumer (every cons() is one more
+    consumer: more than one is a broadcast); a DMA moves each released object from the producer to
+    every consumer, reading it in the order dims_to_stream gives ((size, stride) pairs, outer
+    first), or as laid out."""
+
     def __init__(self, obj_type, depth: int = 2, name: str | None = None, default_depth: int | None = None,
-                 **_ignored):
+                 dims_to_stream=None, **_ignored):
         self.obj_type, self.name = obj_type, name or f"fifo{id(self)}"
         self.depth = default_depth or depth
         self.shape, self.dtype = _shape_dtype(obj_type)
         self.nbytes = _nbytes(obj_type)
-        self._prod, self._cons = _Endpoint(self, "prod"), _Endpoint(self, "cons")
-        self.reset(threading.Event())
-
-    def reset(self, stop: threading.Event) -> None:
-        self.free: queue.Queue = queue.Queue()
-        self.full: queue.Queue = queue.Queue()
-        for _ in range(self.depth):
-            self.free.put(np.zeros(self.shape, self.dtype))
-        self.stop, self.moved = stop, 0
+        self.dims_to_stream = dims_to_stream
+        self._prod = _Endpoint(self, "prod", self.depth)
+        self.consumers: list[_Endpoint] = []
+        self.stop, self.moved = threading.Event(), 0
+        _register(self)
 
     def prod(self) -> _Endpoint:
         return self._prod
 
-    def cons(self) -> _Endpoint:
-        return self._cons
+    def cons(self, depth: int | None = None, **_ignored) -> _Endpoint:
+        endpoint = _Endpoint(self, "cons", depth or self.depth)
+        self.consumers.append(endpoint)
+        return endpoint
+
+    def reset(self, stop: threading.Event) -> None:
+        self.stop, self.moved = stop, 0
+        for e in [self._prod, *self.consumers]:
+            e.reset()
+
+    def stream_order(self) -> np.ndarray:
+        """Flat indices of an object in the order its producer's DMA sends them."""
+        size = int(np.prod(self.shape))
+        if not self.dims_to_stream:
+            return np.arange(size)
+        dims = [tuple(d) for d in self.dims_to_stream]
+        if len(dims) > DMA_DIMS:
+            raise DesignError(f"{self.name}: dims_to_stream of {len(dims)} dimensions: a DMA walks at most {DMA_DIMS}")
+        order = TensorAccessPattern(self.shape, 0, [d[0] for d in dims], [d[1] for d in dims]).indices()
+        if len(order) != size or order.max() >= size:
+            raise DesignError(f"{self.name}: dims_to_stream {dims} does not walk one {size}-element object")
+        return order
+
+    def move(self) -> None:
+        """The DMA from the producer to every consumer, object by object, until the run stops."""
+        order = self.stream_order()
+        while True:
+            source = self._prod.take_full()
+            for c in self.consumers:
+                c.put_full(source.reshape(-1)[order])
+            self._prod.give_free(source)
+            self.moved += 1
 
     def state(self) -> str:
-        return f"{self.name}: {self.full.qsize()} full, {self.free.qsize()} free of {self.depth}, {self.moved} moved"
+        ends = [self._prod, *self.consumers]
+        return f"{self.name}: " + ", ".join(f"{e.side} {e.full.qsize()} full, {e.free.qsize()} free of {e.depth}"
+                                           for e in ends) + f", {self.moved} moved"
+
+    # ---- links through a memory tile -------------------------------------------------------------
+    def _link(self, kind, sources, targets, offsets, placement) -> None:
+        _register(_Link(kind, sources, targets, offsets, placement))
 
 
 class _Endpoint:
-    def __init__(self, fifo: ObjectFifo, side: str):
-        self.fifo, self.side, self.held = fifo, side, []
+    def __init__(self, fifo: ObjectFifo, side: str, depth: int):
+        self.fifo, self.side, self.depth, self.held = fifo, side, depth, []
+        self.reset()
+
+    def reset(self) -> None:
+        self.free: queue.Queue = queue.Queue()
+        self.full: queue.Queue = queue.Queue()
+        for _ in range(self.depth):
+            self.free.put(np.zeros(self.fifo.shape, self.fifo.dtype))
+        self.held = []
+
+    def _get(self, source: queue.Queue):
+        while True:
+            try:
+                return source.get(timeout=0.05)
+            except queue.Empty:
+                if self.fifo.stop.is_set():
+                    raise _Stop from None
 
     def acquire(self, n: int):
         if n != 1:
             raise DesignError(f"{self.fifo.name}: acquire({n}): the executor takes one object at a time")
-        source = self.fifo.free if self.side == "prod" else self.fifo.full
-        while True:
-            try:
-                buf = source.get(timeout=0.05)
-                break
-            except queue.Empty:
-                if self.fifo.stop.is_set():
-                    raise _Stop from None
+        buf = self._get(self.free if self.side == "prod" else self.full)
         self.held.append(buf)
         return buf
 
     def release(self, n: int) -> None:
         for _ in range(n):
             buf = self.held.pop(0)
-            if self.side == "prod":
-                self.fifo.full.put(buf)
-                self.fifo.moved += 1
-            else:
-                self.fifo.free.put(buf)
+            (self.full if self.side == "prod" else self.free).put(buf)
+
+    # the DMA's side
+    def take_full(self):
+        return self._get(self.full)
+
+    def give_free(self, buf) -> None:
+        self.free.put(buf)
+
+    def put_full(self, flat: np.ndarray) -> None:
+        buf = self._get(self.free)
+        buf.reshape(-1)[:] = flat
+        self.full.put(buf)
+
+    # IRON's links, on a consumer (forward, split) or the producer (join)
+    def forward(self, placement=None, obj_type=None, depth: int | None = None, name: str | None = None,
+                dims_to_stream=None, **_ignored) -> ObjectFifo:
+        out = ObjectFifo(obj_type or self.fifo.obj_type, depth or self.depth, name or f"{self.fifo.name}_fwd",
+                         dims_to_stream=dims_to_stream)
+        self.fifo._link("forward", [self], [out.prod()], [0], placement)
+        return out
+
+    def split(self, offsets, placement=None, obj_types=None, names=None, depths=None, dims_to_stream=None,
+              **_ignored) -> list[ObjectFifo]:
+        outs = [ObjectFifo(t, (depths or [self.depth] * len(offsets))[i], (names or [None] * len(offsets))[i],
+                           dims_to_stream=(dims_to_stream or [None] * len(offsets))[i])
+                for i, t in enumerate(obj_types)]
+        self.fifo._link("split", [self], [o.prod() for o in outs], list(offsets), placement)
+        return outs
+
+    def join(self, offsets, placement=None, obj_types=None, names=None, depths=None, **_ignored) -> list[ObjectFifo]:
+        ins = [ObjectFifo(t, (depths or [self.depth] * len(offsets))[i], (names or [None] * len(offsets))[i])
+               for i, t in enumerate(obj_types)]
+        self.fifo._link("join", [i.cons() for i in ins], [self], list(offsets), placement)
+        return ins
+
+
+@dataclass
+class _Link:
+    """Objects copied through a memory tile: forward (one to one), split (parts of one object to
+    several fifos) or join (several fifos' objects into parts of one)."""
+
+    kind: str
+    sources: list
+    targets: list
+    offsets: list
+    placement: object
+
+    def nbytes(self) -> int:
+        """What the memory tile holds: the whole objects' buffers (consumed side of split and forward,
+        produced side of join), shared by both sides of the link."""
+        whole = self.targets[0] if self.kind == "join" else self.sources[0]
+        return whole.depth * whole.fifo.nbytes
+
+    def run(self) -> None:
+        while True:
+            if self.kind == "join":
+                out = self.targets[0].acquire(1).reshape(-1)
+                for src, offset in zip(self.sources, self.offsets):
+                    part = src.acquire(1).reshape(-1)
+                    out[offset:offset + part.size] = part
+                    src.release(1)
+                self.targets[0].release(1)
+                continue
+            whole = self.sources[0].acquire(1).reshape(-1)
+            for dst, offset in zip(self.targets, self.offsets):
+                part = dst.acquire(1).reshape(-1)
+                part[:] = whole[offset:offset + part.size]
+                dst.release(1)
+            self.sources[0].release(1)
 
 
 class Buffer:
@@ -137,6 +264,12 @@ class Kernel:
         self.name, self.object_file, self.arg_types = name, object_file, arg_types
 
     def bind(self, lib) -> typing.Callable:
+        """The kernel's function: from `lib`, the host build (ctypes), or a dict of Python functions
+        taking the arrays themselves."""
+        if isinstance(lib, dict):
+            if self.name not in lib:
+                raise DesignError(f"kernel {self.name} ({self.object_file}): not among the functions given")
+            return lib[self.name]
         try:
             function = getattr(lib, self.name)
         except AttributeError:
@@ -168,8 +301,7 @@ class Worker:
         out = [("stack", STACK)]
         for a in self.fn_args:
             if isinstance(a, _Endpoint):
-                out.append((f"fifo {a.fifo.name} ({a.side}, {a.fifo.depth} x {a.fifo.nbytes})",
-                            a.fifo.depth * a.fifo.nbytes))
+                out.append((f"fifo {a.fifo.name} ({a.side}, {a.depth} x {a.fifo.nbytes})", a.depth * a.fifo.nbytes))
             elif isinstance(a, Buffer):
                 out.append((f"buffer {a.name}", a.nbytes))
         return out
@@ -192,9 +324,10 @@ class TensorAccessPattern:
 
 @dataclass
 class _Task:
-    kind: str                  # "start", "fill", "drain"
+    kind: str                  # "start", "fill", "drain", "finish" (a task group)
     args: tuple
     wait: bool = False
+    group: object = None
 
 
 @dataclass
@@ -211,10 +344,17 @@ class Runtime:
         self.tasks.append(_Task("start", workers))
 
     def fill(self, endpoint, source, tap=None, task_group=None, wait=False, placement=None):
-        self.tasks.append(_Task("fill", (endpoint, source, tap), wait))
+        self.tasks.append(_Task("fill", (endpoint, source, tap), wait, task_group))
 
     def drain(self, endpoint, dest, tap=None, task_group=None, wait=False, placement=None):
-        self.tasks.append(_Task("drain", (endpoint, dest, tap), wait))
+        self.tasks.append(_Task("drain", (endpoint, dest, tap), wait, task_group))
+
+    def task_group(self):
+        return object()
+
+    def finish_task_group(self, group) -> None:
+        """Wait for every transfer of `group`."""
+        self.tasks.append(_Task("finish", (group,)))
 
 
 @dataclass(frozen=True)
@@ -227,11 +367,23 @@ class Program:
         self.device, self.runtime = device, runtime
 
     def resolve_program(self, placer=None) -> HostProgram:
-        return HostProgram(self.runtime)
+        """The program of the fifos and links made since the last one was resolved."""
+        made = list(_CREATED or ())
+        if _CREATED is not None:
+            _CREATED.clear()
+        return HostProgram(self.runtime, made)
 
 
 class SequentialPlacer:
     pass
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A placement: column and row of the array (row 0 shim, 1 memory tiles, 2 and up cores)."""
+
+    col: int | None
+    row: int | None
 
 
 class _Device:
@@ -256,14 +408,23 @@ class RunReport:
 class HostProgram:
     """A resolved design: run(*arrays) runs its sequence on the host."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, made: list):
         self.runtime = runtime
         self.workers = [w for t in runtime.tasks if t.kind == "start" for w in t.args]
-        self.fifos = {id(e.fifo): e.fifo for t in runtime.tasks if t.kind in ("fill", "drain") for e in t.args[:1]}
-        for w in self.workers:
-            for a in w.fn_args:
-                if isinstance(a, _Endpoint):
-                    self.fifos[id(a.fifo)] = a.fifo
+        self.fifos = [f for f in made if isinstance(f, ObjectFifo)]
+        self.links = [k for k in made if isinstance(k, _Link)]
+
+    def check_consumers(self) -> None:
+        """Every consumer is read by a worker, a drain or a link: each cons() call adds a consumer (the
+        producer's objects go to all of them), and one nobody reads stalls the rest."""
+        readers = {id(a) for w in self.workers for a in w.fn_args if isinstance(a, _Endpoint)}
+        readers |= {id(t.args[0]) for t in self.runtime.tasks if t.kind == "drain"}
+        readers |= {id(e) for link in self.links for e in link.sources}
+        for f in self.fifos:
+            idle = sum(id(c) not in readers for c in f.consumers)
+            if idle:
+                raise DesignError(f"fifo {f.name}: {idle} of its {len(f.consumers)} consumers are read by nothing "
+                                  "(each cons() call adds a consumer: call it once per reader)")
 
     def check_memory(self) -> None:
         for i, w in enumerate(self.workers):
@@ -272,14 +433,22 @@ class HostProgram:
             if total > CORE_MEMORY:
                 listed = ", ".join(f"{what} {b}" for what, b in parts)
                 raise DesignError(f"worker {i} needs {total} bytes of data memory, a core has {CORE_MEMORY}: {listed}")
+        tiles: dict[str, int] = {}
+        for link in self.links:
+            where = str(getattr(link.placement, "__dict__", link.placement))
+            tiles[where] = tiles.get(where, 0) + link.nbytes()
+        for where, total in tiles.items():
+            if total > MEMORY_TILE:
+                raise DesignError(f"the memory tile {where} holds {total} bytes of linked fifos, it has {MEMORY_TILE}")
 
     def run(self, *arrays: np.ndarray, lib=None, check_memory: bool = True) -> RunReport:
         """Run the sequence with `arrays` as its arguments (written in place by drains)."""
+        self.check_consumers()
         if check_memory:
             self.check_memory()
         lib = lib or host.load()
         stop = threading.Event()
-        for f in self.fifos.values():
+        for f in self.fifos:
             f.reset(stop)
         errors: list[BaseException] = []
         workers, transfers = [], []
@@ -298,14 +467,21 @@ class HostProgram:
             return t
 
         try:
+            workers += [spawn(f.move) for f in self.fifos] + [spawn(link.run) for link in self.links]
+            groups: dict[int, list] = {}
             for task in self.runtime.tasks:
                 if task.kind == "start":
                     workers.extend(spawn(self._work, w, lib) for w in task.args)
+                    continue
+                if task.kind == "finish":
+                    for t in groups.pop(id(task.args[0]), []):
+                        self._join(t, errors)
                     continue
                 endpoint, tensor, tap = task.args
                 flat = arrays[tensor.index].reshape(-1)
                 order = tap.indices() if tap is not None else np.arange(flat.size)
                 transfers.append(spawn(self._fill if task.kind == "fill" else self._drain, endpoint, flat, order))
+                groups.setdefault(id(task.group), []).append(transfers[-1])
                 if task.wait:
                     self._join(transfers[-1], errors)
             for t in transfers:
@@ -316,15 +492,14 @@ class HostProgram:
                 t.join(1.0)
         if errors:
             raise errors[0]
-        return RunReport(len(self.workers), [w.memory() for w in self.workers],
-                         {f.name: f.moved for f in self.fifos.values()})
+        return RunReport(len(self.workers), [w.memory() for w in self.workers], {f.name: f.moved for f in self.fifos})
 
     def _join(self, thread, errors) -> None:
         thread.join(TIMEOUT)
         if errors:
             raise errors[0]
         if thread.is_alive():
-            states = "; ".join(f.state() for f in self.fifos.values())
+            states = "; ".join(f.state() for f in self.fifos)
             raise DesignError(f"the design made no progress for {TIMEOUT:g} s (deadlock?): {states}")
 
     @staticmethod
@@ -369,12 +544,21 @@ def _modules() -> dict[str, types.ModuleType]:
 
     iron = module("aie.iron", Buffer=Buffer, Kernel=Kernel, ObjectFifo=ObjectFifo, Program=Program,
                   Runtime=Runtime, Worker=Worker)
+    device = dict(_devices(), Tile=Tile, AnyComputeTile=Tile(None, None), AnyMemTile=Tile(None, 1))
     return {
         "aie": module("aie", iron=iron), "aie.iron": iron,
         "aie.iron.controlflow": module("aie.iron.controlflow", range_=range),
         "aie.iron.placers": module("aie.iron.placers", SequentialPlacer=SequentialPlacer),
-        "aie.iron.device": module("aie.iron.device", **{k: v for k, v in _devices().items()}),
-        "aie.helpers": module("aie.helpers"), "aie.helpers.taplib": module("aie.helpers.taplib"),
+        "aie.iron.device": module("aie.iron.device", **device),
+        "aie.iron.phys": module("aie.iron.phys"), "aie.iron.phys.device": module("aie.iron.phys.device", **device),
+        "aie.iron.phys.tile": module("aie.iron.phys.tile", Tile=Tile),
+        "aie.iron.dataflow": module("aie.iron.dataflow", ObjectFifo=ObjectFifo),
+        "aie.iron.runtime": module("aie.iron.runtime", Runtime=Runtime),
+        "aie.iron.program": module("aie.iron.program", Program=Program),
+        "aie.iron.worker": module("aie.iron.worker", Worker=Worker),
+        "aie.iron.kernels": module("aie.iron.kernels", BinKernel=Kernel, Kernel=Kernel),
+        "aie.helpers": module("aie.helpers"), "aie.helpers.taplib": module("aie.helpers.taplib",
+                                                                        TensorAccessPattern=TensorAccessPattern),
         "aie.helpers.taplib.tap": module("aie.helpers.taplib.tap", TensorAccessPattern=TensorAccessPattern),
     }
 
@@ -382,12 +566,15 @@ def _modules() -> dict[str, types.ModuleType]:
 @contextlib.contextmanager
 def iron_modules():
     """The `aie` modules above in sys.modules (the real ones, if any, put back afterwards)."""
+    global _CREATED
     fake = _modules()
     saved = {name: sys.modules.get(name) for name in fake}
     sys.modules.update(fake)
+    outer, _CREATED = _CREATED, []
     try:
         yield
     finally:
+        _CREATED = outer
         for name, previous in saved.items():
             if previous is None:
                 sys.modules.pop(name, None)
