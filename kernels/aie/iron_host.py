@@ -479,7 +479,8 @@ class HostProgram:
                     continue
                 endpoint, tensor, tap = task.args
                 flat = arrays[tensor.index].reshape(-1)
-                order = tap.indices() if tap is not None else np.arange(flat.size)
+                order = np.arange(flat.size) if tap is None else \
+                    TensorAccessPattern(None, tap.offset, list(tap.sizes), list(tap.strides)).indices()
                 transfers.append(spawn(self._fill if task.kind == "fill" else self._drain, endpoint, flat, order))
                 groups.setdefault(id(task.group), []).append(transfers[-1])
                 if task.wait:
