@@ -15,8 +15,10 @@ host build of the kernels (kernels/aie/host.py):
 - TensorAccessPattern(tensor_dims, offset, sizes, strides): the element order a DMA walks, outer
   dimension first: element offset + sum(i_d * strides[d]) for every index vector i < sizes.
 - Runtime.sequence(types...) binds the host arrays; start(workers) runs each worker's function on
-  its own thread; fill(prod, tensor, tap) and drain(cons, tensor, tap, wait) are DMA tasks on
-  their own threads, moving one fifo object at a time; `wait=True` waits for the task to finish.
+  its own thread; fill(prod, tensor, tap) and drain(cons, tensor, tap) are DMA tasks moving one
+  fifo object at a time, each endpoint's tasks in the order issued; the sequence waits for them at
+  finish_task_group(group) and at its end (as IRON awaits `wait=True` tasks). The drains' cons()
+  handles of one fifo are one consumer, as IRON merges them.
 - Worker(fn, args, while_true=True): fn(*args) once, or (while_true, IRON's default) again and
   again until the sequence ends.
 - Kernel(name, object_file, arg_types): the host build's function of that name.
@@ -121,9 +123,12 @@ class ObjectFifo:
         size = int(np.prod(self.shape))
         if not self.dims_to_stream:
             return np.arange(size)
-        dims = [tuple(d) for d in self.dims_to_stream]
+        dims = [list(d) for d in self.dims_to_stream]
         if len(dims) > DMA_DIMS:
             raise DesignError(f"{self.name}: dims_to_stream of {len(dims)} dimensions: a DMA walks at most {DMA_DIMS}")
+        inner = int(np.prod([d[0] for d in dims[1:]]))
+        if inner and size % inner == 0:
+            dims[0][0] = size // inner          # the transfer is the whole object: the outermost size repeats
         order = TensorAccessPattern(self.shape, 0, [d[0] for d in dims], [d[1] for d in dims]).indices()
         if len(order) != size or order.max() >= size:
             raise DesignError(f"{self.name}: dims_to_stream {dims} does not walk one {size}-element object")
@@ -293,12 +298,13 @@ def _c_arg(value):
 
 
 class Worker:
-    def __init__(self, core_fn, fn_args=(), placement=None, while_true: bool = True, **_ignored):
-        self.core_fn, self.fn_args, self.while_true = core_fn, list(fn_args), while_true
+    def __init__(self, core_fn, fn_args=(), placement=None, while_true: bool = True, stack_size: int = STACK,
+                 **_ignored):
+        self.core_fn, self.fn_args, self.while_true, self.stack_size = core_fn, list(fn_args), while_true, stack_size
 
     def memory(self) -> list[tuple[str, int]]:
         """(what, bytes) of the data memory this worker's core holds."""
-        out = [("stack", STACK)]
+        out = [("stack", self.stack_size)]
         for a in self.fn_args:
             if isinstance(a, _Endpoint):
                 out.append((f"fifo {a.fifo.name} ({a.side}, {a.depth} x {a.fifo.nbytes})", a.depth * a.fifo.nbytes))
@@ -393,7 +399,7 @@ class _Device:
 
 def _devices() -> dict:
     return {"NPU1": lambda: _Device(4), "NPU2": lambda: _Device(8), "NPU1Col1": lambda: _Device(1),
-            "NPU1Col4": lambda: _Device(4)}
+            "NPU1Col2": lambda: _Device(2), "NPU1Col4": lambda: _Device(4), "NPU2Col1": lambda: _Device(1)}
 
 
 # ---- running a program ---------------------------------------------------------------------------
@@ -413,6 +419,22 @@ class HostProgram:
         self.workers = [w for t in runtime.tasks if t.kind == "start" for w in t.args]
         self.fifos = [f for f in made if isinstance(f, ObjectFifo)]
         self.links = [k for k in made if isinstance(k, _Link)]
+        self._merge_runtime_consumers()
+
+    def _merge_runtime_consumers(self) -> None:
+        """The runtime sequence's consumers of one fifo are one consumer (IRON merges the cons() handles
+        its drains take), so a drain may call cons() each time."""
+        drains = [t for t in self.runtime.tasks if t.kind == "drain"]
+        for f in self.fifos:
+            mine = [t for t in drains if t.args[0].fifo is f]
+            if len(mine) < 2:
+                continue
+            keep = mine[0].args[0]
+            for t in mine[1:]:
+                if t.args[0] is not keep:
+                    if t.args[0] in f.consumers:
+                        f.consumers.remove(t.args[0])
+                    t.args = (keep, *t.args[1:])
 
     def check_consumers(self) -> None:
         """Every consumer is read by a worker, a drain or a link: each cons() call adds a consumer (the
@@ -446,16 +468,20 @@ class HostProgram:
         self.check_consumers()
         if check_memory:
             self.check_memory()
-        lib = lib or host.load()
+        lib = host.load() if lib is None else lib
         stop = threading.Event()
         for f in self.fifos:
             f.reset(stop)
         errors: list[BaseException] = []
         workers, transfers = [], []
 
-        def spawn(target, *args) -> threading.Thread:
+        def spawn(target, *args, after: threading.Thread | None = None) -> threading.Thread:
             def guarded():
                 try:
+                    while after is not None and after.is_alive():     # a DMA channel runs its tasks in turn
+                        after.join(0.05)
+                        if stop.is_set():
+                            return
                     target(*args)
                 except _Stop:
                     pass
@@ -469,11 +495,12 @@ class HostProgram:
         try:
             workers += [spawn(f.move) for f in self.fifos] + [spawn(link.run) for link in self.links]
             groups: dict[int, list] = {}
+            last: dict[int, threading.Thread] = {}          # per fifo endpoint, its latest transfer
             for task in self.runtime.tasks:
                 if task.kind == "start":
                     workers.extend(spawn(self._work, w, lib) for w in task.args)
                     continue
-                if task.kind == "finish":
+                if task.kind == "finish":                   # the group's transfers end here
                     for t in groups.pop(id(task.args[0]), []):
                         self._join(t, errors)
                     continue
@@ -481,11 +508,12 @@ class HostProgram:
                 flat = arrays[tensor.index].reshape(-1)
                 order = np.arange(flat.size) if tap is None else \
                     TensorAccessPattern(None, tap.offset, list(tap.sizes), list(tap.strides)).indices()
-                transfers.append(spawn(self._fill if task.kind == "fill" else self._drain, endpoint, flat, order))
-                groups.setdefault(id(task.group), []).append(transfers[-1])
-                if task.wait:
-                    self._join(transfers[-1], errors)
-            for t in transfers:
+                t = spawn(self._fill if task.kind == "fill" else self._drain, endpoint, flat, order,
+                          after=last.get(id(endpoint)))
+                last[id(endpoint)] = t
+                transfers.append(t)
+                groups.setdefault(id(task.group), []).append(t)
+            for t in transfers:                             # and every transfer by the end of the sequence
                 self._join(t, errors)
         finally:
             stop.set()

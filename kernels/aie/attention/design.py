@@ -59,7 +59,7 @@ def amanuensis_attention(dev, seq: int, heads: int):
     per_head = np.ndarray[(heads * padded * TILE,), np.dtype[bfloat16]]      # (H, padded, 64) per tensor
     with rt.sequence(per_head, per_head, per_head, per_head) as (q, k, v, out):
         rt.start(worker)
-        o_out = of_o.cons()                       # one consumer: each cons() call adds one (a broadcast)
+        o_out = of_o.cons()
         for h in range(heads):
             base = h * padded * TILE
             one_head = TensorAccessPattern((heads * padded, TILE), base, [1, tiles, TILE, TILE],

@@ -54,7 +54,7 @@ def amanuensis_matmul(dev, m: int, k: int, n: int, gelu: bool, residual: bool):
     ty = lambda rows, cols: np.ndarray[(rows * cols,), np.dtype[bfloat16]]   # noqa: E731
     with rt.sequence(ty(m, k), ty(k, n), ty(1, n), ty(m, n), ty(m, n)) as (a, b, bias, res, c):
         rt.start(worker)
-        c_out = of_c.cons()                       # one consumer: each cons() call adds one (a broadcast)
+        c_out = of_c.cons()
         for i in range(m // TILE):
             # A row block i, once per output column tile; B and bias column tiles in order.
             rt.fill(of_a.prod(), a, TensorAccessPattern((m, k), i * TILE * k, [n // TILE, k // TILE, TILE, TILE],
