@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from decoder.decoding import DecodingResult, WindowDecoder, accepted, attempt_options
+from decoder.decoding import DecodingResult, Prefill, WindowDecoder, accepted, attempt_options, sample_rows
 from decoder.logits import log_softmax
 from decoder.options import DecodingOptions, TranscribeOptions
 
@@ -44,22 +44,10 @@ def greedy_batch(wd: WindowDecoder, cross, options: DecodingOptions) -> list[Dec
     tokens = np.tile(np.array(initial, np.int64), (n, 1))                     # (n, n_initial)
     logits = wd.session.step(tokens, cache, cross, logits_from=sot_index)      # (n, n_initial - sot_index, V)
     no_speech = _no_speech_probs(wd, logits[:, 0])
-    filters = wd.filters(options, len(initial))
-    limit = min(options.sample_len or wd.n_ctx // 2, wd.n_ctx - len(initial))
-    eot = wd.tokenizer.eot
-    sum_logprob, done = np.zeros(n), np.zeros(n, bool)
-    for _ in range(limit):
-        last = logits[:, -1].astype(np.float32)        # a copy: the filters write into it
-        for f in filters:
-            f.apply(last, tokens)
-        nxt = np.where(done, eot, last.argmax(axis=-1))
-        sum_logprob += np.where(done, 0.0, log_softmax(last)[np.arange(n), nxt])
-        done |= nxt == eot
-        tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
-        if done.all() or cache.length >= wd.n_ctx:
-            break
-        logits = wd.session.step(nxt[:, None], cache, cross)
-    results = []
+    start = Prefill(len(initial), wd.filters(options, len(initial)), wd.sample_limit(options, len(initial)),
+                    cache, tokens, logits, no_speech=0.0)          # each row's is no_speech above
+    tokens, sum_logprob = sample_rows(wd, cross, start, lambda last: last.argmax(axis=-1))
+    eot, results = wd.tokenizer.eot, []
     for row, s, p in zip(tokens[:, len(initial):], sum_logprob, no_speech):
         row = [int(t) for t in row]
         seq = row[:row.index(eot)] if eot in row else row

@@ -76,9 +76,12 @@ class WindowDecoder:
         cache = self.session.widen(one, batch)
         tokens = np.tile(np.array(initial, np.int64), (batch, 1))                  # (batch, n_initial)
         logits = np.repeat(logits, batch, axis=0)                                  # rows sot_index.. only
-        return Prefill(len(initial), self.filters(options, len(initial)),
-                       min(options.sample_len or self.n_ctx // 2, self.n_ctx - len(initial)),
+        return Prefill(len(initial), self.filters(options, len(initial)), self.sample_limit(options, len(initial)),
                        cache, tokens, logits, _no_speech_prob(self, logits[:, 0]))
+
+    def sample_limit(self, options: DecodingOptions, n_initial: int) -> int:
+        """Most tokens to sample after `n_initial` initial ones."""
+        return min(options.sample_len or self.n_ctx // 2, self.n_ctx - n_initial)
 
     # ---- language ----------------------------------------------------------------
     def detect_language(self, cross) -> tuple[str, dict[str, float]]:
@@ -167,28 +170,16 @@ class Sampler:
         self.rng = np.random.default_rng(options.seed)
 
     def run(self, cross) -> DecodingResult:
-        wd, opt, n = self.wd, self.options, self.n
-        start = wd.prefill(cross, opt, n)
-        cache, tokens, logits = start.cache, start.tokens, start.logits
-        sum_logprob, done = np.zeros(n), np.zeros(n, bool)
-        for _ in range(start.limit):
-            last = logits[:, -1].astype(np.float32)        # a copy: the filters write into it
-            for f in start.filters:
-                f.apply(last, tokens)
-            logprobs = log_softmax(last)
-            if opt.temperature == 0:
-                nxt = last.argmax(axis=-1)
-            else:
-                p = np.exp(log_softmax(last / opt.temperature))
-                nxt = np.array([self.rng.choice(p.shape[1], p=row / row.sum()) for row in p])
-            nxt = np.where(done, wd.tokenizer.eot, nxt)
-            sum_logprob += np.where(done, 0.0, logprobs[np.arange(n), nxt])
-            done |= nxt == wd.tokenizer.eot
-            tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
-            if done.all() or cache.length >= wd.n_ctx:
-                break
-            logits = wd.session.step(nxt[:, None], cache, cross)
+        start = self.wd.prefill(cross, self.options, self.n)
+        tokens, sum_logprob = sample_rows(self.wd, cross, start, self._choose)
         return self._best(tokens[:, start.n_initial:], sum_logprob, start.no_speech)
+
+    def _choose(self, last: np.ndarray) -> np.ndarray:
+        """Each row's next token from its filtered logits (n, V)."""
+        if self.options.temperature == 0:
+            return last.argmax(axis=-1)
+        p = np.exp(log_softmax(last / self.options.temperature))
+        return np.array([self.rng.choice(p.shape[1], p=row / row.sum()) for row in p])
 
     def _best(self, sampled, sum_logprob, no_speech) -> DecodingResult:
         eot = self.wd.tokenizer.eot
@@ -196,6 +187,27 @@ class Sampler:
         scores = [_rank_score(s, len(seq), self.options.length_penalty) for s, seq in zip(sum_logprob, seqs)]
         k = int(np.argmax(scores))
         return self.wd.finish(seqs[k], float(sum_logprob[k]), no_speech, self.options)
+
+
+def sample_rows(wd: WindowDecoder, cross, start: Prefill, choose) -> tuple[np.ndarray, np.ndarray]:
+    """Token by token from `start`, each row's next token `choose(filtered logits (n, V))`, until every
+    row has ended (a row that has ended repeats <|endoftext|>): (tokens (n, n_initial + steps), the sum
+    of each row's sampled log-probabilities)."""
+    cache, tokens, logits = start.cache, start.tokens, start.logits
+    n, eot = len(tokens), wd.tokenizer.eot
+    sum_logprob, done = np.zeros(n), np.zeros(n, bool)
+    for _ in range(start.limit):
+        last = logits[:, -1].astype(np.float32)        # a copy: the filters write into it
+        for f in start.filters:
+            f.apply(last, tokens)
+        nxt = np.where(done, eot, choose(last))
+        sum_logprob += np.where(done, 0.0, log_softmax(last)[np.arange(n), nxt])
+        done |= nxt == eot
+        tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
+        if done.all() or cache.length >= wd.n_ctx:
+            break
+        logits = wd.session.step(nxt[:, None], cache, cross)
+    return tokens, sum_logprob
 
 
 def _rank_score(sum_logprob: float, length: int, length_penalty: float | None) -> float:
