@@ -26,7 +26,8 @@ from kernels.errors import AmanuensisError
 
 @dataclass
 class DecodeAsk:
-    kv: list[list[np.ndarray]]         # each window's cross-attention [K | V] per decoder layer
+    kv: list                           # each window's cross-attention [K | V] per decoder layer, or a
+                                       # function computing it (run when bound: one window's outputs alive)
     options: DecodingOptions           # for every window of the ask (the initial tokens included)
     rules: TranscribeOptions           # fallback ladder and thresholds
 
@@ -62,25 +63,35 @@ def run_together(decoder: WindowDecoder, session: DecoderSession, loops: Iterabl
                 result = done.value
             except AmanuensisError as e:
                 result = e
+            finally:
+                reply = None                        # else it keeps the last batch's cross-attention buffers
             del running[i]
             yield i, result
             start_more()                            # a finished loop's place is taken at once
-        replies: dict[int, Reply] = {}
-        groups: dict[tuple, list[int]] = {}
-        for i, ask in asks.items():
-            groups.setdefault((ask.options, ask.rules), []).append(i)
-        for (options, rules), members in groups.items():
-            owners = [i for i in members for _ in asks[i].kv]
-            windows = []
-            for i in members:                       # the asks let go of their windows: freed once bound
-                windows += asks[i].kv
-                asks.pop(i).kv.clear()
-            for first in range(0, len(owners), batch_size):
-                part = [windows.pop(0) for _ in owners[first:first + batch_size]]
-                for i, answer in zip(owners[first:first + batch_size], _decode(decoder, session, part, options,
-                                                                                 rules)):
-                    replies.setdefault(i, []).append(answer)
-        todo = list(replies.items())
+        todo = list(_answer(decoder, session, asks, batch_size).items())
+
+
+def _answer(decoder: WindowDecoder, session: DecoderSession, asks: dict[int, DecodeAsk],
+            batch_size: int) -> dict[int, Reply]:
+    """Decode every ask, those with the same options together in batches of at most batch_size rows;
+    empties `asks`. (A function of its own, so that nothing of a batch outlives its answers: a row's
+    cross-attention inputs are views of the whole batch's buffers.)"""
+    replies: dict[int, Reply] = {}
+    groups: dict[tuple, list[int]] = {}
+    for i, ask in asks.items():
+        groups.setdefault((ask.options, ask.rules), []).append(i)
+    for (options, rules), members in groups.items():
+        owners = [i for i in members for _ in asks[i].kv]
+        windows = []
+        for i in members:                           # the asks let go of their windows: freed once bound
+            windows += asks[i].kv
+            asks.pop(i).kv.clear()
+        for first in range(0, len(owners), batch_size):
+            part = [windows.pop(0) for _ in owners[first:first + batch_size]]
+            answers = _decode(decoder, session, part, options, rules)
+            for i, answer in zip(owners[first:first + batch_size], answers):
+                replies.setdefault(i, []).append(answer)
+    return replies
 
 
 def _decode(decoder: WindowDecoder, session: DecoderSession, kv: list, options: DecodingOptions,
@@ -88,7 +99,11 @@ def _decode(decoder: WindowDecoder, session: DecoderSession, kv: list, options: 
     """Decode the windows `kv` (emptied as they are bound, so each encoder output is freed once copied)."""
     n = len(kv)
     if n == 1:
-        cross = session.bind_cross(kv.pop())
+        cross = session.bind_cross(_computed(kv.pop()))
         return [(decoder.decode_with_fallback(cross, options, rules), cross)]
-    cross, rows = session.bind_cross_rows((kv.pop(0) for _ in range(n)), n)
+    cross, rows = session.bind_cross_rows((_computed(kv.pop(0)) for _ in range(n)), n)
     return list(zip(decode_batch(decoder, cross, rows, options, rules), rows))
+
+
+def _computed(window) -> list[np.ndarray]:
+    return window() if callable(window) else window

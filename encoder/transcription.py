@@ -326,8 +326,11 @@ class _VadLoop(_Loop):
         pending = [(a, x) for a, x in pending if len(x) >= MIN_SECONDS * SAMPLE_RATE and not _silent(x)]
         if not pending:
             return []
-        kv = [self._encode(x) for _, x in pending]
-        self._detect(kv[0])
+        # each chunk is encoded when the scheduler binds it, so one encoder output is alive at a time
+        kv = [lambda x=x: self._encode(x) for _, x in pending]
+        if self.language is None:
+            kv[0] = self._encode(pending[0][1])
+            self._detect(kv[0])
         decoding = replace(self.options.decoding, language=self.language, prompt=self._prompt())
         reply = yield DecodeAsk(kv, decoding, self.options)     # the scheduler empties kv as it binds
         rest = []
