@@ -16,8 +16,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from decoder.decoding import DecodingResult, Prefill, WindowDecoder, accepted, attempt_options, sample_rows
-from decoder.logits import log_softmax
+from decoder.decoding import (
+    DecodingResult,
+    Prefill,
+    WindowDecoder,
+    accepted,
+    attempt_options,
+    no_speech_probs,
+    sample_rows,
+    until_end,
+)
 from decoder.options import DecodingOptions, TranscribeOptions
 
 
@@ -43,24 +51,14 @@ def greedy_batch(wd: WindowDecoder, cross, options: DecodingOptions) -> list[Dec
     cache = wd.session.new_cache(n)
     tokens = np.tile(np.array(initial, np.int64), (n, 1))                     # (n, n_initial)
     logits = wd.session.step(tokens, cache, cross, logits_from=sot_index)      # (n, n_initial - sot_index, V)
-    no_speech = _no_speech_probs(wd, logits[:, 0])
+    no_speech = no_speech_probs(wd, logits[:, 0])
     start = Prefill(len(initial), wd.filters(options, len(initial)), wd.sample_limit(options, len(initial)),
                     cache, tokens, logits, no_speech=0.0)          # each row's is no_speech above
     tokens, sum_logprob = sample_rows(wd, cross, start, lambda last: last.argmax(axis=-1))
-    eot, results = wd.tokenizer.eot, []
-    for row, s, p in zip(tokens[:, len(initial):], sum_logprob, no_speech):
-        row = [int(t) for t in row]
-        seq = row[:row.index(eot)] if eot in row else row
-        results.append(wd.finish(seq, float(s), float(p), options))
-    return results
+    return [wd.finish(seq, float(s), float(p), options)
+            for seq, s, p in zip(until_end(tokens[:, len(initial):], wd.tokenizer.eot), sum_logprob, no_speech)]
 
 
 def _rows(cross) -> int:
     return cross[0][0].shape()[0]
 
-
-def _no_speech_probs(wd: WindowDecoder, sot_logits: np.ndarray) -> np.ndarray:
-    """P(<|nospeech|>) at <|startoftranscript|> of each row; sot_logits (n, vocab)."""
-    if wd.tokenizer.no_speech is None:
-        return np.zeros(len(sot_logits))
-    return np.exp(log_softmax(sot_logits.astype(np.float32))[:, wd.tokenizer.no_speech])

@@ -77,7 +77,7 @@ class WindowDecoder:
         tokens = np.tile(np.array(initial, np.int64), (batch, 1))                  # (batch, n_initial)
         logits = np.repeat(logits, batch, axis=0)                                  # rows sot_index.. only
         return Prefill(len(initial), self.filters(options, len(initial)), self.sample_limit(options, len(initial)),
-                       cache, tokens, logits, _no_speech_prob(self, logits[:, 0]))
+                       cache, tokens, logits, float(no_speech_probs(self, logits[:1, 0])[0]))
 
     def sample_limit(self, options: DecodingOptions, n_initial: int) -> int:
         """Most tokens to sample after `n_initial` initial ones."""
@@ -154,11 +154,17 @@ class Prefill:
     no_speech: float         # probability of <|nospeech|> at <|startoftranscript|>
 
 
-def _no_speech_prob(wd: WindowDecoder, sot_logits: np.ndarray) -> float:
-    """P(<|nospeech|>) at <|startoftranscript|>; sot_logits (batch, vocab)."""
+def no_speech_probs(wd: WindowDecoder, sot_logits: np.ndarray) -> np.ndarray:
+    """P(<|nospeech|>) at <|startoftranscript|> of each row; sot_logits (n, vocab)."""
     if wd.tokenizer.no_speech is None:
-        return 0.0
-    return float(np.exp(log_softmax(sot_logits[:1])[0, wd.tokenizer.no_speech]))
+        return np.zeros(len(sot_logits))
+    return np.exp(log_softmax(sot_logits.astype(np.float32))[:, wd.tokenizer.no_speech])
+
+
+def until_end(sampled: np.ndarray, eot: int) -> list[list[int]]:
+    """Each row of sampled tokens (n, steps) up to its <|endoftext|>."""
+    rows = [[int(t) for t in row] for row in sampled]
+    return [row[:row.index(eot)] if eot in row else row for row in rows]
 
 
 class Sampler:
@@ -182,8 +188,7 @@ class Sampler:
         return np.array([self.rng.choice(p.shape[1], p=row / row.sum()) for row in p])
 
     def _best(self, sampled, sum_logprob, no_speech) -> DecodingResult:
-        eot = self.wd.tokenizer.eot
-        seqs = [[int(t) for t in (row[:list(row).index(eot)] if eot in row else row)] for row in sampled]
+        seqs = until_end(sampled, self.wd.tokenizer.eot)
         scores = [_rank_score(s, len(seq), self.options.length_penalty) for s, seq in zip(sum_logprob, seqs)]
         k = int(np.argmax(scores))
         return self.wd.finish(seqs[k], float(sum_logprob[k]), no_speech, self.options)
