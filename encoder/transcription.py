@@ -148,10 +148,11 @@ class Transcriber:
     def _loop(self, audio, options: TranscribeOptions | None, progress: bool) -> _Loop:
         options = self.check_options(options or TranscribeOptions())
         if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
-            duration, name = AudioStream(audio).duration, str(audio)
+            opened = [AudioStream(audio)]                   # probed once: the first pass reads it
+            duration, name = opened[0].duration, str(audio)
 
             def reader():
-                return AudioStream(audio).window
+                return (opened.pop() if opened else AudioStream(audio)).window
         else:
             samples = as_samples(audio)
             duration, name = len(samples) / SAMPLE_RATE, "audio"
