@@ -8,7 +8,6 @@ import ctypes
 import numpy as np
 import pytest
 
-from kernels import contract as C
 from kernels.aie import iron_host
 from kernels.aie.iron_host import DesignError
 
@@ -62,37 +61,36 @@ def test_layernorm_design_fits_a_core_and_equals_the_kernel(lib, d):
     assert report.moved["x"] == rows // module.rows_per_call(d)
 
 
-def _matmul_direct(lib, a, b, bias, res, gelu) -> np.ndarray:
-    """The design's computation, tile by tile with the same kernels, tiles taken on the host."""
-    m, k = a.shape
-    n = b.shape[1]
+@pytest.mark.parametrize("m, k, n, gelu, residual, cols", [
+    (256, 192, 256, True, False, 4),          # fc1-like: GELU, two 128-column passes per core
+    (512, 128, 128, False, True, 4),          # out_proj/fc2-like: residual, two 256-row bands
+    (256, 64, 256, False, True, 8),           # Strix: 8 columns
+    (1536, 384, 384, False, True, 4),         # tiny.en's out_proj at its real shape
+])
+def test_whole_array_matmul_equals_the_tiled_kernels(lib, m, k, n, gelu, residual, cols):
+    """4 rows x cols cores, A broadcast along rows and W (with bias and residual) down columns, C joined
+    in the memory tiles: the same bits as kernels.aie.tiles.linear (which equals `emu`), and every
+    core's buffers within its 64 KiB."""
+    from kernels.aie import tiles
+
+    rng = np.random.default_rng(m + k + n)
+    x, w = rng.standard_normal((m, k)).astype(np.float32), (rng.standard_normal((k, n)) / 8).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    res = rng.standard_normal((m, n)).astype(np.float32) if residual else None
+    program = iron_host.resolve(iron_host.design("matmul").amanuensis_matmul, m, k, n, gelu, residual, cols)
     out = np.zeros((m, n), ml_dtypes.bfloat16)
-    acc, tile = np.zeros((TILE, TILE), np.float32), np.zeros((TILE, TILE), ml_dtypes.bfloat16)
-    for i in range(0, m, TILE):
-        for j in range(0, n, TILE):
-            lib.mm_zero_64x64(p(acc))
-            for kk in range(0, k, TILE):
-                lib.mm_bf16_64x64x64(p(np.ascontiguousarray(a[i:i + TILE, kk:kk + TILE])),
-                                     p(np.ascontiguousarray(b[kk:kk + TILE, j:j + TILE])), p(acc))
-            lib.mm_epilogue_64x64(p(acc), p(np.ascontiguousarray(bias[j:j + TILE])),
-                                  p(np.ascontiguousarray(res[i:i + TILE, j:j + TILE])), int(gelu), p(tile))
-            out[i:i + TILE, j:j + TILE] = tile
-    return out
+    r = tiles.bits(res) if residual else np.zeros((m, n), np.uint16)
+    report = program.run(tiles.bits(x).view(ml_dtypes.bfloat16), tiles.pack_linear(w, b).view(ml_dtypes.bfloat16),
+                         r.view(ml_dtypes.bfloat16), out, lib=lib)
+    assert np.array_equal(out.view(np.uint16), tiles.bits(tiles.linear(lib, x, w, b, gelu, res)))
+    assert report.workers == 4 * cols
+    assert max(sum(b for _, b in core) for core in report.memory) <= 42 * 1024
+    assert report.moved["a0_in"] == m // 256 * n // (32 * cols) * k // 64
 
 
-def test_matmul_design_moves_the_right_tiles(lib):
-    """Its fills and drains deliver every tile where the kernels expect it (checked with the memory
-    check off: as written the design needs more than a core's data memory, see below)."""
-    m, k, n = 128, 192, 128
-    program = iron_host.resolve(iron_host.design("matmul").amanuensis_matmul, m, k, n, True, True)
-    rng = np.random.default_rng(1)
-    a, b = bf16(rng.standard_normal((m, k))), bf16(rng.standard_normal((k, n)) / 8)
-    bias, res = bf16(rng.standard_normal(n)), bf16(rng.standard_normal((m, n)))
-    c = np.zeros((m, n), ml_dtypes.bfloat16)
-    program.run(a, b, bias, res, c, lib=lib, check_memory=False)
-    assert np.array_equal(c.view(np.uint16), _matmul_direct(lib, a, b, bias, res, True).view(np.uint16))
-    assert np.abs(c.astype(np.float32) - (C.gelu(a.astype(np.float32) @ b.astype(np.float32)
-                                                 + bias.astype(np.float32)) + res.astype(np.float32))).max() < 0.1
+def test_whole_array_matmul_refuses_shapes_it_does_not_tile():
+    with pytest.raises(AssertionError, match="N of 128"):
+        iron_host.resolve(iron_host.design("matmul").amanuensis_matmul, 256, 64, 96, False, False, 4)
 
 
 def test_attention_design_moves_the_right_tiles(lib):
@@ -118,7 +116,6 @@ def test_attention_design_moves_the_right_tiles(lib):
 
 
 @pytest.mark.parametrize("kernel, args, needs", [
-    ("matmul", (128, 128, 128, False, False), 83200),
     ("attention", (1500, 6), 83456),
     ("mel", (80,), 955904),
 ])

@@ -55,17 +55,39 @@ def block_a(t: np.ndarray) -> np.ndarray:
 
 
 def block_b(t: np.ndarray) -> np.ndarray:
-    """B operand: 8 x 16 blocks of 8 x 4 (K x columns)."""
-    return np.ascontiguousarray(t.reshape(8, 8, 16, 4).transpose(0, 2, 1, 3)).reshape(-1)
+    """B operand (64 x 64, or 64 x 32): 8 x (columns / 4) blocks of 8 x 4 (K x columns)."""
+    cols = t.shape[1] // 4
+    return np.ascontiguousarray(t.reshape(8, 8, cols, 4).transpose(0, 2, 1, 3)).reshape(-1)
 
 
 def block_c(t: np.ndarray) -> np.ndarray:
-    """C, residual and output: 16 x 16 blocks of 4 x 4."""
-    return np.ascontiguousarray(t.reshape(16, 4, 16, 4).transpose(0, 2, 1, 3)).reshape(-1)
+    """C, residual and output (64 x 64, or 64 x 32): 16 x (columns / 4) blocks of 4 x 4."""
+    cols = t.shape[1] // 4
+    return np.ascontiguousarray(t.reshape(16, 4, cols, 4).transpose(0, 2, 1, 3)).reshape(-1)
 
 
-def unblock_c(flat: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(flat.reshape(16, 16, 4, 4).transpose(0, 2, 1, 3)).reshape(64, 64)
+def unblock_c(flat: np.ndarray, cols: int = TILE) -> np.ndarray:
+    return np.ascontiguousarray(flat.reshape(16, cols // 4, 4, 4).transpose(0, 2, 1, 3)).reshape(64, cols)
+
+
+# ---- the whole-array matmul's packed weights -------------------------------------------------------------
+
+PACK_COLUMNS = 32      # output columns per core tile in the whole-array matmul (kernels/aie/matmul/design.py)
+
+
+def pack_linear(w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """W (K x N) and bias (N) as the whole-array matmul streams them, bf16 bits (N/32, K/64 + 1, 2048):
+    per 32-column tile, its K/64 B operands (64 x 32, blocked) in K order, then one more object whose
+    first 32 values are the tile's bias (the rest zero). K and N are zero-padded to 64 and 32."""
+    k, n = up(w.shape[0]), -(-w.shape[1] // PACK_COLUMNS) * PACK_COLUMNS
+    wb, bias = bits(pad(w, k, n)), bits(np.pad(b, (0, n - len(b))))
+    out = np.zeros((n // PACK_COLUMNS, k // TILE + 1, TILE * PACK_COLUMNS), np.uint16)
+    for j in range(n // PACK_COLUMNS):
+        cols = slice(j * PACK_COLUMNS, (j + 1) * PACK_COLUMNS)
+        for kk in range(k // TILE):
+            out[j, kk] = block_b(wb[kk * TILE:(kk + 1) * TILE, cols])
+        out[j, -1, :PACK_COLUMNS] = bias[cols]
+    return out
 
 
 # ---- ops ---------------------------------------------------------------------------------------------------

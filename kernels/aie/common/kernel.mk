@@ -14,7 +14,8 @@ PEANO_FLAGS = -O2 -std=c++20 --target=$(AIE_TARGET)-none-unknown-elf -ffp-contra
               $(if $(MLIR_AIE_INCLUDE),-I $(MLIR_AIE_INCLUDE),)
 AIECC_FLAGS = --aie-generate-xclbin --aie-generate-npu-insts --no-compile-host --no-xchesscc --no-xbridge
 
-build/$(ARTIFACT).o: $(SOURCE) ../common/contract.h
+# OBJECT: the object file the design's Kernel(...) declarations name (aiecc.py links it from build/).
+build/$(OBJECT): $(SOURCE) $(wildcard ../common/*.h)
 	mkdir -p build
 	$(PEANO_CXX) $(PEANO_FLAGS) -c $< -o $@
 
@@ -22,7 +23,7 @@ build/$(ARTIFACT).mlir: design.py
 	mkdir -p build
 	python3 design.py -d $(DEVICE) $(DESIGN_ARGS) > $@
 
-build/$(ARTIFACT).xclbin: build/$(ARTIFACT).mlir build/$(ARTIFACT).o
+build/$(ARTIFACT).xclbin: build/$(ARTIFACT).mlir build/$(OBJECT)
 	cd build && aiecc.py $(AIECC_FLAGS) --xclbin-name=$(ARTIFACT).xclbin \
 	    --npu-insts-name=$(ARTIFACT).insts.bin $(ARTIFACT).mlir
 
