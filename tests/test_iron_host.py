@@ -45,20 +45,23 @@ def test_gelu_design_equals_the_kernel_called_directly(lib):
 
 
 @pytest.mark.parametrize("d", [384, 1280])
-def test_layernorm_design_fits_a_core_and_equals_the_kernel(lib, d):
+def test_whole_array_layernorm_equals_the_kernel(lib, d):
+    """16 cores, row blocks split and joined in the memory tiles, gamma-beta broadcast: the same bits
+    as the vectorised kernel over the whole tensor (kernels.aie.tiles.layernorm, which equals `emu`)."""
+    from kernels.aie import tiles
+
     module = iron_host.design("layernorm")
-    rows = 64
+    rows = 2 * 16 * module.rows_per_call(d)                       # two rounds of 16 cores
     program = iron_host.resolve(module.amanuensis_layernorm, rows, d)
     rng = np.random.default_rng(d)
-    x, g, b = bf16(rng.standard_normal((rows, d)) * 2 + 1), bf16(1 + 0.1 * rng.standard_normal(d)), \
-        bf16(0.1 * rng.standard_normal(d))
-    y = np.zeros_like(x)
-    report = program.run(x, g, b, y, lib=lib)                      # the memory check passes
-    assert sum(b for _, b in report.memory[0]) <= iron_host.CORE_MEMORY
-    direct, scratch = np.zeros_like(x), np.zeros(2 * d, np.float32)
-    lib.layernorm_bf16(p(x), p(g), p(b), p(direct), rows, d, ctypes.c_float(1e-5), p(scratch))
-    assert np.array_equal(y.view(np.uint16), direct.view(np.uint16))
-    assert report.moved["x"] == rows // module.rows_per_call(d)
+    x = (rng.standard_normal((rows, d)) * 2 + 1).astype(np.float32)
+    g, b = (1 + 0.1 * rng.standard_normal(d)).astype(np.float32), (0.1 * rng.standard_normal(d)).astype(np.float32)
+    y = np.zeros((rows, d), ml_dtypes.bfloat16)
+    report = program.run(tiles.bits(x).view(ml_dtypes.bfloat16),
+                         tiles.bits(np.concatenate([g, b])).view(ml_dtypes.bfloat16), y, lib=lib)
+    assert np.array_equal(y.view(np.uint16), tiles.bits(tiles.layernorm(lib, x, g, b)))
+    assert report.workers == 16 and report.moved["gamma_beta_all"] == 1
+    assert max(sum(b for _, b in core) for core in report.memory) <= iron_host.CORE_MEMORY
 
 
 @pytest.mark.parametrize("m, k, n, gelu, residual, cols", [
@@ -100,7 +103,7 @@ def test_attention_design_moves_the_right_tiles(lib):
     rng = np.random.default_rng(2)
     q, k, v = (bf16(rng.standard_normal((heads, tiles * TILE, TILE)) / 4) for _ in range(3))
     out = np.zeros_like(q)
-    program.run(q, k, v, out, lib=lib, check_memory=False)
+    program.run(q, k, v, out, lib=lib, check_limits=False)
     for h in range(heads):
         for t in range(tiles):
             m_, l_ = np.zeros(TILE, np.float32), np.zeros(TILE, np.float32)
@@ -133,6 +136,64 @@ def test_an_access_pattern_deeper_than_the_dma_is_refused():
     with pytest.raises(DesignError, match="at most 4"):
         tap.indices()
     assert list(iron_host.TensorAccessPattern((8, 8), 2, [2, 2], [8, 1]).indices()) == [2, 3, 10, 11]
+
+
+def test_the_whole_array_designs_stay_within_the_dma(lib):
+    """Every design at its encoder shapes passes the DMA check: channels per core, memory tile and
+    shim tile, buffer descriptors in flight, access patterns (tiny.en and large-v3; Phoenix and Strix)."""
+    for cols in (4, 8):
+        for d in (384, 1280):
+            iron_host.resolve(iron_host.design("matmul").amanuensis_matmul, 1536, 4 * d, d, False, True,
+                              cols if d % (32 * cols) == 0 else 4).check_dma()
+            iron_host.resolve(iron_host.design("matmul").amanuensis_matmul, 1536, d, 4 * d, True, False,
+                              cols).check_dma()
+            iron_host.resolve(iron_host.design("layernorm").amanuensis_layernorm, 1536, d, cols=cols).check_dma()
+
+
+@pytest.mark.parametrize("sizes, strides, message", [
+    ([4, 2048], [2048, 1], "innermost dimension is 1024 words: a shim tile DMA takes at most 1023"),
+    ([65, 2, 4, 64], [0, 64, 128, 1], r"iteration\) has size 65: a DMA iterates at most 64"),
+    ([2, 64, 64], [64, 4096, 2], "innermost stride is 2: below 32-bit data it must be 1"),
+    ([64, 3], [3, 1], "moves 6 bytes, not a multiple of 4"),
+    ([2, 2, 64, 64], [0, 1 << 22, 64, 1], "a stride of 2097152 words: a shim tile DMA's largest is 1048576"),
+])
+def test_access_patterns_beyond_the_dma_are_refused(sizes, strides, message):
+    with iron_host.iron_modules():
+        from aie.iron import ObjectFifo, Program, Runtime
+
+        n = int(np.prod(sizes))
+        of = ObjectFifo(np.ndarray[(n,), np.dtype[ml_dtypes.bfloat16]], name="x")
+        rt = Runtime()
+        with rt.sequence(np.ndarray[(1 << 24,), np.dtype[ml_dtypes.bfloat16]]) as (x,):
+            rt.fill(of.prod(), x, iron_host.TensorAccessPattern((1 << 24,), 0, sizes, strides))
+        program = Program(None, rt).resolve_program()
+    with pytest.raises(DesignError, match=message):
+        program.check_dma()
+
+
+def test_channels_and_buffer_descriptors_beyond_the_hardware_are_refused():
+    with iron_host.iron_modules():
+        from aie.iron import ObjectFifo, Program, Runtime, Worker
+        from aie.iron.device import Tile
+
+        ins = [ObjectFifo(_f32(4), name=f"in{i}") for i in range(3)]
+        out = ObjectFifo(_f32(4), name="out")
+        rt = Runtime()
+        with rt.sequence(_f32(4), _f32(4)) as (x, y):
+            rt.start(Worker(lambda *a: None, [i.cons() for i in ins] + [out.prod()]))
+            for i in ins:
+                rt.fill(i.prod(), x, placement=Tile(0, 0))
+            for _ in range(17):
+                rt.drain(out.cons(), y, placement=Tile(1, 0))
+        program = Program(None, rt).resolve_program()
+    with pytest.raises(DesignError, match=r"worker 0 has 3 input fifos \(in0, in1, in2\): a core has 2"):
+        program.check_dma()
+    program.workers[0].fn_args = program.workers[0].fn_args[1:]
+    with pytest.raises(DesignError, match=r"shim tile \(0, 0\) fills 3 fifos .*: it has 2 DMA channels"):
+        program.check_dma()
+    program.runtime.tasks = [t for t in program.runtime.tasks if t.kind != "fill"]
+    with pytest.raises(DesignError, match=r"17 transfers on the shim tile \(1, 0\) at once: it has 16 buffer"):
+        program.check_dma()
 
 
 def _tiny_design(produced: int, consumed: int, depth: int = 2):

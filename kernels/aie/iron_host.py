@@ -29,8 +29,12 @@ fifos placed on a memory tile its size; a DMA access pattern (and dims_to_stream
 DMA_DIMS dimensions; every consumer must have a reader (a worker, a drain or a link). A design
 that waits forever (a fifo nobody fills, a drain that never completes) is reported after TIMEOUT
 seconds with every fifo's state.
-What it does not model: timing, placement and routing, buffer descriptor counts, padding, and the
-IRON constructs our designs do not use.
+It also checks the DMA as the designs use it (DmaLimits, check_dma): channels per core, memory
+tile and shim tile (each fifo endpoint a core holds is one channel; placed links and transfers are
+counted per tile), buffer descriptors in flight per shim tile within a task group, and each access
+pattern's dimensions, sizes, strides and 4-byte granularity on the tile that walks it.
+What it does not model: timing, routing, padding, shared-memory fifos between neighbouring cores
+(every fifo is taken to use DMA channels), and the IRON constructs our designs do not use.
 """
 from __future__ import annotations
 
@@ -55,6 +59,26 @@ STACK = 1024                   # bytes of it the core's stack takes (mlir-aie's 
 MEMORY_TILE = 512 * 1024       # bytes of a memory tile (AIE-ML)
 DMA_DIMS = 4                   # dimensions of one DMA buffer descriptor's access pattern
 TIMEOUT = 60.0                 # seconds without progress before a run counts as deadlocked
+
+
+@dataclass(frozen=True)
+class DmaLimits:
+    """What one tile's DMA can do (AIE2, mlir-aie's target model and buffer descriptor verifiers; the
+    same on AIE2P). Sizes of the two inner dimensions and strides are in 32-bit words; a fourth
+    dimension is the BD's iteration count."""
+
+    tile: str
+    channels: int              # MM2S channels, and as many S2MM
+    dims: int                  # dimensions of an access pattern, iteration included
+    wrap: int                  # largest size of dimensions 0 and 1 (words for dimension 0)
+    stride: int                # largest stride (words)
+    bds: int                   # buffer descriptors
+
+
+SHIM = DmaLimits("shim tile", channels=2, dims=4, wrap=1023, stride=1 << 20, bds=16)
+MEM_TILE = DmaLimits("memory tile", channels=6, dims=4, wrap=1023, stride=1 << 17, bds=48)
+CORE = DmaLimits("core", channels=2, dims=3, wrap=255, stride=1 << 13, bds=16)
+ITERATIONS = 64                # largest iteration count (a pattern's fourth dimension)
 
 
 class DesignError(AmanuensisError):
@@ -334,6 +358,7 @@ class _Task:
     args: tuple
     wait: bool = False
     group: object = None
+    placement: object = None   # the shim tile of a fill or drain
 
 
 @dataclass
@@ -350,10 +375,10 @@ class Runtime:
         self.tasks.append(_Task("start", workers))
 
     def fill(self, endpoint, source, tap=None, task_group=None, wait=False, placement=None):
-        self.tasks.append(_Task("fill", (endpoint, source, tap), wait, task_group))
+        self.tasks.append(_Task("fill", (endpoint, source, tap), wait, task_group, placement))
 
     def drain(self, endpoint, dest, tap=None, task_group=None, wait=False, placement=None):
-        self.tasks.append(_Task("drain", (endpoint, dest, tap), wait, task_group))
+        self.tasks.append(_Task("drain", (endpoint, dest, tap), wait, task_group, placement))
 
     def task_group(self):
         return object()
@@ -400,6 +425,39 @@ class _Device:
 def _devices() -> dict:
     return {"NPU1": lambda: _Device(4), "NPU2": lambda: _Device(8), "NPU1Col1": lambda: _Device(1),
             "NPU1Col2": lambda: _Device(2), "NPU1Col4": lambda: _Device(4), "NPU2Col1": lambda: _Device(1)}
+
+
+def _where(placement) -> str:
+    return f"({placement.col}, {placement.row})" if isinstance(placement, Tile) else str(placement)
+
+
+def _limit(used: int, limit: int, what: str, why: str) -> None:
+    if used > limit:
+        raise DesignError(f"{what}: {why}")
+
+
+def _check_pattern(what: str, limits: DmaLimits, sizes: list, strides: list, itemsize: int) -> None:
+    """One access pattern (outer dimension first) as the tile's buffer descriptor takes it."""
+    _limit(len(sizes), limits.dims, f"{what} has {len(sizes)} dimensions",
+           f"a {limits.tile} DMA walks at most {limits.dims}")
+    inner_bytes = sizes[-1] * itemsize
+    if itemsize < 4 and sizes[-1] > 1 and strides[-1] != 1:
+        raise DesignError(f"{what}: its innermost stride is {strides[-1]}: below 32-bit data it must be 1")
+    if inner_bytes % 4:
+        raise DesignError(f"{what}: its innermost dimension moves {inner_bytes} bytes, not a multiple of 4")
+    _limit(inner_bytes // 4, limits.wrap, f"{what}: its innermost dimension is {inner_bytes // 4} words",
+           f"a {limits.tile} DMA takes at most {limits.wrap}")
+    if len(sizes) >= 2:
+        _limit(sizes[-2], limits.wrap, f"{what}: its second dimension has size {sizes[-2]}",
+               f"a {limits.tile} DMA takes at most {limits.wrap}")
+    if len(sizes) == 4:
+        _limit(sizes[0], ITERATIONS, f"{what}: its fourth dimension (the iteration) has size {sizes[0]}",
+               f"a DMA iterates at most {ITERATIONS} times")
+    for size, stride in zip(sizes[:-1], strides[:-1]):
+        if size > 1 and stride * itemsize % 4:
+            raise DesignError(f"{what}: a stride of {stride * itemsize} bytes is not a multiple of 4")
+        _limit(stride * itemsize // 4, limits.stride, f"{what}: a stride of {stride * itemsize // 4} words",
+               f"a {limits.tile} DMA's largest is {limits.stride}")
 
 
 # ---- running a program ---------------------------------------------------------------------------
@@ -463,11 +521,70 @@ class HostProgram:
             if total > MEMORY_TILE:
                 raise DesignError(f"the memory tile {where} holds {total} bytes of linked fifos, it has {MEMORY_TILE}")
 
-    def run(self, *arrays: np.ndarray, lib=None, check_memory: bool = True) -> RunReport:
+    def check_dma(self) -> None:
+        """Channels, buffer descriptors and access patterns within what each tile's DMA has."""
+        for i, w in enumerate(self.workers):
+            ends = [a for a in w.fn_args if isinstance(a, _Endpoint)]
+            for side, direction in (("cons", "input"), ("prod", "output")):
+                names = [e.fifo.name for e in ends if e.side == side]
+                _limit(len(names), CORE.channels, f"worker {i} has {len(names)} {direction} fifos ({', '.join(names)})",
+                       f"a core has {CORE.channels} DMA channels each way")
+        per_tile: dict[str, list[int]] = {}
+        for link in self.links:
+            if link.placement is not None:
+                inputs = len(link.sources) if link.kind == "join" else 1
+                outputs = 1 if link.kind == "join" else len(link.targets)
+                used = per_tile.setdefault(_where(link.placement), [0, 0])
+                used[0], used[1] = used[0] + inputs, used[1] + outputs
+        for where, (inputs, outputs) in per_tile.items():
+            _limit(max(inputs, outputs), MEM_TILE.channels,
+                   f"the memory tile {where} links {inputs} input and {outputs} output streams",
+                   f"it has {MEM_TILE.channels} DMA channels each way")
+        for kind in ("fill", "drain"):
+            ends: dict[str, set] = {}
+            for t in self.runtime.tasks:
+                if t.kind == kind and t.placement is not None:
+                    ends.setdefault(_where(t.placement), set()).add(t.args[0].fifo.name)
+            for where, names in ends.items():
+                listed = ", ".join(sorted(names))
+                _limit(len(names), SHIM.channels, f"the shim tile {where} {kind}s {len(names)} fifos ({listed})",
+                       f"it has {SHIM.channels} DMA channels each way")
+        self._check_bds()
+        self._check_patterns()
+
+    def _check_bds(self) -> None:
+        """Transfers awaited together (a task group, or the sequence's ungrouped ones) hold one buffer
+        descriptor each on their shim tile until the group is finished."""
+        in_flight: dict[tuple, int] = {}
+        for t in self.runtime.tasks:
+            if t.kind in ("fill", "drain") and t.placement is not None:
+                key = (id(t.group), _where(t.placement))
+                in_flight[key] = in_flight.get(key, 0) + 1
+                _limit(in_flight[key], SHIM.bds, f"{in_flight[key]} transfers on the shim tile {key[1]} at once",
+                       f"it has {SHIM.bds} buffer descriptors: finish a task group sooner")
+            elif t.kind == "finish":
+                in_flight = {k: v for k, v in in_flight.items() if k[0] != id(t.args[0])}
+
+    def _check_patterns(self) -> None:
+        for t in self.runtime.tasks:
+            if t.kind in ("fill", "drain") and t.args[2] is not None:
+                _, dtype = _shape_dtype(self.runtime.arg_types[t.args[1].index])
+                tap = t.args[2]
+                _check_pattern(f"{t.kind} of {t.args[0].fifo.name}", SHIM, list(tap.sizes), list(tap.strides),
+                               dtype.itemsize)
+        link_targets = {id(e.fifo) for link in self.links for e in link.targets}      # memory tiles produce these
+        for f in self.fifos:
+            if f.dims_to_stream:
+                limits = MEM_TILE if id(f) in link_targets else CORE
+                _check_pattern(f"dims_to_stream of {f.name}", limits, [d[0] for d in f.dims_to_stream],
+                               [d[1] for d in f.dims_to_stream], f.dtype.itemsize)
+
+    def run(self, *arrays: np.ndarray, lib=None, check_limits: bool = True) -> RunReport:
         """Run the sequence with `arrays` as its arguments (written in place by drains)."""
         self.check_consumers()
-        if check_memory:
+        if check_limits:
             self.check_memory()
+            self.check_dma()
         lib = host.load() if lib is None else lib
         stop = threading.Event()
         for f in self.fifos:

@@ -1,9 +1,12 @@
-"""IRON design: LayerNorm with affine over R rows of D values, a block of rows per core call.
+"""IRON design: LayerNorm with affine over R rows of D values on the whole array.
 
-gamma and beta (D bf16 each) are loaded once; row blocks stream in and out, double-buffered;
-the kernel keeps fp32 statistics in a 2·D scratch buffer in data memory. The block is as many
-rows (a power of two, at most 64) as fit the core's data memory with all of that: 16 rows
-for d 384, 4 for d 1280. Not compiled here; kernels/aie/iron_host.py runs it on the host.
+4 rows x `cols` columns of cores; each core normalises blocks of rows with layernormv_affine_bf16
+(kernels/aie/layernorm/layernorm_vec.cc). Per round, column c's memory tile takes 4 blocks of rows
+from its shim channel and splits them to its 4 cores, and joins their outputs back; gamma and beta
+(one buffer, gamma then beta: one DMA channel) are broadcast to every core once. A block is as many
+rows (a power of two, at most 64) as fit a core's data memory with x and y double-buffered: 16 rows
+for d 384, 4 for d 1280. R must be a multiple of 4 x cols x the block.
+Not compiled here; kernels/aie/iron_host.py runs it on the host.
 """
 import argparse
 
@@ -11,63 +14,78 @@ import numpy as np
 from ml_dtypes import bfloat16
 
 MAX_ROWS_PER_CALL = 64
+ROWS = 4                              # rows of cores
 DATA_MEMORY = 64 * 1024 - 1024        # a core's data memory less its stack (the host executor checks both)
 
 
 def rows_per_call(d: int) -> int:
-    """Rows per block: x and y double-buffered, gamma, beta and the fp32 scratch within DATA_MEMORY."""
+    """Rows per block: x and y double-buffered and gamma-beta within DATA_MEMORY."""
     rows = MAX_ROWS_PER_CALL
-    while rows > 1 and 2 * 2 * rows * d * 2 + 2 * d * 2 + 2 * d * 4 > DATA_MEMORY:
+    while rows > 1 and 2 * 2 * rows * d * 2 + 2 * d * 2 > DATA_MEMORY:
         rows //= 2
     return rows
 
 
-def amanuensis_layernorm(dev, rows: int, d: int, eps: float = 1e-5):
-    from aie.iron import Buffer, Kernel, ObjectFifo, Program, Runtime, Worker
+def amanuensis_layernorm(dev, rows: int, d: int, eps: float = 1e-5, cols: int = 4):
+    from aie.helpers.taplib.tap import TensorAccessPattern
+    from aie.iron import Kernel, ObjectFifo, Program, Runtime, Worker
     from aie.iron.controlflow import range_
+    from aie.iron.device import Tile
     from aie.iron.placers import SequentialPlacer
 
-    per_call = rows_per_call(d)
-    assert rows % per_call == 0 and d % 16 == 0
+    per_call, cores = rows_per_call(d), ROWS * cols
+    assert rows % (cores * per_call) == 0 and d % 16 == 0, f"R must be a multiple of {cores * per_call}"
+    rounds = rows // (cores * per_call)
     block = np.ndarray[(per_call * d,), np.dtype[bfloat16]]
-    vec = np.ndarray[(d,), np.dtype[bfloat16]]
-    scratch = Buffer(np.ndarray[(2 * d,), np.dtype[np.float32]], name="scratch")
-    of_x, of_y = ObjectFifo(block, name="x"), ObjectFifo(block, name="y")
-    of_g, of_b = ObjectFifo(vec, name="gamma", depth=1), ObjectFifo(vec, name="beta", depth=1)
-    norm = Kernel("layernorm_bf16", "layernorm.o",
-                  [block, vec, vec, block, np.int32, np.int32, np.float32, scratch.type])
+    column = np.ndarray[(ROWS * per_call * d,), np.dtype[bfloat16]]
+    params = np.ndarray[(2 * d,), np.dtype[bfloat16]]
+    norm = Kernel("layernormv_affine_bf16", "layernorm.o", [block, params, block, np.int32, np.int32, np.float32])
+    offsets = [r * per_call * d for r in range(ROWS)]
+    x_in = [ObjectFifo(column, name=f"x{c}") for c in range(cols)]
+    x_core = [x_in[c].cons().split(offsets, Tile(c, 1), obj_types=[block] * ROWS,
+                                   names=[f"x{c}_{r}" for r in range(ROWS)]) for c in range(cols)]
+    y_out = [ObjectFifo(column, name=f"y{c}") for c in range(cols)]
+    y_core = [y_out[c].prod().join(offsets, Tile(c, 1), obj_types=[block] * ROWS,
+                                   names=[f"y{c}_{r}" for r in range(ROWS)]) for c in range(cols)]
+    p_in = ObjectFifo(params, name="gamma_beta", depth=1)
+    p_core = p_in.cons().forward(Tile(0, 1), name="gamma_beta_all", depth=1)
 
-    def core(x, g, b, y, scratch, norm):
-        tg, tb = g.acquire(1), b.acquire(1)
-        for _ in range_(rows // per_call):
+    def core(x, p, y, norm):
+        tp = p.acquire(1)
+        for _ in range_(rounds):
             tx, ty = x.acquire(1), y.acquire(1)
-            norm(tx, tg, tb, ty, per_call, d, eps, scratch)
+            norm(tx, tp, ty, per_call, d, eps)
             x.release(1)
             y.release(1)
-        g.release(1)
-        b.release(1)
+        p.release(1)
 
-    worker = Worker(core, [of_x.cons(), of_g.cons(), of_b.cons(), of_y.prod(), scratch, norm], while_true=False)
+    workers = [Worker(core, [x_core[c][r].cons(), p_core.cons(), y_core[c][r].prod(), norm],
+                      placement=Tile(c, 2 + r), while_true=False)
+               for r in range(ROWS) for c in range(cols)]
     rt = Runtime()
     full = np.ndarray[(rows * d,), np.dtype[bfloat16]]
-    with rt.sequence(full, vec, vec, full) as (x, g, b, y):
-        rt.start(worker)
-        rt.fill(of_g.prod(), g)
-        rt.fill(of_b.prod(), b)
-        rt.fill(of_x.prod(), x)
-        rt.drain(of_y.cons(), y, wait=True)
+    with rt.sequence(full, params, full) as (x, p, y):
+        rt.start(*workers)
+        rt.fill(p_in.prod(), p, placement=Tile(0, 0))
+        for c in range(cols):
+            # Round t gives column c the 4 blocks of rows after the first c columns' 4 blocks.
+            rows_of_c = TensorAccessPattern((rows, d), c * ROWS * per_call * d, [rounds, ROWS * per_call, d],
+                                            [cores * per_call * d, d, 1])
+            rt.fill(x_in[c].prod(), x, rows_of_c, placement=Tile(c, 0))
+            rt.drain(y_out[c].cons(), y, rows_of_c, placement=Tile(c, 0), wait=True)
     return Program(dev, rt).resolve_program(SequentialPlacer())
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-d", "--device", choices=("npu", "npu2"), required=True)
-    p.add_argument("-R", type=int, required=True, help="rows (1536 for a padded Whisper window)")
-    p.add_argument("-D", type=int, required=True, help="row width (d_model)")
+    p.add_argument("-R", type=int, required=True, help="rows (1536: 1500 positions padded)")
+    p.add_argument("-D", type=int, required=True, help="d_model")
     args = p.parse_args()
     from aie.iron.device import NPU1, NPU2
 
-    print(amanuensis_layernorm(NPU1() if args.device == "npu" else NPU2(), args.R, args.D))
+    cols = 4 if args.device == "npu" else 8
+    print(amanuensis_layernorm(NPU1() if args.device == "npu" else NPU2(), args.R, args.D, cols=cols))
 
 
 if __name__ == "__main__":

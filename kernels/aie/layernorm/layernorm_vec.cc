@@ -40,4 +40,11 @@ void layernormv_bf16(const bfloat16* x, const bfloat16* gamma, const bfloat16* b
   }
 }
 
+// The same with gamma and beta in one buffer (gamma, then beta), as the whole-array design streams
+// them: one DMA channel for both.
+void layernormv_affine_bf16(const bfloat16* x, const bfloat16* gamma_beta, bfloat16* y, int32_t rows, int32_t n,
+                            float eps) {
+  layernormv_bf16(x, gamma_beta, gamma_beta + n, y, rows, n, eps);
+}
+
 }  // extern "C"

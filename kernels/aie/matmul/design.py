@@ -29,6 +29,7 @@ TILE = 64            # rows of an output tile, and the K chunk
 COLS = 32            # columns of an output tile (kernels.aie.tiles.PACK_COLUMNS)
 ROWS = 4             # rows of cores
 A_BLOCKED = [(16, 4 * TILE), (8, 8), (4, TILE), (8, 1)]                 # 64 x 64 row-major -> 4 x 8 blocks
+GROUP_TILES = 4      # output column tiles per core in one task group
 C_ROW_MAJOR = [(TILE, 128), (4, 4), (COLS // 4, 16), (4, 1)]            # 4 x (64 x 32 in 4 x 4 blocks) -> rows
 
 
@@ -95,41 +96,44 @@ def amanuensis_matmul(dev, m: int, k: int, n: int, gelu: bool, residual: bool, c
     with rt.sequence(flat(m * k), flat(n // COLS * packed), flat(m * n), flat(m * n)) as (a, w, res, out):
         rt.start(*workers)
         for band_start in range(0, m, band):
-            group = rt.task_group()
-            for r in range(ROWS):
-                # Row r's A tiles, once per output column tile of the band.
-                rt.fill(a_in[r].prod(), a, TensorAccessPattern((m, k), (band_start + r * TILE) * k,
-                                                               [col_tiles, k_tiles, TILE, TILE], [0, TILE, k, 1]),
-                        placement=Tile(r % cols, 0), task_group=group)
-            for c in range(cols):
-                _fill_w(rt, TensorAccessPattern, w_in[c].prod(), w, res, band_start, c, cols, k_tiles,
-                        col_tiles, m, n, residual, group)
-                rt.drain(c_out[c].cons(), out, TensorAccessPattern((m, n), band_start * n + c * COLS,
-                                                                 [col_tiles, band, COLS], [cols * COLS, n, 1]),
-                         placement=Tile(c, 0), task_group=group, wait=True)
-            rt.finish_task_group(group)
+            # A task group per band and up to GROUP_TILES output column tiles per core: at most
+            # 1 + 2 x GROUP_TILES + 1 transfers in flight on a shim tile (16 buffer descriptors).
+            for first in range(0, col_tiles, GROUP_TILES):
+                tiles = min(GROUP_TILES, col_tiles - first)
+                group = rt.task_group()
+                for r in range(ROWS):
+                    # Row r's A tiles, once per output column tile.
+                    rt.fill(a_in[r].prod(), a, TensorAccessPattern((m, k), (band_start + r * TILE) * k,
+                                                                   [tiles, k_tiles, TILE, TILE], [0, TILE, k, 1]),
+                            placement=Tile(r % cols, 0), task_group=group)
+                for c in range(cols):
+                    for fill in _w_stream(w, res, band_start, first * cols + c, tiles, cols, k_tiles, m, n, residual):
+                        rt.fill(w_in[c].prod(), *fill, placement=Tile(c, 0), task_group=group)
+                    rt.drain(c_out[c].cons(), out,
+                             TensorAccessPattern((m, n), band_start * n + (first * cols + c) * COLS,
+                                                 [tiles, band, COLS], [cols * COLS, n, 1]),
+                             placement=Tile(c, 0), task_group=group, wait=True)
+                rt.finish_task_group(group)
     return Program(dev, rt).resolve_program(SequentialPlacer())
 
 
-def _fill_w(rt, TensorAccessPattern, w_fifo, w, res, band_start, c, cols, k_tiles, col_tiles, m, n, residual,
-            group):
-    """Column c's W stream for one band: per output tile, its packed W and bias, then (with a residual)
-    the band's 256 x 32 residual tile as 4 objects in the C layout."""
-    from aie.iron.device import Tile
+def _w_stream(w, res, band_start, tile, tiles, cols, k_tiles, m, n, residual):
+    """(tensor, access pattern) of each transfer of one column's W stream for `tiles` output tiles from
+    32-column tile `tile` on (every cols-th): per tile its packed W and bias, then (with a residual)
+    the band's 256 x 32 residual as 4 objects in the C layout."""
+    from aie.helpers.taplib.tap import TensorAccessPattern
 
     packed = (k_tiles + 1) * TILE * COLS
-    operands = (k_tiles + 1) * TILE * COLS // 256                 # 256-element rows: a DMA dimension < 1024
+    rows_256 = packed // 256                                      # 256-element rows: a DMA dimension < 1024
+    w_dims = (n // COLS * packed,)
     if not residual:
-        rt.fill(w_fifo, w, TensorAccessPattern((n // COLS * packed,), c * packed, [col_tiles, operands, 256],
-                                               [cols * packed, 256, 1]), placement=Tile(c, 0), task_group=group)
-        return
-    for t in range(col_tiles):
-        column = (t * cols + c) * COLS
-        rt.fill(w_fifo, w, TensorAccessPattern((n // COLS * packed,), column // COLS * packed, [operands, 256],
-                                               [256, 1]), placement=Tile(c, 0), task_group=group)
-        rt.fill(w_fifo, res, TensorAccessPattern((m, n), band_start * n + column,
-                                                 [ROWS * TILE // 4, COLS // 4, 4, 4], [4 * n, 4, n, 1]),
-                placement=Tile(c, 0), task_group=group)
+        return [(w, TensorAccessPattern(w_dims, tile * packed, [tiles, rows_256, 256], [cols * packed, 256, 1]))]
+    fills = []
+    for t in range(tile, tile + tiles * cols, cols):
+        fills.append((w, TensorAccessPattern(w_dims, t * packed, [rows_256, 256], [256, 1])))
+        fills.append((res, TensorAccessPattern((m, n), band_start * n + t * COLS, [ROWS * TILE // 4, COLS // 4, 4, 4],
+                                               [4 * n, 4, n, 1])))
+    return fills
 
 
 def main():
