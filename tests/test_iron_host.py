@@ -96,35 +96,33 @@ def test_whole_array_matmul_refuses_shapes_it_does_not_tile():
         iron_host.resolve(iron_host.design("matmul").amanuensis_matmul, 256, 64, 96, False, False, 4)
 
 
-def test_attention_design_moves_the_right_tiles(lib):
-    seq, heads = 100, 2                                   # two key tiles, the last one padded
-    tiles = 2
-    program = iron_host.resolve(iron_host.design("attention").amanuensis_attention, seq, heads)
-    rng = np.random.default_rng(2)
-    q, k, v = (bf16(rng.standard_normal((heads, tiles * TILE, TILE)) / 4) for _ in range(3))
-    out = np.zeros_like(q)
-    program.run(q, k, v, out, lib=lib, check_limits=False)
-    for h in range(heads):
-        for t in range(tiles):
-            m_, l_ = np.zeros(TILE, np.float32), np.zeros(TILE, np.float32)
-            o, tile = np.zeros((TILE, TILE), np.float32), np.zeros((TILE, TILE), ml_dtypes.bfloat16)
-            lib.attn_init(p(m_), p(l_), p(o))
-            qt = np.ascontiguousarray(q[h, t * TILE:(t + 1) * TILE])
-            for j in range(tiles):
-                valid = TILE if j < tiles - 1 else seq - (tiles - 1) * TILE
-                lib.attn_step_64(p(qt), p(np.ascontiguousarray(k[h, j * TILE:(j + 1) * TILE])),
-                                 p(np.ascontiguousarray(v[h, j * TILE:(j + 1) * TILE])), valid, p(m_), p(l_), p(o))
-            lib.attn_finish(p(o), p(l_), p(tile))
-            assert np.array_equal(out[h, t * TILE:(t + 1) * TILE].view(np.uint16), tile.view(np.uint16))
+@pytest.mark.parametrize("seq, heads, cols", [(100, 2, 4), (300, 6, 4), (300, 6, 8)])
+def test_whole_array_attention_equals_the_tiled_kernels(lib, seq, heads, cols):
+    """Heads over the columns, query tiles over the rows, K and V on one broadcast stream: the same bits
+    as kernels.aie.tiles.attention (which equals `emu`), from the QKV projection's output as it stands
+    (Q pre-scaled by 1/8), within every limit the executor checks."""
+    from kernels.aie import tiles
+
+    module = iron_host.design("attention")
+    rows, d = module.padded_rows(seq), heads * TILE
+    qkv = tiles.from_bits(tiles.bits(np.random.default_rng(seq).standard_normal((seq, 3 * d)).astype(np.float32)))
+    device = np.zeros((rows, 3 * d), np.float32)
+    device[:seq] = qkv
+    device[:, :d] *= 0.125
+    out = np.zeros((rows, d), ml_dtypes.bfloat16)
+    report = iron_host.resolve(module.amanuensis_attention, seq, heads, cols).run(
+        tiles.bits(device).view(ml_dtypes.bfloat16), out, lib=lib)
+    assert np.array_equal(out.view(np.uint16)[:seq], tiles.bits(tiles.attention(lib, qkv, heads)))
+    assert report.workers == 4 * min(cols, heads)
+    assert max(sum(b for _, b in core) for core in report.memory) == 59904      # 58.5 KiB of 64
 
 
 @pytest.mark.parametrize("kernel, args, needs", [
-    ("attention", (1500, 6), 83456),
     ("mel", (80,), 955904),
 ])
 def test_designs_that_do_not_fit_a_core_are_refused(kernel, args, needs):
-    """As written, these designs hold more than a core's 64 KiB of data memory: the executor says so,
-    with the sum (they are re-tiled with the whole-array designs)."""
+    """As written, the mel front end's design holds more than a core's 64 KiB of data memory (its DFT
+    matrix and filters sit in the core): the executor says so, with the sum."""
     fn = getattr(iron_host.design(kernel), f"amanuensis_{kernel}")
     program = iron_host.resolve(fn, *args)
     with pytest.raises(DesignError, match=f"needs {needs} bytes of data memory, a core has 65536"):
@@ -348,3 +346,34 @@ def test_a_stream_pattern_shorter_than_the_object_repeats():
         swapped = _copy_design(False, dims_to_stream=[(1, 1), (2, 2)])        # 0 2 | 1 3 within each object
     swapped.run(x, y, lib={})
     np.testing.assert_array_equal(y, x.reshape(-1, 2, 2).transpose(0, 2, 1).reshape(-1))
+
+
+@pytest.mark.slow
+def test_an_encoder_block_through_the_designs_equals_emu(lib, tiny, speech):
+    """Block 0 of tiny.en on a real clip's activations, through the whole-array designs on the host
+    executor (7 dispatches, every tensor kept as the device keeps it), equals the `emu` backend bit for
+    bit at every node. The device holds Q pre-scaled by 1/8 (through the packed weights): exactly 1/8
+    of emu's."""
+    from encoder.audio import load_audio
+    from kernels.aie.design_runner import DesignRunner
+    from kernels.emu import EmuBackend
+
+    clip = next(c for c in speech if "LJ001-0001" in c.file)
+    values = tiny.encode(load_audio(clip.path)[:480000], keep="all").tensors
+    weights = tiny.converted.read_encoder_weights()
+    nodes = tiny.graph.nodes[4:11]                                   # layers.0: norm, qkv, attention, ..., fc2
+    x = values[nodes[0].inputs[0]]
+    runner = DesignRunner(lib)
+    ours = runner.run_nodes(nodes, x, x.shape[0], weights)
+    emu, theirs = EmuBackend(), {nodes[0].inputs[0]: x}
+    for node in nodes:
+        kw = dict(node.params, **({"residual": theirs[node.residual]} if node.residual else {}))
+        theirs[node.name] = getattr(emu, node.kernel)(*[theirs[t] for t in node.inputs],
+                                                      *[weights[w] for w in node.weights], **kw)
+    d = x.shape[1]
+    for node, after in zip(nodes, nodes[1:] + [None]):
+        got = ours[node.name]
+        if after is not None and after.kernel == "attention":
+            got = np.concatenate([got[:, :d] * 8, got[:, d:]], axis=1)
+        np.testing.assert_array_equal(got, theirs[node.name], err_msg=node.name)
+    assert runner.dispatches == 7

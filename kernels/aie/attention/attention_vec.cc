@@ -8,6 +8,8 @@
 //                   alpha = exp(m - m'), P = exp(S - m'), l = l alpha + sum P; O = O alpha + bf16(P) V
 //                   (the rescaled O is the accumulator the P V products are added into)
 //   attnv_finish    out = bf16(O * (1 / l))
+//   attnv_v_layout  V from the A layout to the B layout, in place: the whole-array design (design.py)
+//                   sends K and V on one stream, which the DMA blocks one way (~600 cycles a tile)
 // Q is pre-scaled by 1/sqrt(64) (exact in bf16). Query rows are processed 4 at a time, so only one
 // 4 x 64 band of scores exists at once.
 //
@@ -101,6 +103,22 @@ void attnv_step_64(const bfloat16* q, const bfloat16* k, const bfloat16* v, int3
         acc.mac(p_block, aie::load_v<32>(v + b_block(step, j)));
       }
       aie::store_v(o + c_block(i, j), acc.to_vector<float>());
+    }
+  }
+}
+
+// Keys 8s .. 8s+7 are A blocks (2s, t) and (2s+1, t), t < 8, and B blocks (s, j), j < 16: the same 16
+// blocks of memory either way, so each group is loaded whole and stored back rearranged.
+void attnv_v_layout(bfloat16* v) {
+  for (int s = 0; s < kSteps; ++s) {
+    v32bf top[8], bottom[8];
+    for (int t = 0; t < 8; ++t) {
+      top[t] = aie::load_v<32>(v + a_block(2 * s, t));
+      bottom[t] = aie::load_v<32>(v + a_block(2 * s + 1, t));
+    }
+    for (int t = 0; t < 8; ++t) {               // B block (s, 2t): dims 8t .. 8t+3; (s, 2t+1): 8t+4 .. 8t+7
+      aie::store_v(v + b_block(s, 2 * t), aie::concat(aie::filter_even(top[t], 4), aie::filter_even(bottom[t], 4)));
+      aie::store_v(v + b_block(s, 2 * t + 1), aie::concat(aie::filter_odd(top[t], 4), aie::filter_odd(bottom[t], 4)));
     }
   }
 }

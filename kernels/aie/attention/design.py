@@ -1,13 +1,20 @@
-"""IRON design: multi-head attention over a padded sequence, one 64-query tile at a time.
+"""IRON design: multi-head self-attention over a padded sequence on the whole array.
 
-For each head and each 64-query tile the core initialises its running state (m, l, O in
-data memory), takes every 64-key tile of the whole sequence with its value tile
-(attn_step_64: masked scores, running max and sum, rescaled accumulation), and writes
-bf16(O / l). Keys past the real length (1500 of 1536) are masked inside the kernel from
-the valid-key count the core passes per key tile. The runtime sequence streams Q tiles
-(pre-scaled by 1/8 on the host side of the previous matmul), K and V tiles per head.
-Not compiled here (no MLIR-AIE toolchain).
-As written it needs 83,456 bytes of a core's 65,536 (kernels/aie/iron_host.py).
+Input: the QKV projection's output as it stands in DDR, row-major (rows x 3·d: Q | K | V, Q
+pre-scaled by 1/8 through the packed weights); output: rows x d, row-major. Column c of cores
+takes heads c, c + cols, ...; within a head, core (r, c) owns query tiles r, r + 4, ... and walks
+every key tile of the sequence for each of them (flash style: attnv_init, attnv_step_64 per key
+tile, attnv_finish; kernels/aie/attention/attention_vec.cc), keys past the real length masked in
+the last tile. Per round of 4 query tiles:
+- Q: the column's 4 query tiles (256 x 64) from a shim channel, split in the column's memory
+  tile, which blocks each for the matrix unit (dims_to_stream);
+- K and V: every key tile of the head, K then V, on one stream through the same memory tile,
+  blocked the same way and broadcast down the column; the core turns each V into the B layout in
+  place (attnv_v_layout), so a core takes its inputs on its 2 DMA channels;
+- out: the 4 tiles joined in the memory tile and written back row-major.
+Each core holds Q (8 KiB), 3 K/V objects (24 KiB), its fp32 state (16.5 KiB), one output tile
+(8 KiB) and a 2 KiB stack (the step's score band and P: ~1.6 KiB, estimated): 58.5 KiB.
+Not compiled here (no MLIR-AIE toolchain); kernels/aie/iron_host.py runs it on the host.
 """
 import argparse
 
@@ -15,62 +22,95 @@ import numpy as np
 from ml_dtypes import bfloat16
 
 TILE = 64
+ROWS = 4                                                      # rows of cores
+STACK = 2048
+BLOCKED = [(16, 4 * TILE), (8, 8), (4, TILE), (8, 1)]        # 64 x 64 row-major -> 4 x 8 blocks
+ROW_MAJOR = [(ROWS * TILE // 4, 256), (4, 4), (16, 16), (4, 1)]   # 4 x (64 x 64 in 4 x 4 blocks) -> rows
 
 
-def amanuensis_attention(dev, seq: int, heads: int):
+def padded_rows(seq: int) -> int:
+    """Rows of the design's tensors: the sequence padded to whole rounds of 4 query tiles."""
+    return -(-seq // (ROWS * TILE)) * ROWS * TILE
+
+
+def amanuensis_attention(dev, seq: int, heads: int, cols: int = 4):
     from aie.helpers.taplib.tap import TensorAccessPattern
     from aie.iron import Buffer, Kernel, ObjectFifo, Program, Runtime, Worker
     from aie.iron.controlflow import range_
+    from aie.iron.device import Tile
     from aie.iron.placers import SequentialPlacer
 
-    tiles = -(-seq // TILE)
-    padded = tiles * TILE
-    last_valid = seq - (tiles - 1) * TILE
-    tile_bf16 = np.ndarray[(TILE, TILE), np.dtype[bfloat16]]
+    rows, d = padded_rows(seq), heads * TILE
+    rounds, key_tiles = rows // (ROWS * TILE), -(-seq // TILE)
+    last_valid = seq - (key_tiles - 1) * TILE
+    tile_ty = np.ndarray[(TILE, TILE), np.dtype[bfloat16]]
+    column_ty = np.ndarray[(ROWS * TILE, TILE), np.dtype[bfloat16]]
     vec_f32 = np.ndarray[(TILE,), np.dtype[np.float32]]
-    tile_f32 = np.ndarray[(TILE, TILE), np.dtype[np.float32]]
-    of_q, of_k, of_v, of_o = (ObjectFifo(tile_bf16, name=n) for n in ("q", "k", "v", "o"))
-    m, row_sum, o = Buffer(vec_f32, name="m"), Buffer(vec_f32, name="l"), Buffer(tile_f32, name="o_acc")
-    init = Kernel("attn_init", "attention.o", [vec_f32, vec_f32, tile_f32])
-    step = Kernel("attn_step_64", "attention.o",
-                  [tile_bf16, tile_bf16, tile_bf16, np.int32, vec_f32, vec_f32, tile_f32])
-    finish = Kernel("attn_finish", "attention.o", [tile_f32, vec_f32, tile_bf16])
+    o_ty = np.ndarray[(TILE, TILE), np.dtype[np.float32]]
+    init = Kernel("attnv_init", "attention.o", [vec_f32, vec_f32, o_ty])
+    step = Kernel("attnv_step_64", "attention.o", [tile_ty, tile_ty, tile_ty, np.int32, vec_f32, vec_f32, o_ty])
+    finish = Kernel("attnv_finish", "attention.o", [o_ty, vec_f32, tile_ty])
+    v_layout = Kernel("attnv_v_layout", "attention.o", [tile_ty])
 
-    def core(q, k, v, out, m, row_sum, o, init, step, finish):
-        for _ in range_(heads * tiles):
-            init(m, row_sum, o)
+    offsets = [r * TILE * TILE for r in range(ROWS)]
+    q_in = [ObjectFifo(column_ty, name=f"q{c}") for c in range(cols)]
+    q_core = [q_in[c].cons().split(offsets, Tile(c, 1), obj_types=[tile_ty] * ROWS, depths=[1] * ROWS,
+                                   names=[f"q{c}_{r}" for r in range(ROWS)], dims_to_stream=[BLOCKED] * ROWS)
+              for c in range(cols)]
+    kv_in = [ObjectFifo(tile_ty, name=f"kv{c}_in") for c in range(cols)]
+    kv_core = [kv_in[c].cons().forward(Tile(c, 1), name=f"kv{c}", depth=3, dims_to_stream=BLOCKED)
+               for c in range(cols)]
+    out = [ObjectFifo(column_ty, name=f"o{c}", dims_to_stream=ROW_MAJOR) for c in range(cols)]
+    out_core = [out[c].prod().join(offsets, Tile(c, 1), obj_types=[tile_ty] * ROWS, depths=[1] * ROWS,
+                                   names=[f"o{c}_{r}" for r in range(ROWS)]) for c in range(cols)]
+
+    def core(q, kv, o_fifo, m, row_sum, o, init, step, finish, v_layout, my_heads):
+        for _ in range_(my_heads * rounds):
             tq = q.acquire(1)
-            for _ in range_(tiles - 1):
-                tk, tv = k.acquire(1), v.acquire(1)
+            init(m, row_sum, o)
+            for _ in range_(key_tiles - 1):
+                tk, tv = kv.acquire(1), kv.acquire(1)
+                v_layout(tv)
                 step(tq, tk, tv, TILE, m, row_sum, o)
-                k.release(1)
-                v.release(1)
-            tk, tv = k.acquire(1), v.acquire(1)
+                kv.release(1)
+                kv.release(1)
+            tk, tv = kv.acquire(1), kv.acquire(1)
+            v_layout(tv)
             step(tq, tk, tv, last_valid, m, row_sum, o)          # the last key tile holds the padding
-            k.release(1)
-            v.release(1)
+            kv.release(1)
+            kv.release(1)
             q.release(1)
-            to = out.acquire(1)
-            finish(o, row_sum, to)
-            out.release(1)
+            finish(o, row_sum, o_fifo.acquire(1))
+            o_fifo.release(1)
 
-    worker = Worker(core, [of_q.cons(), of_k.cons(), of_v.cons(), of_o.prod(), m, row_sum, o, init, step, finish])
+    workers = [Worker(core, [q_core[c][r].cons(), kv_core[c].cons(), out_core[c][r].prod(),
+                             Buffer(vec_f32, name=f"m{r}{c}"), Buffer(vec_f32, name=f"l{r}{c}"),
+                             Buffer(o_ty, name=f"o_acc{r}{c}"), init, step, finish, v_layout,
+                             len(range(c, heads, cols))],
+                      placement=Tile(c, 2 + r), stack_size=STACK, while_true=False)
+               for r in range(ROWS) for c in range(cols) if c < heads]
     rt = Runtime()
-    per_head = np.ndarray[(heads * padded * TILE,), np.dtype[bfloat16]]      # (H, padded, 64) per tensor
-    with rt.sequence(per_head, per_head, per_head, per_head) as (q, k, v, out):
-        rt.start(worker)
-        o_out = of_o.cons()
-        for h in range(heads):
-            base = h * padded * TILE
-            one_head = TensorAccessPattern((heads * padded, TILE), base, [1, tiles, TILE, TILE],
-                                           [0, TILE * TILE, TILE, 1])
-            rt.fill(of_q.prod(), q, one_head)
-            # Every query tile sees every key/value tile of its head, in order.
-            kv = TensorAccessPattern((heads * padded, TILE), base, [tiles, tiles, TILE, TILE],
-                                     [0, TILE * TILE, TILE, 1])
-            rt.fill(of_k.prod(), k, kv)
-            rt.fill(of_v.prod(), v, kv)
-            rt.drain(o_out, out, one_head, wait=True)
+    qkv_ty = np.ndarray[(rows * 3 * d,), np.dtype[bfloat16]]
+    out_ty = np.ndarray[(rows * d,), np.dtype[bfloat16]]
+    with rt.sequence(qkv_ty, out_ty) as (qkv, attn):
+        rt.start(*workers)
+        for first_head in range(0, heads, cols):         # a task group per head on each column
+            group = rt.task_group()
+            for h in range(first_head, min(first_head + cols, heads)):
+                c = h % cols
+                rt.fill(q_in[c].prod(), qkv, TensorAccessPattern((rows, 3 * d), h * TILE,
+                                                                 [rounds, ROWS * TILE, TILE],
+                                                                 [ROWS * TILE * 3 * d, 3 * d, 1]),
+                        placement=Tile(c, 0), task_group=group)
+                for _ in range(rounds):                  # each round walks the head's K and V again
+                    rt.fill(kv_in[c].prod(), qkv,
+                            TensorAccessPattern((rows, 3 * d), d + h * TILE, [key_tiles, 2, TILE, TILE],
+                                                [TILE * 3 * d, d, 3 * d, 1]),
+                            placement=Tile(c, 0), task_group=group)
+                rt.drain(out[c].cons(), attn, TensorAccessPattern((rows, d), h * TILE, [rounds, ROWS * TILE, TILE],
+                                                                  [ROWS * TILE * d, d, 1]),
+                         placement=Tile(c, 0), task_group=group, wait=True)
+            rt.finish_task_group(group)
     return Program(dev, rt).resolve_program(SequentialPlacer())
 
 
@@ -82,7 +122,8 @@ def main():
     args = p.parse_args()
     from aie.iron.device import NPU1, NPU2
 
-    print(amanuensis_attention(NPU1() if args.device == "npu" else NPU2(), args.T, args.H))
+    cols = 4 if args.device == "npu" else 8
+    print(amanuensis_attention(NPU1() if args.device == "npu" else NPU2(), args.T, args.H, cols))
 
 
 if __name__ == "__main__":

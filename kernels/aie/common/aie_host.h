@@ -336,6 +336,21 @@ vector<T, N> transpose(const vector<T, N>& x, unsigned rows, unsigned cols) {   
   return out;
 }
 
+// filter_even(x, step): the even-numbered groups of `step` consecutive elements, in order (half of x);
+// filter_odd: the odd-numbered groups.
+template <typename T, unsigned N>
+vector<T, N / 2> filter_even(const vector<T, N>& x, unsigned step = 1) {
+  vector<T, N / 2> out;
+  for (unsigned i = 0; i < N / 2; ++i) out.v[i] = x.v[(i / step) * 2 * step + i % step];
+  return out;
+}
+template <typename T, unsigned N>
+vector<T, N / 2> filter_odd(const vector<T, N>& x, unsigned step = 1) {
+  vector<T, N / 2> out;
+  for (unsigned i = 0; i < N / 2; ++i) out.v[i] = x.v[(i / step) * 2 * step + step + i % step];
+  return out;
+}
+
 // ---- the matrix multiply unit -----------------------------------------------------------------------
 template <unsigned M, unsigned K, unsigned N, typename TA, typename TB, typename Tag>
 struct mmul;
