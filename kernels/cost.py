@@ -1,4 +1,5 @@
-"""A projection of the layer graph on the NPU: compute and DDR traffic per node.
+"""Projections of the layer graph on the NPU: per node from FLOPs (project), and per dispatch from the
+whole-array designs' real schedule (project_schedule).
 
 PROJECTION, not a measurement: nothing here ran on an NPU. Per node, matmul FLOPs run
 at cores x MACs/cycle x 2 x clock x efficiency, the rest (softmax, GELU, norms, adds) at
@@ -29,6 +30,7 @@ class NpuParams:
     clock_ghz: float
     ddr_gbs: float              # DDR bandwidth available to the NPU, GB/s
     efficiency: float = 0.35    # share of peak compute the kernels reach
+    dispatch_ms: float = 0.12   # host cost of one dispatch (107-148 us per small kernel run, measured by others)
 
 
 PRESETS = {
@@ -119,3 +121,101 @@ def preset(name: str, **changes) -> NpuParams:
         if not value > 0:
             raise BadOption(key, f"--{key.replace('_', '-')} must be positive, got {value}")
     return replace(PRESETS[name], **given)
+
+
+# ---- the schedule of the whole-array designs ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DispatchProjection:
+    node: str
+    design: str                 # the design and its shape, or why no design runs the node
+    cores: int                  # workers of the design
+    ddr_mib: float              # what its runtime sequence moves between DDR and the array
+    compute_ms: float           # the busiest core's kernel cycles at the clock
+    memory_ms: float
+    overhead_ms: float          # the dispatch
+    kernel_ms: dict             # the busiest core's compute time per kernel
+
+    @property
+    def ms(self) -> float:
+        return max(self.compute_ms, self.memory_ms) + self.overhead_ms
+
+
+def project_schedule(graph, params: NpuParams) -> list[DispatchProjection]:
+    """One row per node: its design traced on the host executor (kernel calls per core, DDR bytes), each
+    kernel call at its cycle estimate (kernels/aie/cycles.py), DMA overlapped with compute (the designs
+    double-buffer), plus the dispatch. Nodes without a design are listed and, where they only move data,
+    projected as one DDR pass."""
+    from kernels.aie.design_runner import design_call
+
+    cols = params.cores // 4
+    seq = next(n.shape[0] for n in graph.nodes if n.kernel == "attention")
+    traced: dict = {}
+    rows = []
+    for node, after in zip(graph.nodes, [*graph.nodes[1:], None]):
+        call = design_call(node, after, graph.shapes[node.inputs[0]][-1], seq, cols)
+        if call is None:
+            rows.append(_undesigned(graph, node, params))
+            continue
+        key = (call.kernel, call.shape)
+        if key not in traced:
+            traced[key] = _trace(call)
+        trace = traced[key]
+        per_core = [_kernel_cycles(calls) for calls in trace.calls]
+        busiest = max(per_core, key=lambda c: sum(c.values()))
+        clock = params.clock_ghz * 1e6                                    # cycles per ms
+        rows.append(DispatchProjection(
+            node.name, f"{call.kernel} {'x'.join(str(a) for a in call.shape if type(a) is int)}", len(trace.calls),
+            trace.ddr_bytes / 2**20, sum(busiest.values()) / clock, trace.ddr_bytes / (params.ddr_gbs * 1e9) * 1e3,
+            params.dispatch_ms, {k: v / clock for k, v in busiest.items()}))
+    return rows
+
+
+def _trace(call):
+    from kernels.aie import iron_host
+
+    fn = getattr(iron_host.design(call.kernel), f"amanuensis_{call.kernel}")
+    return iron_host.resolve(fn, *call.shape).trace()
+
+
+def _kernel_cycles(calls) -> dict[str, int]:
+    from kernels.aie.cycles import kernel_cycles
+
+    out: dict[str, int] = {}
+    for (name, args), count in calls.items():
+        out[name] = out.get(name, 0) + count * kernel_cycles(name, args)
+    return out
+
+
+def _undesigned(graph, node, params: NpuParams) -> DispatchProjection:
+    if node.kernel == "log_mel":
+        return DispatchProjection(node.name, "no design fits a core yet: not projected", 0, 0.0, 0.0, 0.0, 0.0, {})
+    ddr = _ddr_bytes(graph, node)
+    return DispatchProjection(node.name, f"no design: one DDR pass ({node.kernel})", 0, ddr / 2**20, 0.0,
+                              ddr / (params.ddr_gbs * 1e9) * 1e3, params.dispatch_ms, {})
+
+
+def format_schedule(graph, params: NpuParams) -> str:
+    rows = project_schedule(graph, params)
+    lines = [f"PROJECTION (not measured) of the whole-array designs' schedule on {params.name}: "
+             f"{params.cores // 4} columns x 4 rows, kernels at their cycle estimates (kernels/aie/cycles.py), "
+             f"{params.dispatch_ms * 1e3:.0f} us per dispatch",
+             f"{'node':32} {'design':28} {'cores':>5} {'DDR MiB':>8} {'compute':>8} {'memory':>8} {'ms':>7}"]
+    for r in rows:
+        lines.append(f"{r.node:32} {r.design[:28]:28} {r.cores:5d} {r.ddr_mib:8.2f} {r.compute_ms:8.3f} "
+                     f"{r.memory_ms:8.3f} {r.ms:7.3f}")
+    total = sum(r.ms for r in rows)
+    dispatches = sum(1 for r in rows if r.overhead_ms)
+    by_kernel: dict[str, float] = {}
+    for r in rows:
+        if r.compute_ms >= r.memory_ms:
+            for k, ms in r.kernel_ms.items():
+                by_kernel[k] = by_kernel.get(k, 0.0) + ms
+    memory_bound = sum(r.memory_ms for r in rows if r.memory_ms > r.compute_ms)
+    terms = sorted([*by_kernel.items(), ("DDR (memory-bound dispatches)", memory_bound),
+                    ("dispatch overhead", dispatches * params.dispatch_ms)], key=lambda kv: -kv[1])
+    lines.append(f"projected per 30 s window: {total:.1f} ms in {dispatches} dispatches "
+                 f"(PROJECTION; {', '.join(r.node for r in rows if not r.ms and not r.cores) or 'every node'} "
+                 f"not included; host and decoder not included)")
+    lines.append("largest terms: " + ", ".join(f"{k} {ms:.1f} ms ({100 * ms / total:.0f}%)" for k, ms in terms[:4]))
+    return "\n".join(lines)

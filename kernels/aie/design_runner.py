@@ -9,6 +9,7 @@ attention design takes Q as it stands). The tests run an encoder block through i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +21,35 @@ BAND = 256                       # rows: every design works on whole 256-row ban
 
 def padded(rows: int) -> int:
     return -(-rows // BAND) * BAND
+
+
+@dataclass(frozen=True)
+class DesignCall:
+    """One dispatch: the design that runs a graph node, with its shape arguments (after the device)."""
+
+    node: str
+    kernel: str                      # the design: "matmul", "attention" or "layernorm"
+    shape: tuple
+    head_dim: int | None = None      # a projection feeding attention: its Q columns scaled by 1/sqrt(head_dim)
+
+
+def design_call(node: Node, after: Node | None, k: int, seq: int, cols: int) -> DesignCall | None:
+    """The design run for `node` (input width k, `after` the next node) on an array of `cols` columns,
+    or None for a node no design runs. A convolution maps to the matmul over its im2col patches (3 k
+    wide); run_nodes does not run it yet (the patches' access pattern is not written)."""
+    rows = padded(node.shape[0])
+    if node.kernel == "layernorm":
+        return DesignCall(node.name, "layernorm", (rows, node.shape[1], 1e-5, cols))
+    if node.kernel == "attention":
+        return DesignCall(node.name, "attention", (seq, dict(node.params)["n_head"], cols))
+    if node.kernel in ("linear", "conv1d_k3"):          # a convolution as a matmul over its im2col patches
+        n = node.shape[1]
+        fits = cols if n % (tiles.PACK_COLUMNS * cols) == 0 else 4
+        head_dim = n // 3 // dict(after.params)["n_head"] if after is not None and after.kernel == "attention" else None
+        gelu = dict(node.params).get("gelu", False)
+        k = 3 * k if node.kernel == "conv1d_k3" else k
+        return DesignCall(node.name, "matmul", (rows, tiles.up(k), n, gelu, node.residual is not None, fits), head_dim)
+    return None
 
 
 class DesignRunner:
@@ -39,58 +69,48 @@ class DesignRunner:
             self._programs[key] = iron_host.resolve(fn, *args)
         return self._programs[key]
 
-    def _run(self, kernel: str, shape: tuple, *arrays) -> None:
+    def _run(self, call: DesignCall, *arrays) -> None:
         import ml_dtypes
 
         self.dispatches += 1
-        self._program(kernel, *shape).run(*(a.view(ml_dtypes.bfloat16) for a in arrays), lib=self.lib)
+        self.program(call).run(*(a.view(ml_dtypes.bfloat16) for a in arrays), lib=self.lib)
 
-    def layernorm(self, x: np.ndarray, gamma, beta) -> np.ndarray:
-        rows, d = x.shape
-        y = np.zeros_like(x)
-        self._run("layernorm", (rows, d, 1e-5, self.cols), x, tiles.bits(np.concatenate([gamma, beta])), y)
-        return y
+    def program(self, call: DesignCall) -> iron_host.HostProgram:
+        return self._program(call.kernel, *call.shape)
 
-    def linear(self, x: np.ndarray, w, b, gelu=False, residual=None, head_dim: int | None = None) -> np.ndarray:
-        """x (bf16 bits, padded rows) · w + b; head_dim: this projection feeds attention (Q scaled)."""
-        rows, k = x.shape
-        n = w.shape[1]
-        key = (id(w), head_dim)
+    def _weights(self, call: DesignCall, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """W and bias packed once (the Q columns scaled for a projection feeding attention)."""
+        key = (id(w), call.head_dim)
         if key not in self._packed:
-            if head_dim:
-                scale = np.ones(n, np.float32)
-                scale[:n // 3] = 1.0 / math.sqrt(head_dim)          # 1/8 for every Whisper size: exact
+            if call.head_dim:
+                scale = np.ones(w.shape[1], np.float32)
+                scale[:w.shape[1] // 3] = 1.0 / math.sqrt(call.head_dim)     # 1/8 for every Whisper size: exact
                 w, b = w * scale, b * scale
             self._packed[key] = tiles.pack_linear(w, b)
-        cols = self.cols if n % (tiles.PACK_COLUMNS * self.cols) == 0 else 4
-        out = np.zeros((rows, n), np.uint16)
-        res = residual if residual is not None else np.zeros((rows, n), np.uint16)
-        self._run("matmul", (rows, k, n, gelu, residual is not None, cols), x, self._packed[key], res, out)
-        return out
-
-    def attention(self, qkv: np.ndarray, n_head: int, seq: int) -> np.ndarray:
-        out = np.zeros((qkv.shape[0], qkv.shape[1] // 3), np.uint16)
-        self._run("attention", (seq, n_head, self.cols), qkv, out)
-        return out
+        return self._packed[key]
 
     def run_nodes(self, nodes: list[Node], x: np.ndarray, seq: int, weights: dict) -> dict[str, np.ndarray]:
-        """Every node's output (fp32 values of the bf16 results, the real rows) for input x (seq, d)."""
+        """Every node's output for input x (seq, d): fp32 values of the bf16 results as the device holds
+        them (a projection feeding attention: Q scaled), the real rows."""
         values = {nodes[0].inputs[0]: _device(x)}
-        for i, node in enumerate(nodes):
+        for node, after in zip(nodes, [*nodes[1:], None]):
+            source = values[node.inputs[0]]
+            call = design_call(node, after, source.shape[1], seq, self.cols)
+            if call is None or node.kernel == "conv1d_k3":
+                raise ValueError(f"{node.name}: no whole-array design runs kernel {node.kernel!r} here")
             args = [weights[w] for w in node.weights]
-            params = dict(node.params)
-            if node.kernel == "layernorm":
-                values[node.name] = self.layernorm(values[node.inputs[0]], *args)
-            elif node.kernel == "linear":
-                feeds_attention = i + 1 < len(nodes) and nodes[i + 1].kernel == "attention"
-                head_dim = node.shape[1] // 3 // dict(nodes[i + 1].params)["n_head"] if feeds_attention else None
-                residual = values[node.residual] if node.residual else None
-                values[node.name] = self.linear(values[node.inputs[0]], *args, params.get("gelu", False), residual,
-                                                head_dim)
-            elif node.kernel == "attention":
-                values[node.name] = self.attention(values[node.inputs[0]], params["n_head"], seq)
+            if call.kernel == "layernorm":
+                out = np.zeros_like(source)
+                operands = (source, tiles.bits(np.concatenate(args)), out)
+            elif call.kernel == "attention":
+                out = np.zeros((source.shape[0], source.shape[1] // 3), np.uint16)
+                operands = (source, out)
             else:
-                raise ValueError(f"{node.name}: no whole-array design runs kernel {node.kernel!r}")
+                out = np.zeros((source.shape[0], node.shape[1]), np.uint16)
+                res = values[node.residual] if node.residual else np.zeros_like(out)
+                operands = (source, self._weights(call, *args), res, out)
+            self._run(call, *operands)
+            values[node.name] = out
         return {name: tiles.from_bits(v)[:seq] for name, v in values.items()}
 
 

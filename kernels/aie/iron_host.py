@@ -38,6 +38,7 @@ What it does not model: timing, routing, padding, shared-memory fifos between ne
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import importlib.util
@@ -469,6 +470,31 @@ class RunReport:
     moved: dict[str, int]                      # objects each fifo carried
 
 
+@dataclass
+class Trace:
+    calls: list[collections.Counter]           # per worker: (kernel name, its integer arguments) -> calls
+    ddr_bytes: int                             # moved by the runtime sequence's fills and drains
+
+
+class _TraceKernel:
+    def __init__(self, name: str, counts: collections.Counter):
+        self.name, self.counts = name, counts
+
+    def __call__(self, *args):
+        self.counts[(self.name, tuple(int(a) for a in args if isinstance(a, (int, np.integer))))] += 1
+
+
+class _TraceFifo:
+    def acquire(self, n: int):
+        return None
+
+    def release(self, n: int) -> None:
+        pass
+
+
+_TRACE_FIFO = _TraceFifo()
+
+
 class HostProgram:
     """A resolved design: run(*arrays) runs its sequence on the host."""
 
@@ -578,6 +604,25 @@ class HostProgram:
                 limits = MEM_TILE if id(f) in link_targets else CORE
                 _check_pattern(f"dims_to_stream of {f.name}", limits, [d[0] for d in f.dims_to_stream],
                                [d[1] for d in f.dims_to_stream], f.dtype.itemsize)
+
+    def trace(self) -> Trace:
+        """What the design does, without data: each worker's core function run once (one pass of a
+        while_true worker) with counting kernels and fifos that hand out placeholders, and the bytes
+        its runtime sequence moves between DDR and the array."""
+        calls = []
+        for w in self.workers:
+            counts: collections.Counter = collections.Counter()
+            args = [_TraceKernel(a.name, counts) if isinstance(a, Kernel) else
+                    _TRACE_FIFO if isinstance(a, _Endpoint) else a for a in w.fn_args]
+            w.core_fn(*args)
+            calls.append(counts)
+        moved = 0
+        for t in self.runtime.tasks:
+            if t.kind in ("fill", "drain"):
+                shape, dtype = _shape_dtype(self.runtime.arg_types[t.args[1].index])
+                elements = int(np.prod(t.args[2].sizes)) if t.args[2] is not None else int(np.prod(shape))
+                moved += elements * dtype.itemsize
+        return Trace(calls, moved)
 
     def run(self, *arrays: np.ndarray, lib=None, check_limits: bool = True) -> RunReport:
         """Run the sequence with `arrays` as its arguments (written in place by drains)."""

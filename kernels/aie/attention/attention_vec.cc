@@ -9,7 +9,8 @@
 //                   (the rescaled O is the accumulator the P V products are added into)
 //   attnv_finish    out = bf16(O * (1 / l))
 //   attnv_v_layout  V from the A layout to the B layout, in place: the whole-array design (design.py)
-//                   sends K and V on one stream, which the DMA blocks one way (~600 cycles a tile)
+//                   sends K and V on one stream, which the DMA blocks one way: 8 groups of 16
+//                   block loads, 32 filters, 16 stores: ~600 cycles a tile
 // Q is pre-scaled by 1/sqrt(64) (exact in bf16). Query rows are processed 4 at a time, so only one
 // 4 x 64 band of scores exists at once.
 //
@@ -23,6 +24,7 @@
 //   instructions) = ~42000 instructions; max, row sums, rescale of O (256 fp32 multiplies), the
 //   bf16 narrowing: ~5500. Total ~54000 cycles a key tile: the fp32 exp is ~80% of it.
 // attnv_finish: 64 reciprocals (~50 instructions each, per row) and 256 block multiplies: ~7000.
+// attnv_init: 8 + 256 stores: ~300.
 #include "../common/blocked.h"
 
 using namespace amanuensis::vec;

@@ -1,11 +1,12 @@
 """IRON design: multi-head self-attention over a padded sequence on the whole array.
 
 Input: the QKV projection's output as it stands in DDR, row-major (rows x 3·d: Q | K | V, Q
-pre-scaled by 1/8 through the packed weights); output: rows x d, row-major. Column c of cores
-takes heads c, c + cols, ...; within a head, core (r, c) owns query tiles r, r + 4, ... and walks
-every key tile of the sequence for each of them (flash style: attnv_init, attnv_step_64 per key
-tile, attnv_finish; kernels/aie/attention/attention_vec.cc), keys past the real length masked in
-the last tile. Per round of 4 query tiles:
+pre-scaled by 1/8 through the packed weights); output: rows x d, row-major. The work is items of
+(head, 4 consecutive query tiles), dealt to the columns in turn (so 6 heads x 6 items each spread
+evenly over 4 columns); in an item, core (r, c) owns query tile r and walks every key tile of the
+sequence for it (flash style: attnv_init, attnv_step_64 per key tile, attnv_finish;
+kernels/aie/attention/attention_vec.cc), keys past the real length masked in the last tile. Per
+item:
 - Q: the column's 4 query tiles (256 x 64) from a shim channel, split in the column's memory
   tile, which blocks each for the matrix unit (dims_to_stream);
 - K and V: every key tile of the head, K then V, on one stream through the same memory tile,
@@ -24,6 +25,7 @@ from ml_dtypes import bfloat16
 TILE = 64
 ROWS = 4                                                      # rows of cores
 STACK = 2048
+WAVE = 4                                                      # items per column in one task group (12 BDs)
 BLOCKED = [(16, 4 * TILE), (8, 8), (4, TILE), (8, 1)]        # 64 x 64 row-major -> 4 x 8 blocks
 ROW_MAJOR = [(ROWS * TILE // 4, 256), (4, 4), (16, 16), (4, 1)]   # 4 x (64 x 64 in 4 x 4 blocks) -> rows
 
@@ -41,7 +43,8 @@ def amanuensis_attention(dev, seq: int, heads: int, cols: int = 4):
     from aie.iron.placers import SequentialPlacer
 
     rows, d = padded_rows(seq), heads * TILE
-    rounds, key_tiles = rows // (ROWS * TILE), -(-seq // TILE)
+    key_tiles = -(-seq // TILE)
+    items = [(h, first) for h in range(heads) for first in range(0, rows, ROWS * TILE)]   # (head, first row)
     last_valid = seq - (key_tiles - 1) * TILE
     tile_ty = np.ndarray[(TILE, TILE), np.dtype[bfloat16]]
     column_ty = np.ndarray[(ROWS * TILE, TILE), np.dtype[bfloat16]]
@@ -64,8 +67,8 @@ def amanuensis_attention(dev, seq: int, heads: int, cols: int = 4):
     out_core = [out[c].prod().join(offsets, Tile(c, 1), obj_types=[tile_ty] * ROWS, depths=[1] * ROWS,
                                    names=[f"o{c}_{r}" for r in range(ROWS)]) for c in range(cols)]
 
-    def core(q, kv, o_fifo, m, row_sum, o, init, step, finish, v_layout, my_heads):
-        for _ in range_(my_heads * rounds):
+    def core(q, kv, o_fifo, m, row_sum, o, init, step, finish, v_layout, my_items):
+        for _ in range_(my_items):
             tq = q.acquire(1)
             init(m, row_sum, o)
             for _ in range_(key_tiles - 1):
@@ -86,29 +89,28 @@ def amanuensis_attention(dev, seq: int, heads: int, cols: int = 4):
     workers = [Worker(core, [q_core[c][r].cons(), kv_core[c].cons(), out_core[c][r].prod(),
                              Buffer(vec_f32, name=f"m{r}{c}"), Buffer(vec_f32, name=f"l{r}{c}"),
                              Buffer(o_ty, name=f"o_acc{r}{c}"), init, step, finish, v_layout,
-                             len(range(c, heads, cols))],
+                             len(range(c, len(items), cols))],
                       placement=Tile(c, 2 + r), stack_size=STACK, while_true=False)
-               for r in range(ROWS) for c in range(cols) if c < heads]
+               for r in range(ROWS) for c in range(min(cols, len(items)))]
     rt = Runtime()
     qkv_ty = np.ndarray[(rows * 3 * d,), np.dtype[bfloat16]]
     out_ty = np.ndarray[(rows * d,), np.dtype[bfloat16]]
     with rt.sequence(qkv_ty, out_ty) as (qkv, attn):
         rt.start(*workers)
-        for first_head in range(0, heads, cols):         # a task group per head on each column
+        for wave in range(0, len(items), WAVE * cols):       # a task group per WAVE items on each column
             group = rt.task_group()
-            for h in range(first_head, min(first_head + cols, heads)):
-                c = h % cols
-                rt.fill(q_in[c].prod(), qkv, TensorAccessPattern((rows, 3 * d), h * TILE,
-                                                                 [rounds, ROWS * TILE, TILE],
-                                                                 [ROWS * TILE * 3 * d, 3 * d, 1]),
+            for i in range(wave, min(wave + WAVE * cols, len(items))):
+                h, first = items[i]
+                c = i % cols
+                rt.fill(q_in[c].prod(), qkv, TensorAccessPattern((rows, 3 * d), first * 3 * d + h * TILE,
+                                                                 [ROWS * TILE, TILE], [3 * d, 1]),
                         placement=Tile(c, 0), task_group=group)
-                for _ in range(rounds):                  # each round walks the head's K and V again
-                    rt.fill(kv_in[c].prod(), qkv,
-                            TensorAccessPattern((rows, 3 * d), d + h * TILE, [key_tiles, 2, TILE, TILE],
-                                                [TILE * 3 * d, d, 3 * d, 1]),
-                            placement=Tile(c, 0), task_group=group)
-                rt.drain(out[c].cons(), attn, TensorAccessPattern((rows, d), h * TILE, [rounds, ROWS * TILE, TILE],
-                                                                  [ROWS * TILE * d, d, 1]),
+                rt.fill(kv_in[c].prod(), qkv, TensorAccessPattern((rows, 3 * d), d + h * TILE,
+                                                                  [key_tiles, 2, TILE, TILE],
+                                                                  [TILE * 3 * d, d, 3 * d, 1]),
+                        placement=Tile(c, 0), task_group=group)
+                rt.drain(out[c].cons(), attn, TensorAccessPattern((rows, d), first * d + h * TILE,
+                                                                  [ROWS * TILE, TILE], [d, 1]),
                          placement=Tile(c, 0), task_group=group, wait=True)
             rt.finish_task_group(group)
     return Program(dev, rt).resolve_program(SequentialPlacer())

@@ -25,7 +25,13 @@
 // the epilogue in two calls, because the bias and the residual reach the core one after the other
 // on one stream: mmv_bias_act_64x32 (C = act(C + bias), fp32, in place), then mmv_round_64x32
 // (out = bf16(C)) or mmv_add_round_64x32 (out = bf16(C + residual)). The same fp32 operations in
-// the same order as mmv_epilogue_64x64, so the same bits. Half the cycles of the 64-wide calls.
+// the same order as mmv_epilogue_64x64, so the same bits. Per call (kernels/aie/cycles.py reads
+// these):
+//   mmv_bf16_64x64x32    1024 mmul instructions, loads as above: ~1150 cycles.
+//   mmv_zero_64x32       128 stores: ~130 cycles.
+//   mmv_bias_act_64x32   128 blocks of load, add, store: ~400 cycles; with GELU ~35000.
+//   mmv_round_64x32      128 blocks of load, narrow, store: ~400 cycles.
+//   mmv_add_round_64x32  with the residual's load, widening and add: ~650 cycles.
 #include "../common/blocked.h"
 
 using namespace amanuensis::vec;

@@ -1,0 +1,37 @@
+"""Cycle estimates of the vectorised kernels per call: the one table the schedule projection reads.
+
+Each number is derived in the header of its source (kernels/aie/*/*_vec.cc: instruction counts of
+the matrix unit, loads and stores, and ~15 instructions per emulated fp32 multiply) and has not been
+measured: nothing here has run on an AIE. tests/test_cost.py checks that each source states the
+number given here.
+"""
+from __future__ import annotations
+
+MATMUL_64x64x32 = 1150          # mm_vec.cc: 1024 mmul instructions, operand loads hidden under them
+ZERO_64x32 = 130
+BIAS_64x32 = 400                # 128 blocks: load, add, store
+BIAS_GELU_64x32 = 35000         # with GELU: ~17 emulated fp32 multiplies and ~16 adds a block
+ROUND_64x32 = 400
+ADD_ROUND_64x32 = 650
+ATTN_STEP = 54000               # attention_vec.cc: the fp32 exp is ~80% of it
+ATTN_INIT = 300
+ATTN_FINISH = 7000
+ATTN_V_LAYOUT = 600
+LAYERNORM_ROW_PER_16 = 55       # layernorm_vec.cc: per 16 values of a row, plus LAYERNORM_ROW
+LAYERNORM_ROW = 150
+
+
+def kernel_cycles(name: str, args: tuple[int, ...]) -> int:
+    """Estimated cycles of one call of kernel `name` with these integer arguments (as the design passes
+    them)."""
+    if name == "mmv_bias_act_64x32":
+        return BIAS_GELU_64x32 if args[0] else BIAS_64x32
+    if name == "layernormv_affine_bf16":
+        rows, n = args
+        return rows * (n // 16 * LAYERNORM_ROW_PER_16 + LAYERNORM_ROW)
+    fixed = {"mmv_bf16_64x64x32": MATMUL_64x64x32, "mmv_zero_64x32": ZERO_64x32, "mmv_round_64x32": ROUND_64x32,
+             "mmv_add_round_64x32": ADD_ROUND_64x32, "attnv_step_64": ATTN_STEP, "attnv_init": ATTN_INIT,
+             "attnv_finish": ATTN_FINISH, "attnv_v_layout": ATTN_V_LAYOUT}
+    if name not in fixed:
+        raise KeyError(f"no cycle estimate for kernel {name}")
+    return fixed[name]
