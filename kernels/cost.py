@@ -118,8 +118,10 @@ def preset(name: str, **changes) -> NpuParams:
     """PRESETS[name] with the parameters in `changes` that are given (not None); each must be positive."""
     given = {k: v for k, v in changes.items() if v is not None}
     for key, value in given.items():
-        if not value > 0:
+        if not (value >= 0 if key == "dispatch_ms" else value > 0):
             raise BadOption(key, f"--{key.replace('_', '-')} must be positive, got {value}")
+    if given.get("cores", 4) % 4:
+        raise BadOption("cores", f"--cores must be a multiple of 4 (columns of 4 cores), got {given['cores']}")
     return replace(PRESETS[name], **given)
 
 
@@ -135,6 +137,7 @@ class DispatchProjection:
     memory_ms: float
     overhead_ms: float          # the dispatch
     kernel_ms: dict             # the busiest core's compute time per kernel
+    dispatched: bool = True     # False: not projected (no design fits)
 
     @property
     def ms(self) -> float:
@@ -189,7 +192,8 @@ def _kernel_cycles(calls) -> dict[str, int]:
 
 def _undesigned(graph, node, params: NpuParams) -> DispatchProjection:
     if node.kernel == "log_mel":
-        return DispatchProjection(node.name, "no design fits a core yet: not projected", 0, 0.0, 0.0, 0.0, 0.0, {})
+        return DispatchProjection(node.name, "no design fits a core yet: not projected", 0, 0.0, 0.0, 0.0, 0.0, {},
+                                  dispatched=False)
     ddr = _ddr_bytes(graph, node)
     return DispatchProjection(node.name, f"no design: one DDR pass ({node.kernel})", 0, ddr / 2**20, 0.0,
                               ddr / (params.ddr_gbs * 1e9) * 1e3, params.dispatch_ms, {})
@@ -205,7 +209,7 @@ def format_schedule(graph, params: NpuParams) -> str:
         lines.append(f"{r.node:32} {r.design[:28]:28} {r.cores:5d} {r.ddr_mib:8.2f} {r.compute_ms:8.3f} "
                      f"{r.memory_ms:8.3f} {r.ms:7.3f}")
     total = sum(r.ms for r in rows)
-    dispatches = sum(1 for r in rows if r.overhead_ms)
+    dispatches = sum(r.dispatched for r in rows)
     by_kernel: dict[str, float] = {}
     for r in rows:
         if r.compute_ms >= r.memory_ms:
@@ -215,7 +219,7 @@ def format_schedule(graph, params: NpuParams) -> str:
     terms = sorted([*by_kernel.items(), ("DDR (memory-bound dispatches)", memory_bound),
                     ("dispatch overhead", dispatches * params.dispatch_ms)], key=lambda kv: -kv[1])
     lines.append(f"projected per 30 s window: {total:.1f} ms in {dispatches} dispatches "
-                 f"(PROJECTION; {', '.join(r.node for r in rows if not r.ms and not r.cores) or 'every node'} "
+                 f"(PROJECTION; {', '.join(r.node for r in rows if not r.dispatched) or 'every node'} "
                  f"not included; host and decoder not included)")
     lines.append("largest terms: " + ", ".join(f"{k} {ms:.1f} ms ({100 * ms / total:.0f}%)" for k, ms in terms[:4]))
     return "\n".join(lines)

@@ -27,6 +27,11 @@ def test_graph_prints_nodes_and_plan():
     assert "37 nodes, 41.93 GFLOP" in r.stdout and "log_mel" in r.stdout
     r = run("encoder.graph", "--model", "tiny.en", "--encoder-only")
     assert "33 nodes, 38.39 GFLOP" in r.stdout and "cross_kv" not in r.stdout
+    r = run("encoder.graph", "--model", "tiny.en", "--encoder-only", "--plan", "npu")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("projected per 30 s window") == 2 and "in 32 dispatches" in r.stdout
+    r = run("encoder.graph", "--model", "tiny.en", "--plan", "npu", "--cores", "6")
+    assert r.returncode == 2 and "--cores must be a multiple of 4" in r.stderr and not r.stdout
 
 
 def test_convert_cli(tmp_path):

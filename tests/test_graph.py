@@ -116,3 +116,41 @@ def test_npu_projection(tiny_graph):
     assert faster < sum(r.ms for r in rows)
     text = format_projection(tiny_graph, PRESETS["strix"])
     assert text.startswith("PROJECTION (not measured)") and "per 30 s window" in text
+
+
+def test_npu_schedule_projection(tiny_graph):
+    """The window projected from the whole-array designs' traced schedule: the busiest core's kernel
+    calls at their cycle estimates, the runtime sequences' DDR bytes, one dispatch per designed node."""
+    from kernels.aie import cycles
+    from kernels.cost import format_schedule, project_schedule
+
+    rows = project_schedule(tiny_graph, PRESETS["phoenix"])
+    by_node = {r.node: r for r in rows}
+    fc1 = by_node["layers.0.fc1"]
+    # each of 16 cores: 6 bands x 12 column tiles of 64 x 32, 6 K chunks each, a GELU epilogue each
+    per_core = 72 * (6 * cycles.MATMUL_64x64x32 + cycles.ZERO_64x32 + cycles.BIAS_GELU_64x32 + cycles.ROUND_64x32)
+    assert fc1.cores == 16 and fc1.compute_ms == pytest.approx(per_core / 1e6)
+    m, k, n = 1536, 384, 1536           # A once per 128-column pass, packed W (+ bias) once per band, C once
+    ddr = 2 * (n // 128 * m * k + m // 256 * n // 32 * (k // 64 + 1) * 2048 + m * n)
+    assert fc1.ddr_mib == pytest.approx(ddr / 2**20)
+    assert fc1.ms == pytest.approx(max(fc1.compute_ms, fc1.memory_ms) + PRESETS["phoenix"].dispatch_ms)
+    assert by_node["mel"].cores == 0 and by_node["mel"].ms == 0                 # no design fits: not projected
+    assert sum(r.dispatched for r in rows) == 32 and not by_node["mel"].dispatched
+    text = format_schedule(tiny_graph, PRESETS["phoenix"])
+    assert text.startswith("PROJECTION (not measured)") and "largest terms: attnv_step_64" in text
+
+
+def test_cycle_estimates_are_the_ones_the_sources_derive():
+    from kernels.aie import cycles
+    from kernels.aie.host import HERE
+
+    sources = {"MATMUL_64x64x32": "matmul/mm_vec.cc", "ZERO_64x32": "matmul/mm_vec.cc",
+               "BIAS_64x32": "matmul/mm_vec.cc", "BIAS_GELU_64x32": "matmul/mm_vec.cc",
+               "ROUND_64x32": "matmul/mm_vec.cc", "ADD_ROUND_64x32": "matmul/mm_vec.cc",
+               "ATTN_STEP": "attention/attention_vec.cc", "ATTN_INIT": "attention/attention_vec.cc",
+               "ATTN_FINISH": "attention/attention_vec.cc", "ATTN_V_LAYOUT": "attention/attention_vec.cc",
+               "LAYERNORM_ROW_PER_16": "layernorm/layernorm_vec.cc", "LAYERNORM_ROW": "layernorm/layernorm_vec.cc"}
+    for name, source in sources.items():
+        value = getattr(cycles, name)
+        text = (HERE / source).read_text()
+        assert f"~{value}" in text or f"x {value} instructions" in text, f"{name} = {value} is not in {source}"
