@@ -18,6 +18,7 @@ from collections import Counter
 import numpy as np
 
 from kernels import contract as C
+from kernels.aie import tiles
 from kernels.contract import TILE
 from kernels.emu import EmuBackend
 from kernels.errors import AmanuensisError
@@ -52,29 +53,42 @@ DFT_SHAPE = (_pad_to(N_FFT), 2 * C.BINS_PADDED)          # (448, 448): K zero-pa
 
 
 def arg_bytes(entry: Entry) -> list[int]:
-    """Buffer sizes of an entry's runtime-sequence arguments, in order (bf16; the mel design's fp32)."""
+    """Buffer sizes of an entry's runtime-sequence arguments, in order (bf16; the mel design's fp32): the
+    whole-array designs' (kernels/aie/*/design.py), rows in whole bands."""
     s = entry.shape
     if entry.op == "log_mel":
         filters = _pad_to(C.BINS_PADDED) * _pad_to(s["M"])
         return [4 * MEL_SAMPLES, 3 * 2 * math.prod(DFT_SHAPE), 3 * 2 * filters, 4 * MEL_FRAMES * s["M"]]
     if entry.op == "linear":
         m, k, n = s["M"], s["K"], s["N"]
-        return [2 * m * k, 2 * k * n, 2 * n, 2 * m * n, 2 * m * n]
+        packed = n // tiles.PACK_COLUMNS * (k // TILE + 1) * TILE * tiles.PACK_COLUMNS
+        return [2 * m * k, 2 * packed, 2 * m * n, 2 * m * n]
     if entry.op == "attention":
-        return [2 * s["H"] * _pad_to(s["T"]) * TILE] * 4
-    return [2 * s["R"] * s["D"], 2 * s["D"], 2 * s["D"], 2 * s["R"] * s["D"]]
+        rows, d = tiles.band_rows(s["T"]), s["H"] * TILE
+        return [2 * rows * 3 * d, 2 * rows * d]
+    return [2 * s["R"] * s["D"], 2 * 2 * s["D"], 2 * s["R"] * s["D"]]
 
 
 # ---- packing: numpy arguments <-> the designs' buffers ---------------------------------------------
 
 class NpuWeight:
-    """A linear's W (K, N) for the NPU: bf16 bits zero-padded to (K rounded up to 64, N), made once per
-    graph instead of on every call, and the fp32 original for the CPU fallback and the self-tests."""
+    """A linear's W (K, N) for the NPU: packed with its bias into the layout the matmul design streams
+    (kernels.aie.tiles.pack_linear), once per graph and bias instead of on every call; the fp32 original
+    for the CPU fallback and the self-tests."""
 
     def __init__(self, w: np.ndarray):
         self.dense = w
         self.shape = w.shape
-        self.bits = _bits(_padded(w, (_pad_to(w.shape[0]), w.shape[1])))       # (K_pad, N) bf16
+        self._packed: dict[int, tuple[np.ndarray, np.ndarray]] = {}          # id(bias) -> (bias, packed)
+        self._lock = threading.Lock()
+
+    def packed(self, b: np.ndarray) -> np.ndarray:
+        with self._lock:
+            hit = self._packed.get(id(b))
+            if hit is None or hit[0] is not b:
+                hit = (b, tiles.pack_linear(self.dense, b))
+                self._packed[id(b)] = hit
+            return hit[1]
 
 
 def _padded(x: np.ndarray, shape: tuple) -> np.ndarray:
@@ -98,22 +112,22 @@ def _zero_bits(shape: tuple) -> np.ndarray:
 
 
 def pack_linear(x, w, b, residual, m, k):
-    """The linear design's inputs: x, W (or an NpuWeight's bits), b and the residual as bf16,
-    padded to (m, k), (k, N) and (m, N)."""
+    """The matmul design's inputs: x (m, k) row-major, W with its bias packed (an NpuWeight's, made once),
+    the residual (m, N) (zeros without one); bf16."""
     n = w.shape[1]
-    w_bits = w.bits if isinstance(w, NpuWeight) else _bits(_padded(w, (k, n)))
+    packed = w.packed(b) if isinstance(w, NpuWeight) else tiles.pack_linear(w, b)
     res = _zero_bits((m, n)) if residual is None else _bits(_padded(residual, (m, n)))
-    return {0: _bits(_padded(x, (m, k))), 1: w_bits, 2: _bits(b), 3: res}
+    return {0: _bits(_padded(x, (m, k))), 1: packed, 2: res}
 
 
 def pack_attention(qkv, n_head):
+    """The attention design's input: the QKV projection's output row-major, rows in whole bands, Q scaled
+    by 1/sqrt(64) = 1/8 (exact) as the design takes it."""
     t, three_d = qkv.shape
-    d = three_d // 3 // n_head
-    p = _pad_to(t)
-    x = np.zeros((p, three_d), np.float32)
+    x = np.zeros((tiles.band_rows(t), three_d), np.float32)
     x[:t] = C.bf16(qkv)
-    q, k, v = x.reshape(p, 3, n_head, d).transpose(1, 2, 0, 3)        # (H, P, 64) each
-    return {0: _bits(q * np.float32(1.0 / math.sqrt(d))), 1: _bits(k), 2: _bits(v)}
+    x[:, :three_d // 3] *= np.float32(1.0 / math.sqrt(three_d // 3 // n_head))
+    return {0: _bits(x)}
 
 
 def _pieces(matrix: np.ndarray, shape: tuple) -> np.ndarray:
@@ -130,11 +144,6 @@ def pack_log_mel(samples: np.ndarray, n_mels: int) -> dict[int, np.ndarray]:
     filters = C.filters_padded(mel_filters(n_mels))
     return {0: x, 1: _pieces(C.dft_matrix(hann_window()), DFT_SHAPE),
             2: _pieces(filters, (_pad_to(filters.shape[0]), _pad_to(n_mels)))}
-
-
-def unpack_attention(out_bits, t, n_head):
-    out = _float(out_bits).reshape(n_head, -1, TILE)                   # (H, P, 64)
-    return np.ascontiguousarray(out.transpose(1, 0, 2).reshape(out.shape[1], n_head * TILE)[:t])
 
 
 class NpuBackend(Backend):
@@ -208,19 +217,20 @@ class NpuBackend(Backend):
 
     # ---- run time ----------------------------------------------------------------------------
     def prepare_weight(self, kernel, w):
-        """Matrices of linear and conv1d_k3 as bf16 bits once per graph (a window of tiny.en spent
-        7.5 ms converting them on every call), where an NPU linear can take them."""
-        if kernel in ("linear", "conv1d_k3") and isinstance(w, np.ndarray) and w.shape[1] % TILE == 0:
+        """Matrices of linear and conv1d_k3 packed for the matmul design once per graph (a window of
+        tiny.en spent 7.5 ms converting them on every call), where an NPU linear can take them."""
+        if kernel in ("linear", "conv1d_k3") and isinstance(w, np.ndarray) and w.ndim == 2 \
+                and w.shape[1] % tiles.PACK_COLUMNS == 0:
             return NpuWeight(w)
         return w
 
     def _entry_for(self, op: str, args, kwargs) -> tuple[Entry | None, str]:
         if op == "linear":
             x, w = args[0], args[1]
-            if w.shape[1] % TILE:
-                return None, f"N={w.shape[1]} is not a multiple of {TILE}"
-            shape = {"M": _pad_to(x.shape[0]), "K": _pad_to(x.shape[1]), "N": w.shape[1],
-                     "gelu": bool(kwargs.get("gelu", False))}
+            if w.shape[1] % tiles.PACK_COLUMNS:
+                return None, f"N={w.shape[1]} is not a multiple of {tiles.PACK_COLUMNS}"
+            shape = {"M": tiles.band_rows(x.shape[0]), "K": _pad_to(x.shape[1]), "N": w.shape[1],
+                     "gelu": bool(kwargs.get("gelu", False)), "residual": kwargs.get("residual") is not None}
         elif op == "attention":
             qkv, n_head = args
             if qkv.shape[1] // 3 // n_head != TILE:
@@ -229,7 +239,7 @@ class NpuBackend(Backend):
         elif op == "log_mel":
             shape = {"M": kwargs["n_mels"]}
         else:
-            shape = {"R": _pad_to(args[0].shape[0]), "D": args[0].shape[1]}
+            shape = {"R": tiles.band_rows(args[0].shape[0]), "D": args[0].shape[1]}
         entry = self.entries.get(key(op, shape))
         if entry is None:
             return None, f"no NPU kernel for {op} {shape}"
@@ -243,20 +253,21 @@ class NpuBackend(Backend):
         if entry.op == "linear":
             x, w, b = args
             t = x.shape[0]
-            out = kernel.run(pack_linear(x, w, b, kwargs.get("residual"), s["M"], s["K"]), {4: np.uint16})
-            return _float(out[4]).reshape(s["M"], s["N"])[:t]
+            out = kernel.run(pack_linear(x, w, b, kwargs.get("residual"), s["M"], s["K"]), {3: np.uint16})
+            return _float(out[3]).reshape(s["M"], s["N"])[:t]
         if entry.op == "attention":
             qkv, n_head = args
-            out = kernel.run(pack_attention(qkv, n_head), {3: np.uint16})
-            return unpack_attention(out[3], qkv.shape[0], n_head)
+            out = kernel.run(pack_attention(qkv, n_head), {1: np.uint16})
+            return _float(out[1]).reshape(-1, qkv.shape[1] // 3)[:qkv.shape[0]]
         if entry.op == "log_mel":
             out = kernel.run(pack_log_mel(args[0], s["M"]), {3: np.float32})
             log_mel = out[3].reshape(MEL_FRAMES, s["M"])[:N_FRAMES]
             # the window's maximum, the clamp and the scaling: on the host, in the kernel's numerics
             return C.mel_finish(log_mel, log_mel.max())
         x, gamma, beta = args
-        out = kernel.run({0: _bits(_padded(x, (s["R"], s["D"]))), 1: _bits(gamma), 2: _bits(beta)}, {3: np.uint16})
-        return _float(out[3]).reshape(s["R"], s["D"])[:x.shape[0]]
+        out = kernel.run({0: _bits(_padded(x, (s["R"], s["D"]))), 1: _bits(np.concatenate([gamma, beta]))},
+                         {2: np.uint16})
+        return _float(out[2]).reshape(s["R"], s["D"])[:x.shape[0]]
 
     def run(self, kernel: str, args: tuple, kwargs: dict):
         """(output, where it ran, fallback reason or None) for one graph op."""

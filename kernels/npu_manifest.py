@@ -1,13 +1,15 @@
 """The NPU kernel manifest: which xclbin and instruction file serves which kernel and shape.
 
 manifest.json, in $AMANUENSIS_NPU_KERNELS (else <cache>/npu-kernels):
-    {"format": "amanuensis-npu-kernels", "version": 1,
-     "kernels": [{"op": "linear", "shape": {"M": 1536, "K": 384, "N": 1536, "gelu": true},
-                  "xclbin": "mm_64x64x64_M1536_K384_N1536_npu.xclbin",
-                  "insts": "mm_64x64x64_M1536_K384_N1536_npu.insts.bin",
+    {"format": "amanuensis-npu-kernels", "version": 2,
+     "kernels": [{"op": "linear", "shape": {"M": 1536, "K": 384, "N": 1536, "gelu": true, "residual": false},
+                  "xclbin": "mm_64x64x32_M1536_K384_N1536_npu.xclbin",
+                  "insts": "mm_64x64x32_M1536_K384_N1536_npu.insts.bin",
                   "kernel_name": "MLIR_AIE", "insts_count": "words"}, ...]}
-ops and shape keys: linear (M, K, N multiples of 64, gelu), attention (T, H; 64-wide heads),
-layernorm (R rows, multiple of 64; D), log_mel (M mel bins). Paths are relative to the manifest.
+ops and shape keys, for the whole-array designs of kernels/aie (version 2; version 1 described the
+single-core designs): linear (M rows in whole 256-row bands, K a multiple of 64, N of 32 x columns,
+gelu, residual), attention (T, H; 64-wide heads), layernorm (R rows in whole bands; D), log_mel
+(M mel bins). Paths are relative to the manifest.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from kernels import settings
 from kernels.errors import AmanuensisError
 
 FORMAT = "amanuensis-npu-kernels"
-SHAPE_KEYS = {"linear": ("M", "K", "N", "gelu"), "attention": ("T", "H"), "layernorm": ("R", "D"),
+VERSION = 2
+SHAPE_KEYS = {"linear": ("M", "K", "N", "gelu", "residual"), "attention": ("T", "H"), "layernorm": ("R", "D"),
               "log_mel": ("M",)}
 
 
@@ -58,6 +61,9 @@ def load_manifest(directory: Path | None = None) -> list[Entry]:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("format") != FORMAT:
             raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
+        if data.get("version") != VERSION:
+            raise ValueError(f"version {data.get('version')!r}: this release's designs need version {VERSION} "
+                             "(rebuild the kernels)")
         entries = []
         for n, item in enumerate(data["kernels"]):
             op = item["op"]

@@ -21,6 +21,7 @@ import ml_dtypes
 import numpy as np
 
 from kernels import contract as C
+from kernels.aie import tiles
 from kernels.emu import EmuBackend
 from kernels.frontend import HOP_LENGTH, N_FFT
 from kernels.npu import DFT_SHAPE, MEL_FRAMES, arg_bytes
@@ -205,21 +206,21 @@ class FakeXRT:
             filters = _joined(bufs[2]).reshape(-1, -(-s["M"] // 64) * 64)
             log_mel = C.mel_log(C.mel_power(frames, dft), filters[:C.BINS_PADDED, :s["M"]])
             return np.ascontiguousarray(log_mel, np.float32).tobytes()
-        if op == "linear":
-            a = _f(bufs[0]).reshape(s["M"], s["K"])
-            w = _f(bufs[1]).reshape(s["K"], s["N"])
-            res = _f(bufs[3]).reshape(s["M"], s["N"])
-            return _bits(self.emu.linear(a, w, _f(bufs[2]), gelu=s["gelu"], residual=res))
-        if op == "attention":
+        if op == "linear":                   # the whole-array matmul: A, W packed with its bias, residual
+            m, k, n = s["M"], s["K"], s["N"]
+            packed = np.frombuffer(bufs[1], np.uint16).reshape(n // tiles.PACK_COLUMNS, k // 64 + 1, -1)
+            w, b = (_f(x.tobytes()) for x in tiles.unpack_linear(packed, k))
+            res = _f(bufs[2]).reshape(m, n) if s["residual"] else None
+            return _bits(self.emu.linear(_f(bufs[0]).reshape(m, k), w.reshape(k, n), b, gelu=s["gelu"], residual=res))
+        if op == "attention":                # the QKV projection's output, rows in bands, Q scaled by 1/8
             h, t = s["H"], s["T"]
-            p = -(-t // 64) * 64
-            q, k, v = (_f(b).reshape(h, p, 64) for b in bufs[:3])
-            qkv = np.concatenate([x.transpose(1, 0, 2).reshape(p, h * 64) for x in (q * 8, k, v)], axis=1)[:t]
-            out = np.zeros((p, h * 64), np.float32)
-            out[:t] = self.emu.attention(qkv, h)
-            return _bits(out.reshape(p, h, 64).transpose(1, 0, 2))
-        x = _f(bufs[0]).reshape(s["R"], s["D"])
-        return _bits(self.emu.layernorm(x, _f(bufs[1]), _f(bufs[2])))
+            qkv = _f(bufs[0]).reshape(tiles.band_rows(t), 3 * h * 64)
+            qkv[:, :h * 64] *= 8
+            out = np.zeros((qkv.shape[0], h * 64), np.float32)
+            out[:t] = self.emu.attention(qkv[:t], h)
+            return _bits(out)
+        x, gamma_beta = _f(bufs[0]).reshape(s["R"], s["D"]), _f(bufs[1])
+        return _bits(self.emu.layernorm(x, gamma_beta[:s["D"]], gamma_beta[s["D"]:]))
 
 
 class _Run:
@@ -241,15 +242,16 @@ def write_kernel_dir(directory, entries, insts_count="words", fake_insts_count=N
         np.arange(300 + n, dtype=np.uint32).tofile(directory / f"{stem}.insts.bin")
         kernels.append({"op": op, "shape": shape, "xclbin": f"{stem}.xclbin", "insts": f"{stem}.insts.bin",
                         "kernel_name": "MLIR_AIE", "insts_count": insts_count})
-    (directory / "manifest.json").write_text(json.dumps({"format": "amanuensis-npu-kernels", "version": 1,
+    (directory / "manifest.json").write_text(json.dumps({"format": "amanuensis-npu-kernels", "version": 2,
                                                          "kernels": kernels}))
     return directory
 
 
 def tiny_en_entries():
     """Every kernel shape tiny.en's graph (with the decoder's cross K/V) asks for."""
-    lin = lambda k, n, gelu, m=1536: ("linear", {"M": m, "K": k, "N": n, "gelu": gelu})   # noqa: E731
+    def lin(k, n, gelu=False, residual=False, m=1536):
+        return ("linear", {"M": m, "K": k, "N": n, "gelu": gelu, "residual": residual})
     return [("layernorm", {"R": 1536, "D": 384}), ("attention", {"T": 1500, "H": 6}),
-            lin(384, 1152, False), lin(384, 384, False), lin(384, 1536, True), lin(1536, 384, False),
-            lin(256, 384, True, m=3008), lin(1152, 384, True), lin(384, 768, False),   # conv1: 3000 frames
+            lin(384, 1152), lin(384, 384, residual=True), lin(384, 1536, gelu=True), lin(1536, 384, residual=True),
+            lin(256, 384, True, m=3072), lin(1152, 384, True), lin(384, 768),   # conv1: 3000 frames
             ("log_mel", {"M": 80})]

@@ -13,7 +13,7 @@ from tests.helpers import run_concurrently
 
 HELLO = "tests/data/hello.wav"
 HELLO_TEXT = open("tests/data/hello.reference.txt").read()
-FC1 = "linear_4_M1536_K384_N1536_geluTrue.xclbin"
+FC1 = "linear_4_M1536_K384_N1536_geluTrue_residualFalse.xclbin"
 ATTENTION = "attention_1_T1500_H6.xclbin"
 
 
@@ -79,8 +79,8 @@ def test_encoder_on_npu_equals_the_emulator(npu_env, tiny):
     assert sum(k["calls"] for k in status["kernels"]) == len(result.records) - 1
 
 
-def test_weights_are_converted_to_bf16_once_per_graph(npu_env, tiny):
-    """Each matrix reaches the design as the bits it would have been packed into on every call, and
+def test_weights_are_packed_once_per_graph(npu_env, tiny):
+    """Each matrix reaches the design packed with its bias as it would have been on every call, once;
     the CPU fallback gets the fp32 original back."""
     from kernels import reference
     from kernels.npu import NpuWeight, pack_linear
@@ -89,14 +89,15 @@ def test_weights_are_converted_to_bf16_once_per_graph(npu_env, tiny):
     model = npu_model(tiny)
     fc1 = model.runner.weights["encoder.layers.0.fc1.weight"]
     assert isinstance(fc1, NpuWeight) and fc1.dense.shape == fc1.shape == (384, 1536)
-    x, b = np.random.default_rng(3).standard_normal((5, 384)).astype(np.float32), np.zeros(1536, np.float32)
-    per_call, once = pack_linear(x, fc1.dense, b, None, 64, 384), pack_linear(x, fc1, b, None, 64, 384)
-    assert once[1] is fc1.bits and all(np.array_equal(per_call[i], once[i]) for i in range(4))
+    x, b = np.random.default_rng(3).standard_normal((5, 384)).astype(np.float32), np.ones(1536, np.float32)
+    per_call, once = pack_linear(x, fc1.dense, b, None, 256, 384), pack_linear(x, fc1, b, None, 256, 384)
+    assert once[1] is fc1.packed(b) and all(np.array_equal(per_call[i], once[i]) for i in range(3))
+    assert once[1].shape == (1536 // 32, 384 // 64 + 1, 2048)
     assert model.backend.prepare_weight("linear", fc1) is fc1                    # twice is once
     conv1 = model.runner.weights["encoder.conv1.weight"]                         # K = 240, padded to 256
-    assert conv1.bits.shape == (256, 384) and not conv1.bits[240:].any()
-    out, ran, why = model.backend.run("linear", (x, fc1, b), {})                # 5 rows: no kernel of that shape
-    assert ran == "cpu" and "no NPU kernel" in why
+    assert conv1.packed(np.zeros(384, np.float32)).shape == (12, 5, 2048)
+    out, ran, why = model.backend.run("linear", (x, fc1, b), {})
+    assert ran == "cpu" and "no NPU kernel" in why                              # 5 rows: no kernel of that shape
     np.testing.assert_allclose(out, reference.linear(x, fc1.dense, b), atol=1e-4)
 
 
@@ -203,3 +204,16 @@ def test_concurrent_encodes_on_the_npu(npu_env, tiny):
     run_concurrently(work, 6)
     for i in range(6):
         np.testing.assert_allclose(got[i], expected[i % 3], atol=1e-4)
+
+
+def test_a_manifest_for_other_designs_is_refused(tmp_path):
+    """A version 1 manifest describes the single-core designs, whose buffers differ: refused with the reason."""
+    import json
+
+    from kernels.npu_manifest import load_manifest
+
+    write_kernel_dir(tmp_path, tiny_en_entries())
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**data, "version": 1}))
+    with pytest.raises(AmanuensisError, match="version 1: this release's designs need version 2"):
+        load_manifest(tmp_path)

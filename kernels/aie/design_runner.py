@@ -16,12 +16,6 @@ import numpy as np
 from kernels.aie import iron_host, tiles
 from kernels.graph import Node
 
-BAND = 256                       # rows: every design works on whole 256-row bands (4 rows of cores x 64)
-
-
-def padded(rows: int) -> int:
-    return -(-rows // BAND) * BAND
-
 
 @dataclass(frozen=True)
 class DesignCall:
@@ -37,7 +31,7 @@ def design_call(node: Node, after: Node | None, k: int, seq: int, cols: int) -> 
     """The design run for `node` (input width k, `after` the next node) on an array of `cols` columns,
     or None for a node no design runs. A convolution maps to the matmul over its im2col patches (3 k
     wide); run_nodes does not run it yet (the patches' access pattern is not written)."""
-    rows = padded(node.shape[0])
+    rows = tiles.band_rows(node.shape[0])
     if node.kernel == "layernorm":
         return DesignCall(node.name, "layernorm", (rows, node.shape[1], 1e-5, cols))
     if node.kernel == "attention":
@@ -116,4 +110,4 @@ class DesignRunner:
 
 def _device(x: np.ndarray) -> np.ndarray:
     """An activation as the device holds it: bf16 bits, rows padded to whole bands with zeros."""
-    return tiles.bits(tiles.pad(np.asarray(x, np.float32), padded(x.shape[0]), x.shape[1]))
+    return tiles.bits(tiles.pad(np.asarray(x, np.float32), tiles.band_rows(x.shape[0]), x.shape[1]))

@@ -70,7 +70,15 @@ def unblock_c(flat: np.ndarray, cols: int = TILE) -> np.ndarray:
     return np.ascontiguousarray(flat.reshape(16, cols // 4, 4, 4).transpose(0, 2, 1, 3)).reshape(64, cols)
 
 
-# ---- the whole-array matmul's packed weights -------------------------------------------------------------
+# ---- the whole-array designs' tensors ---------------------------------------------------------------------
+
+BAND = 256             # rows: the whole-array designs work on whole bands of 4 rows of cores x 64
+
+
+def band_rows(n: int) -> int:
+    """Rows of a design's activation tensors: n padded to whole bands."""
+    return -(-n // BAND) * BAND
+
 
 PACK_COLUMNS = 32      # output columns per core tile in the whole-array matmul (kernels/aie/matmul/design.py)
 
@@ -88,6 +96,14 @@ def pack_linear(w: np.ndarray, b: np.ndarray) -> np.ndarray:
             out[j, kk] = block_b(wb[kk * TILE:(kk + 1) * TILE, cols])
         out[j, -1, :PACK_COLUMNS] = bias[cols]
     return out
+
+
+def unpack_linear(packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(W (k x N), bias) as bf16 bits from pack_linear's layout: its inverse."""
+    tiles, chunks = packed.shape[0], packed.shape[1] - 1
+    blocks = packed[:, :chunks].reshape(tiles, chunks, 8, PACK_COLUMNS // 4, 8, 4).transpose(1, 2, 4, 0, 3, 5)
+    w = blocks.reshape(chunks * TILE, tiles * PACK_COLUMNS)
+    return np.ascontiguousarray(w[:k]), np.ascontiguousarray(packed[:, -1, :PACK_COLUMNS].reshape(-1))
 
 
 # ---- ops ---------------------------------------------------------------------------------------------------
