@@ -14,6 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from kernels.aie import iron_host
+from kernels.aie.cycles import kernel_cycles
+from kernels.aie.design_runner import design_call
 from kernels.contract import TILE
 from kernels.errors import BadOption
 from kernels.frontend import N_FFT
@@ -149,8 +152,6 @@ def project_schedule(graph, params: NpuParams) -> list[DispatchProjection]:
     kernel call at its cycle estimate (kernels/aie/cycles.py), DMA overlapped with compute (the designs
     double-buffer), plus the dispatch. Nodes without a design are listed and, where they only move data,
     projected as one DDR pass."""
-    from kernels.aie.design_runner import design_call
-
     cols = params.cores // 4
     seq = next(n.shape[0] for n in graph.nodes if n.kernel == "attention")
     traced: dict = {}
@@ -175,15 +176,11 @@ def project_schedule(graph, params: NpuParams) -> list[DispatchProjection]:
 
 
 def _trace(call):
-    from kernels.aie import iron_host
-
     fn = getattr(iron_host.design(call.kernel), f"amanuensis_{call.kernel}")
     return iron_host.resolve(fn, *call.shape).trace()
 
 
 def _kernel_cycles(calls) -> dict[str, int]:
-    from kernels.aie.cycles import kernel_cycles
-
     out: dict[str, int] = {}
     for (name, args), count in calls.items():
         out[name] = out.get(name, 0) + count * kernel_cycles(name, args)

@@ -75,3 +75,15 @@ def load_manifest(directory: Path | None = None) -> list[Entry]:
     except (ValueError, KeyError, TypeError) as e:
         raise AmanuensisError(f"{path}: invalid manifest ({e})") from None
     return entries
+
+
+def write_manifest(directory: Path, built: list[tuple[str, dict, str, str]]) -> Path:
+    """manifest.json in `directory` for built kernels [(op, shape, xclbin file, insts file)], written
+    whole or not at all."""
+    kernels = [{"op": op, "shape": shape, "xclbin": xclbin, "insts": insts, "kernel_name": "MLIR_AIE",
+                "insts_count": "words"} for op, shape, xclbin, insts in built]
+    path = Path(directory) / "manifest.json"
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "kernels": kernels}, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -14,7 +14,7 @@ def run(*args):
 
 @pytest.mark.parametrize("module", ["encoder.graph", "encoder.embed", "encoder.parity", "encoder.transcribe",
                                     "encoder.evaluate", "encoder.bench", "encoder.serve", "encoder.kernel_report",
-                                    "weights_tools", "kernels.report"])
+                                    "encoder.npu_build", "weights_tools", "kernels.report"])
 def test_help(module):
     r = run(module, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout
@@ -32,6 +32,14 @@ def test_graph_prints_nodes_and_plan():
     assert r.stdout.count("projected per 30 s window") == 2 and "in 32 dispatches" in r.stdout
     r = run("encoder.graph", "--model", "tiny.en", "--plan", "npu", "--cores", "6")
     assert r.returncode == 2 and "--cores must be a multiple of 4" in r.stderr and not r.stdout
+
+
+def test_npu_build_plans_without_the_toolchain_and_says_what_is_missing(tmp_path):
+    r = run("encoder.npu_build", "--model", "tiny.en", "--dry-run")
+    assert r.returncode == 0 and r.stdout.count("make -C") == 10 and "ARTIFACT=attention_T1500_H6_npu" in r.stdout
+    r = run("encoder.npu_build", "--model", "tiny.en", "--out", tmp_path / "k")
+    assert r.returncode == 2 and "cannot build the NPU kernels: missing aiecc.py" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "k").exists()
 
 
 def test_convert_cli(tmp_path):

@@ -217,3 +217,16 @@ def test_a_manifest_for_other_designs_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({**data, "version": 1}))
     with pytest.raises(AmanuensisError, match="version 1: this release's designs need version 2"):
         load_manifest(tmp_path)
+
+
+def test_the_build_plan_is_what_the_backend_asks_for(tiny):
+    """encoder.npu_build builds exactly the kernels tiny.en's graph asks the npu backend for (the fake's
+    tiny_en_entries, with which every node runs on the NPU above)."""
+    from encoder.network import build_encoder_graph
+    from kernels.aie.design_runner import build_entries
+
+    graph = build_encoder_graph(tiny.dims, cross_kv=True)                 # what npu_build plans for
+    planned = build_entries(graph.nodes, graph.shapes, 4)
+    as_set = lambda entries: {(op, tuple(sorted(shape.items()))) for op, shape in entries}   # noqa: E731
+    assert as_set((e.op, e.shape) for e in planned) == as_set(tiny_en_entries())
+    assert len({e.artifact for e in planned}) == len(planned)

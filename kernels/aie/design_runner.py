@@ -111,3 +111,47 @@ class DesignRunner:
 def _device(x: np.ndarray) -> np.ndarray:
     """An activation as the device holds it: bf16 bits, rows padded to whole bands with zeros."""
     return tiles.bits(tiles.pad(np.asarray(x, np.float32), tiles.band_rows(x.shape[0]), x.shape[1]))
+
+
+# ---- what to build for a model ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BuildEntry:
+    """One xclbin to build: the npu manifest's op and shape, the design folder and its make variables."""
+
+    op: str
+    shape: dict
+    folder: str
+    variables: dict
+
+    @property
+    def artifact(self) -> str:
+        return f"{self.op}_" + "_".join(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in self.shape.items())
+
+
+def build_entries(nodes: list[Node], shapes: dict, cols: int) -> list[BuildEntry]:
+    """The distinct design builds the npu backend needs for these graph nodes (shapes: the graph's
+    activation shapes), in graph order; mel's design is included though it does not fit a core yet."""
+    entries: dict[tuple, BuildEntry] = {}
+    for node, after in zip(nodes, [*nodes[1:], None]):
+        entry = _build_entry(node, after, shapes, cols)
+        if entry is not None:
+            entries.setdefault((entry.op, tuple(entry.shape.items())), entry)
+    return list(entries.values())
+
+
+def _build_entry(node: Node, after: Node | None, shapes: dict, cols: int) -> BuildEntry | None:
+    if node.kernel == "log_mel":
+        return BuildEntry("log_mel", {"M": dict(node.params)["n_mels"]}, "mel", {"MELS": dict(node.params)["n_mels"]})
+    call = design_call(node, after, shapes[node.inputs[0]][-1], node.shape[0], cols)
+    if call is None:
+        return None
+    if call.kernel == "matmul":
+        m, k, n, gelu, residual, columns = call.shape
+        return BuildEntry("linear", {"M": m, "K": k, "N": n, "gelu": gelu, "residual": residual}, "matmul",
+                          {"M": m, "K": k, "N": n, "GELU": int(gelu), "RESIDUAL": int(residual), "COLS": columns})
+    if call.kernel == "attention":
+        seq, heads, _ = call.shape
+        return BuildEntry("attention", {"T": seq, "H": heads}, "attention", {"SEQ": seq, "HEADS": heads})
+    rows, d = call.shape[:2]
+    return BuildEntry("layernorm", {"R": rows, "D": d}, "layernorm", {"ROWS": rows, "D": d})
