@@ -230,3 +230,17 @@ def test_the_build_plan_is_what_the_backend_asks_for(tiny):
     as_set = lambda entries: {(op, tuple(sorted(shape.items()))) for op, shape in entries}   # noqa: E731
     assert as_set((e.op, e.shape) for e in planned) == as_set(tiny_en_entries())
     assert len({e.artifact for e in planned}) == len(planned)
+
+
+def test_the_hardware_script_stops_with_the_reason_without_an_npu(tmp_path):
+    """kernels/aie/run_on_npu.sh is for machines with an NPU: here it must stop at once, saying why,
+    and install nothing."""
+    import glob
+    import subprocess
+
+    if glob.glob("/dev/accel/accel*"):
+        pytest.skip("this machine has an NPU device node: the script would install and run for real")
+    r = subprocess.run(["bash", "kernels/aie/run_on_npu.sh", str(tmp_path / "report")], capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and "no /dev/accel/accel*: is the amdxdna driver loaded?" in r.stderr
+    assert not (tmp_path / "report" / "venv").exists()
