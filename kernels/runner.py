@@ -88,7 +88,19 @@ class Profile:
             backends = ",".join(s.backends) + ("*" if s.fallbacks else "")
             lines.append(f"{s.node:32} {s.kernel:10} {backends:8} {s.ms:9.2f} {s.gflops:8.1f}")
         lines.append(f"{'total':32} {'':10} {'':8} {sum(s.ms for s in nodes.values()):9.2f}")
+        per_window = self.nodes_per_window()
+        if per_window:
+            parts = [f"{n:g} {'npu dispatches' if b == 'npu' else f'on {b}'}" for b, n in per_window.items()]
+            lines.append("per window: " + ", ".join(parts))
         return "\n".join(lines)
+
+    def nodes_per_window(self) -> dict[str, float]:
+        """Nodes run per window on each backend, most first (on the npu, each is one dispatch)."""
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            for r in run:
+                counts[r.backend] = counts.get(r.backend, 0) + 1
+        return {b: n / len(self.runs) for b, n in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
 class Runner:

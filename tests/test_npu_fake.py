@@ -132,6 +132,8 @@ def test_faulty_kernel_is_disabled_and_the_transcript_is_still_right(npu_env, ti
     fell = {r.node: r for run in result.profile.runs for r in run if r.fallback}
     assert set(fell) == {f"layers.{i}.fc1" for i in range(4)} and all(r.backend == "cpu" for r in fell.values())
     assert set(result.provenance.fallbacks) == set(fell)
+    assert result.profile.nodes_per_window() == {"npu": 32, "cpu": 4, "host": 1}      # fc1 x 4 on the CPU
+    assert "per window: 32 npu dispatches, 4 on cpu, 1 on host" in result.profile.format()
     with pytest.raises(AmanuensisError, match=r"node layers\.0\.fc1: .*disabled.*--strict"):
         npu_model(tiny, strict=True).transcribe(HELLO)
 
