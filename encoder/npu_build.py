@@ -1,9 +1,11 @@
 """python -m encoder.npu_build: build the NPU kernels a model needs and write the npu backend's manifest.
 
-One xclbin and instruction stream per design and shape of the model's encoder (whole-array designs,
-kernels/aie/*/design.py), built with the mlir-aie toolchain, which must be installed
-(kernels/aie/run_on_npu.sh does it); manifest.json and build.json (each build's outcome and the end
-of its log) go to --out. A design that fails to build is left out of the manifest: its ops run on
+Every design and shape of the model's encoder (whole-array designs, kernels/aie/*/design.py) is built
+with the mlir-aie toolchain, which must be installed (kernels/aie/run_on_npu.sh does it), and
+appended as a kernel to one xclbin (aiecc.py --xclbin-input), so that the npu backend runs the
+encoder in one hardware context; each has its own instruction stream. encoder_<device>.xclbin, the
+instruction streams, manifest.json and build.json (each build's outcome and the end of its log) go
+to --out. A design that fails to build is left out of the manifest: its ops run on
 the CPU, reported as fallbacks. --dry-run prints the builds without running them.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from encoder.cli import add_model, run
 from encoder.network import build_encoder_graph
 from kernels import settings
-from kernels.aie.build import DEVICES, build, make_command
+from kernels.aie.build import DEVICES, build, plan
 from kernels.aie.design_runner import build_entries
 from weights_tools.model_dir import ConvertedModel
 from weights_tools.resolve import resolve_model
@@ -38,8 +40,8 @@ def main(argv=None) -> int:
     graph = build_encoder_graph(model.dims, cross_kv=True)
     entries = build_entries(graph.nodes, graph.shapes, DEVICES[args.device])
     if args.dry_run:
-        for entry in entries:
-            print(" ".join(make_command(entry, args.device)))
+        for command in plan(entries, args.device):
+            print(" ".join(command))
         return 0
     out = args.out or settings.npu_kernels_dir()
     results = build(entries, args.device, out)

@@ -1,9 +1,9 @@
 """The `npu` backend: the graph's kernels on the AMD Ryzen AI NPU through pyxrt.
 
-At start-up every manifest entry is loaded in its own hardware context (within the
-device's limit) and self-tested against the emulator on random inputs: a kernel that
-errors, times out, returns zeros or returns garbage is disabled, with the reason kept
-for `status()`. At run time each op is padded to tile multiples and sent to the
+At start-up every manifest entry is loaded (the entries of one xclbin share its hardware context;
+distinct xclbins within the device's context limit) and self-tested against the emulator on random
+inputs: a kernel that errors, times out, returns zeros or returns garbage is disabled, with the
+reason kept for `status()`. At run time each op is padded to tile multiples and sent to the
 kernel serving its shape; an op without a ready kernel, or whose output fails the
 sanity check, runs on the CPU instead — and the runner records that fallback (and
 `--strict` turns it into an error). Elementwise adds run on the host in the kernels'
@@ -26,7 +26,7 @@ from kernels.frontend import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, hann_window
 from kernels.interface import Backend
 from kernels.npu_manifest import Entry, key, load_manifest
 from kernels.reference import im2col_k3
-from kernels.xrt import DeviceInfo, NpuFault, XrtKernel, detect
+from kernels.xrt import DeviceInfo, NpuFault, XrtContext, XrtKernel, detect
 
 MIN_SELF_TEST_CORRELATION = 0.999
 
@@ -159,10 +159,11 @@ class NpuBackend(Backend):
         self.fallback = fallback
         self.reference = reference or EmuBackend()
         self.kernels: dict[tuple, XrtKernel] = {}
+        self.contexts: dict = {}                      # xclbin path -> XrtContext
         self.fallbacks: Counter = Counter()
         self._lock = threading.Lock()
-        for n, entry in enumerate(entries):
-            self._load(entry, n)
+        for entry in entries:
+            self._load(entry)
 
     def describe(self) -> str:
         ready = sum(e.state == "ready" for e in self.entries.values())
@@ -173,15 +174,24 @@ class NpuBackend(Backend):
         entry.state, entry.reason = "disabled", reason
         self.kernels.pop(entry.key, None)
 
-    def _load(self, entry: Entry, index: int) -> None:
-        if index >= self.device.context_limit:
-            return self._disable(entry, f"hardware context limit ({self.device.context_limit}) reached")
+    def _context(self, entry: Entry) -> XrtContext:
+        """The hardware context of the entry's xclbin: opened once, shared by the kernels it holds."""
+        if entry.xclbin not in self.contexts:
+            if len(self.contexts) >= self.device.context_limit:
+                raise NpuFault(f"hardware context limit ({self.device.context_limit}) reached")
+            self.contexts[entry.xclbin] = XrtContext(self.device, entry.xclbin)
+        return self.contexts[entry.xclbin]
+
+    def _load(self, entry: Entry) -> None:
         for path in (entry.xclbin, entry.insts):
             if not path.is_file():
                 return self._disable(entry, f"missing file {path}")
         try:
-            self.kernels[entry.key] = XrtKernel(self.device, entry.xclbin, entry.insts, entry.kernel_name,
+            context = self._context(entry)
+            self.kernels[entry.key] = XrtKernel(self.device, context, entry.insts, entry.kernel_name,
                                                 arg_bytes(entry), entry.insts_count)
+        except NpuFault as e:
+            return self._disable(entry, str(e) if "context limit" in str(e) else f"load failed: {e}")
         except Exception as e:  # pyxrt raises RuntimeError and friends; all mean "not usable"
             return self._disable(entry, f"load failed: {type(e).__name__}: {e}")
         entry.state = "self-test"
@@ -302,7 +312,7 @@ class NpuBackend(Backend):
     def status(self) -> dict:
         """Device, each kernel's state (ready / disabled and why), calls and fallbacks."""
         return {"device": self.device.name, "generation": self.device.generation,
-                "context_limit": self.device.context_limit,
+                "context_limit": self.device.context_limit, "contexts": len(self.contexts),
                 "kernels": [{"kernel": e.label(), "state": e.state, "reason": e.reason, "calls": e.calls,
                              "failures": e.failures} for e in self.entries.values()],
                 "fallbacks": dict(self.fallbacks)}

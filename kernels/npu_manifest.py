@@ -77,11 +77,11 @@ def load_manifest(directory: Path | None = None) -> list[Entry]:
     return entries
 
 
-def write_manifest(directory: Path, built: list[tuple[str, dict, str, str]]) -> Path:
-    """manifest.json in `directory` for built kernels [(op, shape, xclbin file, insts file)], written
-    whole or not at all."""
-    kernels = [{"op": op, "shape": shape, "xclbin": xclbin, "insts": insts, "kernel_name": "MLIR_AIE",
-                "insts_count": "words"} for op, shape, xclbin, insts in built]
+def write_manifest(directory: Path, built: list[tuple[str, dict, str, str, str]]) -> Path:
+    """manifest.json in `directory` for built kernels [(op, shape, xclbin file, insts file, kernel name)],
+    written whole or not at all."""
+    kernels = [{"op": op, "shape": shape, "xclbin": xclbin, "insts": insts, "kernel_name": name,
+                "insts_count": "words"} for op, shape, xclbin, insts, name in built]
     path = Path(directory) / "manifest.json"
     tmp = path.with_suffix(".partial")
     tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "kernels": kernels}, indent=1), encoding="utf-8")

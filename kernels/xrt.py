@@ -1,7 +1,8 @@
-"""The NPU through pyxrt: device detection, and one loaded kernel (xclbin + instructions).
+"""The NPU through pyxrt: device detection, an xclbin in its hardware context, and its kernels.
 
 Call sequence (kept in ../shared/notes/npu.md's order): device(0) → xclbin(path) →
-device.register_xclbin → hw_context(device, uuid) → kernel(ctx, name); the instruction
+device.register_xclbin → hw_context(device, uuid), once per xclbin → kernel(ctx, name) for each
+kernel it holds; the instruction
 stream goes to a cacheable bo in group_id(1), data to host_only bos in group_id(3 + i)
 in the design's argument order; inputs are synced to the device, the run is
 kernel(3, instr_bo, n_insts, *bos), its state must be COMPLETED, and outputs are
@@ -59,21 +60,30 @@ def detect() -> tuple[DeviceInfo | None, str]:
     return None, f"unrecognised NPU {name!r} (known: Phoenix/Hawk Point npu1, Strix/Krackan npu4-6)"
 
 
-class XrtKernel:
-    """One manifest entry loaded in its own hardware context, with its buffers."""
+class XrtContext:
+    """One xclbin registered and opened in one hardware context; the kernels it holds (one per design
+    and shape when built by encoder.npu_build) share the context."""
 
-    def __init__(self, dev: DeviceInfo, xclbin: Path, insts: Path, kernel_name: str,
+    def __init__(self, dev: DeviceInfo, xclbin: Path):
+        x = dev.pyxrt
+        self.path = xclbin
+        image = x.xclbin(str(xclbin))
+        self.kernel_names = [k.get_name() for k in image.get_kernels()]
+        dev.device.register_xclbin(image)
+        self.context = x.hw_context(dev.device, image.get_uuid())
+
+
+class XrtKernel:
+    """One manifest entry: a kernel of an open context, its instruction stream and its buffers."""
+
+    def __init__(self, dev: DeviceInfo, context: XrtContext, insts: Path, kernel_name: str,
                  arg_bytes: list[int], insts_count: str = "words"):
         x = dev.pyxrt
         self.pyxrt, self.device = x, dev.device
         self.lock = threading.Lock()
-        image = x.xclbin(str(xclbin))
-        names = [k.get_name() for k in image.get_kernels()]
-        if kernel_name not in names:
-            raise NpuFault(f"{xclbin.name} has no kernel {kernel_name!r} (it has {names})")
-        dev.device.register_xclbin(image)
-        self.context = x.hw_context(dev.device, image.get_uuid())
-        self.kernel = x.kernel(self.context, kernel_name)
+        if kernel_name not in context.kernel_names:
+            raise NpuFault(f"{context.path.name} has no kernel {kernel_name!r} (it has {context.kernel_names})")
+        self.kernel = x.kernel(context.context, kernel_name)
         words = np.fromfile(insts, dtype=np.uint32)
         self.n_insts = int(words.size if insts_count == "words" else words.nbytes)
         self.instr_bo = x.bo(dev.device, words.nbytes, x.bo.cacheable, self.kernel.group_id(1))

@@ -1,12 +1,13 @@
 """A fake `pyxrt` for tests: the documented API surface, computing with the emulator.
 
-A fake xclbin is a JSON file {"kernels": [name], "op", "shape", "insts_count"}. The
+A fake xclbin is a JSON file {"kernels": [name, ...], "designs": {name: {"op", "shape",
+"insts_count"}}}: one design per kernel it holds, as encoder.npu_build appends them. The
 fake checks what real hardware would punish — instruction bo cacheable in group_id(1),
 data bos host_only in group_id(3 + i) with the design's sizes, inputs synced to the
 device after their last write, outputs synced back before they are read, opcode 3,
 the instruction count in the unit the design expects, no extra arguments — and
 records every violation in `violations` (raising RuntimeError like XRT does).
-Faults can be injected per xclbin file name: "ert_error", "timeout", "zeros",
+Faults can be injected per xclbin file name (or "file:kernel"): "ert_error", "timeout", "zeros",
 "garbage" (finite, unrelated numbers), "bitnoise" (random bits), "context_fail",
 "zeros_after:N" (good for N runs, then zeros).
 """
@@ -146,6 +147,9 @@ class FakeXRT:
         class kernel:
             def __init__(self, ctx, name):
                 self.image, self.name = ctx.image, name
+                if name not in ctx.image.spec["designs"]:
+                    fake.fail(f"kernel {name!r} is not in {ctx.image.file}")
+                self.spec = ctx.image.spec["designs"][name]
                 self.groups = {i: next(fake._ids) for i in range(8)}
 
             def group_id(self, i):
@@ -159,7 +163,7 @@ class FakeXRT:
 
     # ---- a run ----
     def _run(self, k, opcode, instr_bo, n_insts, bos):
-        spec = k.image.spec
+        spec = k.spec
         entry = Entry(spec["op"], spec["shape"], None, None)
         sizes = arg_bytes(entry)
         if opcode != 3:
@@ -181,7 +185,7 @@ class FakeXRT:
                 self.fail(f"argument {i}: written but not synced to the device before the run")
         file = k.image.file
         self.runs[file] = self.runs.get(file, 0) + 1
-        fault = self.faults.get(file, "")
+        fault = self.faults.get(f"{file}:{k.name}", self.faults.get(file, ""))
         out = bos[-1]
         if fault == "ert_error":
             return _Run(ert_cmd_state.ERT_CMD_STATE_ERROR)
@@ -231,17 +235,26 @@ class _Run:
         return self.state
 
 
-def write_kernel_dir(directory, entries, insts_count="words", fake_insts_count=None):
-    """A manifest with fake xclbins and instruction files for `entries` [(op, shape), ...]."""
+def write_kernel_dir(directory, entries, insts_count="words", fake_insts_count=None, shared=False):
+    """A manifest with fake xclbins and instruction files for `entries` [(op, shape), ...]: an xclbin
+    each, or (shared) one xclbin holding them all as kernels AMN_0, AMN_1, ... (as encoder.npu_build
+    builds it)."""
     directory.mkdir(parents=True, exist_ok=True)
-    kernels = []
+    kernels, designs = [], {}
     for n, (op, shape) in enumerate(entries):
         stem = f"{op}_{n}_" + "_".join(f"{k}{v}" for k, v in shape.items())
-        (directory / f"{stem}.xclbin").write_text(json.dumps(
-            {"kernels": ["MLIR_AIE"], "op": op, "shape": shape, "insts_count": fake_insts_count or insts_count}))
+        name = f"AMN_{n}" if shared else "MLIR_AIE"
+        design = {"op": op, "shape": shape, "insts_count": fake_insts_count or insts_count}
+        xclbin = "encoder.xclbin" if shared else f"{stem}.xclbin"
+        if shared:
+            designs[name] = design
+        else:
+            (directory / xclbin).write_text(json.dumps({"kernels": [name], "designs": {name: design}}))
         np.arange(300 + n, dtype=np.uint32).tofile(directory / f"{stem}.insts.bin")
-        kernels.append({"op": op, "shape": shape, "xclbin": f"{stem}.xclbin", "insts": f"{stem}.insts.bin",
-                        "kernel_name": "MLIR_AIE", "insts_count": insts_count})
+        kernels.append({"op": op, "shape": shape, "xclbin": xclbin, "insts": f"{stem}.insts.bin",
+                        "kernel_name": name, "insts_count": insts_count})
+    if shared:
+        (directory / "encoder.xclbin").write_text(json.dumps({"kernels": list(designs), "designs": designs}))
     (directory / "manifest.json").write_text(json.dumps({"format": "amanuensis-npu-kernels", "version": 2,
                                                          "kernels": kernels}))
     return directory

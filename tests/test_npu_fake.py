@@ -25,11 +25,12 @@ def npu_env(monkeypatch, tmp_path):
     monkeypatch.setitem(backends._instances, "npu", None)
     backends._instances.pop("npu")
 
-    def install(device_name="NPU Strix", faults=None, entries=None, insts_count="words", context_limit=16):
+    def install(device_name="NPU Strix", faults=None, entries=None, insts_count="words", context_limit=16,
+                shared=False):
         fake = FakeXRT(device_name, faults, context_limit)
         monkeypatch.setitem(sys.modules, "pyxrt", fake.module())
         directory = write_kernel_dir(tmp_path / "npu-kernels", entries or tiny_en_entries(), insts_count,
-                                     fake_insts_count="words")
+                                     fake_insts_count="words", shared=shared)
         monkeypatch.setenv("AMANUENSIS_NPU_KERNELS", str(directory))
         backends._instances.pop("npu", None)
         return fake
@@ -77,6 +78,23 @@ def test_encoder_on_npu_equals_the_emulator(npu_env, tiny):
     status = model.backend.status()
     assert status["generation"] == "strix" and all(k["state"] == "ready" for k in status["kernels"])
     assert sum(k["calls"] for k in status["kernels"]) == len(result.records) - 1
+
+
+def test_one_xclbin_holds_the_encoder_in_one_hardware_context(npu_env, tiny):
+    """The kernels encoder.npu_build appends to one xclbin open in one context, even on Phoenix (6
+    contexts): every node but the host's add runs on the NPU, equal to the emulator."""
+    from encoder.model import WhisperModel
+
+    fake = npu_env("NPU Phoenix", context_limit=6, shared=True)
+    model = npu_model(tiny)
+    status = model.backend.status()
+    assert status["contexts"] == 1 and fake.contexts == 1
+    assert all(k["state"] == "ready" for k in status["kernels"]) and len(status["kernels"]) == 10
+    samples = load_audio(HELLO)
+    result = model.encode_with_cross(samples)
+    assert {r.backend for r in result.records if r.node != "embed"} == {"npu"}
+    np.testing.assert_array_equal(result.output, WhisperModel(tiny.converted, "emu").encode_with_cross(samples).output)
+    assert fake.violations == []
 
 
 def test_weights_are_packed_once_per_graph(npu_env, tiny):

@@ -12,7 +12,14 @@ AIE_TARGET := $(if $(filter npu2,$(DEVICE)),aie2p,aie2)
 PEANO_CXX ?= $(PEANO_INSTALL_DIR)/bin/clang++
 PEANO_FLAGS = -O2 -std=c++20 --target=$(AIE_TARGET)-none-unknown-elf -ffp-contract=off -DNDEBUG \
               $(if $(MLIR_AIE_INCLUDE),-I $(MLIR_AIE_INCLUDE),)
-AIECC_FLAGS = --aie-generate-xclbin --aie-generate-npu-insts --no-compile-host --no-xchesscc --no-xbridge
+# KERNEL_NAME, KERNEL_ID: the design's kernel in the xclbin; XCLBIN_INPUT: an xclbin to extend with it
+# (python -m encoder.npu_build appends every design of a model to one xclbin this way).
+KERNEL_NAME ?= MLIR_AIE
+KERNEL_ID ?= 0x901
+XCLBIN_INPUT ?=
+AIECC_FLAGS = --aie-generate-xclbin --aie-generate-npu-insts --no-compile-host --no-xchesscc --no-xbridge \
+              --xclbin-kernel-name=$(KERNEL_NAME) --xclbin-kernel-id=$(KERNEL_ID) \
+              --xclbin-instance-name=$(KERNEL_NAME)_INST $(if $(XCLBIN_INPUT),--xclbin-input=$(XCLBIN_INPUT),)
 
 # OBJECT: the object file the design's Kernel(...) declarations name (aiecc.py links it from build/).
 build/$(OBJECT): $(SOURCE) $(wildcard ../common/*.h)
