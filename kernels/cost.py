@@ -22,6 +22,7 @@ from kernels.errors import BadOption
 from kernels.frontend import N_FFT
 
 BF16 = 2
+STREAM_BYTES_PER_CYCLE = 4      # a DMA channel's stream: 32 bits per cycle (AM020, AIE-ML)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class DispatchProjection:
     cores: int                  # workers of the design
     ddr_mib: float              # what its runtime sequence moves between DDR and the array
     compute_ms: float           # the busiest core's kernel cycles at the clock
+    stream_ms: float            # the busiest DMA channel of any core: its bytes at 4 bytes a cycle
     memory_ms: float
     overhead_ms: float          # the dispatch
     kernel_ms: dict             # the busiest core's compute time per kernel
@@ -144,7 +146,12 @@ class DispatchProjection:
 
     @property
     def ms(self) -> float:
-        return max(self.compute_ms, self.memory_ms) + self.overhead_ms
+        return max(self.compute_ms, self.stream_ms, self.memory_ms) + self.overhead_ms
+
+    @property
+    def bound(self) -> str:
+        terms = {"compute": self.compute_ms, "core streams": self.stream_ms, "DDR": self.memory_ms}
+        return max(terms, key=terms.get)
 
 
 def project_schedule(graph, params: NpuParams) -> list[DispatchProjection]:
@@ -167,11 +174,13 @@ def project_schedule(graph, params: NpuParams) -> list[DispatchProjection]:
         trace = traced[key]
         per_core = [_kernel_cycles(calls) for calls in trace.calls]
         busiest = max(per_core, key=lambda c: sum(c.values()))
+        channel = max(max(s.values(), default=0) for s in trace.streamed)        # bytes, the busiest channel
         clock = params.clock_ghz * 1e6                                    # cycles per ms
         rows.append(DispatchProjection(
             node.name, f"{call.kernel} {'x'.join(str(a) for a in call.shape if type(a) is int)}", len(trace.calls),
-            trace.ddr_bytes / 2**20, sum(busiest.values()) / clock, trace.ddr_bytes / (params.ddr_gbs * 1e9) * 1e3,
-            params.dispatch_ms, {k: v / clock for k, v in busiest.items()}))
+            trace.ddr_bytes / 2**20, sum(busiest.values()) / clock, channel / STREAM_BYTES_PER_CYCLE / clock,
+            trace.ddr_bytes / (params.ddr_gbs * 1e9) * 1e3, params.dispatch_ms,
+            {k: v / clock for k, v in busiest.items()}))
     return rows
 
 
@@ -189,10 +198,10 @@ def _kernel_cycles(calls) -> dict[str, int]:
 
 def _undesigned(graph, node, params: NpuParams) -> DispatchProjection:
     if node.kernel == "log_mel":
-        return DispatchProjection(node.name, "no design fits a core yet: not projected", 0, 0.0, 0.0, 0.0, 0.0, {},
-                                  dispatched=False)
+        return DispatchProjection(node.name, "no design fits a core yet: not projected", 0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                                  {}, dispatched=False)
     ddr = _ddr_bytes(graph, node)
-    return DispatchProjection(node.name, f"no design: one DDR pass ({node.kernel})", 0, ddr / 2**20, 0.0,
+    return DispatchProjection(node.name, f"no design: one DDR pass ({node.kernel})", 0, ddr / 2**20, 0.0, 0.0,
                               ddr / (params.ddr_gbs * 1e9) * 1e3, params.dispatch_ms, {})
 
 
@@ -200,23 +209,25 @@ def format_schedule(graph, params: NpuParams) -> str:
     rows = project_schedule(graph, params)
     lines = [f"PROJECTION (not measured) of the whole-array designs' schedule on {params.name}: "
              f"{params.cores // 4} columns x 4 rows, kernels at their cycle estimates (kernels/aie/cycles.py), "
-             f"{params.dispatch_ms * 1e3:.0f} us per dispatch",
-             f"{'node':32} {'design':28} {'cores':>5} {'DDR MiB':>8} {'compute':>8} {'memory':>8} {'ms':>7}"]
+             f"{STREAM_BYTES_PER_CYCLE} bytes a cycle per DMA channel, {params.dispatch_ms * 1e3:.0f} us per dispatch",
+             f"{'node':32} {'design':28} {'cores':>5} {'DDR MiB':>8} {'compute':>8} {'streams':>8} {'DDR':>8} "
+             f"{'ms':>7}  bound"]
     for r in rows:
         lines.append(f"{r.node:32} {r.design[:28]:28} {r.cores:5d} {r.ddr_mib:8.2f} {r.compute_ms:8.3f} "
-                     f"{r.memory_ms:8.3f} {r.ms:7.3f}")
+                     f"{r.stream_ms:8.3f} {r.memory_ms:8.3f} {r.ms:7.3f}  {r.bound if r.dispatched else ''}")
     total = sum(r.ms for r in rows)
     dispatches = sum(r.dispatched for r in rows)
-    by_kernel: dict[str, float] = {}
-    for r in rows:
-        if r.compute_ms >= r.memory_ms:
+    terms: dict[str, float] = {"dispatch overhead": dispatches * params.dispatch_ms}
+    for r in rows:                      # each dispatch's time goes to what bounds it
+        if r.bound == "compute":
             for k, ms in r.kernel_ms.items():
-                by_kernel[k] = by_kernel.get(k, 0.0) + ms
-    memory_bound = sum(r.memory_ms for r in rows if r.memory_ms > r.compute_ms)
-    terms = sorted([*by_kernel.items(), ("DDR (memory-bound dispatches)", memory_bound),
-                    ("dispatch overhead", dispatches * params.dispatch_ms)], key=lambda kv: -kv[1])
+                terms[k] = terms.get(k, 0.0) + ms
+        elif r.dispatched:
+            key = "core DMA streams" if r.bound == "core streams" else "DDR"
+            terms[key] = terms.get(key, 0.0) + max(r.stream_ms, r.memory_ms)
+    largest = sorted(terms.items(), key=lambda kv: -kv[1])
     lines.append(f"projected per 30 s window: {total:.1f} ms in {dispatches} dispatches "
                  f"(PROJECTION; {', '.join(r.node for r in rows if not r.dispatched) or 'every node'} "
                  f"not included; host and decoder not included)")
-    lines.append("largest terms: " + ", ".join(f"{k} {ms:.1f} ms ({100 * ms / total:.0f}%)" for k, ms in terms[:4]))
+    lines.append("largest terms: " + ", ".join(f"{k} {ms:.1f} ms ({100 * ms / total:.0f}%)" for k, ms in largest[:4]))
     return "\n".join(lines)

@@ -133,7 +133,10 @@ def test_npu_schedule_projection(tiny_graph):
     m, k, n = 1536, 384, 1536           # A once per 128-column pass, packed W (+ bias) once per band, C once
     ddr = 2 * (n // 128 * m * k + m // 256 * n // 32 * (k // 64 + 1) * 2048 + m * n)
     assert fc1.ddr_mib == pytest.approx(ddr / 2**20)
-    assert fc1.ms == pytest.approx(max(fc1.compute_ms, fc1.memory_ms) + PRESETS["phoenix"].dispatch_ms)
+    assert fc1.ms == pytest.approx(max(fc1.compute_ms, fc1.stream_ms, fc1.memory_ms) + PRESETS["phoenix"].dispatch_ms)
+    # the busiest channel of a core in fc2: its A stream, 6 bands x 3 column tiles x 24 K chunks of 8 KiB
+    fc2 = by_node["layers.0.fc2"]
+    assert fc2.stream_ms == pytest.approx(6 * 3 * 24 * 8192 / 4 / 1e6) and fc2.bound == "core streams"
     assert by_node["mel"].cores == 0 and by_node["mel"].ms == 0                 # no design fits: not projected
     assert sum(r.dispatched for r in rows) == 32 and not by_node["mel"].dispatched
     text = format_schedule(tiny_graph, PRESETS["phoenix"])

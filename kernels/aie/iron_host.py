@@ -473,6 +473,7 @@ class RunReport:
 @dataclass
 class Trace:
     calls: list[collections.Counter]           # per worker: (kernel name, its integer arguments) -> calls
+    streamed: list[dict[str, int]]             # per worker: bytes through each of its fifo endpoints (a DMA channel)
     ddr_bytes: int                             # moved by the runtime sequence's fills and drains
 
 
@@ -485,14 +486,14 @@ class _TraceKernel:
 
 
 class _TraceFifo:
+    def __init__(self, endpoint: _Endpoint):
+        self.endpoint, self.acquired = endpoint, 0
+
     def acquire(self, n: int):
-        return None
+        self.acquired += n
 
     def release(self, n: int) -> None:
         pass
-
-
-_TRACE_FIFO = _TraceFifo()
 
 
 class HostProgram:
@@ -609,20 +610,22 @@ class HostProgram:
         """What the design does, without data: each worker's core function run once (one pass of a
         while_true worker) with counting kernels and fifos that hand out placeholders, and the bytes
         its runtime sequence moves between DDR and the array."""
-        calls = []
+        calls, streamed = [], []
         for w in self.workers:
             counts: collections.Counter = collections.Counter()
+            fifos = {id(a): _TraceFifo(a) for a in w.fn_args if isinstance(a, _Endpoint)}
             args = [_TraceKernel(a.name, counts) if isinstance(a, Kernel) else
-                    _TRACE_FIFO if isinstance(a, _Endpoint) else a for a in w.fn_args]
+                    fifos[id(a)] if isinstance(a, _Endpoint) else a for a in w.fn_args]
             w.core_fn(*args)
             calls.append(counts)
+            streamed.append({f.endpoint.fifo.name: f.acquired * f.endpoint.fifo.nbytes for f in fifos.values()})
         moved = 0
         for t in self.runtime.tasks:
             if t.kind in ("fill", "drain"):
                 shape, dtype = _shape_dtype(self.runtime.arg_types[t.args[1].index])
                 elements = int(np.prod(t.args[2].sizes)) if t.args[2] is not None else int(np.prod(shape))
                 moved += elements * dtype.itemsize
-        return Trace(calls, moved)
+        return Trace(calls, streamed, moved)
 
     def run(self, *arrays: np.ndarray, lib=None, check_limits: bool = True) -> RunReport:
         """Run the sequence with `arrays` as its arguments (written in place by drains)."""
