@@ -1,7 +1,9 @@
 """The kernel interface every backend implements, and the names the layer graph uses.
 
 A backend is an object with a `name` and one method per kernel below. Inputs
-and outputs are float32 numpy arrays, time-major, weights in the kernel layout.
+and outputs are float32 numpy arrays, time-major, weights in the kernel layout. Through `run`,
+a backend may return an array-like it keeps on its device (the npu backend's DeviceTensor:
+np.asarray reads it back) and must accept the ones it returned as inputs.
 
     log_mel(samples, n_mels)                     Whisper's log-mel of one 30 s window, (3000, n_mels)
     linear(x, w, b, gelu=False, residual=None)   act(x @ w + b) + residual
@@ -31,6 +33,10 @@ class Backend:
         """A node's first weight (the matrix of linear and conv1d_k3) as this backend's `kernel` takes
         it; called once per graph, and must pass a weight it already prepared through. Default: as is."""
         return w
+
+    def prepare_graph(self, graph, weights: dict) -> None:
+        """Called once per graph after prepare_weight, with the graph and its prepared weights. Default:
+        nothing."""
 
     def run(self, kernel: str, args: tuple, kwargs: dict):
         """(output, name of what ran it, fallback reason or None). Backends that can fall back override it."""

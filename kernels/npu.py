@@ -26,7 +26,7 @@ from kernels.frontend import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, hann_window
 from kernels.interface import Backend
 from kernels.npu_manifest import Entry, key, load_manifest
 from kernels.reference import im2col_k3
-from kernels.xrt import DeviceInfo, NpuFault, XrtContext, XrtKernel, detect
+from kernels.xrt import DeviceBuffer, DeviceInfo, NpuFault, XrtContext, XrtKernel, detect
 
 MIN_SELF_TEST_CORRELATION = 0.999
 
@@ -73,22 +73,84 @@ def arg_bytes(entry: Entry) -> list[int]:
 
 class NpuWeight:
     """A linear's W (K, N) for the NPU: packed with its bias into the layout the matmul design streams
-    (kernels.aie.tiles.pack_linear), once per graph and bias instead of on every call; the fp32 original
-    for the CPU fallback and the self-tests."""
+    (kernels.aie.tiles.pack_linear) and uploaded once per kernel and bias, instead of on every call; for
+    a projection that feeds attention (q_head_dim set by prepare_graph) the query columns are scaled by
+    1/sqrt(head_dim) there, as the attention design takes them. The fp32 original stays for the CPU
+    fallback and the self-tests."""
 
     def __init__(self, w: np.ndarray):
         self.dense = w
         self.shape = w.shape
+        self.q_head_dim: int | None = None
         self._packed: dict[int, tuple[np.ndarray, np.ndarray]] = {}          # id(bias) -> (bias, packed)
+        self._device: dict[tuple, tuple] = {}                                # (kernel, id(bias)) -> (bias, buffer)
         self._lock = threading.Lock()
+
+    @property
+    def q_cols(self) -> int:
+        return self.shape[1] // 3 if self.q_head_dim else 0
 
     def packed(self, b: np.ndarray) -> np.ndarray:
         with self._lock:
             hit = self._packed.get(id(b))
             if hit is None or hit[0] is not b:
-                hit = (b, tiles.pack_linear(self.dense, b))
+                w, bias = self.dense, b
+                if self.q_head_dim:
+                    scale = np.ones(self.shape[1], np.float32)
+                    scale[:self.q_cols] = 1.0 / math.sqrt(self.q_head_dim)     # 1/8: exact
+                    w, bias = w * scale, b * scale
+                hit = (b, tiles.pack_linear(w, bias))
                 self._packed[id(b)] = hit
             return hit[1]
+
+    def on_device(self, kernel: XrtKernel, b: np.ndarray) -> DeviceBuffer:
+        """The packed weight in a device buffer of its own for `kernel`, uploaded on first use."""
+        key = (id(kernel), id(b))
+        hit = self._device.get(key)
+        if hit is None or hit[0] is not b:
+            hit = (b, kernel.upload(1, self.packed(b)))
+            self._device[key] = hit
+        return hit[1]
+
+
+class DeviceTensor:
+    """An activation an NPU kernel left on the device, where the next kernel reads it: bf16, rows padded
+    to whole bands, the query columns of a projection feeding attention scaled by 1/8. Read back (the
+    real rows, fp32, Q unscaled) only when something off the NPU needs it: np.asarray(tensor)."""
+
+    def __init__(self, buffer: DeviceBuffer, rows: int, cols: int, lock, q_cols: int = 0, q_head_dim: int = 64):
+        self.buffer, self.rows, self.q_cols, self._lock = buffer, rows, q_cols, lock
+        self.q_scale = math.sqrt(q_head_dim)
+        self.shape, self.ndim, self.dtype = (rows, cols), 2, np.dtype(np.float32)
+
+    def values(self, rows: int | None = None) -> np.ndarray:
+        """The first `rows` (default: all real rows) as fp32."""
+        with self._lock:
+            raw = self.buffer.read()
+        bits = np.frombuffer(raw, np.uint16).reshape(-1, self.shape[1])[:self.rows if rows is None else rows]
+        out = _float(bits)
+        if self.q_cols:
+            out[:, :self.q_cols] *= np.float32(self.q_scale)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.values()
+        return out if dtype is None else out.astype(dtype)
+
+
+def _host(value):
+    """An argument as the host's kernels take it: fp32 for a device tensor, the fp32 original of a weight."""
+    if isinstance(value, DeviceTensor):
+        return np.asarray(value)
+    return value.dense if isinstance(value, NpuWeight) else value
+
+
+def _on_device(value, q_cols: int = 0):
+    """The device buffer holding `value` where a kernel can read it as it stands (the same Q scaling),
+    else None."""
+    if isinstance(value, DeviceTensor) and value.q_cols == q_cols and value.buffer.on_device:
+        return value.buffer
+    return None
 
 
 def _padded(x: np.ndarray, shape: tuple) -> np.ndarray:
@@ -111,21 +173,12 @@ def _zero_bits(shape: tuple) -> np.ndarray:
     return _ZEROS[shape]
 
 
-def pack_linear(x, w, b, residual, m, k):
-    """The matmul design's inputs: x (m, k) row-major, W with its bias packed (an NpuWeight's, made once),
-    the residual (m, N) (zeros without one); bf16."""
-    n = w.shape[1]
-    packed = w.packed(b) if isinstance(w, NpuWeight) else tiles.pack_linear(w, b)
-    res = _zero_bits((m, n)) if residual is None else _bits(_padded(residual, (m, n)))
-    return {0: _bits(_padded(x, (m, k))), 1: packed, 2: res}
-
-
 def pack_attention(qkv, n_head):
     """The attention design's input: the QKV projection's output row-major, rows in whole bands, Q scaled
     by 1/sqrt(64) = 1/8 (exact) as the design takes it."""
     t, three_d = qkv.shape
     x = np.zeros((tiles.band_rows(t), three_d), np.float32)
-    x[:t] = C.bf16(qkv)
+    x[:t] = C.bf16(_host(qkv))
     x[:, :three_d // 3] *= np.float32(1.0 / math.sqrt(three_d // 3 // n_head))
     return {0: _bits(x)}
 
@@ -160,8 +213,9 @@ class NpuBackend(Backend):
         self.reference = reference or EmuBackend()
         self.kernels: dict[tuple, XrtKernel] = {}
         self.contexts: dict = {}                      # xclbin path -> XrtContext
+        self._constants: dict = {}                    # arguments uploaded once (_constant)
         self.fallbacks: Counter = Counter()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()               # one dispatch at a time; device tensors read under it
         for entry in entries:
             self._load(entry)
 
@@ -223,9 +277,17 @@ class NpuBackend(Backend):
         except NpuFault as e:
             return str(e)
         expected = getattr(self.reference, entry.op)(*args, **kwargs)
-        return check_output(got, expected)
+        return check_output(_host(got), expected)
 
     # ---- run time ----------------------------------------------------------------------------
+    def prepare_graph(self, graph, weights) -> None:
+        """Mark the projections whose output feeds attention: their query columns are packed scaled, so
+        that the attention design reads their output where it stands."""
+        for node, after in zip(graph.nodes, graph.nodes[1:]):
+            w = weights.get(node.weights[0]) if node.weights else None
+            if node.kernel == "linear" and after.kernel == "attention" and isinstance(w, NpuWeight):
+                w.q_head_dim = w.shape[1] // 3 // dict(after.params)["n_head"]
+
     def prepare_weight(self, kernel, w):
         """Matrices of linear and conv1d_k3 packed for the matmul design once per graph (a window of
         tiny.en spent 7.5 ms converting them on every call), where an NPU linear can take them."""
@@ -257,27 +319,53 @@ class NpuBackend(Backend):
             return None, f"{entry.label()} disabled ({entry.reason})"
         return entry, ""
 
-    def _on_device(self, entry: Entry, args, kwargs) -> np.ndarray:
+    def _on_device(self, entry: Entry, args, kwargs):
+        """One op on the NPU: inputs the device holds already are passed as they stand, the rest packed
+        and written; the output stays on the device (a DeviceTensor), but log_mel's."""
         kernel = self.kernels[entry.key]
         s = entry.shape
-        if entry.op == "linear":
-            x, w, b = args
-            t = x.shape[0]
-            out = kernel.run(pack_linear(x, w, b, kwargs.get("residual"), s["M"], s["K"]), {3: np.uint16})
-            return _float(out[3]).reshape(s["M"], s["N"])[:t]
-        if entry.op == "attention":
-            qkv, n_head = args
-            out = kernel.run(pack_attention(qkv, n_head), {1: np.uint16})
-            return _float(out[1]).reshape(-1, qkv.shape[1] // 3)[:qkv.shape[0]]
-        if entry.op == "log_mel":
-            out = kernel.run(pack_log_mel(args[0], s["M"]), {3: np.float32})
-            log_mel = out[3].reshape(MEL_FRAMES, s["M"])[:N_FRAMES]
-            # the window's maximum, the clamp and the scaling: on the host, in the kernel's numerics
-            return C.mel_finish(log_mel, log_mel.max())
-        x, gamma, beta = args
-        out = kernel.run({0: _bits(_padded(x, (s["R"], s["D"]))), 1: _bits(np.concatenate([gamma, beta]))},
-                         {2: np.uint16})
-        return _float(out[2]).reshape(s["R"], s["D"])[:x.shape[0]]
+        with self._lock:
+            if entry.op == "linear":
+                x, w, b = args
+                residual, (m, k, n) = kwargs.get("residual"), (s["M"], s["K"], s["N"])
+                inputs = {0: _on_device(x) or _bits(_padded(_host(x), (m, k))),
+                          1: w.on_device(kernel, b) if isinstance(w, NpuWeight) else tiles.pack_linear(w, b),
+                          2: self._residual(kernel, residual, (m, n))}
+                q_cols, head_dim = (w.q_cols, w.q_head_dim) if isinstance(w, NpuWeight) else (0, None)
+                out = kernel.run(inputs, {}, leave=3)
+                return DeviceTensor(out[3], x.shape[0], n, self._lock, q_cols, head_dim or 64)
+            if entry.op == "attention":
+                qkv, n_head = args
+                d = qkv.shape[1] // 3
+                buffer = _on_device(qkv, q_cols=d)
+                out = kernel.run({0: buffer or pack_attention(qkv, n_head)[0]}, {}, leave=1)
+                return DeviceTensor(out[1], qkv.shape[0], d, self._lock)
+            if entry.op == "log_mel":
+                out = kernel.run(pack_log_mel(args[0], s["M"]), {3: np.float32})
+                log_mel = out[3].reshape(MEL_FRAMES, s["M"])[:N_FRAMES]
+                # the window's maximum, the clamp and the scaling: on the host, in the kernel's numerics
+                return C.mel_finish(log_mel, log_mel.max())
+            x, gamma, beta = args
+            inputs = {0: _on_device(x) or _bits(_padded(_host(x), (s["R"], s["D"]))),
+                      1: self._constant(kernel, 1, (gamma, beta), lambda: _bits(np.concatenate([gamma, beta])))}
+            out = kernel.run(inputs, {}, leave=2)
+            return DeviceTensor(out[2], x.shape[0], s["D"], self._lock)
+
+    def _residual(self, kernel: XrtKernel, residual, shape: tuple):
+        """The matmul's residual argument: where the device holds it, written from the host, or zeros
+        (uploaded once) for a linear without one."""
+        if residual is None:
+            return self._constant(kernel, 2, (), lambda: np.zeros(shape, np.uint16))
+        return _on_device(residual) or _bits(_padded(_host(residual), shape))
+
+    def _constant(self, kernel: XrtKernel, index: int, of: tuple, make) -> DeviceBuffer:
+        """A kernel argument that does not change between calls (zeros for no residual, a layernorm's
+        gamma and beta), uploaded once; `of`: the arrays it is made from (held, so that ids stay theirs)."""
+        key = (id(kernel), index, *map(id, of))
+        hit = self._constants.get(key)
+        if hit is None:
+            hit = self._constants[key] = (of, kernel.upload(index, make()))
+        return hit[1]
 
     def run(self, kernel: str, args: tuple, kwargs: dict):
         """(output, where it ran, fallback reason or None) for one graph op."""
@@ -285,16 +373,16 @@ class NpuBackend(Backend):
             kwargs = dict(kwargs)
             args = (args[0], kwargs.pop("n_head"))
         if kernel == "add":
-            return C.bf16(C.bf16(args[0]) + C.bf16(args[1])), "host", None
+            return C.bf16(C.bf16(_host(args[0])) + C.bf16(args[1])), "host", None
         if kernel == "conv1d_k3":
             x, w, b = args
-            patches = im2col_k3(C.bf16(x), kwargs.get("stride", 1))
+            patches = im2col_k3(C.bf16(_host(x)), kwargs.get("stride", 1))
             return self.run("linear", (patches, w, b), {"gelu": kwargs.get("gelu", True)})
         entry, why = self._entry_for(kernel, args, kwargs)
         if entry is not None:
             try:
                 out = self._on_device(entry, args, kwargs)
-                problem = check_output(out, None)
+                problem = check_output(_sample(out), None)
                 if not problem:
                     entry.calls += 1
                     return out, "npu", None
@@ -306,7 +394,8 @@ class NpuBackend(Backend):
                 self._disable(entry, why)
         with self._lock:
             self.fallbacks[why] += 1
-        args = tuple(a.dense if isinstance(a, NpuWeight) else a for a in args)
+        args = tuple(_host(a) for a in args)
+        kwargs = {k: _host(v) for k, v in kwargs.items()}
         return getattr(self.fallback, kernel)(*args, **kwargs), self.fallback.name, why
 
     def status(self) -> dict:
@@ -319,22 +408,28 @@ class NpuBackend(Backend):
 
     # The graph calls kernels through run(); direct calls get the same dispatch.
     def log_mel(self, samples, n_mels):
-        return self.run("log_mel", (samples,), {"n_mels": n_mels})[0]
+        return _host(self.run("log_mel", (samples,), {"n_mels": n_mels})[0])
 
     def linear(self, x, w, b, gelu=False, residual=None):
-        return self.run("linear", (x, w, b), {"gelu": gelu, "residual": residual})[0]
+        return _host(self.run("linear", (x, w, b), {"gelu": gelu, "residual": residual})[0])
 
     def conv1d_k3(self, x, w, b, stride=1, gelu=True):
-        return self.run("conv1d_k3", (x, w, b), {"stride": stride, "gelu": gelu})[0]
+        return _host(self.run("conv1d_k3", (x, w, b), {"stride": stride, "gelu": gelu})[0])
 
     def attention(self, qkv, n_head):
-        return self.run("attention", (qkv, n_head), {})[0]
+        return _host(self.run("attention", (qkv, n_head), {})[0])
 
     def layernorm(self, x, gamma, beta, eps=1e-5):
-        return self.run("layernorm", (x, gamma, beta), {"eps": eps})[0]
+        return _host(self.run("layernorm", (x, gamma, beta), {"eps": eps})[0])
 
     def add(self, x, y):
-        return self.run("add", (x, y), {})[0]
+        return _host(self.run("add", (x, y), {})[0])
+
+
+def _sample(out) -> np.ndarray:
+    """What the sanity check reads of an output: a device tensor's first band (reading it all back
+    would undo keeping it on the device), the whole of a host array."""
+    return out.values(tiles.BAND) if isinstance(out, DeviceTensor) else out
 
 
 def check_output(got: np.ndarray, expected: np.ndarray | None) -> str:

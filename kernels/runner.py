@@ -121,6 +121,7 @@ class Runner:
                 raise AmanuensisError(f"backend {backend.name!r} has no kernel {node.kernel!r} (node {node.name})")
             if node.weights:
                 self.weights[node.weights[0]] = backend.prepare_weight(node.kernel, self.weights[node.weights[0]])
+        backend.prepare_graph(graph, self.weights)
 
     def call(self, node: Node, values: dict, backend=None):
         """(output, what ran it, fallback reason) of one node on `backend` (default: the runner's),
@@ -167,12 +168,12 @@ class Runner:
                                           f"{self.backend.name}, which --strict forbids")
                 records.append(NodeRecord(node.name, node.kernel, ran_on, ms, node.flops, fallback))
                 if node.name in keep:
-                    kept[node.name] = values[node.name]
+                    kept[node.name] = np.asarray(values[node.name])   # read back, if the device holds it
                 for t in set(node.activation_inputs):
                     if self._last_use[t] == i:
                         del values[t]
         missing = [t for t in self.graph.outputs if t not in values]
         if missing:
             raise AmanuensisError(f"graph outputs {missing} cannot be computed from {given}")
-        kept.update({t: values[t] for t in self.graph.outputs})
-        return RunResult(values[self.graph.outputs[0]], kept, records)
+        kept.update({t: np.asarray(values[t]) for t in self.graph.outputs})
+        return RunResult(kept[self.graph.outputs[0]], kept, records)

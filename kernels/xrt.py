@@ -11,7 +11,6 @@ synced back before they are read. Buffers are allocated once and reused.
 from __future__ import annotations
 
 import glob
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +72,41 @@ class XrtContext:
         self.context = x.hw_context(dev.device, image.get_uuid())
 
 
+class DeviceBuffer:
+    """Bytes the NPU holds in a buffer object: an output a kernel left there for the next kernel, or a
+    weight uploaded once. Read back only when the host needs them; a kernel about to overwrite its
+    output buffer first detaches the previous output to host memory, so a DeviceBuffer always reads
+    what it was given."""
+
+    def __init__(self, pyxrt, bo, nbytes: int):
+        self.pyxrt, self.bo, self.nbytes = pyxrt, bo, nbytes
+        self._host: bytes | None = None
+
+    @property
+    def on_device(self) -> bool:
+        return self._host is None
+
+    def read(self) -> bytes:
+        if self._host is not None:
+            return self._host
+        self.bo.sync(self.pyxrt.xclBOSyncDirection.XCL_BO_SYNC_BO_FROM_DEVICE)
+        return bytes(self.bo.read(self.nbytes, 0))
+
+    def detach(self) -> None:
+        """Keep a host copy: the buffer object is about to be reused."""
+        if self._host is None:
+            self._host = self.read()
+            self.bo = None
+
+
 class XrtKernel:
-    """One manifest entry: a kernel of an open context, its instruction stream and its buffers."""
+    """One manifest entry: a kernel of an open context, its instruction stream and its buffers. Not
+    thread-safe: the npu backend runs one dispatch at a time (the NPU does too)."""
 
     def __init__(self, dev: DeviceInfo, context: XrtContext, insts: Path, kernel_name: str,
                  arg_bytes: list[int], insts_count: str = "words"):
         x = dev.pyxrt
         self.pyxrt, self.device = x, dev.device
-        self.lock = threading.Lock()
         if kernel_name not in context.kernel_names:
             raise NpuFault(f"{context.path.name} has no kernel {kernel_name!r} (it has {context.kernel_names})")
         self.kernel = x.kernel(context.context, kernel_name)
@@ -91,30 +117,55 @@ class XrtKernel:
         self.instr_bo.sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
         self.arg_bytes = list(arg_bytes)
         self.bos = [x.bo(dev.device, n, x.bo.host_only, self.kernel.group_id(3 + i)) for i, n in enumerate(arg_bytes)]
+        self._left: DeviceBuffer | None = None          # the output the last run left on the device
 
-    def run(self, inputs: dict[int, np.ndarray], outputs: dict[int, np.dtype]) -> dict[int, np.ndarray]:
-        """Write `inputs` (argument index → array), run, and read `outputs` (index → dtype)."""
-        with self.lock:
-            try:
-                return self._run(inputs, outputs)
-            except NpuFault:
-                raise
-            except Exception as e:  # whatever XRT raises mid-run is a fault of this kernel
-                raise NpuFault(f"{type(e).__name__}: {e}") from None
-
-    def _run(self, inputs, outputs):
+    def upload(self, index: int, array: np.ndarray) -> DeviceBuffer:
+        """`array` in a buffer object of its own for argument `index`, written once (a weight)."""
         x = self.pyxrt
-        for i, array in inputs.items():
-            raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
-            if raw.nbytes != self.arg_bytes[i]:
-                raise NpuFault(f"argument {i} has {raw.nbytes} bytes, the design expects {self.arg_bytes[i]}")
-            self.bos[i].write(raw, 0)
+        raw = self._raw(index, array)
+        bo = x.bo(self.device, raw.nbytes, x.bo.host_only, self.kernel.group_id(3 + index))
+        bo.write(raw, 0)
+        bo.sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
+        return DeviceBuffer(x, bo, raw.nbytes)
+
+    def run(self, inputs: dict, outputs: dict[int, np.dtype], leave: int | None = None) -> dict:
+        """Run with `inputs` (argument index → an array to write, or a DeviceBuffer already there); read
+        `outputs` (index → dtype); with `leave`, that output stays on the device: a DeviceBuffer."""
+        try:
+            return self._run(inputs, outputs, leave)
+        except NpuFault:
+            raise
+        except Exception as e:  # whatever XRT raises mid-run is a fault of this kernel
+            raise NpuFault(f"{type(e).__name__}: {e}") from None
+
+    def _raw(self, index: int, array: np.ndarray) -> np.ndarray:
+        raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+        if raw.nbytes != self.arg_bytes[index]:
+            raise NpuFault(f"argument {index} has {raw.nbytes} bytes, the design expects {self.arg_bytes[index]}")
+        return raw
+
+    def _run(self, inputs, outputs, leave):
+        x = self.pyxrt
+        if self._left is not None:                      # the output buffer is about to be rewritten
+            self._left.detach()
+            self._left = None
+        bos = list(self.bos)
+        for i, value in inputs.items():
+            if isinstance(value, DeviceBuffer):
+                if value.nbytes != self.arg_bytes[i] or not value.on_device:
+                    value = np.frombuffer(value.read(), np.uint8)
+                else:
+                    bos[i] = value.bo
+                    continue
+            self.bos[i].write(self._raw(i, value), 0)
             self.bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
-        state = self.kernel(3, self.instr_bo, self.n_insts, *self.bos).wait(TIMEOUT_MS)
+        state = self.kernel(3, self.instr_bo, self.n_insts, *bos).wait(TIMEOUT_MS)
         if state != x.ert_cmd_state.ERT_CMD_STATE_COMPLETED:
             raise NpuFault(f"run ended in {getattr(state, 'name', state)}")
         out = {}
         for i, dtype in outputs.items():
             self.bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_FROM_DEVICE)
             out[i] = np.frombuffer(bytes(self.bos[i].read(self.arg_bytes[i], 0)), dtype=dtype).copy()
+        if leave is not None:
+            self._left = out[leave] = DeviceBuffer(x, self.bos[leave], self.arg_bytes[leave])
         return out

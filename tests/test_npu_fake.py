@@ -98,25 +98,54 @@ def test_one_xclbin_holds_the_encoder_in_one_hardware_context(npu_env, tiny):
 
 
 def test_weights_are_packed_once_per_graph(npu_env, tiny):
-    """Each matrix reaches the design packed with its bias as it would have been on every call, once;
-    the CPU fallback gets the fp32 original back."""
+    """Each matrix is packed with its bias as the matmul design streams it, once; the CPU fallback gets
+    the fp32 original back."""
     from kernels import reference
-    from kernels.npu import NpuWeight, pack_linear
+    from kernels.aie import tiles
+    from kernels.npu import NpuWeight
 
     npu_env()
     model = npu_model(tiny)
     fc1 = model.runner.weights["encoder.layers.0.fc1.weight"]
-    assert isinstance(fc1, NpuWeight) and fc1.dense.shape == fc1.shape == (384, 1536)
-    x, b = np.random.default_rng(3).standard_normal((5, 384)).astype(np.float32), np.ones(1536, np.float32)
-    per_call, once = pack_linear(x, fc1.dense, b, None, 256, 384), pack_linear(x, fc1, b, None, 256, 384)
-    assert once[1] is fc1.packed(b) and all(np.array_equal(per_call[i], once[i]) for i in range(3))
-    assert once[1].shape == (1536 // 32, 384 // 64 + 1, 2048)
+    assert isinstance(fc1, NpuWeight) and fc1.dense.shape == fc1.shape == (384, 1536) and not fc1.q_cols
+    b = np.ones(1536, np.float32)
+    assert fc1.packed(b) is fc1.packed(b) and np.array_equal(fc1.packed(b), tiles.pack_linear(fc1.dense, b))
+    assert fc1.packed(b).shape == (1536 // 32, 384 // 64 + 1, 2048)
     assert model.backend.prepare_weight("linear", fc1) is fc1                    # twice is once
+    qkv = model.runner.weights["encoder.layers.0.self_attn.qkv_proj.weight"]
+    assert qkv.q_head_dim == 64 and qkv.q_cols == 384                           # feeds attention: Q packed / 8
     conv1 = model.runner.weights["encoder.conv1.weight"]                         # K = 240, padded to 256
     assert conv1.packed(np.zeros(384, np.float32)).shape == (12, 5, 2048)
+    x = np.random.default_rng(3).standard_normal((5, 384)).astype(np.float32)
     out, ran, why = model.backend.run("linear", (x, fc1, b), {})
     assert ran == "cpu" and "no NPU kernel" in why                              # 5 rows: no kernel of that shape
     np.testing.assert_allclose(out, reference.linear(x, fc1.dense, b), atol=1e-4)
+
+
+def test_activations_and_weights_stay_on_the_device(npu_env, tiny):
+    """Between NPU ops the activations stay in device buffers (the next kernel reads the previous
+    kernel's output buffer), and weights, biases and constants are written once: a second window
+    writes only what comes from the host (the samples, the convolutions' patches, the embedding) and
+    reads back only what leaves the NPU (log-mel, the convolutions' outputs, the encoder's outputs
+    and the sanity check's first band of each output)."""
+    from encoder.model import WhisperModel
+
+    fake = npu_env(shared=True)
+    model = npu_model(tiny)
+    rng = np.random.default_rng(9)
+    windows = [(0.05 * rng.standard_normal(16000 * 20)).astype(np.float32) for _ in range(2)]
+    model.encode_with_cross(windows[0])
+    fake.written = fake.read = 0
+    result = model.encode_with_cross(windows[1])
+    assert {r.backend for r in result.records if r.node != "embed"} == {"npu"}
+    d, rows = 384, 1536
+    host_inputs = 4 * 480000 + 2 * (3072 * 256 + 1536 * 1152) + 2 * 2 * rows * d     # samples, patches, embed x 2
+    assert fake.written <= host_inputs + 4 * 1024 * 1024          # samples are reflect-padded (fp32 MEL_SAMPLES)
+    weights = sum(w.packed(np.zeros(w.shape[1], np.float32)).nbytes for w in model.runner.weights.values()
+                  if hasattr(w, "packed"))
+    assert weights > 10 * 2**20 and fake.written < weights       # the ~20 MB of packed weights are not rewritten
+    emu = WhisperModel(tiny.converted, "emu").encode_with_cross(windows[1])
+    np.testing.assert_array_equal(result.output, emu.output)
 
 
 def test_phoenix_context_limit_falls_back_visibly(npu_env, tiny):
