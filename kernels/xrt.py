@@ -11,6 +11,7 @@ synced back before they are read. Buffers are allocated once and reused.
 from __future__ import annotations
 
 import glob
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,11 +87,13 @@ class DeviceBuffer:
     def on_device(self) -> bool:
         return self._host is None
 
-    def read(self) -> bytes:
+    def read(self, nbytes: int | None = None) -> bytes:
+        """The first `nbytes` (default: all)."""
+        nbytes = self.nbytes if nbytes is None else nbytes
         if self._host is not None:
-            return self._host
+            return self._host[:nbytes]
         self.bo.sync(self.pyxrt.xclBOSyncDirection.XCL_BO_SYNC_BO_FROM_DEVICE)
-        return bytes(self.bo.read(self.nbytes, 0))
+        return bytes(self.bo.read(nbytes, 0))
 
     def detach(self) -> None:
         """Keep a host copy: the buffer object is about to be reused."""
@@ -117,7 +120,7 @@ class XrtKernel:
         self.instr_bo.sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
         self.arg_bytes = list(arg_bytes)
         self.bos = [x.bo(dev.device, n, x.bo.host_only, self.kernel.group_id(3 + i)) for i, n in enumerate(arg_bytes)]
-        self._left: DeviceBuffer | None = None          # the output the last run left on the device
+        self._left = None                      # weakref to the output the last run left on the device
 
     def upload(self, index: int, array: np.ndarray) -> DeviceBuffer:
         """`array` in a buffer object of its own for argument `index`, written once (a weight)."""
@@ -146,9 +149,10 @@ class XrtKernel:
 
     def _run(self, inputs, outputs, leave):
         x = self.pyxrt
-        if self._left is not None:                      # the output buffer is about to be rewritten
-            self._left.detach()
-            self._left = None
+        left = self._left() if self._left is not None else None
+        if left is not None:                    # still in use, and its buffer is about to be rewritten
+            left.detach()
+        self._left = None
         bos = list(self.bos)
         for i, value in inputs.items():
             if isinstance(value, DeviceBuffer):
@@ -167,5 +171,6 @@ class XrtKernel:
             self.bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_FROM_DEVICE)
             out[i] = np.frombuffer(bytes(self.bos[i].read(self.arg_bytes[i], 0)), dtype=dtype).copy()
         if leave is not None:
-            self._left = out[leave] = DeviceBuffer(x, self.bos[leave], self.arg_bytes[leave])
+            out[leave] = DeviceBuffer(x, self.bos[leave], self.arg_bytes[leave])
+            self._left = weakref.ref(out[leave])
         return out

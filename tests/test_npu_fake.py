@@ -129,6 +129,7 @@ def test_activations_and_weights_stay_on_the_device(npu_env, tiny):
     reads back only what leaves the NPU (log-mel, the convolutions' outputs, the encoder's outputs
     and the sanity check's first band of each output)."""
     from encoder.model import WhisperModel
+    from encoder.network import build_encoder_graph
 
     fake = npu_env(shared=True)
     model = npu_model(tiny)
@@ -144,6 +145,10 @@ def test_activations_and_weights_stay_on_the_device(npu_env, tiny):
     weights = sum(w.packed(np.zeros(w.shape[1], np.float32)).nbytes for w in model.runner.weights.values()
                   if hasattr(w, "packed"))
     assert weights > 10 * 2**20 and fake.written < weights       # the ~20 MB of packed weights are not rewritten
+    leaving = 4 * 3008 * 80 + 2 * (3072 + 1536) * d + 2 * rows * d + 4 * 2 * rows * 2 * d   # mel, convs, outputs
+    shapes = build_encoder_graph(tiny.dims, cross_kv=True).shapes
+    checks = sum(64 * 2 * shapes[r.node][1] for r in result.records if r.backend == "npu")
+    assert fake.read <= leaving + checks + 2**20                  # every op's whole output would be ~70 MB
     emu = WhisperModel(tiny.converted, "emu").encode_with_cross(windows[1])
     np.testing.assert_array_equal(result.output, emu.output)
 
