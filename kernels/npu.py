@@ -146,10 +146,11 @@ def _host(value):
     return value.dense if isinstance(value, NpuWeight) else value
 
 
-def _on_device(value, q_cols: int = 0):
-    """The device buffer holding `value` where a kernel can read it as it stands (the same Q scaling),
-    else None."""
-    if isinstance(value, DeviceTensor) and value.q_cols == q_cols and value.buffer.on_device:
+def _resident(value, nbytes: int, q_cols: int = 0):
+    """The device buffer holding `value` where a kernel's argument of `nbytes` can read it as it stands
+    (the same size and Q scaling), else None."""
+    if isinstance(value, DeviceTensor) and value.q_cols == q_cols and value.buffer.on_device \
+            and value.buffer.nbytes == nbytes:
         return value.buffer
     return None
 
@@ -313,12 +314,12 @@ class NpuBackend(Backend):
         """One op on the NPU: inputs the device holds already are passed as they stand, the rest packed
         and written; the output stays on the device (a DeviceTensor), but log_mel's."""
         kernel = self.kernels[entry.key]
-        s = entry.shape
+        s, size = entry.shape, kernel.arg_bytes
         with self._lock:
             if entry.op == "linear":
                 x, w, b = args
                 residual, (m, k, n) = kwargs.get("residual"), (s["M"], s["K"], s["N"])
-                inputs = {0: _on_device(x) or _bits(_padded(_host(x), (m, k))),
+                inputs = {0: _resident(x, size[0]) or _bits(_padded(_host(x), (m, k))),
                           1: w.on_device(kernel, b) if isinstance(w, NpuWeight) else tiles.pack_linear(w, b),
                           2: self._residual(kernel, residual, (m, n))}
                 q_cols, head_dim = (w.q_cols, w.q_head_dim) if isinstance(w, NpuWeight) else (0, None)
@@ -327,7 +328,7 @@ class NpuBackend(Backend):
             if entry.op == "attention":
                 qkv, n_head = args
                 d = qkv.shape[1] // 3
-                buffer = _on_device(qkv, q_cols=d)
+                buffer = _resident(qkv, size[0], q_cols=d)
                 out = kernel.run({0: buffer or pack_attention(qkv, n_head)[0]}, {}, leave=1)
                 return DeviceTensor(out[1], qkv.shape[0], d, self._lock)
             if entry.op == "log_mel":
@@ -336,7 +337,7 @@ class NpuBackend(Backend):
                 # the window's maximum, the clamp and the scaling: on the host, in the kernel's numerics
                 return C.mel_finish(log_mel, log_mel.max())
             x, gamma, beta = args
-            inputs = {0: _on_device(x) or _bits(_padded(_host(x), (s["R"], s["D"]))),
+            inputs = {0: _resident(x, size[0]) or _bits(_padded(_host(x), (s["R"], s["D"]))),
                       1: self._constant(kernel, 1, (gamma, beta), lambda: _bits(np.concatenate([gamma, beta])))}
             out = kernel.run(inputs, {}, leave=2)
             return DeviceTensor(out[2], x.shape[0], s["D"], self._lock)
@@ -346,7 +347,7 @@ class NpuBackend(Backend):
         (uploaded once) for a linear without one."""
         if residual is None:
             return self._constant(kernel, 2, (), lambda: np.zeros(shape, np.uint16))
-        return _on_device(residual) or _bits(_padded(_host(residual), shape))
+        return _resident(residual, kernel.arg_bytes[2]) or _bits(_padded(_host(residual), shape))
 
     def _constant(self, kernel: XrtKernel, index: int, of: tuple, make) -> DeviceBuffer:
         """A kernel argument that does not change between calls (zeros for no residual, a layernorm's

@@ -156,11 +156,13 @@ class XrtKernel:
         bos = list(self.bos)
         for i, value in inputs.items():
             if isinstance(value, DeviceBuffer):
-                if value.nbytes != self.arg_bytes[i] or not value.on_device:
-                    value = np.frombuffer(value.read(), np.uint8)
-                else:
+                if value.nbytes != self.arg_bytes[i]:
+                    raise NpuFault(f"argument {i} is a {value.nbytes}-byte device buffer, the design expects "
+                                   f"{self.arg_bytes[i]}")
+                if value.on_device:
                     bos[i] = value.bo
                     continue
+                value = np.frombuffer(value.read(), np.uint8)
             self.bos[i].write(self._raw(i, value), 0)
             self.bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
         state = self.kernel(3, self.instr_bo, self.n_insts, *bos).wait(TIMEOUT_MS)
