@@ -94,12 +94,7 @@ class NpuWeight:
         with self._lock:
             hit = self._packed.get(id(b))
             if hit is None or hit[0] is not b:
-                w, bias = self.dense, b
-                if self.q_head_dim:
-                    scale = np.ones(self.shape[1], np.float32)
-                    scale[:self.q_cols] = 1.0 / math.sqrt(self.q_head_dim)     # 1/8: exact
-                    w, bias = w * scale, b * scale
-                hit = (b, tiles.pack_linear(w, bias))
+                hit = (b, tiles.pack_projection(self.dense, b, self.q_head_dim))
                 self._packed[id(b)] = hit
             return hit[1]
 

@@ -2,13 +2,12 @@
 
 This is the schedule an NPU runs: one design run (one dispatch) per layernorm, linear and attention
 node, the activations kept between nodes as the device keeps them (bf16, rows padded to whole
-256-row bands, row-major), the weights packed once (kernels.aie.tiles.pack_linear; the query
-columns of a projection that feeds attention scaled by 1/8 there, which is exact, so that the
-attention design takes Q as it stands). The tests run an encoder block through it against `emu`.
+256-row bands, row-major), the weights packed once (kernels.aie.tiles.pack_projection: the query
+columns of a projection that feeds attention scaled by 1/8, exactly, so that the attention design
+takes Q as it stands). The tests run an encoder block through it against `emu`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,11 +75,7 @@ class DesignRunner:
         """W and bias packed once (the Q columns scaled for a projection feeding attention)."""
         key = (id(w), call.head_dim)
         if key not in self._packed:
-            if call.head_dim:
-                scale = np.ones(w.shape[1], np.float32)
-                scale[:w.shape[1] // 3] = 1.0 / math.sqrt(call.head_dim)     # 1/8 for every Whisper size: exact
-                w, b = w * scale, b * scale
-            self._packed[key] = tiles.pack_linear(w, b)
+            self._packed[key] = tiles.pack_projection(w, b, call.head_dim)
         return self._packed[key]
 
     def run_nodes(self, nodes: list[Node], x: np.ndarray, seq: int, weights: dict) -> dict[str, np.ndarray]:

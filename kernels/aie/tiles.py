@@ -98,6 +98,17 @@ def pack_linear(w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def pack_projection(w: np.ndarray, b: np.ndarray, head_dim: int | None = None) -> np.ndarray:
+    """pack_linear, with the query columns (the first third) of a QKV projection scaled by
+    1/sqrt(head_dim) when it feeds attention: 1/8 for every Whisper size, exact, so the attention
+    design reads the projection's output as it stands and its bits are 1/8 of the unscaled ones."""
+    if head_dim:
+        scale = np.ones(w.shape[1], np.float32)
+        scale[:w.shape[1] // 3] = 1.0 / math.sqrt(head_dim)
+        w, b = w * scale, b * scale
+    return pack_linear(w, b)
+
+
 def unpack_linear(packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(W (k x N), bias) as bf16 bits from pack_linear's layout: its inverse."""
     tiles, chunks = packed.shape[0], packed.shape[1] - 1
