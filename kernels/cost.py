@@ -59,6 +59,10 @@ def _matmul_flops(graph, node) -> int:
     return 0
 
 
+def _ddr_ms(nbytes: int, params: NpuParams) -> float:
+    return nbytes / (params.ddr_gbs * 1e9) * 1e3
+
+
 def _ddr_bytes(graph, node) -> int:
     acts = sum(math.prod(graph.shapes[a]) for a in node.activation_inputs) + math.prod(node.shape)
     weights = sum(math.prod(graph.weight_shapes[w]) for w in node.weights)
@@ -99,7 +103,7 @@ def project(graph, params: NpuParams) -> list[NodeProjection]:
         compute_s = mm / (rate * params.macs_per_cycle * 2) + other / (rate * params.vector_flops_per_cycle)
         ddr = _ddr_bytes(graph, node)
         rows.append(NodeProjection(node.name, node.kernel, node.flops / 1e9, _tiles(node), ddr / 2**20,
-                                   compute_s * 1e3, ddr / (params.ddr_gbs * 1e9) * 1e3))
+                                   compute_s * 1e3, _ddr_ms(ddr, params)))
     return rows
 
 
@@ -179,7 +183,7 @@ def project_schedule(graph, params: NpuParams) -> list[DispatchProjection]:
         rows.append(DispatchProjection(
             node.name, f"{call.kernel} {'x'.join(str(a) for a in call.shape if type(a) is int)}", len(trace.calls),
             trace.ddr_bytes / 2**20, sum(busiest.values()) / clock, channel / STREAM_BYTES_PER_CYCLE / clock,
-            trace.ddr_bytes / (params.ddr_gbs * 1e9) * 1e3, params.dispatch_ms,
+            _ddr_ms(trace.ddr_bytes, params), params.dispatch_ms,
             {k: v / clock for k, v in busiest.items()}))
     return rows
 
@@ -202,7 +206,7 @@ def _undesigned(graph, node, params: NpuParams) -> DispatchProjection:
                                   {}, dispatched=False)
     ddr = _ddr_bytes(graph, node)
     return DispatchProjection(node.name, f"no design: one DDR pass ({node.kernel})", 0, ddr / 2**20, 0.0, 0.0,
-                              ddr / (params.ddr_gbs * 1e9) * 1e3, params.dispatch_ms, {})
+                              _ddr_ms(ddr, params), params.dispatch_ms, {})
 
 
 def format_schedule(graph, params: NpuParams) -> str:

@@ -73,7 +73,8 @@ def arg_bytes(entry: Entry) -> list[int]:
 
 class NpuWeight:
     """A linear's W (K, N) for the NPU: packed with its bias into the layout the matmul design streams
-    (kernels.aie.tiles.pack_linear) and uploaded once per kernel and bias, instead of on every call; for
+    (kernels.aie.tiles.pack_linear) once per bias, instead of on every call (NpuBackend uploads it once
+    per kernel); for
     a projection that feeds attention (q_head_dim set by prepare_graph) the query columns are scaled by
     1/sqrt(head_dim) there, as the attention design takes them. The fp32 original stays for the CPU
     fallback and the self-tests."""
@@ -83,7 +84,6 @@ class NpuWeight:
         self.shape = w.shape
         self.q_head_dim: int | None = None
         self._packed: dict[int, tuple[np.ndarray, np.ndarray]] = {}          # id(bias) -> (bias, packed)
-        self._device: dict[tuple, tuple] = {}                                # (kernel, id(bias)) -> (bias, buffer)
         self._lock = threading.Lock()
 
     @property
@@ -97,15 +97,6 @@ class NpuWeight:
                 hit = (b, tiles.pack_projection(self.dense, b, self.q_head_dim))
                 self._packed[id(b)] = hit
             return hit[1]
-
-    def on_device(self, kernel: XrtKernel, b: np.ndarray) -> DeviceBuffer:
-        """The packed weight in a device buffer of its own for `kernel`, uploaded on first use."""
-        key = (id(kernel), id(b))
-        hit = self._device.get(key)
-        if hit is None or hit[0] is not b:
-            hit = (b, kernel.upload(1, self.packed(b)))
-            self._device[key] = hit
-        return hit[1]
 
 
 class DeviceTensor:
@@ -214,24 +205,21 @@ class NpuBackend(Backend):
         entry.state, entry.reason = "disabled", reason
         self.kernels.pop(entry.key, None)
 
-    def _context(self, entry: Entry) -> XrtContext:
-        """The hardware context of the entry's xclbin: opened once, shared by the kernels it holds."""
-        if entry.xclbin not in self.contexts:
-            if len(self.contexts) >= self.device.context_limit:
-                raise NpuFault(f"hardware context limit ({self.device.context_limit}) reached")
-            self.contexts[entry.xclbin] = XrtContext(self.device, entry.xclbin)
-        return self.contexts[entry.xclbin]
-
     def _load(self, entry: Entry) -> None:
+        """Open the entry's xclbin in a hardware context (once, shared by the kernels it holds), load
+        its kernel and self-test it."""
         for path in (entry.xclbin, entry.insts):
             if not path.is_file():
                 return self._disable(entry, f"missing file {path}")
+        if entry.xclbin not in self.contexts and len(self.contexts) >= self.device.context_limit:
+            return self._disable(entry, f"hardware context limit ({self.device.context_limit}) reached")
         try:
-            context = self._context(entry)
-            self.kernels[entry.key] = XrtKernel(self.device, context, entry.insts, entry.kernel_name,
-                                                arg_bytes(entry), entry.insts_count)
+            if entry.xclbin not in self.contexts:
+                self.contexts[entry.xclbin] = XrtContext(self.device, entry.xclbin)
+            self.kernels[entry.key] = XrtKernel(self.device, self.contexts[entry.xclbin], entry.insts,
+                                                entry.kernel_name, arg_bytes(entry), entry.insts_count)
         except NpuFault as e:
-            return self._disable(entry, str(e) if "context limit" in str(e) else f"load failed: {e}")
+            return self._disable(entry, f"load failed: {e}")
         except Exception as e:  # pyxrt raises RuntimeError and friends; all mean "not usable"
             return self._disable(entry, f"load failed: {type(e).__name__}: {e}")
         entry.state = "self-test"
@@ -315,7 +303,8 @@ class NpuBackend(Backend):
                 x, w, b = args
                 residual, (m, k, n) = kwargs.get("residual"), (s["M"], s["K"], s["N"])
                 inputs = {0: _resident(x, size[0]) or _bits(_padded(_host(x), (m, k))),
-                          1: w.on_device(kernel, b) if isinstance(w, NpuWeight) else tiles.pack_linear(w, b),
+                          1: self._constant(kernel, 1, (w, b), lambda: w.packed(b)) if isinstance(w, NpuWeight)
+                          else tiles.pack_linear(w, b),
                           2: self._residual(kernel, residual, (m, n))}
                 q_cols, head_dim = (w.q_cols, w.q_head_dim) if isinstance(w, NpuWeight) else (0, None)
                 out = kernel.run(inputs, {}, leave=3)
@@ -345,8 +334,8 @@ class NpuBackend(Backend):
         return _resident(residual, kernel.arg_bytes[2]) or _bits(_padded(_host(residual), shape))
 
     def _constant(self, kernel: XrtKernel, index: int, of: tuple, make) -> DeviceBuffer:
-        """A kernel argument that does not change between calls (zeros for no residual, a layernorm's
-        gamma and beta), uploaded once; `of`: the arrays it is made from (held, so that ids stay theirs)."""
+        """A kernel argument that does not change between calls (a packed weight, zeros for no residual, a
+        layernorm's gamma and beta), uploaded once; `of`: the arrays it is made from (held, so that ids stay theirs)."""
         key = (id(kernel), index, *map(id, of))
         hit = self._constants.get(key)
         if hit is None:
