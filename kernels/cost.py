@@ -189,8 +189,7 @@ def project_schedule(graph, params: NpuParams) -> list[DispatchProjection]:
 
 
 def _trace(call):
-    fn = getattr(iron_host.design(call.kernel), f"amanuensis_{call.kernel}")
-    return iron_host.resolve(fn, *call.shape).trace()
+    return iron_host.resolve_design(call.kernel, *call.shape).trace()
 
 
 def _kernel_cycles(calls) -> dict[str, int]:

@@ -55,11 +55,10 @@ class DesignRunner:
         self._packed: dict[tuple, np.ndarray] = {}
         self.dispatches = 0
 
-    def _program(self, kernel: str, *args) -> iron_host.HostProgram:
-        key = (kernel, *args)
+    def program(self, call: DesignCall) -> iron_host.HostProgram:
+        key = (call.kernel, *call.shape)
         if key not in self._programs:
-            fn = getattr(iron_host.design(kernel), f"amanuensis_{kernel}")
-            self._programs[key] = iron_host.resolve(fn, *args)
+            self._programs[key] = iron_host.resolve_design(call.kernel, *call.shape)
         return self._programs[key]
 
     def _run(self, call: DesignCall, *arrays) -> None:
@@ -67,9 +66,6 @@ class DesignRunner:
 
         self.dispatches += 1
         self.program(call).run(*(a.view(ml_dtypes.bfloat16) for a in arrays), lib=self.lib)
-
-    def program(self, call: DesignCall) -> iron_host.HostProgram:
-        return self._program(call.kernel, *call.shape)
 
     def _weights(self, call: DesignCall, w: np.ndarray, b: np.ndarray) -> np.ndarray:
         """W and bias packed once (the Q columns scaled for a projection feeding attention)."""

@@ -785,6 +785,11 @@ def design(kernel: str) -> types.ModuleType:
     return module
 
 
+def resolve_design(kernel: str, *args) -> HostProgram:
+    """kernels/aie/<kernel>/design.py's amanuensis_<kernel>(dev, *args), resolved with resolve()."""
+    return resolve(getattr(design(kernel), f"amanuensis_{kernel}"), *args)
+
+
 def resolve(design_fn, *args, **kwargs) -> HostProgram:
     """Build a design (e.g. amanuensis_matmul) for a Phoenix-sized array with the host's IRON."""
     with iron_modules():
