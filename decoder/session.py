@@ -20,10 +20,10 @@ from weights_tools.dims import ModelDimensions
 
 
 def int8_caveat(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """Why int8 results may differ on this CPU, or None. ONNX Runtime's x86 int8 matmul multiplies
-    uint8 inputs by int8 weights; without VNNI it sums pairs of products in int16 (VPMADDUBSW),
-    which saturates when both are large (its documented limitation). Our accuracy figures are
-    from a VNNI machine. Unknown CPUs (no /proc/cpuinfo) and non-x86 ones get no caveat."""
+    """Why int8 results may differ on this CPU, or None. Without VNNI, ONNX Runtime's x86 int8
+    kernels multiply unsigned by signed bytes with VPMADDUBSW, which sums pairs of products in int16
+    and saturates when both are large (its documented limitation). Our accuracy figures are from
+    VNNI machines. Unknown CPUs (no /proc/cpuinfo) and non-x86 ones get no caveat."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return None
     try:

@@ -59,10 +59,9 @@ def add_device(parser: argparse.ArgumentParser, default: str = "auto", strict: b
 
 def add_decoder_precision(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default=DEFAULT_DECODER_PRECISION,
-                        help="decoder weights: int8-vocab (the output projection in int8: under half of fp32's "
-                             "weight bytes per token, the same transcripts on our real clips), fp32, or int8 "
-                             "(every layer; fastest, slightly less accurate); see docs/performance.md "
-                             f"(default {DEFAULT_DECODER_PRECISION})")
+                        help="decoder weights: int8 (8-bit blocks: a quarter of fp32's weight bytes per token, "
+                             "the same transcripts on our real clips) or fp32 (the transcripts of transformers); "
+                             f"see docs/performance.md (default {DEFAULT_DECODER_PRECISION})")
 
 
 def add_decoding(parser: argparse.ArgumentParser) -> None:

@@ -147,8 +147,8 @@ def load_model(name: str = "tiny.en", device: str = "auto", strict: bool = False
     """Load a model by default name, directory or hub id (converting on first use) onto `device`.
 
     strict=True makes any op that falls back from the chosen backend an error.
-    decoder_precision: the weights transcription decodes with (DECODER_PRECISIONS): "int8-vocab" (the
-    output projection in int8, the rest fp32), "fp32" or "int8" (every linear layer).
+    decoder_precision: the weights transcription decodes with (DECODER_PRECISIONS): "int8" (every
+    linear layer in 8-bit blocks) or "fp32".
     """
     model = WhisperModel(ConvertedModel.open(resolve_model(name)), device, strict, decoder_precision)
     model.spec = str(name)

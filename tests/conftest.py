@@ -21,7 +21,7 @@ from tests.helpers import SPEECH  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny():
     """tiny.en (the offline default) on the cpu backend, with the fp32 decoder: the configuration
-    compared with transformers (the default decoder's output projection is int8)."""
+    compared with transformers (the default decoder is int8)."""
     return load_model("tiny.en", device="cpu", decoder_precision="fp32")
 
 

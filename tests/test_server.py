@@ -125,7 +125,7 @@ def test_health_status_and_auth(server):
     assert set(status["counters"]) >= {"requests", "failures", "audio_seconds", "realtime_factor"}
     assert "seconds of processing per second of audio" in status["counters"]["realtime_factor"]["definition"]
     assert status["queue"]["capacity"] == 32 and "layers.3.fc2" in status["graph_backends"]
-    assert status["decoder"] == "onnxruntime cpu, int8-vocab weights (decoder-int8-vocab.onnx)"   # the default
+    assert status["decoder"] == "onnxruntime cpu, int8 weights (decoder-int8.onnx)"   # the default
 
 
 def test_transcribe_every_format(server, cli_text):

@@ -7,8 +7,7 @@ The converted directory holds:
     encoder.safetensors      encoder weights, fp32, in the kernel layout (see layout.py)
     decoder.safetensors      decoder weights, fp32, Hugging Face names and layout
     decoder.onnx             the decoder graph; its weights are external data in decoder.safetensors
-    decoder-int8-vocab.onnx  the same with the output projection in int8 (the default decoder)
-    decoder-int8.onnx        the decoder graph with int8 weights, self-contained (--decoder-precision int8)
+    decoder-int8.onnx        the decoder graph with 8-bit weights, self-contained (the default decoder)
     tokenizer.json           the model's tokenizer
 It is written into a temporary sibling and renamed into place, so a failed or
 interrupted conversion never leaves a half-written model behind.
@@ -29,7 +28,7 @@ from weights_tools.onnx_decoder import PRECISIONS, build_decoder_onnx
 from weights_tools.safetensors_io import write_safetensors
 
 FORMAT = "amanuensis-whisper"
-FORMAT_VERSION = 4   # 2: decoder.onnx takes logits_from; 3: decoder-int8.onnx; 4: decoder-int8-vocab.onnx
+FORMAT_VERSION = 5   # 2: logits_from; 3: decoder-int8.onnx; 4: decoder-int8-vocab.onnx; 5: int8 in 8-bit blocks
 MANIFEST = "amanuensis.json"
 DECODER_FILES = {p: "decoder.onnx" if p == "fp32" else f"decoder-{p}.onnx" for p in PRECISIONS}
 FILES = (MANIFEST, "config.json", "generation_config.json", "encoder.safetensors", "decoder.safetensors",

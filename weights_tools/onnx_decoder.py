@@ -1,16 +1,15 @@
-"""Build the Whisper decoder as an ONNX graph (onnx package only; no torch), in three precisions.
+"""Build the Whisper decoder as an ONNX graph (onnx package only; no torch), in two precisions.
 
 fp32 (decoder.onnx): the initializers are not copied: each points into decoder.safetensors (ONNX
 external data: file, offset, length), so the converted model keeps one copy of the decoder weights,
 in Hugging Face layout. Linear layers are `Gemm` with transB=1 on (B·S, D) rows for that reason.
 
-int8-vocab (decoder-int8-vocab.onnx): the fp32 graph, but the output projection onto the vocabulary
-(the tied token embedding) is int8 with one fp32 scale per token, run as MatMulInteger on inputs
-quantized per call; its int8 copy is held in the graph, everything else is external data. A greedy
-step is memory bound (one row against every weight) and the projection is most of its bytes (tiny.en:
-80 of 113 MB in fp32).
-
-int8 (decoder-int8.onnx): every linear layer and the token embedding int8, self-contained.
+int8 (decoder-int8.onnx, the default): every linear layer and the output projection onto the
+vocabulary (the tied token embedding) in 8 bits with one scale per block of 128 inputs
+(quantize.py), run as ONNX Runtime's MatMulNBits, which quantizes its input per block of 128 too
+and multiplies in integers; the 8-bit copies are held in the graph. The token embedding's rows,
+layer norms, biases and positions stay fp32, external data in decoder.safetensors as above. A
+greedy step is memory bound (one row against every weight): 8 bits read a quarter of the bytes.
 
 The accuracy of each is measured in docs/performance.md. The graph's inputs and outputs are listed,
 and named, in weights_tools/decoder_io.py.
@@ -24,13 +23,13 @@ import numpy as np
 
 from weights_tools import decoder_io as io
 from weights_tools.dims import ModelDimensions
-from weights_tools.quantize import quantize_int8
+from weights_tools.quantize import quantize_blocks
 from weights_tools.safetensors_io import read_header, read_safetensors
 
 OPSET = 17
+MS_DOMAIN, MS_OPSET = "com.microsoft", 1           # ONNX Runtime's contrib ops (MatMulNBits)
 
-
-PRECISIONS = ("fp32", "int8-vocab", "int8")
+PRECISIONS = ("fp32", "int8")
 VOCAB_PROJECTION = "decoder.embed_tokens"          # tied: the token embedding is the output projection
 
 
@@ -52,7 +51,7 @@ class _Builder:
 
     def quantized(self, prefix: str) -> bool:
         """Whether the linear layer `prefix` runs in int8."""
-        return self.precision == "int8" or (self.precision == "int8-vocab" and prefix == VOCAB_PROJECTION)
+        return self.precision == "int8"
 
     def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs):
         """Add a node; its output name, or a tuple of `n_out` names."""
@@ -73,19 +72,26 @@ class _Builder:
             self.inits[name] = self.onnx.numpy_helper.from_array(np.ascontiguousarray(value, dtype), name)
         return name
 
-    def int8_weight(self, name: str) -> tuple[str, str]:
-        """Initializers (q (in, out) int8, scale (out,) fp32) of weight `name`, quantized from `arrays`."""
+    def int8_weight(self, name: str, alpha: float = 1.0) -> tuple[str, str]:
+        """Initializers (q (out, in / BLOCK, BLOCK) uint8, scale (out · in / BLOCK,) fp32) of weight
+        `name`, quantized from `arrays` (quantize_blocks), the scales times `alpha`."""
         if f"{name}.q" not in self.inits:
-            q, scale = quantize_int8(self.arrays[name])
-            self.array(f"{name}.q", q, np.int8)
-            self.array(f"{name}.scale", scale)
+            q, scale = quantize_blocks(self.arrays[name])
+            self.array(f"{name}.q", q, np.uint8)
+            self.array(f"{name}.scale", scale.reshape(-1) * np.float32(alpha))
         return f"{name}.q", f"{name}.scale"
+
+    def scaled_weight(self, name: str, alpha: float) -> str:
+        """The initializer of `name` times `alpha` (held in the graph), or the weight itself for 1."""
+        if alpha == 1.0:
+            return self.weight(name)
+        return self.array(f"{name}.scaled", self.arrays[name] * np.float32(alpha))
 
     def model_bytes(self, name: str, inputs: list, outputs: list) -> bytes:
         """The collected nodes and initializers as a serialized ONNX model with these inputs and outputs."""
         graph = self.helper.make_graph(self.nodes, name, inputs, outputs, list(self.inits.values()))
-        model = self.helper.make_model(graph, opset_imports=[self.helper.make_opsetid("", OPSET)],
-                                       producer_name="amanuensis")
+        opsets = [self.helper.make_opsetid("", OPSET), self.helper.make_opsetid(MS_DOMAIN, MS_OPSET)]
+        model = self.helper.make_model(graph, opset_imports=opsets, producer_name="amanuensis")
         model.ir_version = 8
         return model.SerializeToString()
 
@@ -109,36 +115,31 @@ class _Builder:
         return name
 
 
-def _linear(g: _Builder, x2d: str, prefix: str, bias: bool = True) -> str:
-    """y = x · Wᵀ + b on (rows, D) with W in HF layout (out, in)."""
+def _linear(g: _Builder, x2d: str, prefix: str, bias: bool = True, alpha: float = 1.0) -> str:
+    """y = alpha · (x · Wᵀ + b) on (rows, D) with W in HF layout (out, in). alpha is a power of two
+    (the attention's query scale), so folding it into the product and the bias changes no bit."""
     if g.quantized(prefix):
-        return _linear_int8(g, x2d, f"{prefix}.weight", f"{prefix}.bias" if bias else None)
-    if bias:
-        return g.op("Gemm", x2d, g.weight(f"{prefix}.weight"), g.weight(f"{prefix}.bias"), transB=1)
-    return g.op("Gemm", x2d, g.weight(f"{prefix}.weight"), transB=1)
+        return _linear_int8(g, x2d, f"{prefix}.weight", f"{prefix}.bias" if bias else None, alpha)
+    inputs = [x2d, g.weight(f"{prefix}.weight")] + ([g.weight(f"{prefix}.bias")] if bias else [])
+    scaled = {"alpha": alpha, "beta": alpha} if alpha != 1.0 else {}
+    return g.op("Gemm", *inputs, transB=1, **scaled)
 
 
-def _linear_int8(g: _Builder, x2d: str, weight: str, bias: str | None) -> str:
-    """y ≈ x · Wᵀ + b with W int8 per output channel and x quantized per call to uint8 (one scale
-    and zero point for the whole input): y = (xq - xz) · q · (xs · scale) + b, integer products
-    accumulated in int32. ONNX Runtime fuses the pattern into one kernel."""
-    q, scale = g.int8_weight(weight)
-    xq, xs, xz = g.op("DynamicQuantizeLinear", x2d, n_out=3)
-    acc = g.op("Cast", g.op("MatMulInteger", xq, q, xz), to=g.onnx.TensorProto.FLOAT)
-    y = g.op("Mul", acc, g.op("Mul", xs, scale))
-    return g.op("Add", y, g.weight(bias)) if bias else y
+def _linear_int8(g: _Builder, x2d: str, weight: str, bias: str | None, alpha: float = 1.0) -> str:
+    """y ≈ alpha · (x · Wᵀ + b) with W in 8-bit blocks (quantize_blocks; alpha folded into the scales
+    and the bias). MatMulNBits at accuracy level 4 quantizes each block of x's row to int8 with its
+    own scale and sums the integer products per block: y[n] = Σ_b xs_b · scale[n, b] · Σ_j xq · (q - 128)."""
+    q, scale = g.int8_weight(weight, alpha)
+    n, k = g.arrays[weight].shape
+    y = g.op("MatMulNBits", x2d, q, scale, domain=MS_DOMAIN,
+             K=k, N=n, bits=8, block_size=g.inits[q].dims[2], accuracy_level=4)
+    return g.op("Add", y, g.scaled_weight(bias, alpha)) if bias else y
 
 
 def _token_embedding(g: _Builder, ids: str) -> str:
-    """Rows of the token embedding for `ids` (B, S) -> (B, S, D); from its int8 copy in an int8 graph
-    (the same table serves the tied output projection, so it is held once)."""
-    name = f"{VOCAB_PROJECTION}.weight"
-    if g.precision != "int8":
-        return g.op("Gather", g.weight(name), ids)
-    q, scale = g.int8_weight(name)                                           # (D, V), (V,)
-    rows = g.op("Transpose", g.op("Gather", q, ids, axis=1), perm=[1, 2, 0])    # (B, S, D) int8
-    rows = g.op("Cast", rows, to=g.onnx.TensorProto.FLOAT)
-    return g.op("Mul", rows, g.op("Unsqueeze", g.op("Gather", scale, ids), g.const([-1])))
+    """Rows of the token embedding for `ids` (B, S) -> (B, S, D), fp32 in every precision: a step reads
+    one row, and rows from the 8-bit copy changed a comma in one of the 18 real clips."""
+    return g.op("Gather", g.weight(f"{VOCAB_PROJECTION}.weight"), ids)
 
 
 def _heads(g: _Builder, x2d: str, shape_bshd: str) -> str:
@@ -158,7 +159,7 @@ def _layernorm(g: _Builder, x: str, prefix: str) -> str:
 
 def _self_attention(g, x2d, p, i, s) -> tuple[str, str, str]:
     """Attention of the new tokens over the cached slots (< offset) and over each other (causal)."""
-    q = g.op("Mul", _heads(g, _linear(g, x2d, f"{p}.q_proj"), s["bshd"]), s["scale"])
+    q = _heads(g, _linear(g, x2d, f"{p}.q_proj", alpha=s["scale"]), s["bshd"])
     k = _heads(g, _linear(g, x2d, f"{p}.k_proj", bias=False), s["bshd"])
     v = _heads(g, _linear(g, x2d, f"{p}.v_proj"), s["bshd"])
     past = g.op("Add", g.op("MatMul", q, g.op("Transpose", io.past_key(i), perm=[0, 1, 3, 2])), s["past_mask"])
@@ -171,7 +172,7 @@ def _self_attention(g, x2d, p, i, s) -> tuple[str, str, str]:
 
 
 def _cross_attention(g, x2d, p, i, s) -> tuple[str, str]:
-    q = g.op("Mul", _heads(g, _linear(g, x2d, f"{p}.q_proj"), s["bshd"]), s["scale"])
+    q = _heads(g, _linear(g, x2d, f"{p}.q_proj", alpha=s["scale"]), s["bshd"])
     probs = g.op("Softmax", g.op("MatMul", q, g.op("Transpose", io.cross_key(i), perm=[0, 1, 3, 2])), axis=-1)
     out = g.op("MatMul", probs, io.cross_value(i))
     return _linear(g, _merge(g, out, s["flat"]), f"{p}.out_proj"), probs
@@ -197,7 +198,9 @@ def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
     return {
         "bshd": g.op("Concat", b, s_len, heads, d_head, axis=0),
         "flat": g.const([-1, dims.n_text_state]),
-        "scale": g.const(1 / math.sqrt(dims.n_text_state // dims.n_text_head), np.float32),
+        # the query scale rides on the query projection: as a Mul before q · Kᵀ, ONNX Runtime folds
+        # it into the MatMul, whose one-row kernel then packs Kᵀ at every step (3x slower, measured)
+        "scale": 1 / math.sqrt(dims.n_text_state // dims.n_text_head),
         "past_mask": past_mask, "causal_mask": g.op("Where", causal, zero_f, neg_inf),   # (S, S)
         "positions": g.op("Add", new_pos, io.OFFSET),
         "zero": g.const([0]), "n_ctx": g.const([dims.n_text_ctx]), "big": g.const([2**62]), "minus1": g.const([-1]),
@@ -210,12 +213,9 @@ def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
 def build_decoder_onnx(dims: ModelDimensions, precision: str, weights_path: Path, alignment_heads=()) -> bytes:
     """Serialized ONNX decoder of `precision` (PRECISIONS) for the decoder weights in `weights_path`
     (safetensors, Hugging Face names): fp32 weights stay there as external data (the graph goes in the
-    same directory); int8 ones are quantized (quantize.py) into the graph. int8 keeps the layer norms,
-    biases and positions fp32 in the graph."""
-    if precision == "int8":
-        return _build(_Builder(arrays=read_safetensors(weights_path), precision=precision), dims, alignment_heads)
+    same directory); int8's linear weights are quantized (quantize.py) into the graph."""
     header, start = read_header(weights_path)
-    arrays = read_safetensors(weights_path, only={f"{VOCAB_PROJECTION}.weight"}) if precision == "int8-vocab" else {}
+    arrays = read_safetensors(weights_path) if precision == "int8" else {}
     return _build(_Builder(Path(weights_path).name, header, start, arrays, precision), dims, alignment_heads)
 
 
