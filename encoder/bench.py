@@ -2,8 +2,9 @@
 
 Every figure comes from a child process (encoder.benchmark.jobs) so that each peak resident
 memory is that system's own. The input is the project's own synthesised speech
-(encoder/benchmark/data), reordered into 30 s, 5 min, ... Results: a table on stdout (or one JSON
-object with --json), bench.json and profile.png in --out-dir.
+(encoder/benchmark/data), reordered into 30 s, 5 min, ... Whole processes, start-up included, run
+on five minutes of more varied speech, a short clip and twelve files (encoder.benchmark.whole).
+Results: a table on stdout (or one JSON object with --json), bench.json and profile.png in --out-dir.
 """
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "end-to-end runs, each run in turn; the first gives the headline figures (default "
                         f"{','.join(DECODER_PRECISIONS)})")
     parser.add_argument("--repeats", type=int, default=5, help="timed encoder runs per system (median; default 5)")
+    parser.add_argument("--whole-repeats", type=int, default=3, help="runs of each whole process (start-up and "
+                        "model load included) on 5 min of varied speech, a 3 s clip and 12 files, alternating, "
+                        "median; with --peers, faster-whisper plain and batched beside ours (default 3; 0 skips)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="threads for every system (default: all cores)")
     parser.add_argument("--peers", action="store_true", help="also measure faster-whisper int8/fp32, transformers "
@@ -69,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.decoder_precisions = _names(args.decoder_precisions, "--decoder-precisions", DECODER_PRECISIONS)
     if args.repeats < 1 or args.threads < 1:
         raise AmanuensisError("--repeats and --threads must be at least 1")
+    if args.whole_repeats < 0:
+        raise AmanuensisError("--whole-repeats must be 0 or more")
     args.lengths = _numbers(args.lengths, "--lengths")
     args.memory_minutes = _numbers(args.memory_minutes, "--memory-minutes")
     return args

@@ -87,6 +87,7 @@ def test_shares_above_the_peak_are_marked_not_printed():
     (["--backends", "gpu"], "--backends gpu: choose from"),
     (["--repeats", "0"], "at least 1"),
     (["--decoder-precisions", "fp32,fp16"], "--decoder-precisions fp16: choose from int8, fp32"),
+    (["--whole-repeats", "-1"], "--whole-repeats must be 0 or more"),
 ])
 def test_bad_options(args, message):
     r = subprocess.run([sys.executable, "-m", "encoder.bench", *args], capture_output=True, text=True)
@@ -97,7 +98,8 @@ def test_bad_options(args, message):
 def test_a_short_run_with_peers(tmp_path):
     """Every key the issue asks for, measured (positive, consistent), the files written, the peers run."""
     r = subprocess.run([sys.executable, "-m", "encoder.bench", "--backends", "cpu,cpu-numpy", "--lengths", "12",
-                        "--memory-minutes", "", "--repeats", "1", "--peers", "--json", "--out-dir", tmp_path],
+                        "--memory-minutes", "", "--repeats", "1", "--whole-repeats", "0", "--peers", "--json",
+                        "--out-dir", tmp_path],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)
@@ -134,3 +136,37 @@ def test_a_short_run_with_peers(tmp_path):
     assert peers["onnxruntime"]["encoder_ms_per_window"] > 0
     assert "encoder_time" in result["ratios"]["onnxruntime"]
     assert any(t["target"].startswith("encoder <=") and t["met"] is not None for t in result["targets"])
+
+
+@pytest.mark.slow
+def test_whole_processes_on_a_short_clip(tmp_path):
+    """Whole processes as users run them: each system's wall time, its own peak memory and its text's
+    WER, the speed against faster-whisper and the start-up goal judged from them."""
+    from encoder.benchmark import whole
+    from weights_tools.resolve import bundled_tiny_en, resolve_model
+
+    resolve_model("tiny.en")                     # converted before the timed processes, as the bench does
+    inputs = whole.write_inputs(tmp_path)
+    assert set(inputs) == {whole.VARIED, whole.SHORT, whole.FILES} and len(inputs[whole.FILES][0]) == 12
+    assert soundfile.info(inputs[whole.VARIED][0][0]).duration > 290 and len(inputs[whole.VARIED][1].split()) > 700
+    fw = pytest.importorskip("faster_whisper") and str(bundled_tiny_en())
+    systems = [s for s in whole.systems("tiny.en", fw, 2) if s.name in (whole.OURS, whole.FW)]
+    result = whole.measure(systems, {whole.SHORT: inputs[whole.SHORT]}, 1, 2, tmp_path)
+    for figures in result[whole.SHORT].values():
+        # tiny.en hears "after who is dead" for "afternoon instead" here: 4 errors in 15 words
+        assert figures["wall_s"] > 0.2 and figures["peak_rss_mb"] > 50 and figures["wer"] <= 0.5, figures
+    speed = whole.speedups(result)[whole.SHORT]
+    assert speed[whole.FW] == 1.0 and speed[whole.OURS] > 0
+    rows = {what: met for what, _, met in report.targets({"encoder_ms_per_window": {}, "whole": result,
+                                                          "whole_speedups": whole.speedups(result)})}
+    assert rows[f"{whole.OURS}, {whole.SHORT}, whole process: >= 1 x {whole.FW}"] == (speed[whole.OURS] >= 1)
+    assert rows[f"{whole.OURS}, {whole.VARIED}, whole process: >= 1.5 x {whole.FW}"] is None   # not measured
+
+
+def test_a_failing_whole_process_is_reported_not_raised(tmp_path):
+    from encoder.benchmark import whole
+
+    broken = whole.System("broken", lambda files, out: [sys.executable, "-c", "import sys; sys.exit(3)"],
+                          lambda files, out, stdout: stdout)
+    result = whole.measure([broken], {"x": (["a.wav"], "words")}, 2, 1, tmp_path, say=lambda m: None)
+    assert result["x"]["broken"] == {"error": "broken: exit status 3: "}

@@ -2,6 +2,8 @@
 machine's peak, and the text report."""
 from __future__ import annotations
 
+from encoder.benchmark.whole import FW, FW_BATCHED, OURS, OURS_VAD, SHORT, VARIED
+
 
 def label(seconds: float) -> str:
     """30 -> '30s', 300 -> '5min', 3600 -> '60min'."""
@@ -73,7 +75,25 @@ def targets(result: dict) -> list[tuple[str, str, bool | None]]:
              cpu / ort <= 0.85 if cpu and ort else None)]
     for figures in (result, *result.get("variants", {}).values()):
         rows += _e2e_targets(figures, peers.get("faster-whisper-int8", {}).get("rtf_5min"))
-    return rows
+    return rows + _whole_targets(result.get("whole", {}), result.get("whole_speedups", {}))
+
+
+def _whole_targets(whole_: dict, speedups: dict) -> list[tuple[str, str, bool | None]]:
+    """The whole-process goals (encoder.benchmark.whole): speed against faster-whisper, --vad's memory."""
+    def faster(name: str, system: str, against: str, at_least: float) -> tuple[str, str, bool | None]:
+        theirs = whole_.get(name, {}).get(against, {}).get("wall_s")
+        ours = whole_.get(name, {}).get(system, {}).get("wall_s")
+        ratio = theirs / ours if theirs and ours else None
+        return (f"{system}, {name}, whole process: >= {at_least:g} x {against}",
+                f"{ratio:.2f} x" if ratio else "n/a", ratio >= at_least if ratio else None)
+
+    if not whole_:
+        return []
+    rss = whole_.get(VARIED, {}).get(OURS_VAD, {}).get("peak_rss_mb")
+    return [faster(VARIED, OURS, FW, 1.5), faster(VARIED, OURS_VAD, FW_BATCHED.format(8), 2.0),
+            (f"{OURS_VAD}, {VARIED}: peak memory <= 500 MB", f"{rss:.0f} MB" if rss else "n/a",
+             rss <= 500 if rss else None),
+            faster(SHORT, OURS, FW, 1.0)]
 
 
 def _e2e_targets(ours: dict, fw: float | None) -> list[tuple[str, str, bool | None]]:
@@ -135,6 +155,13 @@ def format_report(result: dict) -> str:
         if r.get("ratios"):
             lines.append(f"\n{name} / peer: " + "; ".join(f"{p}: " + ", ".join(f"{k} {v}" for k, v in q.items())
                                                           for p, q in r["ratios"].items() if q))
+    for name, figures in result.get("whole", {}).items():
+        lines.append(f"\nwhole processes, {name} (median of runs; speed against faster-whisper int8):")
+        for system, f in figures.items():
+            speed = result.get("whole_speedups", {}).get(name, {}).get(system)
+            lines.append(f"  {system:34} error: {f['error']}" if "error" in f else
+                         f"  {system:34} {f['wall_s']:7.2f} s  {f'{speed:.2f} x' if speed else '':>7}  "
+                         f"{f['peak_rss_mb']:6.0f} MB  WER {100 * f['wer']:5.1f}%  runs {f['runs_s']}")
     lines.append("\ntargets:")
     for what, measured, met in targets(result):
         lines.append(f"  {'MET ' if met else 'not met' if met is False else 'n/a '}  {what}: {measured}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy
 from threadpoolctl import threadpool_info
 
-from encoder.benchmark import speech
+from encoder.benchmark import speech, whole
 from encoder.benchmark.report import headline, label, ratios, shares_of_peak, targets, variant_name
 from kernels.errors import AmanuensisError
 from weights_tools.resolve import DEFAULT_MODEL, bundled_tiny_en, resolve_model
@@ -144,6 +144,16 @@ def bench_peers(args, inputs: dict[str, tuple[str, str]]) -> dict:
                                     **({"error": enc["error"]} if "error" in enc else {})}, runs)
     return peers
 
+def bench_whole(args, tmp: Path) -> dict:
+    """Whole processes on varied speech, a short clip and many files (encoder.benchmark.whole), with
+    faster-whisper beside ours when --peers asks and it can run."""
+    why, _, _, spec = _peer_jobs("faster-whisper-int8", args) if args.peers else ("--peers not given", "", "", {})
+    if why:
+        _say(f"whole processes without faster-whisper: {why}")
+    systems = whole.systems(args.model, None if why else spec["model_dir"], args.threads)
+    return whole.measure(systems, whole.write_inputs(tmp), args.whole_repeats, args.threads, tmp, say=_say)
+
+
 def _inputs(lengths: list[float], tmp: Path) -> dict[str, tuple[str, str]]:
     inputs = {}
     for seconds in lengths:
@@ -167,6 +177,9 @@ def measure(args) -> dict:
         result.update(bench_ours(args, {**inputs, **memory}))
         if args.peers:
             result["peers"] = bench_peers(args, inputs)
+        if args.whole_repeats:
+            result["whole"] = bench_whole(args, Path(tmp))
+            result["whole_speedups"] = whole.speedups(result["whole"])
     _say("sgemm peak again ...")         # a busy moment lowers one measurement: the best of both counts
     after = run_job("gemm_peak", args.threads, threads=args.threads).get("gemm_peak_gflops")
     result["gemm_peak_gflops"] = max((p for p in (before, after) if p), default=None)
