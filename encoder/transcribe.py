@@ -5,10 +5,16 @@ transcripts of the same name in --output-dir are replaced (atomically). Several 
 transcribed --batch-size at a time, their windows decoded together where their prompts allow;
 results are written in the order given. A file that cannot be transcribed is reported and
 skipped; the others are transcribed, and the exit status is 2.
+
+With --live, text comes while the audio arrives (encoder.streaming): committed text on stdout,
+the partial rest on a terminal's stderr; the source is one file replayed in real time, - for raw
+16 kHz 16-bit PCM on stdin, or without AUDIO the microphone. Live mode writes no files.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 from encoder.audio import check_audio_path
@@ -23,15 +29,18 @@ from encoder.cli import (
     say,
     transcribe_options,
 )
+from encoder.live_audio import microphone, pcm_stream, replayed
 from encoder.model import load_model
 from encoder.results import Transcription
+from encoder.streaming import LiveTranscriber, Update
 from encoder.writers import FORMATS, check_distinct_outputs, check_output_dir, timestamp, write_result
-from kernels.errors import EXIT_USER_ERROR, AmanuensisError, BadAudio, print_error
+from kernels.errors import EXIT_USER_ERROR, AmanuensisError, BadAudio, BadOption, print_error
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m encoder.transcribe", description=__doc__.split("\n\n")[0])
-    p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3, m4a, ...; any length)")
+    p.add_argument("audio", nargs="*", help="audio files (wav, flac, ogg, mp3, m4a, ...; any length); with "
+                   "--live one file, or - for raw 16 kHz s16le mono PCM on stdin, or none for the microphone")
     add_model(p)
     add_device(p)
     add_decoder_precision(p)
@@ -43,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default True)")
     p.add_argument("--profile", action="store_true",
                    help="print per encoder node the backend and time to stderr (and add them to the json)")
+    p.add_argument("--live", action="store_true", help="print text while the audio arrives: committed text on "
+                   "stdout, the partial rest on a terminal's stderr; a file is replayed in real time")
+    p.add_argument("--live-speed", type=float, default=1.0,
+                   help="with --live and a file: replay it this many times faster than real time (0: as fast "
+                        "as it is transcribed; default 1)")
     add_decoding(p)
     return p
 
@@ -76,9 +90,42 @@ def _in_order(results):
             following += 1
 
 
+def _live(args, options) -> int:
+    """--live: one source, text as it is committed."""
+    if len(args.audio) > 1:
+        raise BadOption("audio", f"--live takes one source, got {len(args.audio)}: a file, - (stdin) or none "
+                                 "(the microphone)")
+    if args.live_speed < 0:
+        raise BadOption("live_speed", f"--live-speed {args.live_speed}: must be 0 or more")
+    source = args.audio[0] if args.audio else None
+    chunks = microphone() if source is None else pcm_stream(sys.stdin.buffer) if source == "-" else \
+        replayed(check_audio_path(source), args.live_speed)             # checked before the model loads
+    model = load_model(args.model, args.device, args.strict, args.decoder_precision)
+    report_device(model, decoder=True)
+    live = LiveTranscriber(model, model.transcriber.check_options(replace(options, temperatures=(0.0,))))
+    partial = sys.stderr.isatty()
+    for chunk in chunks:
+        for update in live.feed(chunk):
+            _print_live(update, partial)
+    _print_live(live.finish(), partial)
+    print(flush=True)
+    return 0
+
+
+def _print_live(update: Update, partial: bool) -> None:
+    if update.committed:
+        print("".join(w.word for w in update.committed), end="", flush=True)
+    if partial:
+        print(f"\r\033[K… {update.partial[-70:]}", end="", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     options = transcribe_options(args)
+    if args.live:
+        return _live(args, options)
+    if not args.audio:
+        raise BadOption("audio", "no audio given: name one or more files (or use --live)")
     check_distinct_outputs(args.audio, args.output_dir)
     check_output_dir(args.output_dir, create=False)            # before loading anything
     inputs = _usable(args.audio)

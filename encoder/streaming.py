@@ -1,0 +1,197 @@
+"""Live transcription: audio arrives in chunks, text is committed once two hypotheses agree on it.
+
+The LocalAgreement-2 policy of whisper_streaming: after every `chunk_seconds` of new audio, the
+buffer (the audio since the last trim) is transcribed again with word timestamps, prompted with the
+committed text before the buffer. The words past what is committed form the hypothesis; the
+longest prefix the last two hypotheses share is committed. Once the buffer is longer than
+`trim_seconds` it is cut at the end of the last segment whose words are all committed, so each
+update's work stays bounded. What the latest hypothesis adds beyond the committed words is the
+partial text.
+
+A voice activity gate (Silero VAD) keeps silence from being transcribed: a buffer without speech
+costs one VAD pass and produces nothing.
+
+    live = LiveTranscriber(model)
+    for update in live.feed(samples): ...       # any number of 16 kHz float32 samples at a time
+    last = live.finish()                        # commits what the last hypothesis holds
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from decoder.normalize import normalize
+from decoder.options import TranscribeOptions
+from encoder.results import Word
+from encoder.vad import SileroVad, VadOptions
+from kernels.errors import BadOption
+from kernels.frontend import SAMPLE_RATE
+
+CHUNK_SECONDS = 1.0          # new audio between updates
+TRIM_SECONDS = 15.0          # the buffer is cut at a committed segment end beyond this
+PROMPT_CHARS = 200           # committed text carried into the prompt
+OVERLAP_WORDS = 5            # longest run of words a hypothesis may repeat from the committed tail
+
+
+@dataclass(frozen=True)
+class Update:
+    committed: list[Word]        # words committed by this update, times in seconds of the stream
+    partial: str                 # the latest hypothesis past the committed words
+    received: float              # seconds of audio received when this update was made
+    work_seconds: float          # wall time this update's transcription took (0 when gated)
+
+
+@dataclass
+class _Buffer:
+    samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    start: float = 0.0           # stream time of samples[0]
+    pending: int = 0             # samples received since the last update
+
+    @property
+    def end(self) -> float:
+        return self.start + len(self.samples) / SAMPLE_RATE
+
+
+def _key(word: Word) -> str:
+    return normalize(word.word)
+
+
+class LiveTranscriber:
+    """Transcribes a stream incrementally with a model's `transcribe` (see the module docstring)."""
+
+    def __init__(self, model, options: TranscribeOptions | None = None, chunk_seconds: float = CHUNK_SECONDS,
+                 trim_seconds: float = TRIM_SECONDS, vad: SileroVad | None = None):
+        if not chunk_seconds > 0 or not trim_seconds >= chunk_seconds:
+            raise BadOption("chunk_seconds", f"live chunks of {chunk_seconds} s trimmed beyond {trim_seconds} s: "
+                            "the chunk must be positive and no longer than the trim length")
+        self.model, self.chunk_seconds, self.trim_seconds = model, chunk_seconds, trim_seconds
+        # one attempt per update (no temperature ladder): the next update retries anyway
+        self.options = options or TranscribeOptions(temperatures=(0.0,))
+        self.vad = vad or SileroVad()
+        self.buffer = _Buffer()
+        self.committed: list[Word] = []
+        self.hypothesis: list[Word] = []
+        self.segment_ends: list[float] = []      # stream times where the last transcription's segments end
+
+    @property
+    def committed_end(self) -> float:
+        return self.committed[-1].end if self.committed else self.buffer.start
+
+    @property
+    def text(self) -> str:
+        return "".join(w.word for w in self.committed).strip()
+
+    def feed(self, samples) -> list[Update]:
+        """Append samples (16 kHz mono float32); one Update per `chunk_seconds` of them."""
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        updates, chunk = [], round(self.chunk_seconds * SAMPLE_RATE)
+        while len(samples):
+            take = min(len(samples), chunk - self.buffer.pending)
+            self.buffer.samples = np.concatenate([self.buffer.samples, samples[:take]])
+            self.buffer.pending += take
+            samples = samples[take:]
+            if self.buffer.pending == chunk:
+                self.buffer.pending = 0
+                updates.append(self._update())
+        return updates
+
+    def finish(self) -> Update:
+        """The last update: the buffer transcribed once more and every word of it committed."""
+        update = self._update(final=True)
+        self.buffer = _Buffer(start=self.buffer.end)
+        return update
+
+    def _update(self, final: bool = False) -> Update:
+        received = self.buffer.end
+        if not self._has_speech():
+            self._drop_silence()
+            return Update([], "", received, 0.0)
+        start = time.perf_counter()
+        words = self._transcribe()
+        work = time.perf_counter() - start
+        agreed = words if final else self._agreed(words)
+        self.committed += agreed
+        self.hypothesis = words[len(agreed):]
+        self._trim()
+        return Update(agreed, "".join(w.word for w in self.hypothesis).strip(), received, work)
+
+    def _has_speech(self) -> bool:
+        if len(self.buffer.samples) == 0:
+            return False
+        audio = self.buffer.samples
+        probs = self.vad.scores(lambda s, n: audio[max(s, 0):s + n]).probs
+        return bool((probs >= VadOptions.threshold).any())
+
+    def _drop_silence(self) -> None:
+        """A buffer without speech is dropped but for its last chunk (a word may be starting)."""
+        keep = round(self.chunk_seconds * SAMPLE_RATE)
+        if len(self.buffer.samples) > keep:
+            self.buffer.start = self.buffer.end - keep / SAMPLE_RATE
+            self.buffer.samples = self.buffer.samples[-keep:]
+        self.hypothesis = []
+
+    def _transcribe(self) -> list[Word]:
+        """The buffer's words past the committed ones, in stream time."""
+        # the prompt is the committed text before the buffer: text the buffer still holds is heard again
+        before = "".join(w.word for w in self.committed if w.end <= self.buffer.start + 1e-3).strip()
+        prompt = before[-PROMPT_CHARS:] or None
+        result = self.model.transcribe(self.buffer.samples, self.options, word_timestamps=True,
+                                       initial_prompt=prompt, vad=False)
+        offset = self.buffer.start
+        self.segment_ends = [offset + s.end for s in result.segments]
+        words = [Word(w.word, offset + w.start, offset + w.end, w.probability)
+                 for s in result.segments for w in s.words or []]
+        new = [w for w in words if (w.start + w.end) / 2 > self.committed_end]
+        return self._without_repeat(new)
+
+    def _without_repeat(self, words: list[Word]) -> list[Word]:
+        """`words` without a leading run that repeats the committed tail (a word straddling the cut)."""
+        tail = [_key(w) for w in self.committed[-OVERLAP_WORDS:]]
+        for n in range(min(len(tail), len(words)), 0, -1):
+            if tail[-n:] == [_key(w) for w in words[:n]]:
+                return words[n:]
+        return words
+
+    def _agreed(self, words: list[Word]) -> list[Word]:
+        """The longest prefix of `words` that the previous hypothesis shares."""
+        n = 0
+        while n < min(len(words), len(self.hypothesis)) and _key(words[n]) == _key(self.hypothesis[n]):
+            n += 1
+        return words[:n]
+
+    def _trim(self) -> None:
+        """Cut the buffer at the last segment end the committed words cover, once it is long."""
+        if self.buffer.end - self.buffer.start <= self.trim_seconds:
+            return
+        cuts = [t for t in self.segment_ends if self.buffer.start < t <= self.committed_end + 1e-3]
+        if not cuts and self.buffer.end - self.buffer.start > 2 * self.trim_seconds:
+            cuts = [self.committed_end]        # one long segment: cut after its last committed word
+        if not cuts or cuts[-1] <= self.buffer.start:
+            return
+        drop = round((cuts[-1] - self.buffer.start) * SAMPLE_RATE)
+        self.buffer.samples = self.buffer.samples[drop:]
+        self.buffer.start += drop / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Replay:
+    text: str                    # everything committed
+    latencies: list[float]       # per committed word: seconds from its end in the audio to its commit
+    delays: list[float]          # the same without the work: audio received after the word's end
+    work_seconds: float          # transcription time over the whole stream
+    seconds: float               # audio length
+
+
+def replay(live: LiveTranscriber, samples: np.ndarray, step_seconds: float = 0.1) -> Replay:
+    """Feed `samples` in steps of `step_seconds` as fast as they are taken, then finish. A word's
+    latency is what it would be in real time with the work done as each update comes: the audio
+    received after the word ended, plus the committing update's work."""
+    step, delays, latencies, work = round(step_seconds * SAMPLE_RATE), [], [], 0.0
+    updates = [u for i in range(0, len(samples), step) for u in live.feed(samples[i:i + step])]
+    for update in updates + [live.finish()]:
+        work += update.work_seconds
+        delays += [update.received - w.end for w in update.committed]
+        latencies += [update.received - w.end + update.work_seconds for w in update.committed]
+    return Replay(live.text, latencies, delays, work, len(samples) / SAMPLE_RATE)

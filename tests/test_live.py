@@ -1,0 +1,143 @@
+"""Live transcription (encoder.streaming, encoder.live_audio, transcribe --live): committed text
+against the offline transcript, bounded work, silence, the sources and the command line."""
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from encoder.audio import load_audio
+from encoder.evaluation import score
+from encoder.live_audio import pcm_stream
+from encoder.streaming import LiveTranscriber, replay
+from kernels.errors import BadAudio, BadOption
+from kernels.frontend import SAMPLE_RATE
+
+DATA = Path(__file__).parent / "data"
+HELLO = DATA / "hello.wav"
+
+
+@pytest.fixture(scope="module")
+def model():
+    from encoder.model import load_model
+
+    return load_model("tiny.en", "cpu")            # the default decoder, as --live runs it
+
+
+def test_committed_text_is_the_offline_text(model):
+    """The project clip fed in 0.1 s steps: every word committed once, in order, as offline; a word is
+    committed at most a few chunks after it is heard (audio time: no dependence on the machine)."""
+    audio = load_audio(HELLO)
+    result = replay(LiveTranscriber(model), audio)
+    offline = model.transcribe(audio).text
+    assert score(offline, result.text).wer <= 0.1, (result.text, offline)
+    assert len(result.delays) == len(result.text.split())
+    assert max(result.delays) <= 4.0 and np.median(result.delays) <= 2.0, result.delays
+    assert result.work_seconds > 0 and result.seconds == pytest.approx(len(audio) / SAMPLE_RATE)
+
+
+@pytest.mark.slow
+def test_real_clips_live_within_two_points_of_offline(model, speech):
+    """Each real clip streamed (1 s of silence after it): the committed words' WER against the
+    references within 2 points of the offline transcripts' (measured: 4.4% against 4.9%)."""
+    live_errors = offline_errors = words = 0
+    for clip in speech:
+        audio = np.concatenate([load_audio(clip.path), np.zeros(SAMPLE_RATE, np.float32)])
+        live, offline = score(clip.text, replay(LiveTranscriber(model), audio).text), \
+            score(clip.text, model.transcribe(clip.path).text)
+        live_errors += live.substitutions + live.deletions + live.insertions
+        offline_errors += offline.substitutions + offline.deletions + offline.insertions
+        words += live.words
+    assert words > 300 and live_errors / words <= offline_errors / words + 0.02, (live_errors, offline_errors)
+
+
+@pytest.mark.slow
+def test_a_long_stream_keeps_its_buffer_short(model, speech):
+    """Minutes of speech: the buffer is cut at committed segment ends, so it never grows past twice
+    the trim length (and the work per update stays bounded)."""
+    audio = np.concatenate([np.concatenate([load_audio(c.path), np.zeros(SAMPLE_RATE // 2, np.float32)])
+                            for c in speech[:8]])
+    live, longest = LiveTranscriber(model, trim_seconds=10.0), 0.0
+    for i in range(0, len(audio), SAMPLE_RATE // 2):
+        live.feed(audio[i:i + SAMPLE_RATE // 2])
+        longest = max(longest, live.buffer.end - live.buffer.start)
+    live.finish()
+    assert len(audio) / SAMPLE_RATE > 60 and longest <= 2 * 10.0 + 1.0, longest
+    reference = " ".join(c.text for c in speech[:8])
+    assert score(reference, live.text).wer <= 0.15, live.text
+
+
+def test_silence_costs_no_transcription(model):
+    """Silence and faint noise: no text, and no update runs the model (the VAD gate)."""
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([np.zeros(4 * SAMPLE_RATE, np.float32),
+                            (0.003 * rng.standard_normal(6 * SAMPLE_RATE)).astype(np.float32)])
+    live = LiveTranscriber(model)
+    updates = live.feed(audio) + [live.finish()]
+    assert len(updates) == 11 and all(u.work_seconds == 0 and not u.committed for u in updates)
+    assert live.text == "" and live.buffer.end == pytest.approx(10.0)
+
+
+def test_bad_chunking_is_refused(model):
+    with pytest.raises(BadOption, match="chunk must be positive"):
+        LiveTranscriber(model, chunk_seconds=0)
+    with pytest.raises(BadOption, match="no longer than the trim length"):
+        LiveTranscriber(model, chunk_seconds=5, trim_seconds=2)
+
+
+def test_pcm_stream_reads_s16le_across_odd_reads():
+    samples = (np.arange(-1000, 1000, 7) * 16).astype("<i2")
+
+    class Dribble(io.RawIOBase):                   # hands over 3 bytes at a time: samples split across reads
+        def __init__(self, data):
+            self.data = data
+
+        def read(self, n):
+            out, self.data = self.data[:3], self.data[3:]
+            return out
+
+    got = np.concatenate(list(pcm_stream(Dribble(samples.tobytes()))))
+    assert np.array_equal(got, samples.astype(np.float32) / 32768.0)
+    with pytest.raises(BadAudio, match="middle of a 16-bit sample"):
+        list(pcm_stream(io.BytesIO(b"abc")))
+
+
+def _cli(*args, stdin: bytes | None = None):
+    return subprocess.run([sys.executable, "-m", "encoder.transcribe", *args], input=stdin, capture_output=True)
+
+
+def test_cli_live_from_a_file_and_from_stdin():
+    reference = (DATA / "hello.reference.txt").read_text()
+    r = _cli("--live", "--live-speed", "0", str(HELLO))
+    assert r.returncode == 0, r.stderr.decode()
+    assert score(reference, r.stdout.decode()).wer <= 0.15, r.stdout
+    pcm = (np.clip(load_audio(HELLO), -1, 1) * 32767).astype("<i2").tobytes()
+    s = _cli("--live", "-", stdin=pcm)
+    assert s.returncode == 0, s.stderr.decode()
+    assert score(reference, s.stdout.decode()).wer <= 0.15, s.stdout
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["--live", "a.wav", "b.wav"], None, "--live takes one source, got 2"),
+    (["--live", "--live-speed", "-1", str(HELLO)], None, "--live-speed -1.0: must be 0 or more"),
+    (["--live", "missing.wav"], None, "missing.wav: file not found"),
+    (["--live", "-"], b"abc", "middle of a 16-bit sample"),
+    ([], None, "no audio given"),
+])
+def test_cli_live_bad_input(args, stdin, message):
+    r = _cli(*args, stdin=stdin)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and message in err and "Traceback" not in err, err
+
+
+def test_cli_live_without_a_microphone_package():
+    import importlib.util
+
+    if importlib.util.find_spec("sounddevice") is not None:
+        pytest.skip("sounddevice is installed: the microphone path would open a device")
+    r = _cli("--live")
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "needs the sounddevice package" in err and "Traceback" not in err
+    assert "device cpu" not in err                 # refused before any model loads
