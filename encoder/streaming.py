@@ -8,8 +8,8 @@ longest prefix the last two hypotheses share is committed. Once the buffer is lo
 update's work stays bounded. What the latest hypothesis adds beyond the committed words is the
 partial text.
 
-A voice activity gate (Silero VAD) keeps silence from being transcribed: a buffer without speech
-costs one VAD pass and produces nothing.
+A voice activity gate (Silero VAD) keeps silence from being transcribed: when the audio past the
+committed words has no speech, an update costs one VAD pass and produces nothing.
 
     live = LiveTranscriber(model)
     for update in live.feed(samples): ...       # any number of 16 kHz float32 samples at a time
@@ -118,14 +118,18 @@ class LiveTranscriber:
         return Update(agreed, "".join(w.word for w in self.hypothesis).strip(), received, work)
 
     def _has_speech(self) -> bool:
-        if len(self.buffer.samples) == 0:
+        """Whether the audio past the committed words (from half a second before their end) has speech:
+        once everything said is committed, silence costs one VAD pass and no transcription."""
+        tail = max(0, round((self.committed_end - 0.5 - self.buffer.start) * SAMPLE_RATE))
+        audio = self.buffer.samples[tail:]
+        if len(audio) == 0:
             return False
-        audio = self.buffer.samples
         probs = self.vad.scores(lambda s, n: audio[max(s, 0):s + n]).probs
         return bool((probs >= VadOptions.threshold).any())
 
     def _drop_silence(self) -> None:
-        """A buffer without speech is dropped but for its last chunk (a word may be starting)."""
+        """A buffer whose uncommitted audio has no speech is dropped but for its last chunk (a word
+        may be starting); the committed words stay committed."""
         keep = round(self.chunk_seconds * SAMPLE_RATE)
         if len(self.buffer.samples) > keep:
             self.buffer.start = self.buffer.end - keep / SAMPLE_RATE

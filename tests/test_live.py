@@ -80,6 +80,17 @@ def test_silence_costs_no_transcription(model):
     assert live.text == "" and live.buffer.end == pytest.approx(10.0)
 
 
+def test_silence_after_speech_costs_no_transcription(model):
+    """Once the words before a pause are committed, the pause's updates do not run the model, and
+    what was said stays committed."""
+    audio = np.concatenate([load_audio(HELLO), np.zeros(6 * SAMPLE_RATE, np.float32)])
+    live = LiveTranscriber(model)
+    updates = live.feed(audio)
+    assert live.text and updates[-1].work_seconds == 0 and updates[-2].work_seconds == 0
+    assert not live.finish().committed
+    assert score(model.transcribe(load_audio(HELLO)).text, live.text).wer <= 0.1
+
+
 def test_bad_chunking_is_refused(model):
     with pytest.raises(BadOption, match="chunk must be positive"):
         LiveTranscriber(model, chunk_seconds=0)

@@ -7,7 +7,7 @@ The converted directory holds:
     encoder.safetensors      encoder weights, fp32, in the kernel layout (see layout.py)
     decoder.safetensors      decoder weights, fp32, Hugging Face names and layout
     decoder.onnx             the decoder graph; its weights are external data in decoder.safetensors
-    decoder-int8.onnx        the decoder graph with 8-bit weights, self-contained (the default decoder)
+    decoder-int8.onnx        the same with its linear layers in 8-bit blocks held in the file (the default)
     tokenizer.json           the model's tokenizer
 It is written into a temporary sibling and renamed into place, so a failed or
 interrupted conversion never leaves a half-written model behind.

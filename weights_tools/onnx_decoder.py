@@ -117,7 +117,7 @@ class _Builder:
 
 def _linear(g: _Builder, x2d: str, prefix: str, bias: bool = True, alpha: float = 1.0) -> str:
     """y = alpha · (x · Wᵀ + b) on (rows, D) with W in HF layout (out, in). alpha is a power of two
-    (the attention's query scale), so folding it into the product and the bias changes no bit."""
+    (the attention's query scale, 1/8 for Whisper's 64-wide heads): scaling by it is exact."""
     if g.quantized(prefix):
         return _linear_int8(g, x2d, f"{prefix}.weight", f"{prefix}.bias" if bias else None, alpha)
     inputs = [x2d, g.weight(f"{prefix}.weight")] + ([g.weight(f"{prefix}.bias")] if bias else [])
