@@ -6,9 +6,10 @@ transcribed --batch-size at a time, their windows decoded together where their p
 results are written in the order given. A file that cannot be transcribed is reported and
 skipped; the others are transcribed, and the exit status is 2.
 
-With --live, text comes while the audio arrives (encoder.streaming): committed text on stdout,
-the partial rest on a terminal's stderr; the source is one file replayed in real time, - for raw
-16 kHz 16-bit PCM on stdin, or without AUDIO the microphone. Live mode writes no files.
+With --live, text comes while the audio arrives (encoder.streaming): committed words on stdout,
+a line per update, the partial rest on a terminal's stderr (Ctrl-C ends a stream). The source is
+one file replayed in real time, - for raw 16 kHz 16-bit PCM on stdin, or without AUDIO the
+microphone. Live mode writes no files.
 """
 from __future__ import annotations
 
@@ -104,19 +105,27 @@ def _live(args, options) -> int:
     report_device(model, decoder=True)
     live = LiveTranscriber(model, model.transcriber.check_options(replace(options, temperatures=(0.0,))))
     partial = sys.stderr.isatty()
-    for chunk in chunks:
-        for update in live.feed(chunk):
-            _print_live(update, partial)
-    _print_live(live.finish(), partial)
-    print(flush=True)
+    try:
+        for chunk in chunks:
+            for update in live.feed(chunk):
+                _print_live(update, partial)
+    except KeyboardInterrupt:                  # how a microphone stream ends: commit what was heard
+        pass
+    _print_live(live.finish(), partial=False)
+    if partial:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
     return 0
 
 
 def _print_live(update: Update, partial: bool) -> None:
-    if update.committed:
-        print("".join(w.word for w in update.committed), end="", flush=True)
+    """Each update's committed words as a line on stdout; on a terminal, the partial text on one
+    stderr line redrawn in place (cleared first, so the two never share a line)."""
     if partial:
-        print(f"\r\033[K… {update.partial[-70:]}", end="", file=sys.stderr, flush=True)
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if update.committed:
+        print("".join(w.word for w in update.committed).strip(), flush=True)
+    if partial and update.partial:
+        print(f"… {update.partial[-70:]}", end="", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
