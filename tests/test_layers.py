@@ -24,6 +24,7 @@ LAZY = {
     "pyxrt": "XRT's binding: only on machines with an NPU",
     "huggingface_hub": "only to download a model, which needs internet",
     "aie": "mlir-aie's IRON: only where the NPU toolchain is installed",
+    "sounddevice": "optional: the microphone of --live (needs PortAudio)",
 }
 
 
