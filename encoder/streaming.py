@@ -18,7 +18,7 @@ committed words has no speech, an update costs one VAD pass and produces nothing
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -68,7 +68,7 @@ class LiveTranscriber:
                             "the chunk must be positive and no longer than the trim length")
         self.model, self.chunk_seconds, self.trim_seconds = model, chunk_seconds, trim_seconds
         # one attempt per update (no temperature ladder): the next update retries anyway
-        self.options = options or TranscribeOptions(temperatures=(0.0,))
+        self.options = replace(options or TranscribeOptions(), temperatures=(0.0,))
         self.vad = vad or SileroVad()
         self.buffer = _Buffer()
         self.committed: list[Word] = []

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from encoder.audio import check_audio_path
@@ -103,7 +102,7 @@ def _live(args, options) -> int:
         replayed(check_audio_path(source), args.live_speed)             # checked before the model loads
     model = load_model(args.model, args.device, args.strict, args.decoder_precision)
     report_device(model, decoder=True)
-    live = LiveTranscriber(model, model.transcriber.check_options(replace(options, temperatures=(0.0,))))
+    live = LiveTranscriber(model, model.transcriber.check_options(options))
     partial = sys.stderr.isatty()
     try:
         for chunk in chunks:

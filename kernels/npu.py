@@ -74,10 +74,9 @@ def arg_bytes(entry: Entry) -> list[int]:
 class NpuWeight:
     """A linear's W (K, N) for the NPU: packed with its bias into the layout the matmul design streams
     (kernels.aie.tiles.pack_linear) once per bias, instead of on every call (NpuBackend uploads it once
-    per kernel); for
-    a projection that feeds attention (q_head_dim set by prepare_graph) the query columns are scaled by
-    1/sqrt(head_dim) there, as the attention design takes them. The fp32 original stays for the CPU
-    fallback and the self-tests."""
+    per kernel); for a projection that feeds attention (q_head_dim set by prepare_graph) the query
+    columns are scaled by 1/sqrt(head_dim) there, as the attention design takes them. The fp32
+    original stays for the CPU fallback and the self-tests."""
 
     def __init__(self, w: np.ndarray):
         self.dense = w

@@ -106,7 +106,7 @@ def run_once(system: System, files: list[str], out: Path, env: dict) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "stdout", "w+") as stdout, open(out / "stderr", "w+") as stderr:
         start = time.perf_counter()
-        proc = subprocess.Popen(system.argv(files, out), stdout=stdout, stderr=stderr, text=True, env=env)
+        proc = subprocess.Popen(system.argv(files, out), stdout=stdout, stderr=stderr, env=env)
         _, status, usage = os.wait4(proc.pid, 0)         # this child's own resource usage
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
