@@ -14,6 +14,16 @@ committed words has no speech, an update costs one VAD pass and produces nothing
     live = LiveTranscriber(model)
     for update in live.feed(samples): ...       # any number of 16 kHz float32 samples at a time
     last = live.finish()                        # commits what the last hypothesis holds
+
+A caller whose updates can fall behind the audio (a server with several streams) appends instead
+and steps when it can: one update then covers all the audio that arrived meanwhile, so a stream
+catches up instead of queueing work.
+
+    live.append(samples)
+    if live.ready: update = live.step()
+
+Memory stays bounded over hours: the buffer is trimmed, and only the committed words near it are
+kept as Words (the text of the others is kept as text).
 """
 from __future__ import annotations
 
@@ -33,6 +43,8 @@ CHUNK_SECONDS = 1.0          # new audio between updates
 TRIM_SECONDS = 15.0          # the buffer is cut at a committed segment end beyond this
 PROMPT_CHARS = 200           # committed text carried into the prompt
 OVERLAP_WORDS = 5            # longest run of words a hypothesis may repeat from the committed tail
+BACKOFF_SECONDS = 0.5        # the speech gate looks this far before the committed end ...
+CONTINUE_SECONDS = 0.3       # ... and takes speech running this far past it as a word not committed
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,8 @@ class LiveTranscriber:
         self.options = replace(options or TranscribeOptions(), temperatures=(0.0,))
         self.vad = vad or SileroVad()
         self.buffer = _Buffer()
-        self.committed: list[Word] = []
+        self.committed: list[Word] = []          # the committed words from the buffer's start on (and a few before)
+        self._said: list[str] = []               # the text of every committed word
         self.hypothesis: list[Word] = []
         self.segment_ends: list[float] = []      # stream times where the last transcription's segments end
 
@@ -81,20 +94,44 @@ class LiveTranscriber:
 
     @property
     def text(self) -> str:
-        return "".join(w.word for w in self.committed).strip()
+        """Everything committed."""
+        return "".join(self._said).strip()
+
+    @property
+    def received(self) -> float:
+        """Seconds of audio received."""
+        return self.buffer.end
+
+    @property
+    def ready(self) -> bool:
+        """Whether at least `chunk_seconds` of audio arrived since the last update."""
+        return self.buffer.pending >= self._chunk
+
+    @property
+    def _chunk(self) -> int:
+        return round(self.chunk_seconds * SAMPLE_RATE)
+
+    def append(self, samples) -> None:
+        """Add samples (16 kHz mono float32) without transcribing."""
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        self.buffer.samples = np.concatenate([self.buffer.samples, samples])
+        self.buffer.pending += len(samples)
+
+    def step(self) -> Update:
+        """One update over the buffer, however much audio arrived since the last."""
+        self.buffer.pending = 0
+        return self._update()
 
     def feed(self, samples) -> list[Update]:
         """Append samples (16 kHz mono float32); one Update per `chunk_seconds` of them."""
         samples = np.asarray(samples, np.float32).reshape(-1)
-        updates, chunk = [], round(self.chunk_seconds * SAMPLE_RATE)
+        updates = []
         while len(samples):
-            take = min(len(samples), chunk - self.buffer.pending)
-            self.buffer.samples = np.concatenate([self.buffer.samples, samples[:take]])
-            self.buffer.pending += take
+            take = min(len(samples), self._chunk - self.buffer.pending)
+            self.append(samples[:take])
             samples = samples[take:]
-            if self.buffer.pending == chunk:
-                self.buffer.pending = 0
-                updates.append(self._update())
+            if self.ready:
+                updates.append(self.step())
         return updates
 
     def finish(self) -> Update:
@@ -113,19 +150,34 @@ class LiveTranscriber:
         work = time.perf_counter() - start
         agreed = words if final else self._agreed(words)
         self.committed += agreed
+        self._said += [w.word for w in agreed]
         self.hypothesis = words[len(agreed):]
         self._trim()
         return Update(agreed, "".join(w.word for w in self.hypothesis).strip(), received, work)
 
     def _has_speech(self) -> bool:
-        """Whether the audio past the committed words (from half a second before their end) has speech:
-        once everything said is committed, silence costs one VAD pass and no transcription."""
-        tail = max(0, round((self.committed_end - 0.5 - self.buffer.start) * SAMPLE_RATE))
+        """Whether the buffer holds speech past the committed words; once everything said is committed,
+        silence costs one VAD pass and no transcription.
+
+        A committed word's end time can fall a few hundred ms before or after the sound ends, so the
+        audio is looked at from BACKOFF_SECONDS before the committed end, and a run of speech there
+        that stops by CONTINUE_SECONDS after that end is the committed word's own tail."""
+        back = self.committed_end > self.buffer.start            # a committed word ends inside the buffer
+        tail = max(0, round((self.committed_end - BACKOFF_SECONDS - self.buffer.start) * SAMPLE_RATE))
         audio = self.buffer.samples[tail:]
         if len(audio) == 0:
             return False
-        probs = self.vad.scores(lambda s, n: audio[max(s, 0):s + n]).probs
-        return bool((probs >= VadOptions.threshold).any())
+        speech = self.vad.scores(lambda s, n: audio[max(s, 0):s + n]).probs >= VadOptions.threshold
+        if not back:
+            return bool(speech.any())
+        frame_seconds = len(audio) / SAMPLE_RATE / len(speech)
+        end = (self.committed_end - self.buffer.start - tail / SAMPLE_RATE) / frame_seconds   # in frames
+        heard = np.flatnonzero(speech)
+        if len(heard) == 0 or heard[0] > end:
+            return len(heard) > 0
+        run = speech[heard[0]:]                                   # the first run: the committed word's tail
+        stop = heard[0] + (int(np.argmin(run)) if not run.all() else len(run))
+        return stop > end + CONTINUE_SECONDS / frame_seconds or bool(speech[stop:].any())
 
     def _drop_silence(self) -> None:
         """A buffer whose uncommitted audio has no speech is dropped but for its last chunk (a word
@@ -134,13 +186,15 @@ class LiveTranscriber:
         if len(self.buffer.samples) > keep:
             self.buffer.start = self.buffer.end - keep / SAMPLE_RATE
             self.buffer.samples = self.buffer.samples[-keep:]
+            self._forget_before_buffer()
         self.hypothesis = []
 
     def _transcribe(self) -> list[Word]:
         """The buffer's words past the committed ones, in stream time."""
         # the prompt is the committed text before the buffer: text the buffer still holds is heard again
-        before = "".join(w.word for w in self.committed if w.end <= self.buffer.start + 1e-3).strip()
-        prompt = before[-PROMPT_CHARS:] or None
+        inside = sum(w.end > self.buffer.start + 1e-3 for w in self.committed)
+        before = self._said[max(0, len(self._said) - inside - PROMPT_CHARS // 2):len(self._said) - inside]
+        prompt = "".join(before).strip()[-PROMPT_CHARS:] or None
         result = self.model.transcribe(self.buffer.samples, self.options, word_timestamps=True,
                                        initial_prompt=prompt, vad=False)
         offset = self.buffer.start
@@ -177,6 +231,13 @@ class LiveTranscriber:
         drop = round((cuts[-1] - self.buffer.start) * SAMPLE_RATE)
         self.buffer.samples = self.buffer.samples[drop:]
         self.buffer.start += drop / SAMPLE_RATE
+        self._forget_before_buffer()
+
+    def _forget_before_buffer(self) -> None:
+        """Committed words before the buffer are kept as text only (but for the tail a repeat is
+        matched against)."""
+        before = sum(w.end <= self.buffer.start + 1e-3 for w in self.committed)
+        del self.committed[:max(0, before - OVERLAP_WORDS)]
 
 
 @dataclass(frozen=True)
