@@ -1,8 +1,9 @@
 """python -m encoder.serve: the transcription service over HTTP (loopback by default).
 
-GET /health, GET /status, POST /transcribe and the OpenAI-compatible
-POST /v1/audio/transcriptions. The model is loaded (and warmed up) before the
-server accepts connections, so it is ready when it answers.
+GET /health, GET /status, POST /transcribe, the OpenAI-compatible
+POST /v1/audio/transcriptions (stream=true for server-sent events) and the live
+WebSocket /live (raw PCM in, JSON events out: see encoder/live_socket.py). The model
+is loaded (and warmed up) before the server accepts connections, so it is ready when it answers.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import uvicorn
 
 from encoder.cli import add_decoder_precision, add_device, add_model, positive_int, report_device, run, say
+from encoder.live_socket import LiveLimits
 from encoder.model import load_model
 from encoder.server import ServerConfig, TranscriptionService, create_app
 from kernels.errors import AmanuensisError
@@ -34,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=ServerConfig.batch_size,
                    help="waiting requests run together, their windows decoded in batches (default %(default)s)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (default 600)")
+    p.add_argument("--live-streams", type=positive_int, default=LiveLimits.streams,
+                   help="live WebSocket streams at once; more are refused (default %(default)s)")
+    p.add_argument("--live-max-seconds", type=float, default=LiveLimits.max_seconds,
+                   help="seconds of audio one live stream may send before it is ended (default %(default)g)")
+    p.add_argument("--live-idle-seconds", type=float, default=LiveLimits.idle_seconds,
+                   help="a live stream sending nothing this long is ended (default %(default)g)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                         "(or set AMANUENSIS_API_KEY)")
@@ -51,14 +59,16 @@ def _log_requests() -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_upload_mb <= 0 or args.timeout <= 0:
-        raise AmanuensisError("--max-upload-mb and --timeout must be positive")
+    if min(args.max_upload_mb, args.timeout, args.live_max_seconds, args.live_idle_seconds) <= 0:
+        raise AmanuensisError("--max-upload-mb, --timeout, --live-max-seconds and --live-idle-seconds must be "
+                              "positive")
     model = load_model(args.model, args.device, args.strict, args.decoder_precision)
     report_device(model, decoder=True)
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     model.transcribe((0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))     # warm up both halves
+    live = LiveLimits(args.live_streams, args.live_max_seconds, args.live_idle_seconds)
     config = ServerConfig(int(args.max_upload_mb * 2**20), args.queue, api_key(args.api_key), args.timeout,
-                          args.batch_size)
+                          args.batch_size, live)
     app = create_app(TranscriptionService(model, config))
     _log_requests()
     say(f"serving {args.model} on http://{args.host}:{args.port} "

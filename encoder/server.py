@@ -1,16 +1,17 @@
 """The transcription service: an ASGI app with one transcription worker and a bounded queue.
 
-Endpoints: GET /health (no auth), GET /status, POST /transcribe, and the OpenAI audio API's
-POST /v1/audio/transcriptions. Every error is an OpenAI-style JSON body, and every request is
-logged in one line (logger "amanuensis.server"). `python -m encoder.serve` runs it.
+Endpoints: GET /health (no auth), GET /status, POST /transcribe, the OpenAI audio API's
+POST /v1/audio/transcriptions (with stream=true: server-sent events), and the WebSocket /live
+(encoder.live_socket). Every error is an OpenAI-style JSON body, and every request is logged in
+one line (logger "amanuensis.server"). `python -m encoder.serve` runs it.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import hmac
+import json
 import logging
-import queue
 import re
 import shutil
 import statistics
@@ -19,18 +20,22 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
 
 from decoder.options import BATCH_SIZE, DecodingOptions, TranscribeOptions, temperature_ladder
+from encoder.live_socket import LiveLimits, serve_live
 from encoder.results import Transcription
+from encoder.transcription import Job
 from encoder.version import VERSION
 from encoder.writers import RENDER
 from kernels.errors import AmanuensisError, BadAudio, BadOption, UndecodableAudio
@@ -49,6 +54,7 @@ class ServerConfig:
     api_key: str | None = None
     timeout_s: float = 600.0
     batch_size: int = BATCH_SIZE         # requests run together
+    live: LiveLimits = LiveLimits()
 
 
 class ApiError(Exception):
@@ -64,13 +70,16 @@ class ApiError(Exception):
 
 
 class Worker:
-    """One thread runs the transcriptions. Each round takes every waiting request (up to `batch`) and
+    """One thread does all the model work. Each round first runs the waiting calls (live streams'
+    updates: short, and late when they wait), then takes every waiting request (up to `batch`) and
     runs them together, their windows decoded in batches (encoder.batching), answering each request
-    as its own transcription ends; requests that arrive meanwhile wait for the next round."""
+    as its own transcription ends; whatever arrives meanwhile waits for the next round."""
 
     def __init__(self, size: int, batch: int, run_many):
-        self.jobs: queue.Queue = queue.Queue(maxsize=size)
-        self.batch, self.run_many = batch, run_many
+        self.size, self.batch, self.run_many = size, batch, run_many
+        self.ready = threading.Condition()
+        self.jobs: deque = deque()                 # (job, future), at most `size`
+        self.calls: deque = deque()                # (function, future): at most one per live stream
         self.busy_seconds = 0.0                    # time spent running rounds
         self.rounds = self.run = 0                 # rounds, and requests they ran
         self.thread = threading.Thread(target=self._loop, name="amanuensis-worker", daemon=True)
@@ -78,26 +87,37 @@ class Worker:
 
     def submit(self, job) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        try:
-            self.jobs.put_nowait((job, future))
-        except queue.Full:
-            raise ApiError(503, "the transcription queue is full; retry later", "server_busy",
-                           headers={"Retry-After": "5"}) from None
+        with self.ready:
+            if len(self.jobs) >= self.size:
+                raise ApiError(503, "the transcription queue is full; retry later", "server_busy",
+                               headers={"Retry-After": "5"})
+            self.jobs.append((job, future))
+            self.ready.notify()
+        return future
+
+    def call(self, function) -> concurrent.futures.Future:
+        """Run `function()` on the worker thread, before the next round of requests."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self.ready:
+            self.calls.append((function, future))
+            self.ready.notify()
         return future
 
     def _loop(self) -> None:
         while True:
-            waiting = [self.jobs.get()]
-            while len(waiting) < self.batch:
-                try:
-                    waiting.append(self.jobs.get_nowait())
-                except queue.Empty:
-                    break
-            live = [(job, f) for job, f in waiting if f.set_running_or_notify_cancel()]   # timed out: skipped
+            with self.ready:
+                self.ready.wait_for(lambda: self.jobs or self.calls)
+                calls = [self.calls.popleft() for _ in range(len(self.calls))]
+                waiting = [self.jobs.popleft() for _ in range(min(self.batch, len(self.jobs)))]
             started = time.perf_counter()
-            self._round(live)
+            for function, future in calls:
+                if future.set_running_or_notify_cancel():
+                    _settle(future, function)
+            live = [(job, f) for job, f in waiting if f.set_running_or_notify_cancel()]   # timed out: skipped
+            if live:
+                self._round(live)
+                self.rounds, self.run = self.rounds + 1, self.run + len(live)
             self.busy_seconds += time.perf_counter() - started
-            self.rounds, self.run = self.rounds + 1, self.run + len(live)
 
     def _round(self, live: list) -> None:
         try:
@@ -113,7 +133,14 @@ class Worker:
 
     @property
     def depth(self) -> int:
-        return self.jobs.qsize()
+        return len(self.jobs)
+
+
+def _settle(future: concurrent.futures.Future, function) -> None:
+    try:
+        future.set_result(function())
+    except BaseException as e:  # delivered to the caller, never kills the worker
+        future.set_exception(e)
 
 
 def _percentile(values, q: float) -> float | None:
@@ -130,10 +157,18 @@ class Counters:
     def __init__(self):
         self.lock = threading.Lock()
         self.requests = self.failures = 0
+        self.abandoned = 0                         # streamed transcriptions ended because the client left
         self.audio_seconds = 0.0
         self.rtf: deque = deque(maxlen=1000)       # seconds of transcription per second of audio
         self.latency: deque = deque(maxlen=1000)   # seconds from submission to answer (waiting included)
         self.started = time.time()
+        self.live_streams = 0
+        self.live_seconds = 0.0                    # audio received by ended live streams
+
+    def live_done(self, seconds: float) -> None:
+        with self.lock:
+            self.live_streams += 1
+            self.live_seconds += seconds
 
     def done(self, audio_s: float, latency_s: float, processing_s: float | None = None) -> None:
         with self.lock:
@@ -148,7 +183,8 @@ class Counters:
 
     def snapshot(self, busy_seconds: float = 0.0) -> dict:
         with self.lock:
-            return {"requests": self.requests, "failures": self.failures, "audio_seconds": round(self.audio_seconds, 3),
+            return {"requests": self.requests, "failures": self.failures, "abandoned": self.abandoned,
+                    "audio_seconds": round(self.audio_seconds, 3),
                     "realtime_factor": {
                         "definition": "seconds of processing per second of audio (below 1: faster than real time); "
                                       "requests run together share their processing time",
@@ -213,14 +249,17 @@ class TranscriptionService:
         device, why = detect()
         self.npu_available, self.npu_reason = device is not None, why
         self.last_backends: dict[str, list[str]] = {}
+        self.live_streams = 0                      # live streams running (changed on the event loop only)
 
     # ---- shared steps ------------------------------------------------------------------------
-    def check_auth(self, headers) -> None:
+    def authorized(self, headers) -> bool:
         if self.config.api_key is None:
-            return
+            return True
         given = headers.get("authorization", "")
-        expected = f"Bearer {self.config.api_key}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        return hmac.compare_digest(given.encode(), f"Bearer {self.config.api_key}".encode())
+
+    def check_auth(self, headers) -> None:
+        if not self.authorized(headers):
             raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
                            "authentication_error")
 
@@ -271,6 +310,47 @@ class TranscriptionService:
         self.last_backends = result.provenance.encoder_nodes
         return result
 
+    async def transcription_events(self, path: Path, options: TranscribeOptions) -> AsyncIterator[dict]:
+        """The transcription as OpenAI's streaming events: a transcript.text.delta per group of segments
+        as they become final, then transcript.text.done. A failure before the first event raises
+        ApiError (the request gets its usual error answer); the per-request timeout holds throughout;
+        closing the iterator (the client went away) ends the transcription at its next window."""
+        loop = asyncio.get_running_loop()
+        segments = _SegmentFeed(loop)
+        future = self.worker.submit(Job(path, options, segments))
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(segments.queue.put_nowait, None))
+        future.add_done_callback(self._count_abandoned)
+        started, said = time.perf_counter(), ""
+        try:
+            while (texts := await self._next(segments.queue, started, future)) is not None:
+                delta = "".join(texts)
+                delta = delta.lstrip() if not said else delta
+                if delta:
+                    said += delta
+                    yield {"type": "transcript.text.delta", "delta": delta}
+            try:
+                result = future.result()
+            except AmanuensisError as e:
+                raise _api_error(e) from None
+            self.counters.done(result.duration, time.perf_counter() - started, result.processing_seconds)
+            self.last_backends = result.provenance.encoder_nodes
+            yield {"type": "transcript.text.done", "text": result.text.strip(),
+                   "usage": {"type": "duration", "seconds": result.duration}}
+        finally:
+            segments.closed = True
+            future.cancel()
+
+    def _count_abandoned(self, future) -> None:
+        if not future.cancelled() and isinstance(future.exception(), StreamClosed):
+            with self.counters.lock:
+                self.counters.abandoned += 1
+
+    async def _next(self, queue: asyncio.Queue, started: float, future) -> list[str] | None:
+        try:
+            return await asyncio.wait_for(queue.get(), self.config.timeout_s - (time.perf_counter() - started))
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"transcription took longer than {self.config.timeout_s:g} s", "timeout") from None
+
     def status(self) -> dict:
         backend, w = self.model.backend, self.worker
         return {
@@ -285,7 +365,49 @@ class TranscriptionService:
             "queue": {"depth": self.worker.depth, "capacity": self.config.queue_size,
                       "batch": self.config.batch_size, "rounds": w.rounds,
                       "requests_per_round": round(w.run / w.rounds, 2) if w.rounds else None},
+            "live": {"streams": self.live_streams, "capacity": self.config.live.streams,
+                     "ended": self.counters.live_streams, "audio_seconds": round(self.counters.live_seconds, 3)},
         }
+
+
+class StreamClosed(AmanuensisError):
+    """The client of a streamed transcription went away."""
+
+
+class _SegmentFeed:
+    """Job.on_segments of a streamed transcription: hands segment texts from the worker thread to
+    the event loop; once `closed`, ends the transcription."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queue, self.closed = loop, asyncio.Queue(), False
+
+    def __call__(self, segments) -> None:
+        if self.closed:
+            raise StreamClosed("the client closed the stream")
+        if segments:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, [s.text for s in segments])
+
+
+def _sse(events: AsyncIterator[dict], first: dict, request: Request, upload: Path) -> StreamingResponse:
+    """Server-sent events: `first`, then the rest; an error after the first is sent as an error event.
+    The upload's directory is removed when the stream ends, however it ends."""
+    def remove():
+        shutil.rmtree(upload, ignore_errors=True)
+
+    async def body():
+        try:
+            yield f"data: {json.dumps(first)}\n\n"
+            async for event in events:
+                if event["type"] == "transcript.text.done":
+                    request.state.audio_seconds = event["usage"]["seconds"]
+                yield f"data: {json.dumps(event)}\n\n"
+        except ApiError as e:
+            yield f"data: {json.dumps({'type': 'error', 'error': json.loads(e.response().body)['error']})}\n\n"
+        finally:
+            await events.aclose()
+            remove()
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
+                             background=BackgroundTask(remove))
 
 
 def _strip_path(message: str) -> str:
@@ -360,10 +482,12 @@ def create_app(service: TranscriptionService) -> Starlette:
         with service.counters.lock:
             service.counters.requests += 1
         fields, path = await service.read_upload(request)
+        result = None
         try:
             result = await respond(fields, path)
         finally:
-            shutil.rmtree(path.parent, ignore_errors=True)
+            if not isinstance(result, StreamingResponse):          # a stream removes it when it ends
+                shutil.rmtree(path.parent, ignore_errors=True)
         return result
 
     async def transcribed(request, path, options) -> Transcription:
@@ -403,6 +527,12 @@ def create_app(service: TranscriptionService) -> Starlette:
             words = "word" in fields["timestamp_granularities"]
             options = _options(fields, prompt=fields.get("prompt") or None, temperature=fields.get("temperature"),
                                words=words)
+            if _bool(fields, "stream"):
+                if fmt not in ("json", "text"):
+                    raise ApiError(400, f"stream=true answers with events: response_format must be json or text, "
+                                        f"not {fmt!r}", param="stream")
+                events = service.transcription_events(path, options)
+                return _sse(events, await anext(events), request, path.parent)
             result = await transcribed(request, path, options)
             text = result.text.strip()
             if fmt == "json":
@@ -424,4 +554,5 @@ def create_app(service: TranscriptionService) -> Starlette:
         Route("/status", status, methods=["GET"]),
         Route("/transcribe", transcribe, methods=["POST"]),
         Route("/v1/audio/transcriptions", openai_transcriptions, methods=["POST"]),
+        WebSocketRoute("/live", lambda socket: serve_live(socket, service, service.config.live)),
     ], middleware=[Middleware(RequestLog)], exception_handlers={HTTPException: http_error})

@@ -8,10 +8,12 @@ Audio is read window by window, so memory does not grow with the file's length.
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -76,6 +78,15 @@ def _segments(tokens: list[int], begin: int, offset: float, window_frames: int) 
     return [(offset, offset + duration, [t for t in tokens if t < begin])], window_frames
 
 
+class Job(NamedTuple):
+    """One transcription for Transcriber.transcribe_many."""
+    audio: object                                  # a path or 16 kHz samples
+    options: TranscribeOptions | None = None
+    # called on the transcribing thread with the segments that are final, in order, as they become
+    # so (at least once per window); an AmanuensisError it raises ends this transcription alone
+    on_segments: Callable[[list[Segment]], None] | None = None
+
+
 class Transcriber:
     """Binds a model's encoder (graph + backend) to the ONNX decoder and the tokenizer."""
 
@@ -124,25 +135,26 @@ class Transcriber:
 
     def transcribe_many(self, jobs: Iterable, batch_size: int | None = None,
                         progress: bool = False) -> Iterator[tuple[int, Transcription | AmanuensisError]]:
-        """Transcribe (audio, options) pairs together: `batch_size` of them at a time (default: the first
-        one's options.batch_size), their windows decoded in batches of as many rows. Yields (index, the
-        Transcription or the AmanuensisError that stopped it) as each one finishes. Audio is a path or
-        16 kHz samples; each is opened when its turn comes."""
-        jobs = iter(jobs)
+        """Transcribe Jobs (or (audio, options) pairs) together: `batch_size` of them at a time (default:
+        the first one's options.batch_size), their windows decoded in batches of as many rows. Yields
+        (index, the Transcription or the AmanuensisError that stopped it) as each one finishes. Audio is
+        a path or 16 kHz samples; each is opened when its turn comes."""
+        jobs = (Job(*job) for job in jobs)
         first = next(jobs, None)
         if first is None:
             return
-        size = batch_size or (first[1] or TranscribeOptions()).batch_size
-        loops = (self._steps(audio, options, progress) for audio, options in itertools.chain([first], jobs))
+        size = batch_size or (first.options or TranscribeOptions()).batch_size
+        loops = (self._steps(job, progress) for job in itertools.chain([first], jobs))
         # Every loop inside one backend session: a BLAS call of the decoding between windows would
         # otherwise wake BLAS's own threads, which then spin on the cores the next window's encoder
         # needs (measured: +46 ms on each 30 s window's encoder, 180 -> 226 ms).
         with self.model.backend.session():
             yield from run_together(self.decoder, self.session, loops, size)
 
-    def _steps(self, audio, options: TranscribeOptions | None, progress: bool):
+    def _steps(self, job: Job, progress: bool):
         """The loop's steps; a problem found on opening ends it at once (as its result)."""
-        loop = self._loop(audio, options, progress)
+        loop = self._loop(job.audio, job.options, progress)
+        loop.listener = job.on_segments
         return (yield from loop.steps())
 
     def _loop(self, audio, options: TranscribeOptions | None, progress: bool) -> _Loop:
@@ -173,6 +185,18 @@ class _Loop:
         self.duration = 0.0                     # seconds of audio seen, measured while reading
         self.profile, self.language = Profile(), options.decoding.language
         self.started = time.perf_counter()
+        self.listener = None                    # Job.on_segments
+        self.published = 0                      # segments handed to it
+
+    def _publish(self, before: float = math.inf) -> None:
+        """Hand the listener the segments not handed yet that start before `before` (no later segment
+        can start earlier), in order."""
+        if self.listener is None:
+            return
+        ready = sorted((s for s in self.segments[self.published:] if s.start < before), key=lambda s: s.start)
+        self.segments[self.published:] = ready + [s for s in self.segments[self.published:] if s.start >= before]
+        self.published += len(ready)
+        self.listener(ready)
 
     def _too_short(self, n_samples: int) -> BadAudio:
         return BadAudio(f"{self.name}: {n_samples / SAMPLE_RATE:.3f} s long, too short to hold speech "
@@ -281,6 +305,7 @@ class _SeekLoop(_Loop):
                 ((result, cross),) = yield ask
                 seek += self._transcribed(result, cross, samples, seek, frames)
             self.progress.update(seek * HOP_LENGTH / SAMPLE_RATE)
+            self._publish()
         return self._result()
 
     def _decoding(self) -> DecodingOptions:
@@ -317,6 +342,8 @@ class _VadLoop(_Loop):
             rest = yield from self._round(rest + [(a, window(a, b - a)) for a, b in take])
             done += len(take)
             self.progress.update(chunks[done - 1][1] / SAMPLE_RATE if done else 0.0)
+            self._publish(min([a for a, _ in rest] + [a for a, _ in chunks[done:done + 1]], default=math.inf)
+                          / SAMPLE_RATE)
         self.segments.sort(key=lambda seg: seg.start)
         for i, seg in enumerate(self.segments):
             seg.id = i
