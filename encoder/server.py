@@ -363,7 +363,7 @@ class TranscriptionService:
             "graph_backends": self.last_backends or {n.name: [backend.name] for n in self.model.graph.nodes},
             "counters": self.counters.snapshot(self.worker.busy_seconds),
             "queue": {"depth": self.worker.depth, "capacity": self.config.queue_size,
-                      "batch": self.config.batch_size, "rounds": w.rounds,
+                      "batch": self.config.batch_size, "rounds": w.rounds, "busy_seconds": round(w.busy_seconds, 3),
                       "requests_per_round": round(w.run / w.rounds, 2) if w.rounds else None},
             "live": {"streams": self.live_streams, "capacity": self.config.live.streams,
                      "ended": self.counters.live_streams, "audio_seconds": round(self.counters.live_seconds, 3)},

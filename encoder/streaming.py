@@ -192,7 +192,9 @@ class LiveTranscriber:
     def _transcribe(self) -> list[Word]:
         """The buffer's words past the committed ones, in stream time."""
         # the prompt is the committed text before the buffer: text the buffer still holds is heard again
-        inside = sum(w.end > self.buffer.start + 1e-3 for w in self.committed)
+        # (a word is before the buffer when most of it is: a cut falls at a segment end, which can be a
+        # little before the end time of the segment's last word)
+        inside = sum(w.start + w.end > 2 * self.buffer.start for w in self.committed)
         before = self._said[max(0, len(self._said) - inside - PROMPT_CHARS // 2):len(self._said) - inside]
         prompt = "".join(before).strip()[-PROMPT_CHARS:] or None
         result = self.model.transcribe(self.buffer.samples, self.options, word_timestamps=True,

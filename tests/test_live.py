@@ -152,3 +152,27 @@ def test_cli_live_without_a_microphone_package():
     err = r.stderr.decode()
     assert r.returncode == 2 and "needs the sounddevice package" in err and "Traceback" not in err
     assert "device cpu" not in err                 # refused before any model loads
+
+
+def test_the_prompt_holds_the_committed_words_before_the_buffer():
+    """A cut falls at a segment end, which can be a little before the end time of the segment's
+    last word: that word belongs to the prompt (a prompt ending mid-sentence, with its last word
+    missing, made the decoder hallucinate one word per update and commit nothing more)."""
+    from types import SimpleNamespace
+
+    from encoder.results import Word
+
+    class Recorder:
+        prompts = []
+
+        def transcribe(self, samples, options, **changes):
+            self.prompts.append(changes["initial_prompt"])
+            return SimpleNamespace(segments=[])
+
+    live = LiveTranscriber(Recorder(), vad=object())
+    words = [Word(" behind", 10.2, 10.6, 1.0), Word(" its", 10.6, 10.9, 1.0), Word(" timetable.", 10.9, 11.68, 1.0),
+             Word(" Margaret", 12.1, 12.6, 1.0)]
+    live.committed, live._said = list(words), [w.word for w in words]
+    live.buffer.start, live.buffer.samples = 11.6, np.zeros(4 * SAMPLE_RATE, np.float32)
+    live._transcribe()
+    assert Recorder.prompts == ["behind its timetable."]

@@ -1,0 +1,183 @@
+"""Several live streams at once against a real server, each sent at real-time pace.
+
+A server process is started for the run (`python -m encoder.serve`); N clients each stream minutes
+of speech (data/varied.ogg, each from a different starting point, wrapping round) over the /live
+WebSocket in 0.1 s frames, timed as a microphone would deliver them. Measured per stream: the
+audio the server says it received against what was sent, each committed word's latency (wall
+time from the moment its end was sent to the arrival of the event committing it, queueing on a
+busy server included), and the committed text's WER against the offline transcript of the same
+audio (the server's /v1/audio/transcriptions). Measured on the server: resident memory every few
+seconds, and the worker's busy time per second of audio.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from encoder.audio import load_audio
+from encoder.evaluation import score
+from kernels.frontend import SAMPLE_RATE
+
+VARIED = Path(__file__).parent / "data" / "varied.ogg"
+FRAME_SECONDS = 0.1
+RSS_EVERY_SECONDS = 5.0
+
+
+@dataclass
+class StreamResult:
+    sent_seconds: float
+    received_seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    text: str = ""
+    offline: str = ""
+    reason: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+
+
+class _Server:
+    def __init__(self, model: str, streams: int):
+        self.port = _free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "encoder.serve", "--model", model, "--port",
+                                      str(self.port), "--live-streams", str(streams)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("the server exited while starting")
+            try:
+                if self.get("/health")["status"] == "ok":
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("the server did not become ready")
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=60) as r:
+            return json.load(r)
+
+    def transcribe(self, path: Path) -> str:
+        boundary = "liveloadboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+                f"Content-Type: audio/wav\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/audio/transcriptions", body,
+                                         {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=600) as r:
+            return json.load(r)["text"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _stream(port: int, samples: np.ndarray, result: StreamResult) -> None:
+    """Send `samples` at real-time pace; collect the events on a second thread."""
+    from websockets.sync.client import connect
+
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+    step = round(FRAME_SECONDS * SAMPLE_RATE) * 2
+    with connect(f"ws://127.0.0.1:{port}/live", open_timeout=60, max_size=None) as ws:
+        json.loads(ws.recv(timeout=60))                      # ready
+        start = time.monotonic()
+
+        def receive():
+            for message in ws:
+                event, now = json.loads(message), time.monotonic()
+                if event["type"] == "committed":
+                    result.latencies += [now - start - w["end"] for w in event["words"]]
+                elif event["type"] == "end":
+                    result.text, result.received_seconds, result.reason = \
+                        event["text"], event["received"], event["reason"]
+                elif event["type"] == "error":
+                    result.errors.append(event["message"])
+
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        for i in range(0, len(pcm), step):
+            ws.send(pcm[i:i + step])
+            time.sleep(max(0.0, start + (i + step) / 2 / SAMPLE_RATE - time.monotonic()))
+        ws.send(json.dumps({"type": "end"}))
+        receiver.join()
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(model: str = "tiny.en", streams: int = 4, minutes: float = 5.0) -> dict:
+    """Run the streams; the figures as one JSON-ready dict."""
+    audio = load_audio(VARIED)
+    n = round(minutes * 60 * SAMPLE_RATE)
+    inputs = [np.resize(np.roll(audio, -i * len(audio) // streams), n) for i in range(streams)]
+    server = _Server(model, streams)
+    try:
+        results = [StreamResult(n / SAMPLE_RATE) for _ in range(streams)]
+        rss, stop = [], threading.Event()
+
+        def sample_rss():
+            while not stop.wait(RSS_EVERY_SECONDS):
+                rss.append(round(_rss_mb(server.proc.pid), 1))
+        sampler = threading.Thread(target=sample_rss)
+        rss0, busy0 = _rss_mb(server.proc.pid), server.get("/status")["queue"]["busy_seconds"]
+        sampler.start()
+        clients = [threading.Thread(target=_stream, args=(server.port, x, r)) for x, r in zip(inputs, results)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        stop.set()
+        sampler.join()
+        status = server.get("/status")
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, (x, r) in enumerate(zip(inputs, results)):
+                path = Path(tmp) / f"stream{i}.wav"
+                soundfile.write(str(path), x, SAMPLE_RATE)
+                r.offline = server.transcribe(path)
+    finally:
+        server.stop()
+    return _figures(results, rss0, rss, status, busy0, streams, minutes)
+
+
+def _figures(results: list[StreamResult], rss0: float, rss: list[float], status: dict, busy0: float,
+             streams: int, minutes: float) -> dict:
+    latencies = [x for r in results for x in r.latencies]
+    wer = [round(score(r.offline, r.text).wer * 100, 2) for r in results]
+    third = max(1, len(rss) // 3)
+    return {
+        "streams": streams, "minutes": minutes, "frame_seconds": FRAME_SECONDS,
+        "received_equals_sent": all(abs(r.received_seconds - r.sent_seconds) < 1e-3 for r in results),
+        "sent_seconds": [r.sent_seconds for r in results], "received_seconds": [r.received_seconds for r in results],
+        "errors": [e for r in results for e in r.errors], "end_reasons": sorted({r.reason for r in results}),
+        "latency_s": {"median": round(statistics.median(latencies), 2), "p95": round(_quantile(latencies, 0.95), 2),
+                      "max": round(max(latencies), 2),
+                      "per_stream_p95": [round(_quantile(r.latencies, 0.95), 2) for r in results]},
+        "wer_against_offline_pct": wer,
+        "server_rss_mb": {"before": round(rss0, 1), "first_third_max": max(rss[:third], default=None),
+                          "last_third_max": max(rss[-third:], default=None), "max": max(rss, default=None),
+                          "samples": rss},
+        "work_per_audio_second": round((status["queue"]["busy_seconds"] - busy0)
+                                       / sum(r.received_seconds for r in results), 3),
+    }
