@@ -2,11 +2,12 @@
 
 The LocalAgreement-2 policy of whisper_streaming: after every `chunk_seconds` of new audio, the
 buffer (the audio since the last trim) is transcribed again with word timestamps, prompted with the
-committed text before the buffer. The words past what is committed form the hypothesis; the
-longest prefix the last two hypotheses share is committed. Once the buffer is longer than
-`trim_seconds` it is cut at the end of the last segment whose words are all committed, so each
-update's work stays bounded. What the latest hypothesis adds beyond the committed words is the
-partial text.
+committed text before the buffer, with Whisper's temperature fallback. The words past what is
+committed form the hypothesis; the longest prefix the last two hypotheses share is committed, and
+so is every word that ended MAX_DELAY_SECONDS before the audio received (updates far apart agree
+less often). Once the buffer is longer than `trim_seconds` it is cut at the end of the last
+segment whose words are all committed, so each update's work stays bounded. What the latest
+hypothesis adds beyond the committed words is the partial text.
 
 A voice activity gate (Silero VAD) keeps silence from being transcribed: when the audio past the
 committed words has no speech, an update costs one VAD pass and produces nothing.
@@ -28,7 +29,7 @@ kept as Words (the text of the others is kept as text).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +43,7 @@ from kernels.frontend import SAMPLE_RATE
 CHUNK_SECONDS = 1.0          # new audio between updates
 TRIM_SECONDS = 15.0          # the buffer is cut at a committed segment end beyond this
 PROMPT_CHARS = 200           # committed text carried into the prompt
+MAX_DELAY_SECONDS = 8.0      # a word this far behind the audio received is committed without agreement
 OVERLAP_WORDS = 5            # longest run of words a hypothesis may repeat from the committed tail
 BACKOFF_SECONDS = 0.5        # the speech gate looks this far before the committed end ...
 CONTINUE_SECONDS = 0.3       # ... and takes speech running this far past it as a word not committed
@@ -79,8 +81,9 @@ class LiveTranscriber:
             raise BadOption("chunk_seconds", f"live chunks of {chunk_seconds} s trimmed beyond {trim_seconds} s: "
                             "the chunk must be positive and no longer than the trim length")
         self.model, self.chunk_seconds, self.trim_seconds = model, chunk_seconds, trim_seconds
-        # one attempt per update (no temperature ladder): the next update retries anyway
-        self.options = replace(options or TranscribeOptions(), temperatures=(0.0,))
+        # the temperature ladder stays: a decoding that fails Whisper's checks can fail the same way
+        # on every later update (measured on the real clips: same WER and work as one attempt)
+        self.options = options or TranscribeOptions()
         self.vad = vad or SileroVad()
         self.buffer = _Buffer()
         self.committed: list[Word] = []          # the committed words from the buffer's start on (and a few before)
@@ -148,7 +151,7 @@ class LiveTranscriber:
         start = time.perf_counter()
         words = self._transcribe()
         work = time.perf_counter() - start
-        agreed = words if final else self._agreed(words)
+        agreed = words if final else self._agreed(words, received)
         self.committed += agreed
         self._said += [w.word for w in agreed]
         self.hypothesis = words[len(agreed):]
@@ -214,12 +217,18 @@ class LiveTranscriber:
                 return words[n:]
         return words
 
-    def _agreed(self, words: list[Word]) -> list[Word]:
-        """The longest prefix of `words` that the previous hypothesis shares."""
+    def _agreed(self, words: list[Word], received: float) -> list[Word]:
+        """The longest prefix of `words` that the previous hypothesis shares, or, if longer, the words
+        that ended MAX_DELAY_SECONDS or more before the audio received: when updates come seconds
+        apart (a busy server) hypotheses agree less often, and a word heard with that much audio after
+        it is as good as it gets. This bounds the buffer, hence each update's work, under load."""
         n = 0
         while n < min(len(words), len(self.hypothesis)) and _key(words[n]) == _key(self.hypothesis[n]):
             n += 1
-        return words[:n]
+        old = 0
+        while old < len(words) and words[old].end <= received - MAX_DELAY_SECONDS:
+            old += 1
+        return words[:max(n, old)]
 
     def _trim(self) -> None:
         """Cut the buffer at the last segment end the committed words cover, once it is long."""

@@ -176,3 +176,17 @@ def test_the_prompt_holds_the_committed_words_before_the_buffer():
     live.buffer.start, live.buffer.samples = 11.6, np.zeros(4 * SAMPLE_RATE, np.float32)
     live._transcribe()
     assert Recorder.prompts == ["behind its timetable."]
+
+
+def test_words_far_behind_the_audio_are_committed_without_agreement():
+    """Updates seconds apart (a busy server) agree less often: a word that ended MAX_DELAY_SECONDS
+    before the audio received is committed from the latest hypothesis, which bounds the buffer."""
+    from encoder.results import Word
+    from encoder.streaming import MAX_DELAY_SECONDS
+
+    live = LiveTranscriber(object(), vad=object())                # no model work here
+    live.hypothesis = [Word(" a", 0.0, 1.0, 1.0), Word(" bee", 1.0, 2.0, 1.0)]
+    words = [Word(" a", 0.0, 1.0, 1.0), Word(" be", 1.0, 2.0, 1.0), Word(" sea", 2.0, 4.0, 1.0),
+             Word(" dee", 4.0, 9.0, 1.0)]
+    assert [w.word for w in live._agreed(words, received=3.0)] == [" a"]                 # agreement only
+    assert [w.word for w in live._agreed(words, received=4.0 + MAX_DELAY_SECONDS)] == [" a", " be", " sea"]

@@ -40,6 +40,7 @@ class StreamResult:
     sent_seconds: float
     received_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    word_ends: list[float] = field(default_factory=list)     # seconds into the stream, as latencies
     text: str = ""
     offline: str = ""
     reason: str = ""
@@ -107,6 +108,7 @@ def _stream(port: int, samples: np.ndarray, result: StreamResult) -> None:
                 event, now = json.loads(message), time.monotonic()
                 if event["type"] == "committed":
                     result.latencies += [now - start - w["end"] for w in event["words"]]
+                    result.word_ends += [w["end"] for w in event["words"]]
                 elif event["type"] == "end":
                     result.text, result.received_seconds, result.reason = \
                         event["text"], event["received"], event["reason"]
@@ -161,6 +163,15 @@ def measure(model: str = "tiny.en", streams: int = 4, minutes: float = 5.0) -> d
     return _figures(results, rss0, rss, status, busy0, streams, minutes)
 
 
+def _by_minute(results: list[StreamResult]) -> list[float]:
+    """The median latency of the words spoken in each minute of the streams (is it steady?)."""
+    minutes: dict[int, list[float]] = {}
+    for r in results:
+        for end, latency in zip(r.word_ends, r.latencies):
+            minutes.setdefault(int(end // 60), []).append(latency)
+    return [round(statistics.median(minutes[m]), 2) for m in sorted(minutes)]
+
+
 def _figures(results: list[StreamResult], rss0: float, rss: list[float], status: dict, busy0: float,
              streams: int, minutes: float) -> dict:
     latencies = [x for r in results for x in r.latencies]
@@ -173,7 +184,8 @@ def _figures(results: list[StreamResult], rss0: float, rss: list[float], status:
         "errors": [e for r in results for e in r.errors], "end_reasons": sorted({r.reason for r in results}),
         "latency_s": {"median": round(statistics.median(latencies), 2), "p95": round(_quantile(latencies, 0.95), 2),
                       "max": round(max(latencies), 2),
-                      "per_stream_p95": [round(_quantile(r.latencies, 0.95), 2) for r in results]},
+                      "per_stream_p95": [round(_quantile(r.latencies, 0.95), 2) for r in results],
+                      "median_by_minute": _by_minute(results)},
         "wer_against_offline_pct": wer,
         "server_rss_mb": {"before": round(rss0, 1), "first_third_max": max(rss[:third], default=None),
                           "last_third_max": max(rss[-third:], default=None), "max": max(rss, default=None),
