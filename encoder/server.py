@@ -157,7 +157,7 @@ class Counters:
     def __init__(self):
         self.lock = threading.Lock()
         self.requests = self.failures = 0
-        self.abandoned = 0                         # streamed transcriptions ended because the client left
+        self.abandoned = 0                         # streamed transcriptions ended early: client gone, timed out
         self.audio_seconds = 0.0
         self.rtf: deque = deque(maxlen=1000)       # seconds of transcription per second of audio
         self.latency: deque = deque(maxlen=1000)   # seconds from submission to answer (waiting included)
@@ -322,7 +322,7 @@ class TranscriptionService:
         future.add_done_callback(self._count_abandoned)
         started, said = time.perf_counter(), ""
         try:
-            while (texts := await self._next(segments.queue, started, future)) is not None:
+            while (texts := await self._next(segments.queue, started)) is not None:
                 delta = "".join(texts)
                 delta = delta.lstrip() if not said else delta
                 if delta:
@@ -345,7 +345,7 @@ class TranscriptionService:
             with self.counters.lock:
                 self.counters.abandoned += 1
 
-    async def _next(self, queue: asyncio.Queue, started: float, future) -> list[str] | None:
+    async def _next(self, queue: asyncio.Queue, started: float) -> list[str] | None:
         try:
             return await asyncio.wait_for(queue.get(), self.config.timeout_s - (time.perf_counter() - started))
         except asyncio.TimeoutError:
@@ -402,12 +402,19 @@ def _sse(events: AsyncIterator[dict], first: dict, request: Request, upload: Pat
                     request.state.audio_seconds = event["usage"]["seconds"]
                 yield f"data: {json.dumps(event)}\n\n"
         except ApiError as e:
-            yield f"data: {json.dumps({'type': 'error', 'error': json.loads(e.response().body)['error']})}\n\n"
+            yield _error_event(e)
+        except Exception as e:  # a bug: reported in the stream, the server keeps serving
+            log.exception("internal error in a streamed transcription")
+            yield _error_event(ApiError(500, f"internal error: {type(e).__name__}", "server_error"))
         finally:
             await events.aclose()
             remove()
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"},
                              background=BackgroundTask(remove))
+
+
+def _error_event(error: ApiError) -> str:
+    return f"data: {json.dumps({'type': 'error', 'error': json.loads(error.response().body)['error']})}\n\n"
 
 
 def _strip_path(message: str) -> str:

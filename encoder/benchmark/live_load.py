@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+from websockets.sync.client import connect
 
 from encoder.audio import load_audio
 from encoder.evaluation import score
@@ -95,8 +96,6 @@ class _Server:
 
 def _stream(port: int, samples: np.ndarray, result: StreamResult) -> None:
     """Send `samples` at real-time pace; collect the events on a second thread."""
-    from websockets.sync.client import connect
-
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
     step = round(FRAME_SECONDS * SAMPLE_RATE) * 2
     with connect(f"ws://127.0.0.1:{port}/live", open_timeout=60, max_size=None) as ws:
