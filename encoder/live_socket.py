@@ -151,7 +151,7 @@ class LiveStream:
                     if ending:
                         return await self._end(update, *ending)
                     receiving = asyncio.ensure_future(self.socket.receive())
-                if update is None and self.waiting >= round(self.live.chunk_seconds * SAMPLE_RATE):
+                if update is None and self.waiting >= self.live.chunk_samples:
                     update = self._on_worker(self._handover())
         finally:
             receiving.cancel()

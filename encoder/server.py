@@ -143,7 +143,7 @@ def _settle(future: concurrent.futures.Future, function) -> None:
         future.set_exception(e)
 
 
-def _percentile(values, q: float) -> float | None:
+def percentile(values, q: float) -> float | None:
     """The q-quantile of `values` (the median for 0.5: the mean of the middle two of an even count)."""
     ordered = sorted(values)
     if not ordered:
@@ -188,9 +188,9 @@ class Counters:
                     "realtime_factor": {
                         "definition": "seconds of processing per second of audio (below 1: faster than real time); "
                                       "requests run together share their processing time",
-                        "median": _percentile(self.rtf, 0.5), "p95": _percentile(self.rtf, 0.95)},
+                        "median": percentile(self.rtf, 0.5), "p95": percentile(self.rtf, 0.95)},
                     "latency_seconds": {"definition": "from the request's submission to its answer, waiting included",
-                                        "p50": _percentile(self.latency, 0.5), "p95": _percentile(self.latency, 0.95)},
+                                        "p50": percentile(self.latency, 0.5), "p95": percentile(self.latency, 0.95)},
                     "throughput": {"definition": "seconds of audio transcribed per second the worker was busy",
                                    "audio_seconds_per_second": round(self.audio_seconds / busy_seconds, 3)
                                    if busy_seconds > 0 else None}}

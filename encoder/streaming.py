@@ -101,17 +101,13 @@ class LiveTranscriber:
         return "".join(self._said).strip()
 
     @property
-    def received(self) -> float:
-        """Seconds of audio received."""
-        return self.buffer.end
-
-    @property
     def ready(self) -> bool:
         """Whether at least `chunk_seconds` of audio arrived since the last update."""
-        return self.buffer.pending >= self._chunk
+        return self.buffer.pending >= self.chunk_samples
 
     @property
-    def _chunk(self) -> int:
+    def chunk_samples(self) -> int:
+        """The new audio an update waits for, in samples."""
         return round(self.chunk_seconds * SAMPLE_RATE)
 
     def append(self, samples) -> None:
@@ -130,7 +126,7 @@ class LiveTranscriber:
         samples = np.asarray(samples, np.float32).reshape(-1)
         updates = []
         while len(samples):
-            take = min(len(samples), self._chunk - self.buffer.pending)
+            take = min(len(samples), self.chunk_samples - self.buffer.pending)
             self.append(samples[:take])
             samples = samples[take:]
             if self.ready:

@@ -29,6 +29,7 @@ from websockets.sync.client import connect
 
 from encoder.audio import load_audio
 from encoder.evaluation import score
+from encoder.server import percentile
 from kernels.frontend import SAMPLE_RATE
 
 VARIED = Path(__file__).parent / "data" / "varied.ogg"
@@ -123,11 +124,6 @@ def _stream(port: int, samples: np.ndarray, result: StreamResult) -> None:
         receiver.join()
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def measure(model: str = "tiny.en", streams: int = 4, minutes: float = 5.0) -> dict:
     """Run the streams; the figures as one JSON-ready dict."""
     audio = load_audio(VARIED)
@@ -181,9 +177,9 @@ def _figures(results: list[StreamResult], rss0: float, rss: list[float], status:
         "received_equals_sent": all(abs(r.received_seconds - r.sent_seconds) < 1e-3 for r in results),
         "sent_seconds": [r.sent_seconds for r in results], "received_seconds": [r.received_seconds for r in results],
         "errors": [e for r in results for e in r.errors], "end_reasons": sorted({r.reason for r in results}),
-        "latency_s": {"median": round(statistics.median(latencies), 2), "p95": round(_quantile(latencies, 0.95), 2),
+        "latency_s": {"median": round(statistics.median(latencies), 2), "p95": round(percentile(latencies, 0.95), 2),
                       "max": round(max(latencies), 2),
-                      "per_stream_p95": [round(_quantile(r.latencies, 0.95), 2) for r in results],
+                      "per_stream_p95": [round(percentile(r.latencies, 0.95), 2) for r in results],
                       "median_by_minute": _by_minute(results)},
         "wer_against_offline_pct": wer,
         "server_rss_mb": {"before": round(rss0, 1), "first_third_max": max(rss[:third], default=None),
