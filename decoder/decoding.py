@@ -68,16 +68,16 @@ class WindowDecoder:
             out.append(TimestampRules(tok, sample_begin, max_initial))
         return out
 
-    def prefill(self, cross, options: DecodingOptions, batch: int) -> Prefill:
-        """Run the initial tokens for `batch` rows: the state every strategy starts from."""
+    def prefill(self, cross, options: DecodingOptions, group: int) -> Prefill:
+        """Run the initial tokens once for each window of `cross`, then give each window `group` rows
+        (its beams or samples) starting from that state: where every strategy starts."""
         initial, sot_index = self.initial_tokens(options)
-        one = self.session.new_cache(1)                                            # every row starts the same:
-        logits = self.session.step(np.array([initial], np.int64), one, cross, logits_from=sot_index)   # run it once
-        cache = self.session.widen(one, batch)
-        tokens = np.tile(np.array(initial, np.int64), (batch, 1))                  # (batch, n_initial)
-        logits = np.repeat(logits, batch, axis=0)                                  # rows sot_index.. only
+        tokens = np.tile(np.array(initial, np.int64), (cross.windows, 1))               # (n, n_initial)
+        cache = self.session.new_cache(len(tokens))
+        logits = self.session.step(tokens, cache, cross, logits_from=sot_index)        # (n, n_initial - sot_index, V)
         return Prefill(len(initial), self.filters(options, len(initial)), self.sample_limit(options, len(initial)),
-                       cache, tokens, logits, float(no_speech_probs(self, logits[:1, 0])[0]))
+                       self.session.widen(cache, group), np.repeat(tokens, group, axis=0),
+                       np.repeat(logits, group, axis=0), no_speech_probs(self, logits[:, 0]), group)
 
     def sample_limit(self, options: DecodingOptions, n_initial: int) -> int:
         """Most tokens to sample after `n_initial` initial ones."""
@@ -98,6 +98,12 @@ class WindowDecoder:
 
     # ---- one attempt -------------------------------------------------------------
     def decode(self, cross, options: DecodingOptions) -> DecodingResult:
+        """One attempt on one window."""
+        return self.decode_windows(cross, options)[0]
+
+    def decode_windows(self, cross, options: DecodingOptions) -> list[DecodingResult]:
+        """One attempt on each window of `cross` (bound as one batch), all in the same token steps; each
+        window's result is the one it gets decoded alone, up to the rounding of batched products."""
         if options.temperature == 0 and options.beam_size:
             return BeamSearch(self, options).run(cross)
         return Sampler(self, options).run(cross)
@@ -149,9 +155,10 @@ class Prefill:
     filters: list            # logit rules
     limit: int               # most tokens to sample
     cache: object            # KVCache after the initial tokens
-    tokens: np.ndarray       # (batch, n_initial)
-    logits: np.ndarray       # (batch, n_initial - sot_index, vocab): from <|startoftranscript|> on
-    no_speech: float         # probability of <|nospeech|> at <|startoftranscript|>
+    tokens: np.ndarray       # (windows·group, n_initial)
+    logits: np.ndarray       # (windows·group, n_initial - sot_index, vocab): from <|startoftranscript|> on
+    no_speech: np.ndarray    # (windows,) probability of <|nospeech|> at <|startoftranscript|>
+    group: int               # rows per window, consecutive
 
 
 def no_speech_probs(wd: WindowDecoder, sot_logits: np.ndarray) -> np.ndarray:
@@ -161,31 +168,83 @@ def no_speech_probs(wd: WindowDecoder, sot_logits: np.ndarray) -> np.ndarray:
     return np.exp(log_softmax(sot_logits.astype(np.float32))[:, wd.tokenizer.no_speech])
 
 
-def until_end(sampled: np.ndarray, eot: int) -> list[list[int]]:
-    """Each row of sampled tokens (n, steps) up to its <|endoftext|>."""
+def until_end(sampled, eot: int) -> list[list[int]]:
+    """Each row of sampled tokens (an iterable of 1-D arrays) up to its <|endoftext|>."""
     rows = [[int(t) for t in row] for row in sampled]
     return [row[:row.index(eot)] if eot in row else row for row in rows]
 
 
+def rows_per_window(options: DecodingOptions) -> int:
+    """Decoder rows an attempt with `options` takes for each window: its beams, samples, or one."""
+    if options.temperature == 0:
+        return options.beam_size or 1
+    return options.best_of or 1
+
+
+# Windows that have ended leave the batch once they are this share of it: until then their rows idle
+# (each compaction copies the cache rows and the other windows' cross-attention inputs).
+DROP_SHARE = 0.25
+
+
+@dataclass
+class _Batch:
+    """The windows still decoding: their cache rows, cross-attention inputs and tokens, `group` rows each."""
+    cache: object
+    cross: object
+    tokens: np.ndarray          # (len(windows)·group, n)
+    windows: list[int]          # each one's index among the windows the attempt began with
+    group: int
+
+    def rows(self) -> np.ndarray:
+        """Each row's index among the rows the attempt began with."""
+        return (np.array(self.windows)[:, None] * self.group + np.arange(self.group)).reshape(-1)
+
+    def sampled(self, into: list, which: np.ndarray, n_initial: int) -> None:
+        """Put the sampled tokens of the windows `which` (bool, per window here) at their rows in `into`."""
+        for k in np.flatnonzero(which):
+            for r in range(self.group):
+                into[self.windows[k] * self.group + r] = self.tokens[k * self.group + r, n_initial:]
+
+    def drop(self, wd: WindowDecoder, ended: np.ndarray) -> np.ndarray:
+        """Take the windows `ended` (bool, per window) out of the batch; returns the kept rows' positions."""
+        keep = np.flatnonzero(~ended)
+        rows = (keep[:, None] * self.group + np.arange(self.group)).reshape(-1)
+        self.cache = wd.session.select_rows(self.cache, rows)
+        self.cross = self.cross.select(keep)
+        self.tokens = self.tokens[rows]
+        self.windows = [self.windows[k] for k in keep]
+        return rows
+
+
+def _should_drop(ended: np.ndarray) -> bool:
+    return bool(ended.any()) and ended.sum() >= DROP_SHARE * len(ended)
+
+
 class Sampler:
-    """Greedy (temperature 0) or best-of-N sampling (temperature > 0)."""
+    """Greedy (temperature 0) or best-of-N sampling (temperature > 0), of one or more windows."""
 
     def __init__(self, wd: WindowDecoder, options: DecodingOptions):
         self.wd, self.options = wd, options
-        self.n = (options.best_of or 1) if options.temperature > 0 else 1
-        self.rng = np.random.default_rng(options.seed)
+        self.n = rows_per_window(replace(options, beam_size=None))
+        self.rngs: list[np.random.Generator] = []
 
-    def run(self, cross) -> DecodingResult:
+    def run(self, cross) -> list[DecodingResult]:
         start = self.wd.prefill(cross, self.options, self.n)
-        tokens, sum_logprob = sample_rows(self.wd, cross, start, self._choose)
-        return self._best(tokens[:, start.n_initial:], sum_logprob, start.no_speech)
+        # each window draws from a generator of its own, seeded alike: its samples are those it draws alone
+        self.rngs = [np.random.default_rng(self.options.seed) for _ in start.no_speech]
+        sampled, sum_logprob = sample_rows(self.wd, cross, start, self._choose)
+        n = self.n
+        return [self._best(sampled[w * n:(w + 1) * n], sum_logprob[w * n:(w + 1) * n], float(no_speech))
+                for w, no_speech in enumerate(start.no_speech)]
 
-    def _choose(self, last: np.ndarray) -> np.ndarray:
-        """Each row's next token from its filtered logits (n, V)."""
+    def _choose(self, last: np.ndarray, windows: list[int]) -> np.ndarray:
+        """Each row's next token from its filtered logits (len(windows)·n, V)."""
         if self.options.temperature == 0:
             return last.argmax(axis=-1)
         p = np.exp(log_softmax(last / self.options.temperature))
-        return np.array([self.rng.choice(p.shape[1], p=row / row.sum()) for row in p])
+        rows = p.reshape(len(windows), self.n, -1)
+        return np.array([self.rngs[w].choice(p.shape[1], p=row / row.sum())
+                         for w, own in zip(windows, rows) for row in own])
 
     def _best(self, sampled, sum_logprob, no_speech) -> DecodingResult:
         seqs = until_end(sampled, self.wd.tokenizer.eot)
@@ -194,25 +253,32 @@ class Sampler:
         return self.wd.finish(seqs[k], float(sum_logprob[k]), no_speech, self.options)
 
 
-def sample_rows(wd: WindowDecoder, cross, start: Prefill, choose) -> tuple[np.ndarray, np.ndarray]:
-    """Token by token from `start`, each row's next token `choose(filtered logits (n, V))`, until every
-    row has ended (a row that has ended repeats <|endoftext|>): (tokens (n, n_initial + steps), the sum
-    of each row's sampled log-probabilities)."""
-    cache, tokens, logits = start.cache, start.tokens, start.logits
-    n, eot = len(tokens), wd.tokenizer.eot
-    sum_logprob, done = np.zeros(n), np.zeros(n, bool)
+def sample_rows(wd: WindowDecoder, cross, start: Prefill, choose) -> tuple[list[np.ndarray], np.ndarray]:
+    """Token by token from `start`, each row's next token `choose(filtered logits (rows, V), the windows in
+    the batch)`, until every row has ended (a row that has ended repeats <|endoftext|>; windows whose rows
+    have all ended leave the batch): (each row's sampled tokens, each row's sum of sampled log-probabilities)."""
+    batch = _Batch(start.cache, cross, start.tokens, list(range(len(start.no_speech))), start.group)
+    logits, eot, n = start.logits, wd.tokenizer.eot, len(start.tokens)
+    sampled: list = [None] * n
+    sum_logprob, done = np.zeros(n), np.zeros(n, bool)        # per row the attempt began with; per row here
     for _ in range(start.limit):
         last = logits[:, -1].astype(np.float32)        # a copy: the filters write into it
         for f in start.filters:
-            f.apply(last, tokens)
-        nxt = np.where(done, eot, choose(last))
-        sum_logprob += np.where(done, 0.0, log_softmax(last)[np.arange(n), nxt])
+            f.apply(last, batch.tokens)
+        nxt = np.where(done, eot, choose(last, batch.windows))
+        sum_logprob[batch.rows()] += np.where(done, 0.0, log_softmax(last)[np.arange(len(nxt)), nxt])
         done |= nxt == eot
-        tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
-        if done.all() or cache.length >= wd.n_ctx:
+        batch.tokens = np.concatenate([batch.tokens, nxt[:, None]], axis=1)
+        ended = done.reshape(-1, batch.group).all(axis=1)
+        if ended.all() or batch.cache.length >= wd.n_ctx:
             break
-        logits = wd.session.step(nxt[:, None], cache, cross)
-    return tokens, sum_logprob
+        if _should_drop(ended):
+            batch.sampled(sampled, ended, start.n_initial)
+            kept = batch.drop(wd, ended)
+            nxt, done = nxt[kept], done[kept]
+        logits = wd.session.step(nxt[:, None], batch.cache, batch.cross)
+    batch.sampled(sampled, np.ones(len(batch.windows), bool), start.n_initial)
+    return sampled, sum_logprob
 
 
 def _rank_score(sum_logprob: float, length: int, length_penalty: float | None) -> float:
@@ -221,51 +287,79 @@ def _rank_score(sum_logprob: float, length: int, length_penalty: float | None) -
 
 
 class BeamSearch:
-    """Beam search over `beam_size` hypotheses, stopping once beam_size x patience have finished."""
+    """Beam search over `beam_size` hypotheses per window, a window stopping once beam_size x patience
+    of its hypotheses have finished; the windows of `cross` search side by side in the same steps."""
 
     def __init__(self, wd: WindowDecoder, options: DecodingOptions):
         self.wd, self.options = wd, options
 
-    def run(self, cross) -> DecodingResult:
+    def run(self, cross) -> list[DecodingResult]:
         wd, opt, beams = self.wd, self.options, self.options.beam_size
         eot = wd.tokenizer.eot
         start = wd.prefill(cross, opt, beams)
-        cache, tokens, logits, n_initial = start.cache, start.tokens, start.logits, start.n_initial
-        scores = np.zeros(beams)
-        scores[1:] = NEG_INF                    # all beams start identical: expand only the first
-        finished: dict[tuple, float] = {}
+        batch = _Batch(start.cache, cross, start.tokens, list(range(len(start.no_speech))), beams)
+        logits, n_initial = start.logits, start.n_initial
+        scores = np.zeros((len(batch.windows), beams))     # per window in the batch
+        scores[:, 1:] = NEG_INF                 # a window's beams start identical: expand only the first
+        finished: list[dict[tuple, float]] = [{} for _ in batch.windows]      # per window of the attempt
+        live = np.ones(len(batch.windows), bool)
         max_finished = round(beams * opt.patience)
         for _ in range(start.limit):
             last = logits[:, -1].astype(np.float32)        # a copy: the filters write into it
             for f in start.filters:
-                f.apply(last, tokens)
-            cand = scores[:, None] + log_softmax(last)                       # (beams, V)
-            order = np.argsort(cand, axis=None)[::-1]
-            keep_rows, keep_tokens, keep_scores = [], [], []
-            for flat in order[:2 * beams + 1]:
-                row, token = divmod(int(flat), cand.shape[1])
-                if not np.isfinite(cand[row, token]):
-                    break
-                seq = tuple(tokens[row, n_initial:].tolist()) + (token,)
-                if token == eot:
-                    finished.setdefault(seq[:-1], float(cand[row, token]))
-                else:
-                    keep_rows.append(row)
-                    keep_tokens.append(token)
-                    keep_scores.append(cand[row, token])
-                if len(keep_rows) == beams:
-                    break
-            if len(finished) >= max_finished or not keep_rows or cache.length >= wd.n_ctx:
+                f.apply(last, batch.tokens)
+            cand = scores.reshape(-1, 1) + log_softmax(last)                   # (windows·beams, V)
+            keep = []                                                          # (row, token, score)
+            for k, w in enumerate(batch.windows):
+                own = slice(k * beams, (k + 1) * beams)
+                seqs = batch.tokens[own, n_initial:]
+                best = _expand(cand[own], seqs, beams, eot, finished[w]) if live[k] else []
+                if live[k] and (len(finished[w]) >= max_finished or not best or batch.cache.length >= wd.n_ctx):
+                    live[k] = False
+                    _keep_if_none(finished[w], seqs, scores[k])
+                if not live[k]:                 # an ended window's rows idle until it leaves the batch
+                    best = [(r, eot, NEG_INF) for r in range(beams)]
+                best += [(best[0][0], best[0][1], NEG_INF)] * (beams - len(best))   # too few live: dead copies
+                keep += [(k * beams + r, t, sc) for r, t, sc in best]
+            if not live.any():
                 break
-            while len(keep_rows) < beams:       # too few live candidates: pad with dead copies
-                keep_rows.append(keep_rows[0])
-                keep_tokens.append(keep_tokens[0])
-                keep_scores.append(NEG_INF)
-            cache.reorder(keep_rows)
-            tokens = np.concatenate([tokens[keep_rows], np.array(keep_tokens)[:, None]], axis=1)
-            scores = np.array(keep_scores)
-            logits = wd.session.step(np.array(keep_tokens)[:, None], cache, cross)
-        if not finished:                        # out of room: take the live beams as they are
-            finished = {tuple(tokens[r, n_initial:].tolist()): float(scores[r]) for r in range(len(tokens))}
-        best = max(finished, key=lambda s: _rank_score(finished[s], len(s), opt.length_penalty))
-        return wd.finish(list(best), finished[best], start.no_speech, opt)
+            rows, nxt, new = (np.array(x) for x in zip(*keep))
+            batch.cache.reorder(rows)
+            batch.tokens = np.concatenate([batch.tokens[rows], nxt[:, None]], axis=1)
+            scores = new.reshape(-1, beams)
+            if _should_drop(~live):
+                nxt, scores = nxt[batch.drop(wd, ~live)], scores[live]
+                live = live[live]
+            logits = wd.session.step(nxt[:, None], batch.cache, batch.cross)
+        for k, w in enumerate(batch.windows):
+            _keep_if_none(finished[w], batch.tokens[k * beams:(k + 1) * beams, n_initial:], scores[k])
+        results = []
+        for w, done in enumerate(finished):
+            best = max(done, key=lambda s: _rank_score(done[s], len(s), opt.length_penalty))
+            results.append(wd.finish(list(best), done[best], float(start.no_speech[w]), opt))
+        return results
+
+
+def _expand(cand: np.ndarray, seqs: np.ndarray, beams: int, eot: int, finished: dict) -> list:
+    """One step of one window's search: its best `beams` live continuations (row, token, score) among the
+    candidates cand (beams, V) of its rows' sampled tokens `seqs`; those ending add to `finished`."""
+    keep = []
+    flat_cand = cand.reshape(-1)
+    top = np.argpartition(flat_cand, -(2 * beams + 1))[-(2 * beams + 1):]     # the best 2·beams + 1, then
+    for flat in top[np.argsort(flat_cand[top])[::-1]]:                         # in order: O(V), not a full sort
+        row, token = divmod(int(flat), cand.shape[1])
+        if not np.isfinite(cand[row, token]):
+            break
+        if token == eot:
+            finished.setdefault(tuple(seqs[row].tolist()), float(cand[row, token]))
+        else:
+            keep.append((row, token, cand[row, token]))
+        if len(keep) == beams:
+            break
+    return keep
+
+
+def _keep_if_none(finished: dict, seqs: np.ndarray, scores: np.ndarray) -> None:
+    """A window out of room with no finished hypothesis takes its live beams as they are."""
+    if not finished:
+        finished.update({tuple(seq.tolist()): float(sc) for seq, sc in zip(seqs, scores)})

@@ -1,9 +1,12 @@
 """The ONNX decoder under ONNX Runtime, with a preallocated KV cache bound by IO binding.
 
-Each layer's self-attention cache is one (B, H, n_text_ctx, d_head) numpy buffer
-per K and V, wrapped once as an OrtValue (which shares the memory). A step feeds
+Each layer's self-attention cache is one (B, H, capacity, d_head) numpy buffer
+per K and V, wrapped as an OrtValue (which shares the memory). A step feeds
 only the new tokens; the graph returns their keys/values and the host writes them
-into the cache at `offset`: no step copies the whole cache.
+into the cache at `offset`: no step copies the whole cache. The capacity grows by
+GROW_SLOTS as tokens come (up to n_text_ctx): a step's attention reads every
+allocated slot, so a short cache makes a cheap step, which matters most when a
+batch holds many rows.
 """
 from __future__ import annotations
 
@@ -36,9 +39,14 @@ def int8_caveat(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     return "this CPU has no VNNI, so ONNX Runtime's int8 products may saturate (see docs/performance.md)"
 
 
+# Slots a cache grows by: a step's self-attention reads every allocated slot (masked beyond the filled
+# ones), so the cache holds the filled slots and at most this many more.
+GROW_SLOTS = 64
+
+
 @dataclass
 class KVCache:
-    keys: list[np.ndarray]                 # per layer (B, H, n_ctx, d_head)
+    keys: list[np.ndarray]                 # per layer (B, H, capacity, d_head)
     values: list[np.ndarray]
     length: int = 0                        # slots filled
     _bound: list = field(default_factory=list)
@@ -51,11 +59,37 @@ class KVCache:
     def batch(self) -> int:
         return self.keys[0].shape[0]
 
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
     def reorder(self, rows) -> None:
         """Keep batch rows `rows` (beam search), in place so the bound OrtValues stay valid."""
         rows = np.asarray(rows)
         for buf in self.keys + self.values:
             buf[:] = buf[rows]
+
+
+class CrossInputs:
+    """The cross-attention keys and values of W windows as the graph takes them: per decoder layer K and V
+    (W, H, n_audio_ctx, d_head), and OrtValues sharing their memory."""
+
+    def __init__(self, arrays: list[tuple[np.ndarray, np.ndarray]], ort):
+        value = ort.OrtValue.ortvalue_from_numpy
+        self.arrays, self._ort = arrays, ort
+        self.bound = [(value(k), value(v)) for k, v in arrays]
+
+    @property
+    def windows(self) -> int:
+        return self.arrays[0][0].shape[0]
+
+    def select(self, windows) -> CrossInputs:
+        """These inputs of `windows` (indices), in that order: views when they are consecutive, else copies."""
+        windows = [int(w) for w in windows]
+        if windows == list(range(windows[0], windows[0] + len(windows))):
+            part = slice(windows[0], windows[0] + len(windows))
+            return CrossInputs([(k[part], v[part]) for k, v in self.arrays], self._ort)
+        return CrossInputs([(k[windows], v[windows]) for k, v in self.arrays], self._ort)
 
 
 class DecoderSession:
@@ -82,32 +116,44 @@ class DecoderSession:
         self.dims = dims
         self.has_alignment = any(o.name == io.ALIGNMENT for o in self.session.get_outputs())
 
-    def new_cache(self, batch: int) -> KVCache:
+    def new_cache(self, batch: int, capacity: int = GROW_SLOTS) -> KVCache:
         d = self.dims
-        shape = (batch, d.n_text_head, d.n_text_ctx, d.n_text_state // d.n_text_head)
+        shape = (batch, d.n_text_head, min(capacity, d.n_text_ctx), d.n_text_state // d.n_text_head)
         cache = KVCache([np.zeros(shape, np.float32) for _ in range(d.n_text_layer)],
                         [np.zeros(shape, np.float32) for _ in range(d.n_text_layer)])
         cache._bound = [(self._ort.OrtValue.ortvalue_from_numpy(k), self._ort.OrtValue.ortvalue_from_numpy(v))
                         for k, v in zip(cache.keys, cache.values)]
         return cache
 
-    def widen(self, cache: KVCache, batch: int) -> KVCache:
-        """A cache of `batch` rows, each a copy of `cache`'s single row."""
-        if batch == cache.batch:
+    def widen(self, cache: KVCache, group: int) -> KVCache:
+        """A cache of `group` rows for each row of `cache`, copies of it, a row's copies together."""
+        if group == 1:
             return cache
-        wide = self.new_cache(batch)
+        wide = self.new_cache(cache.batch * group, cache.capacity)
         for src, dst in zip(cache.keys + cache.values, wide.keys + wide.values):
-            dst[:, :, :cache.length] = src[:, :, :cache.length]
+            dst[:, :, :cache.length] = np.repeat(src[:, :, :cache.length], group, axis=0)
         wide.length = cache.length
         return wide
 
-    def step(self, tokens: np.ndarray, cache: KVCache, cross: list, alignment: bool = False, logits_from: int = 0):
+    def _make_room(self, cache: KVCache, slots: int) -> None:
+        """Grow `cache` in place to hold `slots` (in steps of GROW_SLOTS): new buffers, the filled slots
+        copied, the binding made again at the next step."""
+        if slots <= cache.capacity:
+            return
+        grown = self.new_cache(cache.batch, -(-slots // GROW_SLOTS) * GROW_SLOTS)
+        for src, dst in zip(cache.keys + cache.values, grown.keys + grown.values):
+            dst[:, :, :cache.length] = src[:, :, :cache.length]
+        cache.keys, cache.values, cache._bound, cache._io = grown.keys, grown.values, grown._bound, None
+
+    def step(self, tokens: np.ndarray, cache: KVCache, cross: CrossInputs, alignment: bool = False,
+             logits_from: int = 0):
         """Run the new `tokens` (B, S); returns logits (B, S - logits_from, V) of the positions from
         `logits_from` on [and alignment (B, n_heads, S, T)]."""
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)
         b, s = tokens.shape
         if cache.length + s > self.dims.n_text_ctx:
             raise AmanuensisError(f"decoder context full: {cache.length} + {s} tokens > {self.dims.n_text_ctx}")
+        self._make_room(cache, cache.length + s)
         binding, names = self._binding(cache, cross, alignment and self.has_alignment)
         binding.bind_cpu_input(io.INPUT_IDS, tokens)
         binding.bind_cpu_input(io.OFFSET, np.array(cache.length, np.int64))
@@ -123,13 +169,13 @@ class DecoderSession:
         cache.length += s
         return (outs[io.LOGITS], outs.get(io.ALIGNMENT)) if alignment else outs[io.LOGITS]
 
-    def _binding(self, cache: KVCache, cross: list, alignment: bool):
+    def _binding(self, cache: KVCache, cross: CrossInputs, alignment: bool):
         """The cache's IOBinding with its K/V and `cross` bound, and the output names. Kept on the
         cache and built again only when `cross` or the wanted outputs change: binding every input
         at every step cost ~10% of an int8 step."""
         if cache._io is None or cache._io_cross is not cross or cache._io_alignment != alignment:
             binding = self.session.io_binding()
-            for i, ((k, v), (ck, cv)) in enumerate(zip(cache._bound, cross)):
+            for i, ((k, v), (ck, cv)) in enumerate(zip(cache._bound, cross.bound)):
                 binding.bind_ortvalue_input(io.past_key(i), k)
                 binding.bind_ortvalue_input(io.past_value(i), v)
                 binding.bind_ortvalue_input(io.cross_key(i), ck)
@@ -140,15 +186,15 @@ class DecoderSession:
             cache._io, cache._io_cross, cache._io_alignment, cache._io_names = binding, cross, alignment, names
         return cache._io, cache._io_names
 
-    def bind_cross(self, cross_kv: list[np.ndarray]) -> list:
+    def bind_cross(self, cross_kv: list[np.ndarray]) -> CrossInputs:
         """Each decoder layer's cross-attention [K | V] (n_audio_ctx, 2·d) of one window, from the encoder's
-        backend, as the (K, V) OrtValues of shape (1, H, T, d_head) the graph takes; once per window."""
+        backend, as the graph takes them; once per window."""
         return self.bind_cross_rows([cross_kv], 1)[0]
 
-    def bind_cross_rows(self, rows, n: int) -> tuple[list, list[list]]:
+    def bind_cross_rows(self, rows, n: int) -> tuple[CrossInputs, list[CrossInputs]]:
         """`n` windows' cross-attention inputs (an iterable of bind_cross's argument, consumed one window
-        at a time so each encoder output can be freed once copied) as (the batch's (K, V) OrtValues
-        (n, H, T, d_head) per layer, each window's own (1, H, T, d_head) OrtValues sharing that memory)."""
+        at a time so each encoder output can be freed once copied) as (the batch's, each window's own
+        sharing the batch's memory)."""
         d = self.dims
         heads, d_head = d.n_text_head, d.n_text_state // d.n_text_head
         # K and V apart: each stays under glibc's largest mmap threshold (32 MiB) up to batch 13 of tiny.en,
@@ -159,7 +205,19 @@ class DecoderSession:
         for i, window in enumerate(rows):
             for (k, v), src in zip(kv, window):
                 k[i], v[i] = src.reshape(d.n_audio_ctx, 2, heads, d_head).transpose(1, 2, 0, 3)
-        value = self._ort.OrtValue.ortvalue_from_numpy
-        batch = [(value(k), value(v)) for k, v in kv]
-        own = [[(value(k[i:i + 1]), value(v[i:i + 1])) for k, v in kv] for i in range(n)]
-        return batch, own
+        batch = CrossInputs(kv, self._ort)
+        return batch, [batch.select([i]) for i in range(n)]
+
+    def select_rows(self, cache: KVCache, rows) -> KVCache:
+        """A new cache of `cache`'s rows `rows`."""
+        rows = np.asarray(rows)
+        out = self.new_cache(len(rows), cache.capacity)
+        for src, dst in zip(cache.keys + cache.values, out.keys + out.values):
+            dst[:, :, :cache.length] = src[rows, :, :cache.length]
+        out.length = cache.length
+        return out
+
+    def row_bytes(self) -> int:
+        """Bytes of one row of the self-attention cache at its largest (n_text_ctx slots)."""
+        d = self.dims
+        return 2 * d.n_text_layer * d.n_text_ctx * d.n_text_state * 4

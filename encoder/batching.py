@@ -102,7 +102,7 @@ def _decode(decoder: WindowDecoder, session: DecoderSession, kv: list, options: 
         cross = session.bind_cross(_computed(kv.pop()))
         return [(decoder.decode_with_fallback(cross, options, rules), cross)]
     cross, rows = session.bind_cross_rows((_computed(kv.pop(0)) for _ in range(n)), n)
-    return list(zip(decode_batch(decoder, cross, rows, options, rules), rows))
+    return list(zip(decode_batch(decoder, cross, options, rules), rows))
 
 
 def _computed(window) -> list[np.ndarray]:

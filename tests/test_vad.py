@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 
-from decoder.batch import decode_batch, greedy_batch
-from decoder.decoding import attempt_options
 from decoder.normalize import normalize
-from decoder.options import DecodingOptions, TranscribeOptions
+from decoder.options import TranscribeOptions
 from encoder import vad
 from encoder.audio import AudioStream, load_audio
 from encoder.evaluation import score
@@ -148,43 +145,7 @@ def test_a_region_without_pauses_is_still_cut():
     assert chunks[0][0] == 0 and chunks[-1][1] == len(probs) * vad.FRAME
 
 
-# ---- batched decoding ---------------------------------------------------------------------------
-
-def _windows(speech, n: int) -> list[np.ndarray]:
-    return [load_audio(clip.path) for clip in speech[:n]]
-
-
-def test_greedy_batch_decodes_each_window_as_it_is_decoded_alone(tiny, speech):
-    """Each row's result is the window's own, up to the rounding of ONNX Runtime's batched products
-    (which can flip a close call, such as a comma, in a few windows of a hundred)."""
-    tr = tiny.transcriber
-    clips = _windows(speech, 4)
-    kv = [tr.cross_kv(x)[0] for x in clips]
-    cross, rows = tr.session.bind_cross_rows(iter(kv), len(kv))
-    options = DecodingOptions(language="en")
-    together = greedy_batch(tr.decoder, cross, options)
-    same = 0
-    for row, result in zip(rows, together):
-        alone = tr.decoder.decode(row, attempt_options(options, 0.0))
-        same += result.tokens == alone.tokens
-        assert score(alone.text, result.text).wer <= 0.1
-        assert result.avg_logprob == pytest.approx(alone.avg_logprob, abs=0.02)
-        assert result.no_speech_prob == pytest.approx(alone.no_speech_prob, abs=1e-3)
-    assert same >= 3
-
-
-def test_rows_that_fail_the_rules_fall_back_alone(tiny, speech):
-    """A threshold no greedy result meets sends every row up the ladder, each on its own."""
-    tr = tiny.transcriber
-    kv = [tr.cross_kv(x)[0] for x in _windows(speech, 2)]
-    cross, rows = tr.session.bind_cross_rows(iter(kv), 2)
-    rules = TranscribeOptions(logprob_threshold=0.0, temperatures=(0.0, 0.5))
-    results = decode_batch(tr.decoder, cross, rows, DecodingOptions(language="en"), rules)
-    assert [r.temperature for r in results] == [0.5, 0.5]
-    rules = replace(rules, logprob_threshold=-5.0)
-    assert [r.temperature for r in decode_batch(tr.decoder, cross, rows, DecodingOptions(language="en"),
-                                                rules)] == [0.0, 0.0]
-
+# ---- options -----------------------------------------------------------------------------------
 
 def test_batch_size_is_checked():
     with pytest.raises(BadOption, match="batch size"):
@@ -251,9 +212,9 @@ def test_several_files_decode_together_and_each_equals_its_own_run(tiny, speech,
     sizes = []
     real = batching.decode_batch
 
-    def spy(decoder, cross, rows, options, rules):
-        sizes.append(len(rows))
-        return real(decoder, cross, rows, options, rules)
+    def spy(decoder, cross, options, rules):
+        sizes.append(cross.windows)
+        return real(decoder, cross, options, rules)
 
     monkeypatch.setattr(batching, "decode_batch", spy)
     clips = [clip.path for clip in speech[:5]]

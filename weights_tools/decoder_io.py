@@ -7,9 +7,12 @@ Inputs
     logits_from         int64 ()             first position whose logits are wanted (a prefill of
                         a long prompt needs only its last few rows: the vocabulary projection is
                         the decoder's largest matmul, and its output the largest tensor)
-    past_key_i/value_i  float (B, H, n_text_ctx, d_head)  self-attention cache, slots >= offset ignored
-    cross_key_i/value_i float (1 or B, H, n_audio_ctx, d_head)  from the encoder output, computed
-                        once per window by the encoder's kernels (not in this graph)
+    past_key_i/value_i  float (B, H, C, d_head)  self-attention cache of C <= n_text_ctx slots (the
+                        host grows C as tokens come), slots >= offset ignored
+    cross_key_i/value_i float (W, H, n_audio_ctx, d_head)  from the encoder output of W windows,
+                        computed once per window by the encoder's kernels (not in this graph); W
+                        divides B, and rows w·B/W .. (w+1)·B/W - 1 belong to window w (its beams
+                        or samples)
 Outputs
     logits              float (B, S - logits_from, n_vocab)
     new_key_i/value_i   float (B, H, S, d_head)  the host writes them into the cache at `offset`,

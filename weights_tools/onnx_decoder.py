@@ -165,17 +165,23 @@ def _self_attention(g, x2d, p, i, s) -> tuple[str, str, str]:
     past = g.op("Add", g.op("MatMul", q, g.op("Transpose", io.past_key(i), perm=[0, 1, 3, 2])), s["past_mask"])
     new = g.op("Add", g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2])), s["causal_mask"])
     probs = g.op("Softmax", g.op("Concat", past, new, axis=-1), axis=-1)
-    p_past = g.op("Slice", probs, s["zero"], s["n_ctx"], s["minus1"])
-    p_new = g.op("Slice", probs, s["n_ctx"], s["big"], s["minus1"])
+    p_past = g.op("Slice", probs, s["zero"], s["capacity"], s["minus1"])
+    p_new = g.op("Slice", probs, s["capacity"], s["big"], s["minus1"])
     out = g.op("Add", g.op("MatMul", p_past, io.past_value(i)), g.op("MatMul", p_new, v))
     return _linear(g, _merge(g, out, s["flat"]), f"{p}.out_proj"), k, v
 
 
 def _cross_attention(g, x2d, p, i, s) -> tuple[str, str]:
-    q = _heads(g, _linear(g, x2d, f"{p}.q_proj", alpha=s["scale"]), s["bshd"])
+    """Attention of each row over its window's encoder output. A window's rows lie together in the
+    batch (B = windows × group: its beams or samples, 1 when greedy), so the queries of a group are one
+    (group·S)-row product against the window's K and V, which are bound once however many rows use
+    them. Returns (output (B·S, D), probabilities (windows, H, group·S, T))."""
+    q = g.op("Reshape", _linear(g, x2d, f"{p}.q_proj", alpha=s["scale"]), s["ngshd"])       # (n, g, S, H, d)
+    q = g.op("Reshape", g.op("Transpose", q, perm=[0, 3, 1, 2, 4]), s["nhrd"])             # (n, H, g·S, d)
     probs = g.op("Softmax", g.op("MatMul", q, g.op("Transpose", io.cross_key(i), perm=[0, 1, 3, 2])), axis=-1)
-    out = g.op("MatMul", probs, io.cross_value(i))
-    return _linear(g, _merge(g, out, s["flat"]), f"{p}.out_proj"), probs
+    out = g.op("Reshape", g.op("MatMul", probs, io.cross_value(i)), s["nhgsd"])           # (n, H, g, S, d)
+    out = g.op("Reshape", g.op("Transpose", out, perm=[0, 2, 3, 1, 4]), s["flat"])         # (B·S, D)
+    return _linear(g, out, f"{p}.out_proj"), probs
 
 
 def _gelu(g, x) -> str:
@@ -189,21 +195,29 @@ def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
     shape = g.op("Shape", io.INPUT_IDS)
     b, s_len = g.op("Slice", shape, g.const([0]), g.const([1])), g.op("Slice", shape, g.const([1]), g.const([2]))
     heads, d_head = g.const([dims.n_text_head]), g.const([dims.n_text_state // dims.n_text_head])
+    windows, minus1 = g.op("Slice", g.op("Shape", io.cross_key(0)), g.const([0]), g.const([1])), g.const([-1])
     neg_inf, zero_f = g.const(-np.inf, np.float32), g.const(0.0, np.float32)
     s_scalar = g.op("Squeeze", s_len, g.const([0]))
     new_pos = g.op("Range", g.const(0), s_scalar, g.const(1))                          # (S,)
-    slots = g.const(np.arange(dims.n_text_ctx))                                       # (n_ctx,)
-    past_mask = g.op("Where", g.op("Less", slots, io.OFFSET), zero_f, neg_inf)          # (n_ctx,)
+    # the cache holds as many slots as the host has allocated (it grows them as tokens come), so a
+    # step reads the filled slots and a few more, not all n_text_ctx
+    capacity = g.op("Slice", g.op("Shape", io.past_key(0)), g.const([2]), g.const([3]))   # (1,)
+    slots = g.op("Range", g.const(0), g.op("Squeeze", capacity, g.const([0])), g.const(1))  # (capacity,)
+    past_mask = g.op("Where", g.op("Less", slots, io.OFFSET), zero_f, neg_inf)          # (capacity,)
     causal = g.op("LessOrEqual", g.op("Unsqueeze", new_pos, g.const([0])), g.op("Unsqueeze", new_pos, g.const([1])))
     return {
         "bshd": g.op("Concat", b, s_len, heads, d_head, axis=0),
+        "ngshd": g.op("Concat", windows, minus1, s_len, heads, d_head, axis=0),
+        "nhrd": g.op("Concat", windows, heads, minus1, d_head, axis=0),
+        "nhgsd": g.op("Concat", windows, heads, minus1, s_len, d_head, axis=0),
+        "b1st": g.op("Concat", b, g.const([1]), s_len, g.const([dims.n_audio_ctx]), axis=0),
         "flat": g.const([-1, dims.n_text_state]),
         # the query scale rides on the query projection: as a Mul before q · Kᵀ, ONNX Runtime folds
         # it into the MatMul, whose one-row kernel then packs Kᵀ at every step (3x slower, measured)
         "scale": 1 / math.sqrt(dims.n_text_state // dims.n_text_head),
         "past_mask": past_mask, "causal_mask": g.op("Where", causal, zero_f, neg_inf),   # (S, S)
         "positions": g.op("Add", new_pos, io.OFFSET),
-        "zero": g.const([0]), "n_ctx": g.const([dims.n_text_ctx]), "big": g.const([2**62]), "minus1": g.const([-1]),
+        "zero": g.const([0]), "capacity": capacity, "big": g.const([2**62]), "minus1": g.const([-1]),
         "bsd": g.op("Concat", b, s_len, g.const([dims.n_text_state]), axis=0),
         "bsv": g.op("Concat", b, g.const([-1]), g.const([dims.n_vocab]), axis=0),
         "from": g.op("Unsqueeze", io.LOGITS_FROM, g.const([0])),
@@ -241,13 +255,15 @@ def _build(g: _Builder, dims: ModelDimensions, alignment_heads) -> bytes:
         x = g.op("Add", x, h)
         for layer, head in alignment_heads:
             if layer == i:
-                align[(layer, head)] = g.op("Slice", probs, g.const([head]), g.const([head + 1]), g.const([1]))
+                # (n, 1, g·S, T) is (B, 1, S, T) in memory: the rows of a window's group are consecutive
+                one = g.op("Slice", probs, g.const([head]), g.const([head + 1]), g.const([1]))
+                align[(layer, head)] = g.op("Reshape", one, s["b1st"])
     wanted = g.op("Slice", g.op("Reshape", x, s["bsd"]), s["from"], s["big"], g.const([1]))     # (B, S', D)
     wanted = g.op("Reshape", wanted, s["flat"])
     logits = _linear(g, _layernorm(g, wanted, "decoder.layer_norm"), "decoder.embed_tokens", bias=False)
     g.nodes.append(helper.make_node("Reshape", [logits, s["bsv"]], [io.LOGITS]))
-    cache = ["batch", dims.n_text_head, dims.n_text_ctx, d_head]
-    cross_shape = ["cross_batch", dims.n_text_head, dims.n_audio_ctx, d_head]
+    cache = ["batch", dims.n_text_head, "capacity", d_head]
+    cross_shape = ["windows", dims.n_text_head, dims.n_audio_ctx, d_head]
     inputs = [helper.make_tensor_value_info(io.INPUT_IDS, TensorProto.INT64, ["batch", "seq"]),
               helper.make_tensor_value_info(io.OFFSET, TensorProto.INT64, []),
               helper.make_tensor_value_info(io.LOGITS_FROM, TensorProto.INT64, [])]

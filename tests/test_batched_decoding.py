@@ -1,0 +1,149 @@
+"""Decoding several windows in the same token steps (decoder/batch.py, decoder/decoding.py): greedy,
+beam search and best-of sampling give each window the result it gets decoded alone, up to the rounding
+of ONNX Runtime's batched products, and the fallback ladder runs per window."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from decoder import batch as batch_module
+from decoder.batch import decode_batch
+from decoder.decoding import attempt_options
+from decoder.options import DecodingOptions, TranscribeOptions
+from encoder.audio import load_audio
+from encoder.evaluation import score
+
+GREEDY = DecodingOptions(language="en", temperature=0.0)
+BEAM = DecodingOptions(language="en", temperature=0.0, beam_size=5)
+SAMPLED = DecodingOptions(language="en", temperature=0.6, best_of=5, seed=7)
+
+
+@pytest.fixture(scope="module")
+def windows(tiny, speech):
+    """Four real clips' windows bound as one batch: (cross, each window's own cross)."""
+    tr = tiny.transcriber
+    kv = [tr.cross_kv(load_audio(clip.path))[0] for clip in speech[:4]]
+    return tr.session.bind_cross_rows(iter(kv), len(kv))
+
+
+def _compare(tiny, windows, options: DecodingOptions, min_same: int):
+    cross, rows = windows
+    together = tiny.transcriber.decoder.decode_windows(cross, options)
+    assert len(together) == len(rows)
+    same = 0
+    for row, result in zip(rows, together):
+        alone = tiny.transcriber.decoder.decode(row, options)
+        same += result.tokens == alone.tokens
+        assert score(alone.text, result.text).wer <= 0.1, (alone.text, result.text)
+        assert result.no_speech_prob == pytest.approx(alone.no_speech_prob, abs=1e-3)
+        assert result.temperature == alone.temperature
+    assert same >= min_same
+    return together
+
+
+def test_greedy_windows_decode_as_each_alone(tiny, windows):
+    together = _compare(tiny, windows, GREEDY, min_same=3)
+    assert all(r.text.strip() for r in together)
+
+
+def test_beam_search_windows_decode_as_each_alone(tiny, windows):
+    """Five beams for each of four windows, 20 rows a step; each window's beams see only its own audio."""
+    together = _compare(tiny, windows, BEAM, min_same=3)
+    texts = {r.text for r in together}
+    assert len(texts) == len(together)              # a window's rows never read another's audio
+
+
+def test_sampled_windows_draw_what_each_draws_alone(tiny, windows):
+    """Each window samples from its own generator, seeded alike: its draws are those it makes alone."""
+    _compare(tiny, windows, SAMPLED, min_same=3)
+
+
+def test_the_fallback_ladder_runs_per_window_in_shared_calls(tiny, windows, monkeypatch):
+    """A threshold no greedy result meets sends every window up the ladder, together; a threshold every
+    greedy result meets stops there."""
+    cross, rows = windows
+    decoder = tiny.transcriber.decoder
+    calls = []
+    real = decoder.decode_windows
+
+    def spy(batch, options):
+        calls.append((batch.windows, options.temperature))
+        return real(batch, options)
+
+    monkeypatch.setattr(decoder, "decode_windows", spy)
+    rules = TranscribeOptions(logprob_threshold=0.0, temperatures=(0.0, 0.5))
+    results = decode_batch(decoder, cross, DecodingOptions(language="en"), rules)
+    assert [r.temperature for r in results] == [0.5] * 4
+    assert calls == [(4, 0.0), (4, 0.5)]
+    calls.clear()
+    results = decode_batch(decoder, cross, DecodingOptions(language="en"),
+                           replace(rules, logprob_threshold=-5.0))
+    assert [r.temperature for r in results] == [0.0] * 4 and calls == [(4, 0.0)]
+
+
+def test_a_retry_takes_only_the_windows_that_failed(tiny, windows, monkeypatch):
+    """The windows a retry concerns are gathered into a batch of their own; each one's result is then
+    the one decode_with_fallback gives it alone."""
+    cross, rows = windows
+    decoder = tiny.transcriber.decoder
+    first = decoder.decode_windows(cross, attempt_options(GREEDY, 0.0))
+    logprobs = sorted(r.avg_logprob for r in first)
+    threshold = (logprobs[1] + logprobs[2]) / 2      # the two least probable windows fall back
+    rules = TranscribeOptions(logprob_threshold=threshold, temperatures=(0.0, 0.4))
+    results = decode_batch(decoder, cross, GREEDY, rules)
+    retried = [i for i, r in enumerate(first) if r.avg_logprob < threshold]
+    assert len(retried) == 2
+    assert [i for i, r in enumerate(results) if r.temperature == 0.4] == retried
+    for i in retried:
+        alone = decoder.decode_with_fallback(rows[i], GREEDY, rules)
+        assert score(alone.text, results[i].text).wer <= 0.1
+
+
+def test_calls_hold_no_more_cache_than_the_budget(tiny, windows, monkeypatch):
+    """With room for 10 rows of cache, beams of 5 go two windows to a call, with the same results."""
+    cross, rows = windows
+    decoder = tiny.transcriber.decoder
+    monkeypatch.setattr(batch_module, "CACHE_BYTES", 10 * decoder.session.row_bytes())
+    sizes = []
+    real = decoder.decode_windows
+    monkeypatch.setattr(decoder, "decode_windows", lambda batch, options: sizes.append(batch.windows)
+                        or real(batch, options))
+    results = decode_batch(decoder, cross, BEAM, TranscribeOptions(temperatures=(0.0,)))
+    assert sizes == [2, 2]
+    alone = [decoder.decode(row, BEAM) for row in rows]
+    assert sum(a.tokens == r.tokens for a, r in zip(alone, results)) >= 3
+
+
+def test_windows_that_end_leave_the_batch(tiny, windows, monkeypatch):
+    """Once a quarter of the windows have ended they leave the batch, so later steps run fewer rows."""
+    cross, rows = windows
+    session = tiny.transcriber.session
+    sizes = []
+    real = session.step
+    monkeypatch.setattr(session, "step", lambda tokens, *a, **k: sizes.append(len(tokens)) or real(tokens, *a, **k))
+    tiny.transcriber.decoder.decode_windows(cross, BEAM)
+    assert sizes[0] == 4 and sizes[1] == 20                # the prefill once per window, then every beam
+    assert min(sizes[1:]) in (5, 10, 15)
+    assert all(a >= b for a, b in zip(sizes[1:], sizes[2:]))
+
+
+def test_a_cache_grown_slot_by_slot_decodes_alike(tiny, windows, monkeypatch):
+    """The self-attention cache grows as tokens come; grown a few slots at a time (many reallocations,
+    bindings made again each time) it gives the tokens of the usual growth."""
+    from decoder import session as session_module
+
+    cross, rows = windows
+    usual = tiny.transcriber.decoder.decode(rows[0], BEAM)
+    monkeypatch.setattr(session_module, "GROW_SLOTS", 3)
+    assert tiny.transcriber.decoder.decode(rows[0], BEAM).tokens == usual.tokens
+
+
+def test_cross_inputs_select_views_consecutive_windows_and_copies_others(windows):
+    cross, rows = windows
+    (k, _), = cross.select([1, 2]).arrays[:1]
+    assert np.shares_memory(k, cross.arrays[0][0]) and k.shape[0] == 2
+    (k, _), = cross.select([3, 0]).arrays[:1]
+    assert not np.shares_memory(k, cross.arrays[0][0])
+    assert np.array_equal(k[0], cross.arrays[0][0][3]) and np.array_equal(k[1], rows[0].arrays[0][0][0])
