@@ -3,7 +3,9 @@
 Every figure comes from a child process (encoder.benchmark.jobs) so that each peak resident
 memory is that system's own. The input is the project's own synthesised speech
 (encoder/benchmark/data), reordered into 30 s, 5 min, ... Whole processes, start-up included, run
-on five minutes of more varied speech, a short clip and twelve files (encoder.benchmark.whole).
+on five minutes of more varied speech, a short clip and twelve files (encoder.benchmark.whole),
+and, given real clips (--clips), on all of them in one command against the sequential path; the
+server then takes concurrent clients sending the clips (encoder.benchmark.server_load).
 Results: a table on stdout (or one JSON object with --json), bench.json and profile.png in --out-dir.
 """
 from __future__ import annotations
@@ -15,12 +17,16 @@ from pathlib import Path
 
 from encoder.benchmark.chart import draw
 from encoder.benchmark.report import format_report
+from encoder.benchmark.server_load import SERVER_REQUESTS
 from encoder.benchmark.suite import VARIANT_BACKENDS, measure
 from encoder.cli import add_model, run, say
+from encoder.evaluation import read_manifest
 from kernels.backends import BACKENDS
 from kernels.errors import AmanuensisError
 from weights_tools.fileio import atomic_write
 from weights_tools.model_dir import DECODER_PRECISIONS
+
+DEFAULT_CLIPS = "../shared/speech/manifest.jsonl"
 
 
 def _names(text: str, option: str, allowed) -> list[str]:
@@ -40,6 +46,22 @@ def _numbers(text: str, name: str) -> list[float]:
     if any(v <= 0 for v in values):
         raise AmanuensisError(f"{name} {text!r}: every value must be positive")
     return values
+
+
+def _clips(option: str | None) -> list | None:
+    """The clips of the --clips manifest (None for none); the default only where it exists."""
+    if option is None and not Path(DEFAULT_CLIPS).is_file():
+        return None
+    if option == "":
+        return None
+    path = Path(option or DEFAULT_CLIPS)
+    if not path.is_file():
+        raise AmanuensisError(f"--clips {path}: no such manifest")
+    clips = read_manifest(path)
+    missing = [str(c.path) for c in clips if not c.path.is_file()]
+    if missing or not clips:
+        raise AmanuensisError(f"--clips {path}: " + (f"clip missing: {missing[0]}" if missing else "no clips"))
+    return clips
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +84,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--whole-repeats", type=int, default=3, help="runs of each whole process (start-up and "
                         "model load included) on 5 min of varied speech, a 3 s clip and 12 files, alternating, "
                         "median; with --peers, faster-whisper plain and batched beside ours (default 3; 0 skips)")
+    parser.add_argument("--clips", default=None, help="a manifest of real clips (JSON Lines, as "
+                        f"../shared/speech/manifest.jsonl) for the many-files and server runs (default {DEFAULT_CLIPS} "
+                        "when it exists; '' for none)")
+    parser.add_argument("--server-clients", type=int, default=16, help="concurrent clients of the server run, "
+                        f"each sending {SERVER_REQUESTS} of the clips (default 16; 0 skips)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="threads for every system (default: all cores)")
     parser.add_argument("--peers", action="store_true", help="also measure faster-whisper int8/fp32, transformers "
@@ -75,6 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise AmanuensisError("--repeats and --threads must be at least 1")
     if args.whole_repeats < 0:
         raise AmanuensisError("--whole-repeats must be 0 or more")
+    if args.server_clients < 0:
+        raise AmanuensisError("--server-clients must be 0 or more")
+    args.clips = _clips(args.clips)
     args.lengths = _numbers(args.lengths, "--lengths")
     args.memory_minutes = _numbers(args.memory_minutes, "--memory-minutes")
     return args

@@ -88,6 +88,8 @@ def test_shares_above_the_peak_are_marked_not_printed():
     (["--repeats", "0"], "at least 1"),
     (["--decoder-precisions", "fp32,fp16"], "--decoder-precisions fp16: choose from int8, fp32"),
     (["--whole-repeats", "-1"], "--whole-repeats must be 0 or more"),
+    (["--clips", "/nonexistent/manifest.jsonl"], "--clips /nonexistent/manifest.jsonl: no such manifest"),
+    (["--server-clients", "-1"], "--server-clients must be 0 or more"),
 ])
 def test_bad_options(args, message):
     r = subprocess.run([sys.executable, "-m", "encoder.bench", *args], capture_output=True, text=True)
@@ -170,3 +172,49 @@ def test_a_failing_whole_process_is_reported_not_raised(tmp_path):
                           lambda files, out, stdout: stdout)
     result = whole.measure([broken], {"x": (["a.wav"], "words")}, 2, 1, tmp_path, say=lambda m: None)
     assert result["x"]["broken"] == {"error": "broken: exit status 3: "}
+
+
+def test_the_sequential_path_runs_on_the_clips_only_and_texts_are_compared_file_by_file(tmp_path):
+    """On the real clips ours runs batched and with --batch-size 1; each file's text is compared."""
+    from encoder.benchmark import whole
+
+    def fake(name, lines, inputs=None):
+        return whole.System(name, lambda files, out: [sys.executable, "-c", f"print({lines!r})"],
+                            lambda files, out, stdout: stdout.splitlines(), inputs)
+
+    systems = [fake(whole.OURS, "a b\nc d"), fake(whole.OURS_SEQUENTIAL, "a b\nc e", frozenset({whole.CLIPS}))]
+    inputs = {whole.SHORT: (["x.wav"], "a b"), whole.CLIPS: (["x.wav", "y.wav"], "a b c d")}
+    result = whole.measure(systems, inputs, 1, 1, tmp_path, say=lambda m: None)
+    assert set(result[whole.SHORT]) == {whole.OURS}
+    clips = result[whole.CLIPS][whole.OURS]
+    assert clips["same_texts_as_sequential"] == 1 and clips["files"] == 2 and clips["wer"] == 0.0
+    rows = {what: (measured, met) for what, measured, met in report.targets(
+        {"encoder_ms_per_window": {}, "whole": result, "whole_speedups": whole.speedups(result)})}
+    assert rows[f"{whole.OURS}, {whole.CLIPS}: each transcript as {whole.OURS_SEQUENTIAL}'s"] == ("1 of 2", False)
+    assert f"{whole.OURS}, {whole.CLIPS}, whole process: >= 2 x {whole.OURS_SEQUENTIAL}" in rows
+
+
+def test_noise_and_server_targets_are_judged_from_their_figures():
+    server = {"clients": 16, "requests_per_client": 4, "throughput_ratio": 1.6,
+              "concurrent": {"failures": 0, "requests": 64, "same_as_one_client": 63}}
+    rows = {what: met for what, _, met in report.targets({
+        "encoder_ms_per_window": {}, "server": server,
+        "noise": {"seconds": 30.0, "work_s": 0.05, "text": "", "encoder_windows": 0}})}
+    assert rows["--vad on 30 s of noise: no text, under 0.1 s of work"] is True
+    assert rows["server, 16 clients x 4 requests: no failures"] is True
+    assert rows["server, 16 clients x 4 requests: the one-client transcripts"] is False
+    assert rows["server, 16 clients x 4 requests: throughput >= 1.5 x one client's"] is True
+
+
+@pytest.mark.slow
+def test_the_server_under_concurrent_clients(speech):
+    """Concurrent clients against a real server: every request answered, the throughput and latency
+    measured, the answers compared with one client's."""
+    from encoder.benchmark import server_load
+
+    result = server_load.measure("tiny.en", [c.path for c in speech[:3]], clients=3, requests=2)
+    c = result["concurrent"]
+    assert c["requests"] == 6 and c["failures"] == 0 and c["errors"] == []
+    assert result["one_client"]["requests"] == 3 and result["one_client"]["requests_per_s"] > 0
+    assert 0 < c["latency_s"]["p50"] <= c["latency_s"]["p95"] and result["throughput_ratio"] > 0
+    assert c["same_as_one_client"] >= 4             # batched decoding may change a comma now and then

@@ -148,6 +148,21 @@ def ours_e2e(model: str, device: str, audio: str, reference: str, threads: int,
     return _e2e(lambda path: m.transcribe(path).text, audio, reference, load_s)
 
 
+NOISE_SECONDS = 30.0
+
+
+def ours_noise(model: str, device: str, repeats: int) -> dict:
+    """`--vad` on 30 s of white noise (seeded, -40 dBFS): the text it gives (none is right), the encoder
+    windows it runs and the wall time of the transcription (median of `repeats`, after loading)."""
+    m = load_model(model, device=device)
+    noise = (0.01 * np.random.default_rng(5).standard_normal(round(NOISE_SECONDS * SAMPLE_RATE))).astype(np.float32)
+    m.transcribe(_warmup_file(), vad=True)
+    results = []
+    ms = _median_ms(lambda: results.append(m.transcribe(noise, vad=True)), repeats, warmup=1)
+    return {"seconds": NOISE_SECONDS, "work_s": round(ms / 1e3, 4), "text": results[-1].text,
+            "encoder_windows": len(results[-1].profile.runs)}
+
+
 def _warmup_file() -> str:
     """A 3 s clip, written once, to warm up runtimes before the timed run."""
     path = os.path.join(os.environ.get("AMANUENSIS_BENCH_TMP") or tempfile.gettempdir(), "amanuensis-bench-warmup.wav")
@@ -248,7 +263,8 @@ def onnxruntime_encoder(model: str, repeats: int, threads: int) -> dict:
             "load_s": round(load_s, 2)}
 
 
-JOBS = {f.__name__: f for f in (gemm_peak, native_levels, ours_encoder, ours_batched, ours_e2e, faster_whisper_encoder,
+JOBS = {f.__name__: f for f in (gemm_peak, native_levels, ours_encoder, ours_batched, ours_e2e, ours_noise,
+                                faster_whisper_encoder,
                                 faster_whisper_e2e, transformers_encoder, transformers_e2e, onnxruntime_encoder)}
 
 

@@ -12,14 +12,10 @@ seconds, and the worker's busy time per second of audio.
 from __future__ import annotations
 
 import json
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +24,7 @@ import soundfile
 from websockets.sync.client import connect
 
 from encoder.audio import load_audio
+from encoder.benchmark.server_process import ServerProcess
 from encoder.evaluation import score
 from encoder.server import percentile
 from kernels.frontend import SAMPLE_RATE
@@ -47,52 +44,6 @@ class StreamResult:
     offline: str = ""
     reason: str = ""
     errors: list[str] = field(default_factory=list)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
-
-
-class _Server:
-    def __init__(self, model: str, streams: int):
-        self.port = _free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "encoder.serve", "--model", model, "--port",
-                                      str(self.port), "--live-streams", str(streams)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("the server exited while starting")
-            try:
-                if self.get("/health")["status"] == "ok":
-                    return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("the server did not become ready")
-
-    def get(self, path: str) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=60) as r:
-            return json.load(r)
-
-    def transcribe(self, path: Path) -> str:
-        boundary = "liveloadboundary"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
-                f"Content-Type: audio/wav\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/audio/transcriptions", body,
-                                         {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        with urllib.request.urlopen(request, timeout=600) as r:
-            return json.load(r)["text"]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 def _stream(port: int, samples: np.ndarray, result: StreamResult) -> None:
@@ -129,16 +80,16 @@ def measure(model: str = "tiny.en", streams: int = 4, minutes: float = 5.0) -> d
     audio = load_audio(VARIED)
     n = round(minutes * 60 * SAMPLE_RATE)
     inputs = [np.resize(np.roll(audio, -i * len(audio) // streams), n) for i in range(streams)]
-    server = _Server(model, streams)
+    server = ServerProcess("--model", model, "--live-streams", str(streams))
     try:
         results = [StreamResult(n / SAMPLE_RATE) for _ in range(streams)]
         rss, stop = [], threading.Event()
 
         def sample_rss():
             while not stop.wait(RSS_EVERY_SECONDS):
-                rss.append(round(_rss_mb(server.proc.pid), 1))
+                rss.append(round(server.rss_mb(), 1))
         sampler = threading.Thread(target=sample_rss)
-        rss0, busy0 = _rss_mb(server.proc.pid), server.get("/status")["queue"]["busy_seconds"]
+        rss0, busy0 = server.rss_mb(), server.status()["queue"]["busy_seconds"]
         sampler.start()
         clients = [threading.Thread(target=_stream, args=(server.port, x, r)) for x, r in zip(inputs, results)]
         for c in clients:
@@ -147,7 +98,7 @@ def measure(model: str = "tiny.en", streams: int = 4, minutes: float = 5.0) -> d
             c.join()
         stop.set()
         sampler.join()
-        status = server.get("/status")
+        status = server.status()
         with tempfile.TemporaryDirectory() as tmp:
             for i, (x, r) in enumerate(zip(inputs, results)):
                 path = Path(tmp) / f"stream{i}.wav"

@@ -2,7 +2,7 @@
 machine's peak, and the text report."""
 from __future__ import annotations
 
-from encoder.benchmark.whole import FW, FW_BATCHED, OURS, OURS_VAD, SHORT, VARIED
+from encoder.benchmark.whole import CLIPS, FW, FW_BATCHED, OURS, OURS_SEQUENTIAL, OURS_VAD, SHORT, VARIED
 
 
 def label(seconds: float) -> str:
@@ -75,7 +75,27 @@ def targets(result: dict) -> list[tuple[str, str, bool | None]]:
              cpu / ort <= 0.85 if cpu and ort else None)]
     for figures in (result, *result.get("variants", {}).values()):
         rows += _e2e_targets(figures, peers.get("faster-whisper-int8", {}).get("rtf_5min"))
-    return rows + _whole_targets(result.get("whole", {}), result.get("whole_speedups", {}))
+    rows += _noise_targets(result.get("noise") or {})
+    return rows + _whole_targets(result.get("whole", {}), result.get("whole_speedups", {})) + \
+        _server_targets(result.get("server") or {})
+
+
+def _noise_targets(noise: dict) -> list[tuple[str, str, bool | None]]:
+    if "work_s" not in noise:
+        return []
+    return [(f"--vad on {noise['seconds']:g} s of noise: no text, under 0.1 s of work",
+             f"{noise['work_s']:.3f} s, text {noise['text']!r}", noise["work_s"] < 0.1 and not noise["text"])]
+
+
+def _server_targets(server: dict) -> list[tuple[str, str, bool | None]]:
+    if "concurrent" not in server:
+        return []
+    c, n = server["concurrent"], f"{server['clients']} clients x {server['requests_per_client']} requests"
+    return [(f"server, {n}: no failures", f"{c['failures']} of {c['requests']}", c["failures"] == 0),
+            (f"server, {n}: the one-client transcripts", f"{c['same_as_one_client']} of {c['requests']}",
+             c["same_as_one_client"] == c["requests"]),
+            (f"server, {n}: throughput >= 1.5 x one client's", f"{server['throughput_ratio']:.2f} x",
+             server["throughput_ratio"] >= 1.5)]
 
 
 def _whole_targets(whole_: dict, speedups: dict) -> list[tuple[str, str, bool | None]]:
@@ -90,10 +110,17 @@ def _whole_targets(whole_: dict, speedups: dict) -> list[tuple[str, str, bool | 
     if not whole_:
         return []
     rss = whole_.get(VARIED, {}).get(OURS_VAD, {}).get("peak_rss_mb")
-    return [faster(VARIED, OURS, FW, 1.5), faster(VARIED, OURS_VAD, FW_BATCHED.format(8), 2.0),
+    rows = [faster(VARIED, OURS, FW, 1.5), faster(VARIED, OURS_VAD, FW_BATCHED.format(8), 2.0),
             (f"{OURS_VAD}, {VARIED}: peak memory <= 500 MB", f"{rss:.0f} MB" if rss else "n/a",
              rss <= 500 if rss else None),
             faster(SHORT, OURS, FW, 1.0)]
+    clips = whole_.get(CLIPS, {}).get(OURS, {})
+    if "same_texts_as_sequential" in clips:
+        rows += [faster(CLIPS, OURS, OURS_SEQUENTIAL, 2.0),
+                 (f"{OURS}, {CLIPS}: each transcript as {OURS_SEQUENTIAL}'s",
+                  f"{clips['same_texts_as_sequential']} of {clips['files']}",
+                  clips["same_texts_as_sequential"] == clips["files"])]
+    return rows
 
 
 def _e2e_targets(ours: dict, fw: float | None) -> list[tuple[str, str, bool | None]]:
@@ -162,6 +189,20 @@ def format_report(result: dict) -> str:
             lines.append(f"  {system:34} error: {f['error']}" if "error" in f else
                          f"  {system:34} {f['wall_s']:7.2f} s  {f'{speed:.2f} x' if speed else '':>7}  "
                          f"{f['peak_rss_mb']:6.0f} MB  WER {100 * f['wer']:5.1f}%  runs {f['runs_s']}")
+    noise = result.get("noise") or {}
+    if "work_s" in noise:
+        lines.append(f"\n--vad on {noise['seconds']:g} s of noise: {noise['work_s']:.3f} s of work, "
+                     f"{noise['encoder_windows']} encoder windows, text {noise['text']!r}")
+    server = result.get("server") or {}
+    if "concurrent" in server:
+        one, c = server["one_client"], server["concurrent"]
+        lines.append(f"\nserver: one client {one['requests']} requests in {one['wall_s']} s "
+                     f"({one['requests_per_s']}/s); {server['clients']} clients x {server['requests_per_client']}: "
+                     f"{c['requests_per_s']}/s ({server['throughput_ratio']} x), {c['failures']} failures, "
+                     f"latency p50 {c['latency_s']['p50']} s p95 {c['latency_s']['p95']} s, "
+                     f"{c['same_as_one_client']} answers as one client's")
+    elif server:
+        lines.append(f"\nserver: {server.get('skipped') or server.get('error')}")
     lines.append("\ntargets:")
     for what, measured, met in targets(result):
         lines.append(f"  {'MET ' if met else 'not met' if met is False else 'n/a '}  {what}: {measured}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy
 from threadpoolctl import threadpool_info
 
-from encoder.benchmark import speech, whole
+from encoder.benchmark import server_load, speech, whole
 from encoder.benchmark.report import headline, label, ratios, shares_of_peak, targets, variant_name
 from kernels.errors import AmanuensisError
 from weights_tools.resolve import DEFAULT_MODEL, bundled_tiny_en, resolve_model
@@ -90,6 +90,8 @@ def bench_ours(args, inputs: dict[str, tuple[str, str]]) -> dict:
     if "cpu" in args.backends:
         _say("native kernels, each copy this CPU runs ...")
         levels = run_job("native_levels", 1, repeats=args.repeats)
+    _say("--vad on 30 s of noise ...")
+    noise = run_job("ours_noise", args.threads, args.backends[0], model=args.model, repeats=args.repeats)
     _say("batched linears (two windows stacked) ...")
     batched = run_job("ours_batched", args.threads, args.backends[0], model=args.model, repeats=args.repeats)
     runs = {p: {} for p in args.decoder_precisions}
@@ -101,7 +103,7 @@ def bench_ours(args, inputs: dict[str, tuple[str, str]]) -> dict:
                                             decoder_precision=precision)
     head, *others = args.decoder_precisions
     figures = _e2e_figures({"encoder_ms_per_window": encoder, "backends": described, "profile": profile,
-                            "flops_per_window": flops, "native_levels": levels, "batched": batched,
+                            "flops_per_window": flops, "native_levels": levels, "batched": batched, "noise": noise,
                             "decoder_precision": head}, runs[head])
     figures["variants"] = {variant_name(p): _e2e_figures({"decoder_precision": p}, runs[p]) for p in others}
     return figures
@@ -151,7 +153,22 @@ def bench_whole(args, tmp: Path) -> dict:
     if why:
         _say(f"whole processes without faster-whisper: {why}")
     systems = whole.systems(args.model, None if why else spec["model_dir"], args.threads)
-    return whole.measure(systems, whole.write_inputs(tmp), args.whole_repeats, args.threads, tmp, say=_say)
+    inputs = whole.write_inputs(tmp, args.clips)
+    return whole.measure(systems, inputs, args.whole_repeats, args.threads, tmp, say=_say)
+
+
+def bench_server(args) -> dict:
+    """The server under --server-clients concurrent clients sending the real clips."""
+    if not args.clips:
+        _say("server run skipped: no clips (--clips)")
+        return {"skipped": "no clips (--clips)"}
+    _say(f"server: one client, then {args.server_clients} at once ...")
+    env = {**os.environ, "AMANUENSIS_THREADS": str(args.threads)}
+    try:
+        return server_load.measure(args.model, [c.path for c in args.clips], args.server_clients, env=env)
+    except RuntimeError as e:
+        _say(f"server run failed: {e}")
+        return {"error": str(e)}
 
 
 def _inputs(lengths: list[float], tmp: Path) -> dict[str, tuple[str, str]]:
@@ -180,6 +197,8 @@ def measure(args) -> dict:
         if args.whole_repeats:
             result["whole"] = bench_whole(args, Path(tmp))
             result["whole_speedups"] = whole.speedups(result["whole"])
+        if args.server_clients:
+            result["server"] = bench_server(args)
     _say("sgemm peak again ...")         # a busy moment lowers one measurement: the best of both counts
     after = run_job("gemm_peak", args.threads, threads=args.threads).get("gemm_peak_gflops")
     result["gemm_peak_gflops"] = max((p for p in (before, after) if p), default=None)

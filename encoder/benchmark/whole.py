@@ -3,8 +3,10 @@ model load and all; the systems alternate, and each figure is the median of the 
 peak resident memory is that child's own (wait4), its text is scored against the reference.
 
 Inputs: five minutes of varied speech (data/varied.ogg, from varied.txt), a short clip (the
-shortest bench sentence, ~4 s: start-up dominates), and the twelve bench sentences as twelve files
-in one command (many short files).
+shortest bench sentence, ~4 s: start-up dominates), the twelve bench sentences as twelve files
+in one command (many short files), and, when given, real clips (e.g. ../shared/speech) in one
+command, where ours also runs with --batch-size 1 (file after file, each decoded alone: the
+sequential path) and the transcripts of both are compared file by file.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from encoder.evaluation import score
 VARIED = "varied 5 min"
 SHORT = "short clip"
 FILES = "12 files"
-OURS, OURS_VAD = "amanuensis", "amanuensis --vad True"
+CLIPS = "real clips"
+OURS, OURS_VAD, OURS_SEQUENTIAL = "amanuensis", "amanuensis --vad True", "amanuensis --batch-size 1"
 FW, FW_BATCHED = "faster-whisper int8", "faster-whisper int8 batched {}"
 FW_BATCHES = (8, 16)
 
@@ -46,46 +49,54 @@ for f in files:
 @dataclass(frozen=True)
 class System:
     name: str
-    argv: Callable[[list[str], Path], list[str]]       # (audio files, output directory) -> command
-    text: Callable[[list[str], Path, str], str]        # (audio files, output directory, stdout) -> transcript
+    argv: Callable[[list[str], Path], list[str]]            # (audio files, output directory) -> command
+    texts: Callable[[list[str], Path, str], list[str]]      # (audio files, output directory, stdout) -> each one's
+    inputs: frozenset[str] | None = None                    # the inputs it runs on (None: all)
 
 
 @dataclass(frozen=True)
 class Run:
     wall_s: float
     peak_rss_mb: float
-    text: str
+    texts: list[str]            # one per file
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.texts)
 
 
-def _ours(model: str, extra: tuple[str, ...] = ()) -> System:
+def _ours(model: str, name: str = OURS, extra: tuple[str, ...] = (), inputs: frozenset[str] | None = None) -> System:
     def argv(files, out):
         return [sys.executable, "-m", "encoder.transcribe", *files, "--model", model, "-o", str(out), "-f", "txt",
                 "--verbose", "False", *extra]
 
-    def text(files, out, _stdout):
-        return " ".join((out / f"{Path(f).stem}.txt").read_text().strip() for f in files)
+    def texts(files, out, _stdout):
+        return [(out / f"{Path(f).stem}.txt").read_text().strip() for f in files]
 
-    return System(OURS_VAD if extra else OURS, argv, text)
+    return System(name, argv, texts, inputs)
 
 
 def _faster_whisper(model_dir: str, threads: int, batch: int) -> System:
     def argv(files, _out):
         return [sys.executable, "-c", _FW_SCRIPT, model_dir, str(threads), str(batch), *files]
 
-    return System(FW_BATCHED.format(batch) if batch else FW, argv, lambda _f, _o, stdout: " ".join(stdout.split()))
+    return System(FW_BATCHED.format(batch) if batch else FW, argv,
+                  lambda _f, _o, stdout: [" ".join(line.split()) for line in stdout.splitlines()])
 
 
 def systems(model: str, model_dir: str | None, threads: int) -> list[System]:
-    """Ours on `model` (default options and --vad), and faster-whisper plain and batched where it is
-    installed and the model is a CTranslate2 directory (`model_dir`, else None)."""
-    ours = [_ours(model), _ours(model, ("--vad", "True"))]
+    """Ours on `model` (default options, --vad, and on the real clips --batch-size 1), and faster-whisper
+    plain and batched where it is installed and the model is a CTranslate2 directory (`model_dir`, else None)."""
+    ours = [_ours(model), _ours(model, OURS_VAD, ("--vad", "True")),
+            _ours(model, OURS_SEQUENTIAL, ("--batch-size", "1"), frozenset({CLIPS}))]
     if model_dir is None or importlib.util.find_spec("faster_whisper") is None:
         return ours
     return ours + [_faster_whisper(model_dir, threads, b) for b in (0, *FW_BATCHES)]
 
 
-def write_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
-    """{input name: (audio files, reference text)} written under `tmp`."""
+def write_inputs(tmp: Path, clips: list | None = None) -> dict[str, tuple[list[str], str]]:
+    """{input name: (audio files, reference text)} written under `tmp`; `clips` (encoder.evaluation.Clip)
+    are read where they are."""
     varied = tmp / "varied.wav"
     audio, rate = soundfile.read(speech.DATA / "varied.ogg", dtype="int16")
     soundfile.write(varied, audio, rate, "PCM_16")
@@ -96,9 +107,12 @@ def write_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     for i, (samples, _text) in enumerate(speech.sentences()):
         files.append(str(tmp / f"sentence-{i:02d}.wav"))
         soundfile.write(files[-1], samples, speech.SAMPLE_RATE, "PCM_16")
-    return {VARIED: ([str(varied)], (speech.DATA / "varied.txt").read_text()),
-            SHORT: ([str(short)], short_text),
-            FILES: (files, " ".join(t for _, t in speech.sentences()))}
+    inputs = {VARIED: ([str(varied)], (speech.DATA / "varied.txt").read_text()),
+              SHORT: ([str(short)], short_text),
+              FILES: (files, " ".join(t for _, t in speech.sentences()))}
+    if clips:
+        inputs[CLIPS] = ([str(c.path) for c in clips], " ".join(c.text for c in clips))
+    return inputs
 
 
 def run_once(system: System, files: list[str], out: Path, env: dict) -> Run:
@@ -113,7 +127,7 @@ def run_once(system: System, files: list[str], out: Path, env: dict) -> Run:
         stdout.seek(0), stderr.seek(0)
         if proc.returncode != 0:
             raise RuntimeError(f"{system.name}: exit status {proc.returncode}: {stderr.read().strip()[-300:]}")
-        return Run(wall, usage.ru_maxrss / 1024, system.text(files, out, stdout.read()))
+        return Run(wall, usage.ru_maxrss / 1024, system.texts(files, out, stdout.read()))
 
 
 def measure(systems_: list[System], inputs: dict[str, tuple[list[str], str]], repeats: int, threads: int,
@@ -126,14 +140,19 @@ def measure(systems_: list[System], inputs: dict[str, tuple[list[str], str]], re
         errors = {}
         for i in range(repeats):
             for system in systems_:
-                if system.name in errors:
+                if system.name in errors or (system.inputs is not None and name not in system.inputs):
                     continue
                 say(f"whole process: {system.name} on {name} ({i + 1}/{repeats}) ...")
                 try:
                     runs[system.name].append(run_once(system, files, tmp / f"out-{len(result)}-{system.name}", env))
                 except RuntimeError as e:
                     errors[system.name] = str(e)
-        result[name] = {s: _figures(r, reference) if r else {"error": errors[s]} for s, r in runs.items()}
+        result[name] = {s: _figures(r, reference) if r else {"error": errors[s]} for s, r in runs.items()
+                        if r or s in errors}
+        if runs.get(OURS) and runs.get(OURS_SEQUENTIAL):
+            result[name][OURS]["same_texts_as_sequential"] = sum(
+                a == b for a, b in zip(runs[OURS][-1].texts, runs[OURS_SEQUENTIAL][-1].texts))
+            result[name][OURS]["files"] = len(files)
     return result
 
 
