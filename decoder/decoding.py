@@ -127,7 +127,8 @@ class WindowDecoder:
 def attempt_options(options: DecodingOptions, temperature: float) -> DecodingOptions:
     """`options` for one attempt at `temperature`: beam search only at 0, best-of only above."""
     return replace(options, temperature=temperature, beam_size=options.beam_size if temperature == 0 else None,
-                   best_of=(options.best_of or BEST_OF) if temperature > 0 else None)
+                   best_of=(options.best_of or BEST_OF) if temperature > 0 else None,
+                   draft=options.draft if temperature == 0 and not options.beam_size else ())
 
 
 def accepted(result: DecodingResult, rules: TranscribeOptions) -> bool:
@@ -159,6 +160,7 @@ class Prefill:
     logits: np.ndarray       # (windows·group, n_initial - sot_index, vocab): from <|startoftranscript|> on
     no_speech: np.ndarray    # (windows,) probability of <|nospeech|> at <|startoftranscript|>
     group: int               # rows per window, consecutive
+    logprob: float = 0.0     # sum of the log-probabilities of tokens already chosen (a checked draft's)
 
 
 def no_speech_probs(wd: WindowDecoder, sot_logits: np.ndarray) -> np.ndarray:
@@ -230,12 +232,38 @@ class Sampler:
 
     def run(self, cross) -> list[DecodingResult]:
         start = self.wd.prefill(cross, self.options, self.n)
+        if self.options.draft and self.n == 1 and cross.windows == 1:
+            start = self._checked(cross, start, self.options.draft)
         # each window draws from a generator of its own, seeded alike: its samples are those it draws alone
         self.rngs = [np.random.default_rng(self.options.seed) for _ in start.no_speech]
         sampled, sum_logprob = sample_rows(self.wd, cross, start, self._choose)
         n = self.n
         return [self._best(sampled[w * n:(w + 1) * n], sum_logprob[w * n:(w + 1) * n], float(no_speech))
                 for w, no_speech in enumerate(start.no_speech)]
+
+    def _checked(self, cross, start: Prefill, draft: tuple[int, ...]) -> Prefill:
+        """`start` moved past the longest prefix of `draft` that greedy decoding would choose itself: the
+        draft runs as one step, then each position's filtered logits are checked in turn. The cache keeps
+        the accepted tokens' slots (the rest lie past its length, masked, and are written over)."""
+        wd = self.wd
+        draft = [t for t in draft if t != wd.tokenizer.eot][:min(start.limit, wd.n_ctx - start.cache.length) - 1]
+        if not draft:
+            return start
+        logits = wd.session.step(np.array([draft], np.int64), start.cache, cross)        # (1, k, V)
+        predictions = np.concatenate([start.logits[:, -1:], logits[:, :-1]], axis=1)   # the one before each
+        tokens, logprob, accepted = start.tokens, 0.0, 0
+        for k, token in enumerate(draft):
+            last = predictions[:, k].astype(np.float32)
+            for f in start.filters:
+                f.apply(last, tokens)
+            if int(last[0].argmax()) != token:
+                break
+            logprob += float(log_softmax(last)[0, token])
+            tokens = np.concatenate([tokens, [[token]]], axis=1)
+            accepted = k + 1
+        start.cache.length = start.n_initial + accepted
+        after = logits[:, accepted - 1:accepted] if accepted else start.logits[:, -1:]
+        return replace(start, tokens=tokens, logits=after, limit=start.limit - accepted, logprob=logprob)
 
     def _choose(self, last: np.ndarray, windows: list[int]) -> np.ndarray:
         """Each row's next token from its filtered logits (len(windows)·n, V)."""
@@ -260,7 +288,7 @@ def sample_rows(wd: WindowDecoder, cross, start: Prefill, choose) -> tuple[list[
     batch = _Batch(start.cache, cross, start.tokens, list(range(len(start.no_speech))), start.group)
     logits, eot, n = start.logits, wd.tokenizer.eot, len(start.tokens)
     sampled: list = [None] * n
-    sum_logprob, done = np.zeros(n), np.zeros(n, bool)        # per row the attempt began with; per row here
+    sum_logprob, done = np.full(n, start.logprob), np.zeros(n, bool)   # per row the attempt began with; here
     for _ in range(start.limit):
         last = logits[:, -1].astype(np.float32)        # a copy: the filters write into it
         for f in start.filters:

@@ -54,6 +54,9 @@ class DecodingOptions:
     suppress_blank: bool = True
     suppress_tokens: tuple[int, ...] | None = None   # None: the model's configured list
     seed: int = 0                          # sampling RNG seed: the same input gives the same transcript
+    draft: tuple[int, ...] = ()            # tokens the first window is expected to start with (a live
+                                           # buffer's last hypothesis): greedy decoding checks them in one
+                                           # step and goes on from the first one it would not choose
 
     def __post_init__(self):
         if self.task not in ("transcribe", "translate"):

@@ -69,6 +69,9 @@ class Transcription:
     processing_seconds: float
     provenance: Provenance
     profile: Profile = field(default_factory=Profile, repr=False)   # per window, per encoder node
+    # each decoded window's tokens (timestamps included), by the mel frame it starts at: what a
+    # growing live buffer's next decoding is expected to begin with (DecodingOptions.draft)
+    decoded: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def words(self) -> list[Word]:

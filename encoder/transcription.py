@@ -187,6 +187,7 @@ class _Loop:
         self.started = time.perf_counter()
         self.listener = None                    # Job.on_segments
         self.published = 0                      # segments handed to it
+        self.decoded: dict[int, tuple[int, ...]] = {}   # each decoded window's tokens, by its first mel frame
 
     def _publish(self, before: float = math.inf) -> None:
         """Hand the listener the segments not handed yet that start before `before` (no later segment
@@ -206,7 +207,7 @@ class _Loop:
         self.progress.close()
         return Transcription("".join(s.text for s in self.segments), self.segments, self.language,
                              round(self.duration, 3), round(time.perf_counter() - self.started, 3),
-                             Provenance.of(self.tr.model, self.profile), self.profile)
+                             Provenance.of(self.tr.model, self.profile), self.profile, self.decoded)
 
     def _encode(self, samples: np.ndarray) -> list[np.ndarray]:
         """The window's cross-attention [K | V] per decoder layer; its encoder run is profiled."""
@@ -223,6 +224,7 @@ class _Loop:
 
     def _transcribed(self, result: DecodingResult, cross, samples: np.ndarray, seek: int, frames: int) -> int:
         """Add a window's decoding as segments (and words); returns the mel frames it consumed."""
+        self.decoded[seek] = tuple(result.tokens)
         if is_silence(result, self.options):
             return frames
         offset = seek * HOP_LENGTH / SAMPLE_RATE
@@ -300,7 +302,7 @@ class _SeekLoop(_Loop):
             else:
                 kv = self._encode(samples)
                 self._detect(kv)
-                ask = DecodeAsk([kv], self._decoding(), self.options)
+                ask = DecodeAsk([kv], self._decoding(first=seek == 0), self.options)
                 del kv                              # the scheduler frees it once bound
                 ((result, cross),) = yield ask
                 seek += self._transcribed(result, cross, samples, seek, frames)
@@ -308,11 +310,11 @@ class _SeekLoop(_Loop):
             self._publish()
         return self._result()
 
-    def _decoding(self) -> DecodingOptions:
+    def _decoding(self, first: bool) -> DecodingOptions:
         o = self.options
         prompt = tuple(self.all_tokens[self.prompt_reset:]) if o.condition_on_previous_text or \
             (o.initial_prompt and self.prompt_reset == 0) else ()
-        return replace(o.decoding, language=self.language, prompt=prompt)
+        return replace(o.decoding, language=self.language, prompt=prompt, draft=o.decoding.draft if first else ())
 
     def _add(self, pieces, result: DecodingResult, seek: int) -> list[Segment]:
         added = super()._add(pieces, result, seek)
@@ -359,7 +361,7 @@ class _VadLoop(_Loop):
         if self.language is None:
             kv[0] = self._encode(pending[0][1])
             self._detect(kv[0])
-        decoding = replace(self.options.decoding, language=self.language, prompt=self._prompt())
+        decoding = replace(self.options.decoding, language=self.language, prompt=self._prompt(), draft=())
         reply = yield DecodeAsk(kv, decoding, self.options)     # the scheduler empties kv as it binds
         rest = []
         for (start, samples), (result, row) in zip(pending, reply):

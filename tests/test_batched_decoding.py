@@ -147,3 +147,41 @@ def test_cross_inputs_select_views_consecutive_windows_and_copies_others(windows
     (k, _), = cross.select([3, 0]).arrays[:1]
     assert not np.shares_memory(k, cross.arrays[0][0])
     assert np.array_equal(k[0], cross.arrays[0][0][3]) and np.array_equal(k[1], rows[0].arrays[0][0][0])
+
+
+# ---- a draft checked in one step ----------------------------------------------------------------
+
+def test_a_draft_is_checked_in_one_step_and_changes_nothing(tiny, windows, monkeypatch):
+    """Greedy decoding with a draft gives the tokens it gives without one, whether the draft is the
+    answer itself (then one step checks it all), its first half, or wrong from its first token."""
+    from dataclasses import replace as change
+
+    cross, rows = windows
+    decoder, session = tiny.transcriber.decoder, tiny.transcriber.session
+    plain = decoder.decode(rows[1], GREEDY)
+    steps = []
+    real = session.step
+    monkeypatch.setattr(session, "step", lambda tokens, *a, **k: steps.append(tokens.shape) or real(tokens, *a, **k))
+    half = plain.tokens[:len(plain.tokens) // 2]
+    wrong = [plain.tokens[0] + 1] + plain.tokens[1:]
+    for draft in (plain.tokens, half, wrong):
+        steps.clear()
+        result = decoder.decode(rows[1], change(GREEDY, draft=tuple(draft)))
+        assert result.tokens == plain.tokens
+        assert result.avg_logprob == pytest.approx(plain.avg_logprob, abs=1e-3)
+        assert steps[1] == (1, len(draft))                   # after the prefill, the draft in one step
+    steps.clear()
+    decoder.decode(rows[1], change(GREEDY, draft=tuple(plain.tokens)))
+    assert len(steps) == 2                                   # prefill and draft: <|endoftext|> comes next
+    steps.clear()
+    decoder.decode(rows[1], change(GREEDY, draft=tuple(half)))
+    assert len(steps) == 2 + len(plain.tokens) - len(half)  # then a step per token the draft lacked
+
+
+def test_a_draft_is_not_used_by_sampling_or_beam_search():
+    from decoder.decoding import attempt_options
+
+    draft = DecodingOptions(language="en", draft=(1, 2, 3))
+    assert attempt_options(draft, 0.0).draft == (1, 2, 3)
+    assert attempt_options(draft, 0.2).draft == ()
+    assert attempt_options(replace(draft, beam_size=5), 0.0).draft == ()

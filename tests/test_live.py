@@ -167,7 +167,7 @@ def test_the_prompt_holds_the_committed_words_before_the_buffer():
 
         def transcribe(self, samples, options, **changes):
             self.prompts.append(changes["initial_prompt"])
-            return SimpleNamespace(segments=[])
+            return SimpleNamespace(segments=[], decoded={})
 
     live = LiveTranscriber(Recorder(), vad=object())
     words = [Word(" behind", 10.2, 10.6, 1.0), Word(" its", 10.6, 10.9, 1.0), Word(" timetable.", 10.9, 11.68, 1.0),
@@ -190,3 +190,24 @@ def test_words_far_behind_the_audio_are_committed_without_agreement():
              Word(" dee", 4.0, 9.0, 1.0)]
     assert [w.word for w in live._agreed(words, received=3.0)] == [" a"]                 # agreement only
     assert [w.word for w in live._agreed(words, received=4.0 + MAX_DELAY_SECONDS)] == [" a", " be", " sea"]
+
+
+def test_a_growing_buffer_is_decoded_from_the_last_hypothesis_as_draft(model):
+    """Each update of a buffer that only grew hands the decoder the last transcription's tokens as its
+    draft; once the buffer is cut, the next update starts without one. The text is the same either way."""
+    drafts = []
+    real = model.transcribe
+
+    class Spy:
+        def transcribe(self, samples, options, **changes):
+            drafts.append(changes["draft"])
+            return real(samples, options, **changes)
+
+    clip = load_audio(HELLO)
+    live = LiveTranscriber(Spy(), vad=LiveTranscriber(model).vad)
+    r = replay(live, clip)
+    assert drafts[0] == () and all(drafts[1:3])             # the first has none; the next ones the last's
+    assert score(model.transcribe(clip).text, r.text).wer <= 0.1
+    live.buffer.samples, live.buffer.start = clip, live._draft_start + 1.0   # a cut: the last one no longer fits
+    live._transcribe()
+    assert drafts[-1] == ()
