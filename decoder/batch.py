@@ -9,7 +9,7 @@ includes. Every window starts from the same initial tokens (one prompt for the b
     decode_batch(wd, cross, options, rules) -> [DecodingResult per window]
 
 Whisper's fallback ladder runs per window: each temperature decodes together the windows that no
-earlier temperature gave an accepted result.
+earlier temperature gave an accepted result (each run of consecutive ones as a call).
 """
 from __future__ import annotations
 
@@ -31,12 +31,23 @@ def decode_batch(wd: WindowDecoder, cross: CrossInputs, options: DecodingOptions
     for temperature in rules.temperatures:
         attempt = attempt_options(options, temperature)
         per_call = max(1, CACHE_BYTES // (rows_per_window(attempt) * wd.session.row_bytes()))
-        for first in range(0, len(todo), per_call):
-            part = todo[first:first + per_call]
-            batch = cross if len(part) == cross.windows else cross.select(part)
-            for i, result in zip(part, wd.decode_windows(batch, attempt)):
-                results[i] = result
+        for start, stop in _calls(todo, per_call):
+            batch = cross if stop - start == cross.windows else cross.part(start, stop)
+            results[start:stop] = wd.decode_windows(batch, attempt)
         todo = [i for i in todo if not accepted(results[i], rules)]
         if not todo:
             break
     return results
+
+
+def _calls(windows: list[int], most: int) -> list[tuple[int, int]]:
+    """`windows` (ascending) as runs of consecutive windows, [start, stop), of at most `most`: a call
+    takes a view of the batch's cross-attention inputs, which must be one run (a copy would cost
+    18 MB a window for tiny.en while the batch is alive)."""
+    runs: list[list[int]] = []
+    for w in windows:
+        if runs and runs[-1][1] == w and runs[-1][1] - runs[-1][0] < most:
+            runs[-1][1] = w + 1
+        else:
+            runs.append([w, w + 1])
+    return [(a, b) for a, b in runs]

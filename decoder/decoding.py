@@ -183,8 +183,9 @@ def rows_per_window(options: DecodingOptions) -> int:
     return options.best_of or 1
 
 
-# Windows that have ended leave the batch once they are this share of it: until then their rows idle
-# (each compaction copies the cache rows and the other windows' cross-attention inputs).
+# Windows that have ended at either end of the batch leave it once they are this share of it: until
+# then their rows idle (each leaving copies the cache's rows; the cross-attention inputs of the
+# windows that stay are a view, so ended windows between live ones stay too).
 DROP_SHARE = 0.25
 
 
@@ -207,19 +208,23 @@ class _Batch:
             for r in range(self.group):
                 into[self.windows[k] * self.group + r] = self.tokens[k * self.group + r, n_initial:]
 
-    def drop(self, wd: WindowDecoder, ended: np.ndarray) -> np.ndarray:
-        """Take the windows `ended` (bool, per window) out of the batch; returns the kept rows' positions."""
-        keep = np.flatnonzero(~ended)
-        rows = (keep[:, None] * self.group + np.arange(self.group)).reshape(-1)
+    def drop(self, wd: WindowDecoder, keep: slice) -> np.ndarray:
+        """Keep the windows `keep` of the batch (a run); returns the kept rows' positions."""
+        rows = np.arange(keep.start * self.group, keep.stop * self.group)
         self.cache = wd.session.select_rows(self.cache, rows)
-        self.cross = self.cross.select(keep)
+        self.cross = self.cross.part(keep.start, keep.stop)
         self.tokens = self.tokens[rows]
-        self.windows = [self.windows[k] for k in keep]
+        self.windows = self.windows[keep]
         return rows
 
 
-def _should_drop(ended: np.ndarray) -> bool:
-    return bool(ended.any()) and ended.sum() >= DROP_SHARE * len(ended)
+def _live_span(ended: np.ndarray) -> slice | None:
+    """The windows from the first live one to the last, when those outside (ended) are DROP_SHARE of
+    the batch or more; else None."""
+    live = np.flatnonzero(~ended)
+    if not len(live) or len(ended) - (live[-1] + 1 - live[0]) < max(1, DROP_SHARE * len(ended)):
+        return None
+    return slice(int(live[0]), int(live[-1]) + 1)
 
 
 class Sampler:
@@ -300,9 +305,12 @@ def sample_rows(wd: WindowDecoder, cross, start: Prefill, choose) -> tuple[list[
         ended = done.reshape(-1, batch.group).all(axis=1)
         if ended.all() or batch.cache.length >= wd.n_ctx:
             break
-        if _should_drop(ended):
-            batch.sampled(sampled, ended, start.n_initial)
-            kept = batch.drop(wd, ended)
+        span = _live_span(ended)
+        if span is not None:
+            leaving = np.ones(len(ended), bool)
+            leaving[span] = False
+            batch.sampled(sampled, leaving, start.n_initial)
+            kept = batch.drop(wd, span)
             nxt, done = nxt[kept], done[kept]
         logits = wd.session.step(nxt[:, None], batch.cache, batch.cross)
     batch.sampled(sampled, np.ones(len(batch.windows), bool), start.n_initial)
@@ -355,9 +363,9 @@ class BeamSearch:
             batch.cache.reorder(rows)
             batch.tokens = np.concatenate([batch.tokens[rows], nxt[:, None]], axis=1)
             scores = new.reshape(-1, beams)
-            if _should_drop(~live):
-                nxt, scores = nxt[batch.drop(wd, ~live)], scores[live]
-                live = live[live]
+            span = _live_span(~live)
+            if span is not None:
+                nxt, scores, live = nxt[batch.drop(wd, span)], scores[span], live[span]
             logits = wd.session.step(nxt[:, None], batch.cache, batch.cross)
         for k, w in enumerate(batch.windows):
             _keep_if_none(finished[w], batch.tokens[k * beams:(k + 1) * beams, n_initial:], scores[k])

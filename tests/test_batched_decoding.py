@@ -140,13 +140,19 @@ def test_a_cache_grown_slot_by_slot_decodes_alike(tiny, windows, monkeypatch):
     assert tiny.transcriber.decoder.decode(rows[0], BEAM).tokens == usual.tokens
 
 
-def test_cross_inputs_select_views_consecutive_windows_and_copies_others(windows):
+def test_a_part_of_the_cross_inputs_is_a_view_never_a_copy(windows):
     cross, rows = windows
-    (k, _), = cross.select([1, 2]).arrays[:1]
+    (k, _), = cross.part(1, 3).arrays[:1]
     assert np.shares_memory(k, cross.arrays[0][0]) and k.shape[0] == 2
-    (k, _), = cross.select([3, 0]).arrays[:1]
-    assert not np.shares_memory(k, cross.arrays[0][0])
-    assert np.array_equal(k[0], cross.arrays[0][0][3]) and np.array_equal(k[1], rows[0].arrays[0][0][0])
+    assert all(np.shares_memory(row.arrays[0][0], cross.arrays[0][0]) for row in rows)
+
+
+def test_calls_take_runs_of_consecutive_windows():
+    from decoder.batch import _calls
+
+    assert _calls([0, 1, 2, 3], 8) == [(0, 4)]
+    assert _calls([0, 2, 3, 7], 8) == [(0, 1), (2, 4), (7, 8)]
+    assert _calls([0, 1, 2, 3, 4], 2) == [(0, 2), (2, 4), (4, 5)]
 
 
 # ---- a draft checked in one step ----------------------------------------------------------------
