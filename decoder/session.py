@@ -1,4 +1,4 @@
-"""The ONNX decoder under ONNX Runtime, with a preallocated KV cache bound by IO binding.
+"""The ONNX decoder under ONNX Runtime, with a KV cache bound by IO binding.
 
 Each layer's self-attention cache is one (B, H, capacity, d_head) numpy buffer
 per K and V, wrapped as an OrtValue (which shares the memory). A step feeds
