@@ -232,7 +232,7 @@ class Sampler:
 
     def __init__(self, wd: WindowDecoder, options: DecodingOptions):
         self.wd, self.options = wd, options
-        self.n = rows_per_window(replace(options, beam_size=None))
+        self.n = rows_per_window(options)          # beam_size is set only above temperature 0 here
         self.rngs: list[np.random.Generator] = []
 
     def run(self, cross) -> list[DecodingResult]:

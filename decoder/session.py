@@ -126,20 +126,22 @@ class DecoderSession:
         """A cache of `group` rows for each row of `cache`, copies of it, a row's copies together."""
         if group == 1:
             return cache
-        wide = self.new_cache(cache.batch * group, cache.capacity)
-        for src, dst in zip(cache.keys + cache.values, wide.keys + wide.values):
-            dst[:, :, :cache.length] = np.repeat(src[:, :, :cache.length], group, axis=0)
-        wide.length = cache.length
-        return wide
+        return self.select_rows(cache, np.repeat(np.arange(cache.batch), group))
+
+    def select_rows(self, cache: KVCache, rows, capacity: int | None = None) -> KVCache:
+        """A new cache of `cache`'s rows `rows` (repeats allowed), with `capacity` slots (default: as many)."""
+        out = self.new_cache(len(rows), capacity or cache.capacity)
+        for src, dst in zip(cache.keys + cache.values, out.keys + out.values):
+            dst[:, :, :cache.length] = src[np.asarray(rows), :, :cache.length]
+        out.length = cache.length
+        return out
 
     def _make_room(self, cache: KVCache, slots: int) -> None:
         """Grow `cache` in place to hold `slots` (in steps of GROW_SLOTS): new buffers, the filled slots
         copied, the binding made again at the next step."""
         if slots <= cache.capacity:
             return
-        grown = self.new_cache(cache.batch, -(-slots // GROW_SLOTS) * GROW_SLOTS)
-        for src, dst in zip(cache.keys + cache.values, grown.keys + grown.values):
-            dst[:, :, :cache.length] = src[:, :, :cache.length]
+        grown = self.select_rows(cache, np.arange(cache.batch), -(-slots // GROW_SLOTS) * GROW_SLOTS)
         cache.keys, cache.values, cache._bound, cache._io = grown.keys, grown.values, grown._bound, None
 
     def step(self, tokens: np.ndarray, cache: KVCache, cross: CrossInputs, alignment: bool = False,
@@ -204,15 +206,6 @@ class DecoderSession:
                 k[i], v[i] = src.reshape(d.n_audio_ctx, 2, heads, d_head).transpose(1, 2, 0, 3)
         batch = CrossInputs(kv, self._ort)
         return batch, [batch.part(i, i + 1) for i in range(n)]
-
-    def select_rows(self, cache: KVCache, rows) -> KVCache:
-        """A new cache of `cache`'s rows `rows`."""
-        rows = np.asarray(rows)
-        out = self.new_cache(len(rows), cache.capacity)
-        for src, dst in zip(cache.keys + cache.values, out.keys + out.values):
-            dst[:, :, :cache.length] = src[rows, :, :cache.length]
-        out.length = cache.length
-        return out
 
     def row_bytes(self) -> int:
         """Bytes of one row of the self-attention cache at its largest (n_text_ctx slots)."""

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from encoder.benchmark.server_process import rss_mb
 from encoder.evaluation import score
 from tests.helpers import run_concurrently
 from tests.server_process import KEY, Server, multipart
@@ -183,9 +184,7 @@ def test_oversize_chunked_upload_is_cut_off(server):
 
 
 def _rss_mb_and_fds(pid: int) -> tuple[float, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    return rss_mb(pid), len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @pytest.mark.slow
