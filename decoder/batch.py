@@ -4,7 +4,8 @@ A decoder step of tiny.en at batch 1 mostly reads weights (the vocabulary projec
 10-40 MB); a batch of windows reads them once per step for every row. Each window has its own
 cross-attention inputs, stop and result, and as many rows as the attempt needs (one when greedy,
 its beams, or its best-of samples); rows that finish keep feeding <|endoftext|>, which no result
-includes. Every window starts from the same initial tokens (one prompt for the batch).
+includes. Each window has its own prompt; the shorter initial sequences are right-aligned to the
+longest, behind padding the graph masks.
 
     decode_batch(wd, cross, options, rules) -> [DecodingResult per window]
 
@@ -13,7 +14,7 @@ earlier temperature gave an accepted result (each run of consecutive ones as a c
 """
 from __future__ import annotations
 
-from decoder.decoding import DecodingResult, WindowDecoder, accepted, attempt_options, rows_per_window
+from decoder.decoding import DecodingResult, Prompts, WindowDecoder, accepted, attempt_options, rows_per_window
 from decoder.options import DecodingOptions, TranscribeOptions
 from decoder.session import CrossInputs
 
@@ -23,9 +24,10 @@ CACHE_BYTES = 512 * 2**20
 
 
 def decode_batch(wd: WindowDecoder, cross: CrossInputs, options: DecodingOptions,
-                 rules: TranscribeOptions) -> list[DecodingResult]:
+                 rules: TranscribeOptions, prompts: Prompts = None) -> list[DecodingResult]:
     """Each window's result, as decode_with_fallback would give it, every temperature of `rules` decoding
-    the windows it concerns together. cross: the windows' cross-attention inputs bound as one batch."""
+    the windows it concerns together. cross: the windows' cross-attention inputs bound as one batch;
+    prompts: each window's (default: options.prompt)."""
     results: list[DecodingResult | None] = [None] * cross.windows
     todo = list(range(cross.windows))
     for temperature in rules.temperatures:
@@ -33,7 +35,7 @@ def decode_batch(wd: WindowDecoder, cross: CrossInputs, options: DecodingOptions
         per_call = max(1, CACHE_BYTES // (rows_per_window(attempt) * wd.session.row_bytes()))
         for start, stop in _calls(todo, per_call):
             batch = cross if stop - start == cross.windows else cross.part(start, stop)
-            results[start:stop] = wd.decode_windows(batch, attempt)
+            results[start:stop] = wd.decode_windows(batch, attempt, None if prompts is None else prompts[start:stop])
         todo = [i for i in todo if not accepted(results[i], rules)]
         if not todo:
             break

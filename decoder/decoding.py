@@ -8,6 +8,7 @@ with best-of (temperature > 0), and beam search with patience.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -27,6 +28,10 @@ class DecodingResult:
     compression_ratio: float
     language: str | None = None
     alignment: np.ndarray | None = field(default=None, repr=False)
+
+
+# Each window's prompt (earlier text's tokens), or None: the options' prompt for every window.
+Prompts = Sequence[tuple[int, ...]] | None
 
 
 def compression_ratio(text: str) -> float:
@@ -68,14 +73,21 @@ class WindowDecoder:
             out.append(TimestampRules(tok, sample_begin, max_initial))
         return out
 
-    def prefill(self, cross, options: DecodingOptions, group: int) -> Prefill:
+    def prefill(self, cross, options: DecodingOptions, group: int, prompts: Prompts = None) -> Prefill:
         """Run the initial tokens once for each window of `cross`, then give each window `group` rows
-        (its beams or samples) starting from that state: where every strategy starts."""
-        initial, sot_index = self.initial_tokens(options)
-        tokens = np.tile(np.array(initial, np.int64), (cross.windows, 1))               # (n, n_initial)
+        (its beams or samples) starting from that state: where every strategy starts. `prompts`: each
+        window's prompt (default: options.prompt for all); shorter initial sequences are right-aligned
+        to the longest, the slots before them padding, so every row samples from the same step on."""
+        prompts = [options.prompt] * cross.windows if prompts is None else prompts
+        initials = [self.initial_tokens(replace(options, prompt=p)) for p in prompts]
+        n_initial = max(len(seq) for seq, _ in initials)
+        tail = len(initials[0][0]) - initials[0][1]            # <|startoftranscript|> on: alike in every row
+        tokens = np.array([[self.tokenizer.eot] * (n_initial - len(seq)) + seq for seq, _ in initials],
+                          np.int64)                                                   # (n, n_initial)
         cache = self.session.new_cache(len(tokens))
-        logits = self.session.step(tokens, cache, cross, logits_from=sot_index)        # (n, n_initial - sot_index, V)
-        return Prefill(len(initial), self.filters(options, len(initial)), self.sample_limit(options, len(initial)),
+        cache.pad[:] = [n_initial - len(seq) for seq, _ in initials]
+        logits = self.session.step(tokens, cache, cross, logits_from=n_initial - tail)  # (n, tail, V)
+        return Prefill(n_initial, self.filters(options, n_initial), self.sample_limit(options, n_initial),
                        self.session.widen(cache, group), np.repeat(tokens, group, axis=0),
                        np.repeat(logits, group, axis=0), no_speech_probs(self, logits[:, 0]), group)
 
@@ -101,12 +113,13 @@ class WindowDecoder:
         """One attempt on one window."""
         return self.decode_windows(cross, options)[0]
 
-    def decode_windows(self, cross, options: DecodingOptions) -> list[DecodingResult]:
-        """One attempt on each window of `cross` (bound as one batch), all in the same token steps; each
-        window's result is the one it gets decoded alone, up to the rounding of batched products."""
+    def decode_windows(self, cross, options: DecodingOptions, prompts: Prompts = None) -> list[DecodingResult]:
+        """One attempt on each window of `cross` (bound as one batch), all in the same token steps, each
+        prompted with its own of `prompts` (default: options.prompt); each window's result is the one it
+        gets decoded alone, up to the rounding of batched products."""
         if options.temperature == 0 and options.beam_size:
-            return BeamSearch(self, options).run(cross)
-        return Sampler(self, options).run(cross)
+            return BeamSearch(self, options).run(cross, prompts)
+        return Sampler(self, options).run(cross, prompts)
 
     def finish(self, tokens: list[int], sum_logprob: float, no_speech: float, options) -> DecodingResult:
         text = self.tokenizer.decode(tokens)
@@ -235,8 +248,8 @@ class Sampler:
         self.n = rows_per_window(options)          # beam_size is set only above temperature 0 here
         self.rngs: list[np.random.Generator] = []
 
-    def run(self, cross) -> list[DecodingResult]:
-        start = self.wd.prefill(cross, self.options, self.n)
+    def run(self, cross, prompts: Prompts = None) -> list[DecodingResult]:
+        start = self.wd.prefill(cross, self.options, self.n, prompts)
         if self.options.draft and self.n == 1 and cross.windows == 1:
             start = self._checked(cross, start, self.options.draft)
         # each window draws from a generator of its own, seeded alike: its samples are those it draws alone
@@ -329,10 +342,10 @@ class BeamSearch:
     def __init__(self, wd: WindowDecoder, options: DecodingOptions):
         self.wd, self.options = wd, options
 
-    def run(self, cross) -> list[DecodingResult]:
+    def run(self, cross, prompts: Prompts = None) -> list[DecodingResult]:
         wd, opt, beams = self.wd, self.options, self.options.beam_size
         eot = wd.tokenizer.eot
-        start = wd.prefill(cross, opt, beams)
+        start = wd.prefill(cross, opt, beams, prompts)
         batch = _Batch(start.cache, cross, start.tokens, list(range(len(start.no_speech))), beams)
         logits, n_initial = start.logits, start.n_initial
         scores = np.zeros((len(batch.windows), beams))     # per window in the batch

@@ -48,6 +48,7 @@ GROW_SLOTS = 64
 class KVCache:
     keys: list[np.ndarray]                 # per layer (B, H, capacity, d_head)
     values: list[np.ndarray]
+    pad: np.ndarray                        # (B,) int64: each row's first slots that are padding
     length: int = 0                        # slots filled
     _bound: list = field(default_factory=list)
     _io: object = None                     # the IOBinding of the last step (see DecoderSession._binding)
@@ -66,7 +67,7 @@ class KVCache:
     def reorder(self, rows) -> None:
         """Keep batch rows `rows` (beam search), in place so the bound OrtValues stay valid."""
         rows = np.asarray(rows)
-        for buf in self.keys + self.values:
+        for buf in self.keys + self.values + [self.pad]:
             buf[:] = buf[rows]
 
 
@@ -117,7 +118,7 @@ class DecoderSession:
         d = self.dims
         shape = (batch, d.n_text_head, min(capacity, d.n_text_ctx), d.n_text_state // d.n_text_head)
         cache = KVCache([np.zeros(shape, np.float32) for _ in range(d.n_text_layer)],
-                        [np.zeros(shape, np.float32) for _ in range(d.n_text_layer)])
+                        [np.zeros(shape, np.float32) for _ in range(d.n_text_layer)], np.zeros(batch, np.int64))
         cache._bound = [(self._ort.OrtValue.ortvalue_from_numpy(k), self._ort.OrtValue.ortvalue_from_numpy(v))
                         for k, v in zip(cache.keys, cache.values)]
         return cache
@@ -133,7 +134,7 @@ class DecoderSession:
         out = self.new_cache(len(rows), capacity or cache.capacity)
         for src, dst in zip(cache.keys + cache.values, out.keys + out.values):
             dst[:, :, :cache.length] = src[np.asarray(rows), :, :cache.length]
-        out.length = cache.length
+        out.pad[:], out.length = cache.pad[np.asarray(rows)], cache.length
         return out
 
     def _make_room(self, cache: KVCache, slots: int) -> None:
@@ -143,6 +144,7 @@ class DecoderSession:
             return
         grown = self.select_rows(cache, np.arange(cache.batch), -(-slots // GROW_SLOTS) * GROW_SLOTS)
         cache.keys, cache.values, cache._bound, cache._io = grown.keys, grown.values, grown._bound, None
+        cache.pad = grown.pad
 
     def step(self, tokens: np.ndarray, cache: KVCache, cross: CrossInputs, alignment: bool = False,
              logits_from: int = 0):
@@ -156,6 +158,7 @@ class DecoderSession:
         binding, names = self._binding(cache, cross, alignment and self.has_alignment)
         binding.bind_cpu_input(io.INPUT_IDS, tokens)
         binding.bind_cpu_input(io.OFFSET, np.array(cache.length, np.int64))
+        binding.bind_cpu_input(io.PAD, cache.pad)
         binding.bind_cpu_input(io.LOGITS_FROM, np.array(logits_from, np.int64))
         binding.clear_binding_outputs()             # last step's outputs would be taken as preallocated
         for name in names:

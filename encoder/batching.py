@@ -2,18 +2,16 @@
 
 Each transcription is a generator (a loop of encoder/transcription.py) that encodes its next
 windows itself and yields a DecodeAsk: the windows' cross-attention K/V and the decoding options.
-run_together gathers the asks of every transcription, decodes those with the same options (hence
-the same initial tokens) as one batch of at most `batch_size` rows, and sends each transcription
-its results. A window asked alone is decoded exactly as one transcription would decode it.
-
-Windows prompted with earlier text (Whisper's condition_on_previous_text) mostly have prompts of
-their own length and are decoded alone; first windows, VAD chunks and unprompted windows batch.
+run_together gathers the asks of every transcription, decodes those with the same options but for
+their prompts as one batch of at most `batch_size` rows, each window with its own prompt (Whisper's
+condition_on_previous_text: the file's text so far), and sends each transcription its results. A
+window asked alone is decoded exactly as one transcription would decode it.
 """
 from __future__ import annotations
 
 import itertools
 from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -79,30 +77,32 @@ def _answer(decoder: WindowDecoder, session: DecoderSession, asks: dict[int, Dec
     replies: dict[int, Reply] = {}
     groups: dict[tuple, list[int]] = {}
     for i, ask in asks.items():
-        groups.setdefault((ask.options, ask.rules), []).append(i)
+        groups.setdefault((replace(ask.options, prompt=()), ask.rules), []).append(i)
     for (options, rules), members in groups.items():
         owners = [i for i in members for _ in asks[i].kv]
+        prompts = [asks[i].options.prompt for i in owners]
         windows = []
         for i in members:                           # the asks let go of their windows: freed once bound
             windows += asks[i].kv
             asks.pop(i).kv.clear()
         for first in range(0, len(owners), batch_size):
             part = [windows.pop(0) for _ in owners[first:first + batch_size]]
-            answers = _decode(decoder, session, part, options, rules)
+            answers = _decode(decoder, session, part, options, rules, prompts[first:first + batch_size])
             for i, answer in zip(owners[first:first + batch_size], answers):
                 replies.setdefault(i, []).append(answer)
     return replies
 
 
 def _decode(decoder: WindowDecoder, session: DecoderSession, kv: list, options: DecodingOptions,
-            rules: TranscribeOptions) -> Reply:
-    """Decode the windows `kv` (emptied as they are bound, so each encoder output is freed once copied)."""
+            rules: TranscribeOptions, prompts: list[tuple[int, ...]]) -> Reply:
+    """Decode the windows `kv`, each with its prompt (kv is emptied as windows are bound, so each encoder
+    output is freed once copied)."""
     n = len(kv)
     if n == 1:
         cross = session.bind_cross(_computed(kv.pop()))
-        return [(decoder.decode_with_fallback(cross, options, rules), cross)]
+        return [(decoder.decode_with_fallback(cross, replace(options, prompt=prompts[0]), rules), cross)]
     cross, rows = session.bind_cross_rows((_computed(kv.pop(0)) for _ in range(n)), n)
-    return list(zip(decode_batch(decoder, cross, options, rules), rows))
+    return list(zip(decode_batch(decoder, cross, options, rules, prompts), rows))
 
 
 def _computed(window) -> list[np.ndarray]:

@@ -96,8 +96,8 @@ def add_decoding(parser: argparse.ArgumentParser) -> None:
                         "chunks of at most 30 s decoded in batches, each chunk without the text before it as "
                         "prompt; False: Whisper's sequential windows (default %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
-                   help="windows decoded together: VAD chunks (--vad True), and the windows of several files "
-                        f"not prompted with earlier text; also how many files run at once (default {BATCH_SIZE})")
+                   help="windows decoded together: VAD chunks (--vad True), and the windows of several files, "
+                        f"each with its own prompt; also how many files run at once (default {BATCH_SIZE})")
 
 
 def transcribe_options(args: argparse.Namespace) -> TranscribeOptions:

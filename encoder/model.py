@@ -101,8 +101,8 @@ class WhisperModel:
                         **changes) -> Iterator[tuple[int, Transcription | AmanuensisError]]:
         """Transcribe several paths or sample arrays together: `batch_size` files at a time (default
         options.batch_size), the windows they have ready decoded as one batch where their decoding
-        options agree (with vad=True, every chunk; without, the windows not prompted with earlier
-        text). Yields (index, Transcription, or the AmanuensisError that stopped that input) as each
+        options agree but for their prompts (each window is prompted with its own file's text so
+        far). Yields (index, Transcription, or the AmanuensisError that stopped that input) as each
         input finishes; one bad input stops only itself."""
         options = with_changes(options or TranscribeOptions(), **changes)
         return self.transcriber.transcribe_many(((audio, options) for audio in audios), batch_size)

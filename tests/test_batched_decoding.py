@@ -68,9 +68,9 @@ def test_the_fallback_ladder_runs_per_window_in_shared_calls(tiny, windows, monk
     calls = []
     real = decoder.decode_windows
 
-    def spy(batch, options):
+    def spy(batch, options, prompts=None):
         calls.append((batch.windows, options.temperature))
-        return real(batch, options)
+        return real(batch, options, prompts)
 
     monkeypatch.setattr(decoder, "decode_windows", spy)
     rules = TranscribeOptions(logprob_threshold=0.0, temperatures=(0.0, 0.5))
@@ -108,8 +108,8 @@ def test_calls_hold_no_more_cache_than_the_budget(tiny, windows, monkeypatch):
     monkeypatch.setattr(batch_module, "CACHE_BYTES", 10 * decoder.session.row_bytes())
     sizes = []
     real = decoder.decode_windows
-    monkeypatch.setattr(decoder, "decode_windows", lambda batch, options: sizes.append(batch.windows)
-                        or real(batch, options))
+    monkeypatch.setattr(decoder, "decode_windows", lambda batch, options, prompts=None: sizes.append(batch.windows)
+                        or real(batch, options, prompts))
     results = decode_batch(decoder, cross, BEAM, TranscribeOptions(temperatures=(0.0,)))
     assert sizes == [2, 2]
     alone = [decoder.decode(row, BEAM) for row in rows]
@@ -191,3 +191,44 @@ def test_a_draft_is_not_used_by_sampling_or_beam_search():
     assert attempt_options(draft, 0.0).draft == (1, 2, 3)
     assert attempt_options(draft, 0.2).draft == ()
     assert attempt_options(replace(draft, beam_size=5), 0.0).draft == ()
+
+
+# ---- each window with its own prompt -------------------------------------------------------------
+
+def _prompts(tiny) -> list[tuple[int, ...]]:
+    """Prompts of four lengths (none, short, long, medium), as earlier windows' text would give them."""
+    encode = tiny.transcriber.tokenizer.encode
+    return [(), tuple(encode(" The weather was fine.")),
+            tuple(encode(" She had been thinking for a long while about what her brother told her, and"
+                         " whether any of it could be true, when the carriage finally stopped.")),
+            tuple(encode(" And so, my fellow citizens."))]
+
+
+def test_a_row_behind_padding_computes_what_it_computes_alone(tiny, windows):
+    """A shorter prompt is right-aligned behind padding: its row's logits, at the prefill and at the next
+    step, are those it has alone (masking and positions per row), up to batched rounding."""
+    cross, rows = windows
+    wd, prompts = tiny.transcriber.decoder, _prompts(tiny)
+    together = wd.prefill(cross, GREEDY, 1, prompts)
+    lengths = [len(wd.initial_tokens(replace(GREEDY, prompt=p))[0]) for p in prompts]
+    assert together.cache.pad.tolist() == [max(lengths) - n for n in lengths]
+    nxt = together.logits[:, -1].argmax(-1)
+    after = wd.session.step(nxt[:, None], together.cache, cross)
+    for w, prompt in enumerate(prompts):
+        alone = wd.prefill(rows[w], replace(GREEDY, prompt=prompt), 1)
+        np.testing.assert_allclose(together.logits[w], alone.logits[0], atol=2e-3, rtol=0)
+        step = wd.session.step(nxt[w:w + 1, None], alone.cache, rows[w])
+        np.testing.assert_allclose(after[w], step[0], atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("options", [GREEDY, BEAM], ids=["greedy", "beam"])
+def test_windows_with_prompts_of_their_own_decode_as_each_alone(tiny, windows, options):
+    cross, rows = windows
+    wd, prompts = tiny.transcriber.decoder, _prompts(tiny)
+    together = wd.decode_windows(cross, options, prompts)
+    same = 0
+    for row, prompt, result in zip(rows, prompts, together):
+        alone = wd.decode(row, replace(options, prompt=prompt))
+        same += result.tokens == alone.tokens
+        assert score(alone.text, result.text).wer <= 0.1, (alone.text, result.text)
+    assert same >= 3

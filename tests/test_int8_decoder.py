@@ -79,7 +79,8 @@ def test_int8_graph_runs_packed_kernels(tiny, capfd):
                                    providers=["CPUExecutionProvider"])
     feeds = {i.name: np.zeros([1 if isinstance(n, str) else n for n in i.shape], np.float32)
              for i in session.get_inputs()}
-    feeds.update(input_ids=np.array([[tiny.transcriber.tokenizer.sot]]), offset=np.array(0), logits_from=np.array(0))
+    feeds.update(input_ids=np.array([[tiny.transcriber.tokenizer.sot]]), offset=np.array(0), logits_from=np.array(0),
+                 pad=np.zeros(1, np.int64))
     session.run(None, feeds)
     log = capfd.readouterr().err
     assert "MatMulNBits" in log                      # the log is ONNX Runtime's, captured

@@ -212,9 +212,9 @@ def test_several_files_decode_together_and_each_equals_its_own_run(tiny, speech,
     sizes = []
     real = batching.decode_batch
 
-    def spy(decoder, cross, options, rules):
+    def spy(decoder, cross, options, rules, prompts=None):
         sizes.append(cross.windows)
-        return real(decoder, cross, options, rules)
+        return real(decoder, cross, options, rules, prompts)
 
     monkeypatch.setattr(batching, "decode_batch", spy)
     clips = [clip.path for clip in speech[:5]]
@@ -232,3 +232,28 @@ def test_several_files_decode_together_and_each_equals_its_own_run(tiny, speech,
             same += results[i].text == own
             assert score(own, results[i].text).wer <= 0.1      # up to batched rounding (see above)
     assert same >= 3
+
+
+def test_long_files_decode_their_prompted_windows_together(tiny, speech, monkeypatch):
+    """Two files of several windows each: every window after the first is prompted with its own file's
+    text so far, and the two files' windows still decode as one batch, each file's text its own run's."""
+    from encoder import batching
+
+    calls = []
+    real = batching.decode_batch
+
+    def spy(decoder, cross, options, rules, prompts=None):
+        calls.append([len(p) for p in prompts])
+        return real(decoder, cross, options, rules, prompts)
+
+    monkeypatch.setattr(batching, "decode_batch", spy)
+    gap = np.zeros(SR // 2, np.float32)
+    # ~42 s and ~46 s of speech: two windows or more each
+    files = [np.concatenate([x for clip in group for x in (load_audio(clip.path), gap)])
+             for group in (speech[0:5], speech[5:11])]
+    results = dict(tiny.transcribe_many(files, batch_size=2))
+    prompted = [lengths for lengths in calls if min(lengths) > 0]
+    assert prompted and len(set(prompted[0])) == 2, calls    # prompts of their own lengths, one batch
+    for i, samples in enumerate(files):
+        own = tiny.transcribe(samples).text
+        assert score(own, results[i].text).wer <= 0.05, (own, results[i].text)

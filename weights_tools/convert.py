@@ -28,8 +28,8 @@ from weights_tools.onnx_decoder import PRECISIONS, build_decoder_onnx
 from weights_tools.safetensors_io import write_safetensors
 
 FORMAT = "amanuensis-whisper"
-FORMAT_VERSION = 6   # 2: logits_from; 3: decoder-int8.onnx; 4: decoder-int8-vocab.onnx; 5: int8 in 8-bit blocks;
-                     # 6: cross-attention rows grouped per window, a cache of any size
+FORMAT_VERSION = 7   # 2: logits_from; 3: decoder-int8.onnx; 4: decoder-int8-vocab.onnx; 5: int8 in 8-bit blocks;
+                     # 6: cross-attention rows grouped per window, a cache of any size; 7: per-row padding
 MANIFEST = "amanuensis.json"
 DECODER_FILES = {p: "decoder.onnx" if p == "fp32" else f"decoder-{p}.onnx" for p in PRECISIONS}
 FILES = (MANIFEST, "config.json", "generation_config.json", "encoder.safetensors", "decoder.safetensors",

@@ -4,6 +4,8 @@
 Inputs
     input_ids           int64 (B, S)         the new tokens
     offset              int64 ()             how many tokens the cache already holds
+    pad                 int64 (B,)           how many of a row's first slots are padding (rows
+                        with shorter prompts are right-aligned): masked, and positions start after them
     logits_from         int64 ()             first position whose logits are wanted (a prefill of
                         a long prompt needs only its last few rows: the vocabulary projection is
                         the decoder's largest matmul, and its output the largest tensor)
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 INPUT_IDS = "input_ids"
 OFFSET = "offset"
+PAD = "pad"
 LOGITS_FROM = "logits_from"
 LOGITS = "logits"
 ALIGNMENT = "alignment"

@@ -203,8 +203,19 @@ def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
     # step reads the filled slots and a few more, not all n_text_ctx
     capacity = g.op("Slice", g.op("Shape", io.past_key(0)), g.const([2]), g.const([3]))   # (1,)
     slots = g.op("Range", g.const(0), g.op("Squeeze", capacity, g.const([0])), g.const(1))  # (capacity,)
-    past_mask = g.op("Where", g.op("Less", slots, io.OFFSET), zero_f, neg_inf)          # (capacity,)
-    causal = g.op("LessOrEqual", g.op("Unsqueeze", new_pos, g.const([0])), g.op("Unsqueeze", new_pos, g.const([1])))
+    # A row's first `pad` slots hold padding (a batch's shorter prompts are right-aligned to the
+    # longest): no token attends to them, and its positions count from its first real slot.
+    pad = g.op("Unsqueeze", io.PAD, g.const([1]))                                      # (B, 1)
+    filled = g.op("And", g.op("Less", slots, io.OFFSET),
+                  g.op("GreaterOrEqual", g.op("Unsqueeze", slots, g.const([0])), pad))   # (B, capacity)
+    past_mask = g.op("Unsqueeze", g.op("Where", filled, zero_f, neg_inf), g.const([1, 2]))  # (B, 1, 1, capacity)
+    new_slots = g.op("Unsqueeze", g.op("Add", new_pos, io.OFFSET), g.const([0]))       # (1, S)
+    keys, queries = g.op("Unsqueeze", new_pos, g.const([0])), g.op("Unsqueeze", new_pos, g.const([1]))
+    real = g.op("Unsqueeze", g.op("GreaterOrEqual", new_slots, pad), g.const([1]))     # (B, 1, S) real keys
+    # a padding token attends to itself alone, so that its softmax stays finite
+    allowed = g.op("And", g.op("LessOrEqual", keys, queries), g.op("Or", real, g.op("Equal", keys, queries)))
+    causal_mask = g.op("Unsqueeze", g.op("Where", allowed, zero_f, neg_inf), g.const([1]))  # (B, 1, S, S)
+    positions = g.op("Max", g.op("Sub", new_slots, pad), g.const(0))                   # (B, S)
     return {
         "bshd": g.op("Concat", b, s_len, heads, d_head, axis=0),
         "ngshd": g.op("Concat", windows, minus1, s_len, heads, d_head, axis=0),
@@ -215,8 +226,7 @@ def _shapes(g: _Builder, dims: ModelDimensions) -> dict:
         # the query scale rides on the query projection: as a Mul before q · Kᵀ, ONNX Runtime folds
         # it into the MatMul, whose one-row kernel then packs Kᵀ at every step (3x slower, measured)
         "scale": 1 / math.sqrt(dims.n_text_state // dims.n_text_head),
-        "past_mask": past_mask, "causal_mask": g.op("Where", causal, zero_f, neg_inf),   # (S, S)
-        "positions": g.op("Add", new_pos, io.OFFSET),
+        "past_mask": past_mask, "causal_mask": causal_mask, "positions": positions,
         "zero": g.const([0]), "capacity": capacity, "big": g.const([2**62]), "minus1": g.const([-1]),
         "bsd": g.op("Concat", b, s_len, g.const([dims.n_text_state]), axis=0),
         "bsv": g.op("Concat", b, g.const([-1]), g.const([dims.n_vocab]), axis=0),
@@ -266,6 +276,7 @@ def _build(g: _Builder, dims: ModelDimensions, alignment_heads) -> bytes:
     cross_shape = ["windows", dims.n_text_head, dims.n_audio_ctx, d_head]
     inputs = [helper.make_tensor_value_info(io.INPUT_IDS, TensorProto.INT64, ["batch", "seq"]),
               helper.make_tensor_value_info(io.OFFSET, TensorProto.INT64, []),
+              helper.make_tensor_value_info(io.PAD, TensorProto.INT64, ["batch"]),
               helper.make_tensor_value_info(io.LOGITS_FROM, TensorProto.INT64, [])]
     new_shape = ["batch", dims.n_text_head, "seq", d_head]
     for i in range(dims.n_text_layer):
