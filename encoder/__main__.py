@@ -14,6 +14,7 @@ from encoder.version import VERSION
 COMMANDS = {
     "transcribe": ("encoder.transcribe", "speech to text"),
     "embed": ("encoder.embed", "export encoder hidden states"),
+    "batch": ("encoder.batch", "an archive as a resumable Ray job (transcripts or embeddings)"),
     "evaluate": ("encoder.evaluate", "word error rate over a manifest of clips"),
     "serve": ("encoder.serve", "the HTTP service (OpenAI audio API)"),
     "graph": ("encoder.graph", "print the encoder's layer graph (and an NPU projection)"),

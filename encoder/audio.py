@@ -141,7 +141,7 @@ class AudioStream:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.duration = _read_probe(self.path)   # seconds, best estimate before decoding
+        self.duration = probe_duration(self.path)   # seconds, best estimate before decoding
         self._chunks = self._decode()
         self._buf = np.zeros(0, np.float32)
         self._buf_start = 0
@@ -180,7 +180,7 @@ class AudioStream:
         return self._buf[:length].copy()
 
 
-def _read_probe(path: Path) -> float:
+def probe_duration(path: Path) -> float:
     """Duration in seconds (0 if unknown); BadAudio for a path that is not a usable file."""
     check_audio_path(path)
     if _soundfile_first(path):

@@ -35,6 +35,16 @@ def positive_int(text: str) -> int:
     return n
 
 
+def layer_option(value: str):
+    """argparse type of --layer: a hidden state's number, or 'all'."""
+    if value == "all":
+        return "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layer takes an integer or 'all', not {value!r}") from None
+
+
 def boolean(text: str) -> bool:
     """argparse type: True or False (also yes/no, 1/0, on/off)."""
     try:
@@ -64,12 +74,14 @@ def add_decoder_precision(parser: argparse.ArgumentParser) -> None:
                              f"see docs/performance.md (default {DEFAULT_DECODER_PRECISION})")
 
 
-def add_decoding(parser: argparse.ArgumentParser) -> None:
-    """The decoding options of openai-whisper's command line, with its defaults."""
+def add_decoding(parser: argparse.ArgumentParser, more_tasks: tuple[str, ...] = ()) -> None:
+    """The decoding options of openai-whisper's command line, with its defaults; `more_tasks`: what
+    else the command's --task offers (help in the command's description)."""
     p = parser.add_argument_group("decoding")
     p.add_argument("--language", default=None,
                    help="language code or name, any case: en, EN, English (default: detect; en for .en models)")
-    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe", help="translate = to English")
+    p.add_argument("--task", choices=("transcribe", "translate", *more_tasks), default="transcribe",
+                   help="translate = to English" + "".join(f"; {t}: see above" for t in more_tasks))
     p.add_argument("--beam-size", type=positive_int, default=None, help="beam search width at temperature 0 "
                    "(default greedy)")
     p.add_argument("--best-of", type=positive_int, default=BEST_OF, help=f"samples kept when falling back to "

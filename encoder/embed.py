@@ -11,18 +11,9 @@ import argparse
 from pathlib import Path
 
 from encoder.audio import check_audio_path
-from encoder.cli import add_device, add_model, report_device, run, say
+from encoder.cli import add_device, add_model, layer_option, report_device, run, say
 from encoder.embedding import POOLINGS, check_output, write_embeddings
 from encoder.model import load_model
-
-
-def _layer(value: str):
-    if value == "all":
-        return "all"
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--layer takes an integer or 'all', not {value!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "default) the final encoder output after ln_post; 'all' exports every one.")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3, m4a, ...)")
     p.add_argument("--output", "-o", required=True, type=Path, help="output file, .safetensors or .npy")
-    p.add_argument("--layer", type=_layer, default=None, help="hidden state N, or 'all' (default: final output)")
+    p.add_argument("--layer", type=layer_option, default=None, help="hidden state N, or 'all' (default: final output)")
     p.add_argument("--pool", choices=POOLINGS, default="none", help="average over frames (default none)")
     add_model(p)
     add_device(p)

@@ -25,6 +25,7 @@ LAZY = {
     "huggingface_hub": "only to download a model, which needs internet",
     "aie": "mlir-aie's IRON: only where the NPU toolchain is installed",
     "sounddevice": "optional: the microphone of --live (needs PortAudio)",
+    "ray": "optional (cluster extra): only archive jobs (encoder.batch) run on it",
 }
 
 

@@ -1,0 +1,273 @@
+"""Archive jobs (python -m encoder.batch, encoder/archive/): inputs, the ledger, the workers in this
+process, and whole runs under an embedded Ray: the same transcripts and embeddings as the plain
+commands, a rerun that skips what is done, a worker killed mid-run and an interrupted driver losing
+nothing."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from decoder.options import TranscribeOptions
+from encoder.archive.inputs import find_inputs
+from encoder.archive.job import Item, Job
+from encoder.archive.ledger import DONE, FAILED, LEDGER, Entry, Ledger, input_key, options_key
+from encoder.archive.worker import Reader, Worker
+from kernels.errors import AmanuensisError
+from weights_tools.safetensors_io import read_safetensors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- inputs and the ledger ------------------------------------------------------------------------
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_inputs_from_directories_manifests_and_globs(tmp_path):
+    _touch(tmp_path / "calls" / "a.wav")
+    _touch(tmp_path / "calls" / "2024" / "b.mp3")
+    _touch(tmp_path / "calls" / "notes.txt")
+    _touch(tmp_path / "loose" / "c.flac")
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text('{"id": "first", "file": "loose/c.flac"}\n\n{"path": "elsewhere/d.ogg"}\n')
+    found = find_inputs([str(tmp_path / "calls"), str(manifest), str(tmp_path / "loose" / "*.flac")])
+    assert [(i.name, i.path.name) for i in found] == [("2024/b", "b.mp3"), ("a", "a.wav"), ("first", "c.flac"),
+                                                        ("elsewhere/d", "d.ogg")]   # c.flac once: the first name
+
+
+def test_inputs_that_name_nothing_or_clash_are_refused(tmp_path):
+    with pytest.raises(AmanuensisError, match="no audio files"):
+        find_inputs([str(tmp_path / "*.wav")])
+    _touch(tmp_path / "x" / "same.wav")
+    _touch(tmp_path / "y" / "same.wav")
+    with pytest.raises(AmanuensisError, match="would both be written as same"):
+        find_inputs([str(tmp_path / "x" / "same.wav"), str(tmp_path / "y" / "same.wav")])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 3}\n')
+    with pytest.raises(AmanuensisError, match="bad.jsonl:1"):
+        find_inputs([str(bad)])
+
+
+def test_the_ledger_matches_content_options_and_outputs(tmp_path):
+    audio, out = _touch(tmp_path / "a.wav"), tmp_path / "out"
+    out.mkdir()
+    key = input_key(audio, options_key({"task": "transcribe"}))
+    assert key != input_key(audio, options_key({"task": "embed"}))
+    ledger = Ledger(out)
+    ledger.record(Entry("a", str(audio), key, DONE, ["transcripts/a.json"]))
+    assert not Ledger(out).is_done("a", key, out)               # its output is missing
+    _touch(out / "transcripts" / "a.json")
+    assert Ledger(out).is_done("a", key, out)
+    audio.write_bytes(b"y")                                     # the same name, other content
+    assert not Ledger(out).is_done("a", input_key(audio, options_key({"task": "transcribe"})), out)
+    with open(out / LEDGER, "a") as f:
+        f.write('{"name": "a", "inp')                           # a line torn by a crash
+    assert Ledger(out).is_done("a", key, out)
+    Ledger(out).record(Entry("a", str(audio), key, FAILED, reason="no"))
+    assert not Ledger(out).is_done("a", key, out)               # the last line holds
+
+
+def test_the_fingerprint_ignores_how_many_go_together():
+    job = Job("transcribe", Path("o"), "tiny.en", "cpu", False, "int8", TranscribeOptions(batch_size=8))
+    assert job.fingerprint() == replace(job, options=TranscribeOptions(batch_size=2)).fingerprint()
+    assert job.fingerprint() != replace(job, options=TranscribeOptions(vad=True)).fingerprint()
+
+
+# ---- the worker, in this process ------------------------------------------------------------------
+
+def _items(paths: list[Path], options: str = "k") -> list[Item]:
+    return [Item(p.stem, p, input_key(p, options), 0.0) for p in paths]
+
+
+@pytest.mark.slow
+def test_a_worker_transcribes_a_group_and_an_unreadable_file_fails_alone(tiny, speech, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....WAVEnot really")
+    paths = [speech[0].path, broken, speech[1].path]
+    job = Job("transcribe", tmp_path / "out", "tiny.en", "cpu", False, "fp32", TranscribeOptions(), threads=2)
+    entries = Worker(job).run(_items(paths), Reader().read([str(p) for p in paths]))
+    assert [e.status for e in entries] == [DONE, FAILED, DONE]
+    assert "broken.wav" in entries[1].reason
+    for entry, path in zip(entries[::2], paths[::2]):
+        written = json.loads((job.out / entry.outputs[0]).read_text())
+        assert written["text"] == tiny.transcribe(path).text
+        assert entry.seconds == pytest.approx(soundfile.info(str(path)).duration, abs=0.05)
+
+
+@pytest.mark.slow
+def test_a_worker_embeds_a_group_into_one_shard(tiny, speech, tmp_path):
+    paths = [clip.path for clip in speech[:3]]
+    job = Job("embed", tmp_path / "out", "tiny.en", "cpu", False, "fp32", TranscribeOptions(), threads=2)
+    items = _items(paths)
+    entries = Worker(job).run(items, Reader().read([str(p) for p in paths]))
+    assert len({e.outputs[0] for e in entries}) == 1
+    shard = read_safetensors(job.out / entries[0].outputs[0])
+    for item, entry in zip(items, entries):
+        own = tiny.embed(item.path)
+        assert entry.frames == own.frames and entry.tensor == item.key
+        np.testing.assert_allclose(shard[item.key], own.states, atol=1e-5)
+
+
+# ---- whole runs under Ray -------------------------------------------------------------------------
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed (pip install -e '.[cluster]')")
+
+
+def _batch(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "encoder.batch", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600, **kwargs)
+
+
+def _latest(out: Path) -> dict[str, dict]:
+    rows = [json.loads(line) for line in (out / LEDGER).read_text().splitlines()]
+    return {row["name"]: row for row in rows}
+
+
+def _no_partials(out: Path) -> None:
+    assert not list(out.rglob("*.partial")), list(out.rglob("*.partial"))
+
+
+@pytest.fixture(scope="module")
+def archive(speech, tmp_path_factory):
+    """Six real clips and a file that is not audio, in a folder."""
+    folder = tmp_path_factory.mktemp("archive")
+    for clip in speech[:6]:
+        (folder / clip.path.name).write_bytes(clip.path.read_bytes())
+    (folder / "broken.wav").write_bytes(b"RIFF....WAVEnot really")
+    return folder
+
+
+@pytest.mark.slow
+@needs_ray
+def test_two_workers_give_the_plain_commands_results_and_a_rerun_skips_them(archive, tmp_path):
+    out = tmp_path / "job"
+    run = _batch(archive, "--out", out, "--workers", "2", "--batch-size", "2", "--decoder-precision", "fp32")
+    assert run.returncode == 2, run.stderr                          # one input failed
+    assert "7 inputs: 6 done, 1 failed" in run.stderr and "failed broken: " in run.stderr
+    assert run.stderr.count("worker ") >= 2 and "cpu" in run.stderr  # each worker's backends, said
+    latest = _latest(out)
+    assert latest["broken"]["status"] == FAILED and latest["broken"]["reason"]
+    clips = _clips(archive)
+    plain = subprocess.run([sys.executable, "-m", "encoder.transcribe", *clips, "-o", tmp_path / "plain", "-f", "json",
+                            "--decoder-precision", "fp32"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert plain.returncode == 0, plain.stderr
+    for clip in clips:
+        ours = json.loads((out / "transcripts" / f"{clip.stem}.json").read_text())["text"]
+        assert ours == json.loads((tmp_path / "plain" / f"{clip.stem}.json").read_text())["text"]
+    again = _batch(archive, "--out", out, "--workers", "2", "--batch-size", "2", "--decoder-precision", "fp32")
+    assert "7 inputs: 0 done, 1 failed, 6 done before" in again.stderr, again.stderr
+    changed = _batch(archive, "--out", out, "--workers", "2", "--batch-size", "2")   # other options: all again
+    assert "6 done, 1 failed, 0 done before" in changed.stderr, changed.stderr
+    _no_partials(out)
+
+
+@pytest.mark.slow
+@needs_ray
+def test_embeddings_are_sharded_with_an_index_equal_to_the_embed_command(archive, tmp_path):
+    out, clips = tmp_path / "job", _clips(archive)
+    run = _batch(*clips, "--out", out, "--task", "embed", "--workers", "2", "--batch-size", "2", "--pool", "mean")
+    assert run.returncode == 0, run.stderr
+    index = json.loads((out / "embeddings" / "index.json").read_text())
+    assert index["meta"]["pool"] == "mean" and len(index["inputs"]) == len(clips)
+    assert len({row["shard"] for row in index["inputs"]}) == 3      # two inputs to a call
+    plain = tmp_path / "plain.safetensors"
+    made = subprocess.run([sys.executable, "-m", "encoder.embed", *clips, "-o", plain, "--pool", "mean"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert made.returncode == 0, made.stderr
+    expected = read_safetensors(plain)
+    for row in index["inputs"]:
+        states = read_safetensors(out / row["shard"])[row["tensor"]]
+        np.testing.assert_allclose(states, expected[Path(row["input"]).name], atol=1e-5)
+
+
+def _ray_worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::Worker"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _clips(archive: Path) -> list[Path]:
+    return sorted(p for p in archive.iterdir() if p.name != "broken.wav")
+
+
+def _started(clips: list[Path], out: Path, batch_size: int) -> subprocess.Popen:
+    """A job on `clips`, running, once it has written its first ledger line."""
+    proc = subprocess.Popen([sys.executable, "-m", "encoder.batch", *clips, "--out", out, "--batch-size",
+                             str(batch_size), "--quiet"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / LEDGER).exists() and (out / LEDGER).read_text().strip():
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"the job wrote no ledger line in time: {proc.communicate()[1]}")
+
+
+def _outputs_exactly_once(out: Path, names: set[str]) -> None:
+    latest = _latest(out)
+    assert {n for n, row in latest.items() if row["status"] == DONE} == names
+    assert sorted(p.stem for p in (out / "transcripts").iterdir()) == sorted(names)
+    _no_partials(out)
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker's process in /proc (Linux)")
+def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(archive, tmp_path):
+    out, clips = tmp_path / "job", _clips(archive)
+    proc = _started(clips, out, batch_size=2)
+    victims = _ray_worker_pids()
+    assert victims, "no worker process found"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "6 inputs: 6 done, 0 failed" in err and "died" in err, err       # said, not silent
+    _outputs_exactly_once(out, {c.stem for c in clips})
+
+
+@pytest.mark.slow
+@needs_ray
+def test_an_interrupted_driver_leaves_no_partial_output_and_the_rerun_finishes(archive, tmp_path):
+    out, clips = tmp_path / "job", _clips(archive)
+    proc = _started(clips, out, batch_size=1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    _no_partials(out)
+    first = {n for n, row in _latest(out).items() if row["status"] == DONE}
+    assert 1 <= len(first) < len(clips)
+    again = _batch(*clips, "--out", out, "--batch-size", "1", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert f"6 inputs: {6 - len(first)} done, 0 failed, {len(first)} done before" in again.stderr, again.stderr
+    _outputs_exactly_once(out, {c.stem for c in clips})
+
+
+def test_bad_inputs_and_options_are_one_line_and_exit_2(tmp_path):
+    missing = _batch(tmp_path / "nowhere", "--out", tmp_path / "job")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    assert "nowhere: no audio files" in missing.stderr and not (tmp_path / "job").exists()
+    (tmp_path / "a.wav").write_bytes(b"x")
+    bad = _batch(tmp_path / "a.wav", "--out", tmp_path / "job", "--workers", "0")
+    assert bad.returncode == 2 and "--workers" in bad.stderr and "Traceback" not in bad.stderr
