@@ -271,3 +271,16 @@ def test_bad_inputs_and_options_are_one_line_and_exit_2(tmp_path):
     (tmp_path / "a.wav").write_bytes(b"x")
     bad = _batch(tmp_path / "a.wav", "--out", tmp_path / "job", "--workers", "0")
     assert bad.returncode == 2 and "--workers" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_two_jobs_in_one_directory_are_refused(tmp_path):
+    import fcntl
+
+    from encoder.archive.run import LOCK
+
+    _touch(tmp_path / "a.wav")
+    (tmp_path / "job").mkdir()
+    with open(tmp_path / "job" / LOCK, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)             # as a running job holds it
+        second = _batch(tmp_path / "a.wav", "--out", tmp_path / "job")
+    assert second.returncode == 2 and "another archive job is running" in second.stderr, second.stderr

@@ -3,9 +3,12 @@ earlier run skipped, the rest run (encoder.archive.pipeline), the ledger kept, p
 for embeddings the index written."""
 from __future__ import annotations
 
+import fcntl
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from encoder.archive.inputs import Input, find_inputs
 from encoder.archive.job import Item, Job
@@ -16,6 +19,8 @@ from encoder.audio import probe_duration
 from kernels.errors import AmanuensisError
 from weights_tools.model_dir import ConvertedModel
 from weights_tools.resolve import resolve_model
+
+LOCK = ".lock"
 
 
 @dataclass
@@ -41,6 +46,12 @@ def run_archive(job: Job, specs: list[str], workers: int, address: str | None, p
     inputs = find_inputs(specs)
     dims = ConvertedModel.open(resolve_model(job.model)).dims     # a bad model fails here, converted once
     _make_dir(job)
+    with _only_job(job.out):
+        return _run(job, inputs, dims, workers, address, progress, started)
+
+
+def _run(job: Job, inputs: list[Input], dims, workers: int, address: str | None, progress: bool,
+         started: float) -> Summary:
     sweep_partials(job.out)
     ledger, summary = Ledger(job.out), Summary(inputs=len(inputs))
     todo = _todo(job, inputs, ledger, summary)
@@ -62,6 +73,7 @@ def run_archive(job: Job, specs: list[str], workers: int, address: str | None, p
 
     for entry in summary.failed:                    # inputs that could not even be read to key them
         ledger.record(entry)
+        shown.say(f"failed {entry.name}: {entry.reason}")
     if todo:
         run_job(job, todo, workers, address, job.options.batch_size, ended, started_workers, shown.say)
     shown.close()
@@ -69,6 +81,18 @@ def run_archive(job: Job, specs: list[str], workers: int, address: str | None, p
         finish_embeddings(job, ledger, embedding_meta(job, dims.as_dict()))
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+@contextmanager
+def _only_job(out: Path):
+    """Hold the job directory's lock: two jobs at once would interleave the ledger, and one would
+    sweep the other's files being written."""
+    with open(out / LOCK, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise AmanuensisError(f"{out}: another archive job is running in this directory") from None
+        yield
 
 
 def _make_dir(job: Job) -> None:
