@@ -160,6 +160,7 @@ def test_two_workers_give_the_plain_commands_results_and_a_rerun_skips_them(arch
     assert run.returncode == 2, run.stderr                          # one input failed
     assert "7 inputs: 6 done, 1 failed" in run.stderr and "failed broken: " in run.stderr
     assert run.stderr.count("worker ") >= 2 and "cpu" in run.stderr  # each worker's backends, said
+    assert not _processes(b"raylet"), "Ray left running after the job"
     latest = _latest(out)
     assert latest["broken"]["status"] == FAILED and latest["broken"]["reason"]
     clips = _clips(archive)
@@ -195,12 +196,13 @@ def test_embeddings_are_sharded_with_an_index_equal_to_the_embed_command(archive
         np.testing.assert_allclose(states, expected[Path(row["input"]).name], atol=1e-5)
 
 
-def _ray_worker_pids() -> list[int]:
+def _processes(marker: bytes) -> list[int]:
+    """Processes whose command line holds `marker` (Linux)."""
     pids = []
-    for entry in Path("/proc").iterdir():
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::Worker"):
+                if marker in (entry / "cmdline").read_bytes():
                     pids.append(int(entry.name))
             except OSError:
                 pass
@@ -237,7 +239,7 @@ def _outputs_exactly_once(out: Path, names: set[str]) -> None:
 def test_a_worker_killed_mid_run_is_replaced_and_nothing_is_lost(archive, tmp_path):
     out, clips = tmp_path / "job", _clips(archive)
     proc = _started(clips, out, batch_size=2)
-    victims = _ray_worker_pids()
+    victims = _processes(b"ray::Worker")
     assert victims, "no worker process found"
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
@@ -284,3 +286,29 @@ def test_two_jobs_in_one_directory_are_refused(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)             # as a running job holds it
         second = _batch(tmp_path / "a.wav", "--out", tmp_path / "job")
     assert second.returncode == 2 and "another archive job is running" in second.stderr, second.stderr
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_job_joins_a_running_cluster_and_leaves_it_running(archive, tmp_path):
+    """--ray-address: the job joins a Ray cluster started apart (here a head node on this machine),
+    runs its workers there, and leaves the cluster as it found it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = Path(sys.executable).with_name("ray")
+    # token authentication is a property of the cluster, not of this job: off for this private one
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    started = subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2",
+                              "--include-dashboard", "false"], capture_output=True, text=True, env=env, timeout=120)
+    assert started.returncode == 0, started.stderr
+    try:
+        out, clips = tmp_path / "job", _clips(archive)[:2]
+        run = _batch(*clips, "--out", out, "--ray-address", f"127.0.0.1:{port}", "--threads", "1", env=env)
+        assert run.returncode == 0, run.stderr
+        assert "2 inputs: 2 done" in run.stderr
+        assert _processes(b"raylet"), "the cluster stopped with the job"
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)

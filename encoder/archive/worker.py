@@ -75,7 +75,8 @@ class Worker:
             states[item.key] = result.states
             out[slot] = item.done([], seconds=result.seconds, tensor=item.key, frames=result.frames)
         if states:
-            shard = write_shard(self.job, states, embedding_meta(self.job, self.model.dims.as_dict()))
+            meta = {**embedding_meta(self.job, self.model.dims.as_dict()), "device": self.model.backend.name}
+            shard = write_shard(self.job, states, meta)
             for entry in out.values():
                 if entry.status == DONE:
                     entry.outputs = [shard]
