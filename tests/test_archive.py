@@ -21,7 +21,7 @@ import soundfile
 from decoder.options import TranscribeOptions
 from encoder.archive.inputs import find_inputs
 from encoder.archive.job import Item, Job
-from encoder.archive.ledger import DONE, FAILED, LEDGER, Entry, Ledger, input_key, options_key
+from encoder.archive.ledger import DONE, FAILED, LEDGER, Entry, Ledger, content_digest, input_key, options_key
 from encoder.archive.worker import Reader, Worker
 from kernels.errors import AmanuensisError
 from weights_tools.safetensors_io import read_safetensors
@@ -65,20 +65,38 @@ def test_inputs_that_name_nothing_or_clash_are_refused(tmp_path):
 def test_the_ledger_matches_content_options_and_outputs(tmp_path):
     audio, out = _touch(tmp_path / "a.wav"), tmp_path / "out"
     out.mkdir()
-    key = input_key(audio, options_key({"task": "transcribe"}))
-    assert key != input_key(audio, options_key({"task": "embed"}))
+    content, stamp = Ledger(out).content("a", audio)
+    key = input_key(content, options_key({"task": "transcribe"}))
+    assert key != input_key(content, options_key({"task": "embed"}))
     ledger = Ledger(out)
-    ledger.record(Entry("a", str(audio), key, DONE, ["transcripts/a.json"]))
+    ledger.record(Entry("a", str(audio), key, DONE, ["transcripts/a.json"], content=content, stamp=stamp))
     assert not Ledger(out).is_done("a", key, out)               # its output is missing
     _touch(out / "transcripts" / "a.json")
     assert Ledger(out).is_done("a", key, out)
     audio.write_bytes(b"y")                                     # the same name, other content
-    assert not Ledger(out).is_done("a", input_key(audio, options_key({"task": "transcribe"})), out)
+    changed, _ = Ledger(out).content("a", audio)
+    assert changed != content
+    assert not Ledger(out).is_done("a", input_key(changed, options_key({"task": "transcribe"})), out)
     with open(out / LEDGER, "a") as f:
         f.write('{"name": "a", "inp')                           # a line torn by a crash
     assert Ledger(out).is_done("a", key, out)
     Ledger(out).record(Entry("a", str(audio), key, FAILED, reason="no"))
     assert not Ledger(out).is_done("a", key, out)               # the last line holds
+
+
+def test_a_rerun_reads_only_the_files_that_changed(tmp_path, monkeypatch):
+    """The ledger's digest serves while a file's size and modification time are those it was digested at."""
+    from encoder.archive import ledger as ledger_module
+
+    audio, out = _touch(tmp_path / "a.wav"), tmp_path / "out"
+    out.mkdir()
+    content, stamp = Ledger(out).content("a", audio)
+    Ledger(out).record(Entry("a", str(audio), "k", DONE, content=content, stamp=stamp))
+    read = []
+    monkeypatch.setattr(ledger_module, "content_digest", lambda path: read.append(path) or "new")
+    assert Ledger(out).content("a", audio) == (content, stamp) and not read
+    os.utime(audio, ns=(stamp[1] + 10**9, stamp[1] + 10**9))       # touched: read again
+    assert Ledger(out).content("a", audio)[0] == "new" and read == [audio]
 
 
 def test_the_fingerprint_ignores_how_many_go_together():
@@ -89,8 +107,8 @@ def test_the_fingerprint_ignores_how_many_go_together():
 
 # ---- the worker, in this process ------------------------------------------------------------------
 
-def _items(paths: list[Path], options: str = "k") -> list[Item]:
-    return [Item(p.stem, p, input_key(p, options), 0.0) for p in paths]
+def _items(paths: list[Path]) -> list[Item]:
+    return [Item(p.stem, p, input_key(content_digest(p), "k"), 0.0) for p in paths]
 
 
 @pytest.mark.slow

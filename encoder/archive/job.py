@@ -43,9 +43,13 @@ class Item:
     path: Path
     key: str                            # encoder.archive.ledger.input_key
     seconds: float                      # duration from the file's header (0 if unknown), for progress
+    content: str = ""                   # encoder.archive.ledger.content_digest
+    stamp: tuple[int, ...] = ()         # encoder.archive.ledger.file_stamp when digested
 
     def done(self, outputs: list[str], **more) -> Entry:
-        return Entry(self.name, str(self.path), self.key, DONE, outputs, **more)
+        return Entry(self.name, str(self.path), self.key, DONE, outputs, content=self.content,
+                     stamp=list(self.stamp), **more)
 
     def failed(self, reason: str) -> Entry:
-        return Entry(self.name, str(self.path), self.key, FAILED, reason=reason)
+        return Entry(self.name, str(self.path), self.key, FAILED, reason=reason, content=self.content,
+                     stamp=list(self.stamp))

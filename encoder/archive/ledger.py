@@ -19,13 +19,15 @@ DONE, FAILED = "done", "failed"
 class Entry:
     name: str                           # the input's name (encoder.archive.inputs.Input)
     input: str                          # its path
-    key: str                            # input_key(path, options)
+    key: str                            # input_key(its content, the job's options)
     status: str                         # DONE or FAILED
     outputs: list[str] = field(default_factory=list)   # relative to the job's directory
     reason: str = ""                    # why it failed
     seconds: float = 0.0                # audio duration
     tensor: str = ""                    # embed: the input's tensor in its shard
     frames: int = 0                     # embed: frames before pooling
+    content: str = ""                   # content_digest of the file
+    stamp: list[int] = field(default_factory=list)   # file_stamp when it was digested
 
 
 def options_key(options: dict) -> str:
@@ -33,13 +35,24 @@ def options_key(options: dict) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def input_key(path: Path, options: str) -> str:
-    """A digest of the file's bytes and `options` (options_key): an input is done again when either changes."""
-    digest = hashlib.sha256(options.encode())
+def content_digest(path: Path) -> str:
+    """A digest of the file's bytes."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:32]
+    return digest.hexdigest()
+
+
+def file_stamp(path: Path) -> list[int]:
+    """[size, modification time in ns]: what tells, without reading it, that a file is as it was."""
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def input_key(content: str, options: str) -> str:
+    """An input's key: its content digest and the job's options_key. It is done again when either changes."""
+    return hashlib.sha256(f"{options}:{content}".encode()).hexdigest()[:32]
 
 
 class Ledger:
@@ -55,6 +68,15 @@ class Ledger:
                 entry = _parse(line)
                 if entry is not None:             # a line torn by a crash is skipped: that input is redone
                     self.latest[entry.name] = entry
+
+    def content(self, name: str, path: Path) -> tuple[str, list[int]]:
+        """(content digest, stamp) of `path`. The digest is the ledger's when its last line for `name`
+        digested the same path at the same size and modification time, so a rerun over an archive
+        does not read every file again; else the file is read (OSError if it cannot be)."""
+        stamp, entry = file_stamp(path), self.latest.get(name)
+        if entry is not None and entry.content and entry.input == str(path) and entry.stamp == stamp:
+            return entry.content, stamp
+        return content_digest(path), stamp
 
     def is_done(self, name: str, key: str, out: Path) -> bool:
         entry = self.latest.get(name)

@@ -107,11 +107,12 @@ def _todo(job: Job, inputs: list[Input], ledger: Ledger, summary: Summary) -> li
     options, todo = options_key(job.fingerprint()), []
     for item in inputs:
         try:
-            key = input_key(item.path, options)
+            content, stamp = ledger.content(item.name, item.path)
         except OSError as e:
             summary.failed.append(Entry(item.name, str(item.path), "", FAILED,
                                         reason=f"{item.path}: cannot read ({e.strerror})"))
             continue
+        key = input_key(content, options)
         if ledger.is_done(item.name, key, job.out):
             summary.skipped += 1
             continue
@@ -119,7 +120,7 @@ def _todo(job: Job, inputs: list[Input], ledger: Ledger, summary: Summary) -> li
             seconds = probe_duration(item.path)
         except AmanuensisError:
             seconds = 0.0                   # the worker reports why it cannot be read
-        todo.append(Item(item.name, item.path, key, seconds))
+        todo.append(Item(item.name, item.path, key, seconds, content, tuple(stamp)))
     return todo
 
 
