@@ -105,6 +105,18 @@ def test_the_fingerprint_ignores_how_many_go_together():
     assert job.fingerprint() != replace(job, options=TranscribeOptions(vad=True)).fingerprint()
 
 
+def test_progress_shows_inputs_rate_and_time_left(tmp_path, monkeypatch, capsys):
+    from encoder.archive import run as run_module
+
+    monkeypatch.setattr(run_module.sys.stderr, "isatty", lambda: True)
+    items = [Item(f"f{i}", tmp_path / f"f{i}.wav", "k", 600.0) for i in range(3)]
+    shown = run_module._Progress(items, enabled=True)
+    shown.update(items[0].done([], seconds=600.0))
+    line = capsys.readouterr().err
+    assert "1/3 inputs" in line and "audio hours per hour" in line and "min left" in line
+    assert not run_module._Progress(items, enabled=False).enabled
+
+
 # ---- the worker, in this process ------------------------------------------------------------------
 
 def _items(paths: list[Path]) -> list[Item]:
