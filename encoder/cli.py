@@ -81,7 +81,7 @@ def add_decoding(parser: argparse.ArgumentParser, more_tasks: tuple[str, ...] = 
     p.add_argument("--language", default=None,
                    help="language code or name, any case: en, EN, English (default: detect; en for .en models)")
     p.add_argument("--task", choices=("transcribe", "translate", *more_tasks), default="transcribe",
-                   help="translate = to English" + "".join(f"; {t}: see above" for t in more_tasks))
+                   help="translate = to English" + "".join(f"; {t}: see the notes below" for t in more_tasks))
     p.add_argument("--beam-size", type=positive_int, default=None, help="beam search width at temperature 0 "
                    "(default greedy)")
     p.add_argument("--best-of", type=positive_int, default=BEST_OF, help=f"samples kept when falling back to "

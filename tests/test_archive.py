@@ -60,6 +60,13 @@ def test_inputs_that_name_nothing_or_clash_are_refused(tmp_path):
     bad.write_text('{"id": 3}\n')
     with pytest.raises(AmanuensisError, match="bad.jsonl:1"):
         find_inputs([str(bad)])
+    escaping = tmp_path / "escaping.jsonl"
+    escaping.write_text('{"file": "a.wav", "id": "../../etc/a"}\n')
+    with pytest.raises(AmanuensisError, match="outside the output directory"):
+        find_inputs([str(escaping)])
+    absolute = tmp_path / "absolute.jsonl"
+    absolute.write_text(json.dumps({"file": str(tmp_path / "x" / "same.wav")}) + "\n")
+    assert [i.name for i in find_inputs([str(absolute)])] == ["same"]
 
 
 def test_the_ledger_matches_content_options_and_outputs(tmp_path):
@@ -77,8 +84,8 @@ def test_the_ledger_matches_content_options_and_outputs(tmp_path):
     changed, _ = Ledger(out).content("a", audio)
     assert changed != content
     assert not Ledger(out).is_done("a", input_key(changed, options_key({"task": "transcribe"})), out)
-    with open(out / LEDGER, "a") as f:
-        f.write('{"name": "a", "inp')                           # a line torn by a crash
+    with open(out / LEDGER, "ab") as f:
+        f.write('{"name": "a", "input": "é'.encode()[:-1])     # a line torn by a crash, mid-character
     assert Ledger(out).is_done("a", key, out)
     Ledger(out).record(Entry("a", str(audio), key, FAILED, reason="no"))
     assert not Ledger(out).is_done("a", key, out)               # the last line holds
@@ -115,6 +122,69 @@ def test_progress_shows_inputs_rate_and_time_left(tmp_path, monkeypatch, capsys)
     line = capsys.readouterr().err
     assert "1/3 inputs" in line and "audio hours per hour" in line and "min left" in line
     assert not run_module._Progress(items, enabled=False).enabled
+
+
+class _FakeRay:
+    """Enough of Ray for the scheduler: actors run their calls in order; one that runs an input named
+    "A" dies, and every call queued on it is lost too. Lost calls come back newest first."""
+
+    class exceptions:
+        class RayError(Exception):
+            pass
+
+        class RayTaskError(RayError):
+            pass
+
+    def __init__(self):
+        self.outcome = {}                       # call -> entries, or the error it raises
+
+    def wait(self, calls, num_returns):
+        for call in calls:
+            actor = call.actor
+            if call in self.outcome or actor.dead:
+                continue
+            if any(item.name == "A" for item in call.items):
+                actor.dead = True
+                for other in actor.calls:
+                    self.outcome.setdefault(other, self.exceptions.RayError("the actor died"))
+            else:
+                self.outcome[call] = [item.done([]) for item in call.items]
+            break
+        ready = [c for c in calls if c in self.outcome]
+        return [ready[-1]], []
+
+    def get(self, call):
+        result = self.outcome[call]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+class _FakeActor:
+    def __init__(self):
+        self.dead, self.calls = False, []
+        self.run = self
+
+    def remote(self, items, audio):
+        call = type("Call", (), {"actor": self, "items": items})()
+        self.calls.append(call)
+        return call
+
+
+def test_a_worker_death_is_charged_to_the_inputs_it_was_running_only():
+    from collections import deque
+
+    from encoder.archive import pipeline
+
+    items = [Item(name, Path(name), name, 0.0) for name in "ABCDEF"]
+    reader = type("Reader", (), {"read": type("R", (), {"remote": staticmethod(lambda paths: paths)})()})()
+    ended, said = [], []
+    scheduler = pipeline._Scheduler(_FakeRay(), [_FakeActor()], _FakeActor, [reader], ended.append, said.append)
+    scheduler.run(deque(pipeline._Group(tuple(items[i:i + 2])) for i in range(0, 6, 2)))
+    status = {e.name: e.status for e in ended}
+    assert status == {"A": FAILED, "B": DONE, "C": DONE, "D": DONE, "E": DONE, "F": DONE}, status
+    assert len(ended) == 6 and len(said) == pipeline.RETRIES                  # one replacement per death
+    assert "died 2 times" in next(e.reason for e in ended if e.name == "A")
 
 
 # ---- the worker, in this process ------------------------------------------------------------------
@@ -287,8 +357,9 @@ def test_an_interrupted_driver_leaves_no_partial_output_and_the_rerun_finishes(a
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    _no_partials(out)
-    first = {n for n, row in _latest(out).items() if row["status"] == DONE}
+    for written in (out / "transcripts").glob("*.json"):            # only whole outputs under their names
+        json.loads(written.read_text())                             # (a worker stopped mid-write leaves a
+    first = {n for n, row in _latest(out).items() if row["status"] == DONE}   # .partial; the rerun sweeps it)
     assert 1 <= len(first) < len(clips)
     again = _batch(*clips, "--out", out, "--batch-size", "1", "--quiet")
     assert again.returncode == 0, again.stderr

@@ -47,7 +47,11 @@ def find_inputs(specs: list[str]) -> list[Input]:
 
 def _manifest(path: Path) -> list[Input]:
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AmanuensisError(f"{path}: cannot read this manifest ({getattr(e, 'strerror', None) or e})") from None
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -59,8 +63,19 @@ def _manifest(path: Path) -> list[Input]:
             raise AmanuensisError(f"{path}:{number}: each line must be a JSON object naming its audio as \"file\" "
                                   "or \"path\"")
         file = path.parent / audio
-        out.append(Input(file, str(row.get("id") or Path(audio).with_suffix("").as_posix())))
+        name = str(row.get("id") or (Path(audio).stem if Path(audio).is_absolute() else
+                                     Path(audio).with_suffix("").as_posix()))
+        out.append(Input(file, _checked_name(name, f"{path}:{number}")))
     return out
+
+
+def _checked_name(name: str, where: str) -> str:
+    """`name` if it stays inside the job directory (relative, no '..'), else an error naming `where`."""
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts:
+        raise AmanuensisError(f"{where}: the name {name!r} would put outputs outside the output directory: "
+                              "give a relative id without '..'")
+    return name
 
 
 def _distinct(inputs: list[Input]) -> list[Input]:

@@ -32,7 +32,9 @@ class Job:
         if self.task == "embed":
             return {**common, "layer": self.layer, "pool": self.pool}
         options = asdict(self.options)
-        options.pop("batch_size")                   # how many go together: the outputs do not depend on it
+        # how many go together is chosen for speed (batched int8 products can change a close call,
+        # docs/performance.md, but a rerun with another batch size need not redo the archive)
+        options.pop("batch_size")
         return {**common, "decoder_precision": self.decoder_precision, "options": options,
                 "output_format": self.output_format}
 

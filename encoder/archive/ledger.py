@@ -61,7 +61,8 @@ class Ledger:
     def __init__(self, out: Path):
         self.path = Path(out) / LEDGER
         self.latest: dict[str, Entry] = {}
-        text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+        # a character torn by a crash decodes as a replacement and fails to parse: that line is skipped
+        text = self.path.read_bytes().decode("utf-8", errors="replace") if self.path.exists() else ""
         self._torn = bool(text) and not text.endswith("\n")    # the next line must not join the torn one
         if text:
             for line in text.splitlines():
@@ -85,7 +86,8 @@ class Ledger:
 
     def record(self, entry: Entry) -> None:
         """Append `entry` and sync it to disk before the next input counts as ended."""
-        line = ("\n" if self._torn else "") + json.dumps(asdict(entry), ensure_ascii=False) + "\n"
+        # ASCII escapes: a file name that is not valid UTF-8 (kept by Python as surrogates) writes too
+        line = ("\n" if self._torn else "") + json.dumps(asdict(entry)) + "\n"
         try:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(line)
@@ -94,7 +96,6 @@ class Ledger:
         except OSError as e:
             raise AmanuensisError(f"{self.path}: cannot write the ledger ({e.strerror})") from None
         self.latest[entry.name], self._torn = entry, False
-        self._torn = False
 
 
 def _parse(line: str) -> Entry | None:

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from encoder.archive.job import EMBEDDINGS, TRANSCRIPTS, Item, Job
-from encoder.archive.ledger import DONE, Ledger
+from encoder.archive.ledger import DONE, Ledger, input_key
 from encoder.results import Transcription
 from encoder.writers import write_result
+from kernels.errors import AmanuensisError
 from kernels.frontend import FRAMES_PER_SECOND
 from weights_tools.fileio import atomic_write
 from weights_tools.safetensors_io import write_safetensors
@@ -28,6 +30,7 @@ def write_transcript(job: Job, item: Item, result: Transcription) -> list[str]:
     folder = job.out / TRANSCRIPTS / name.parent
     folder.mkdir(parents=True, exist_ok=True)
     written = write_result(result, f"{name.name}.audio", folder, job.output_format)   # named by the stem: all of it
+    _sync(written)
     return [p.relative_to(job.out).as_posix() for p in written]
 
 
@@ -39,7 +42,19 @@ def write_shard(job: Job, states: dict[str, np.ndarray], meta: dict) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in states.items()}
     atomic_write(path, lambda tmp: write_safetensors(tmp, tensors, {k: json.dumps(v) for k, v in meta.items()}))
+    _sync([path])
     return path.relative_to(job.out).as_posix()
+
+
+def _sync(paths: list[Path]) -> None:
+    """Flush `paths` and their renames to disk before the ledger says they are done: after a power
+    loss a done line must not point at an empty file."""
+    for path in [*paths, *{p.parent for p in paths}]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def embedding_meta(job: Job, dims: dict) -> dict:
@@ -47,17 +62,22 @@ def embedding_meta(job: Job, dims: dict) -> dict:
             "frame_rate": FRAMES_PER_SECOND}
 
 
-def finish_embeddings(job: Job, ledger: Ledger, meta: dict) -> Path:
-    """Write the index of every done input and delete the shards no done input points to (written by a
-    worker whose result was lost); returns the index's path."""
+def finish_embeddings(job: Job, ledger: Ledger, meta: dict, options: str) -> Path:
+    """Write the index of every input done with these options (`options`: options_key), and delete the
+    shards no done input points to (written by a call whose result was lost, or by a run with other
+    options whose inputs have been done again); returns the index's path."""
     done = [e for e in ledger.latest.values() if e.status == DONE]
+    ours = [e for e in done if e.tensor and e.key == input_key(e.content, options)]
     folder = job.out / EMBEDDINGS
     folder.mkdir(parents=True, exist_ok=True)
     index = {"meta": meta, "inputs": [{"name": e.name, "input": e.input, "shard": e.outputs[0], "tensor": e.tensor,
-                                       "frames": e.frames, "seconds": e.seconds} for e in done]}
+                                       "frames": e.frames, "seconds": e.seconds} for e in ours]}
     path = folder / INDEX
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(index, indent=1, ensure_ascii=False), encoding="utf-8"))
-    used = {job.out / e.outputs[0] for e in done}
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(index, indent=1), encoding="utf-8"))
+    except OSError as e:
+        raise AmanuensisError(f"{path}: cannot write the index ({e.strerror})") from None
+    used = {job.out / e.outputs[0] for e in done if e.outputs}
     for shard in folder.glob("shard-*.safetensors"):
         if shard not in used:
             shard.unlink()

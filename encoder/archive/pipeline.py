@@ -86,7 +86,9 @@ class _Scheduler:
     def __init__(self, ray, actors: list, new_actor, readers: list, on_entry, say):
         self.ray, self.actors, self.new_actor, self.readers = ray, actors, new_actor, readers
         self.on_entry, self.say = on_entry, say
-        self.running: dict = {}                 # call -> (worker's index, the actor it went to, group)
+        self.running: dict = {}                 # call -> (worker's index, the actor it went to, group, order sent)
+        self.sent = 0
+        self.charged: list = []                 # dead actors whose running call has been charged
 
     def run(self, todo: deque[_Group]) -> None:
         free = [k for _ in range(DEPTH) for k in range(len(self.actors))]     # a worker's index per free place
@@ -94,26 +96,36 @@ class _Scheduler:
             while free and todo:
                 self._submit(free.pop(0), todo.popleft())
             (call,), _ = self.ray.wait(list(self.running), num_returns=1)
-            k, actor, group = self.running.pop(call)
+            k, actor, group, order = self.running.pop(call)
             free.append(k)
             try:
                 entries = self.ray.get(call)
-            except self.ray.exceptions.RayActorError as e:
-                if self.actors[k] is actor:     # its other queued call fails too: one replacement
-                    self.say(f"worker {k} died ({_first_line(e)}); a new one takes its place, and the inputs "
-                             "it held run again one by one")
-                    self.actors[k] = self.new_actor()
-                todo.extendleft(reversed(self._after_death(group, _first_line(e))))
-                continue
             except self.ray.exceptions.RayTaskError as e:   # a fault of ours, not of one input: reported per input
                 entries = [item.failed(f"worker error: {_first_line(e)}") for item in group.items]
+            except self.ray.exceptions.RayError as e:       # the worker died, or its node, or the call's data
+                todo.extendleft(reversed(self._lost(k, actor, group, order, _first_line(e))))
+                continue
             for entry in entries:
                 self.on_entry(entry)
 
     def _submit(self, k: int, group: _Group) -> None:
         """Queue `group` on worker k, its audio read by the worker's reader meanwhile."""
         audio = self.readers[k].read.remote([str(item.path) for item in group.items])
-        self.running[self.actors[k].run.remote(list(group.items), audio)] = (k, self.actors[k], group)
+        self.sent += 1
+        self.running[self.actors[k].run.remote(list(group.items), audio)] = (k, self.actors[k], group, self.sent)
+
+    def _lost(self, k: int, actor, group: _Group, order: int, why: str) -> list[_Group]:
+        """What runs again after a call to worker k was lost. Only the oldest of the calls sent to that
+        actor was running: it is charged with the death; the calls queued behind it run again as they were."""
+        if self.actors[k] is actor:             # the first of its lost calls to come back: one replacement
+            self.say(f"worker {k} died ({why}); a new one takes its place, and the inputs it was running "
+                     "run again one by one")
+            self.actors[k] = self.new_actor()
+        waiting = any(a is actor and sent < order for _, a, _, sent in self.running.values())
+        if waiting or any(a is actor for a in self.charged):
+            return [group]                      # it was queued behind the call that ran
+        self.charged.append(actor)
+        return self._after_death(group, why)
 
     def _after_death(self, group: _Group, why: str) -> list[_Group]:
         """What runs again after a worker died on `group`: each input alone, until it has seen RETRIES deaths."""

@@ -78,7 +78,7 @@ def _run(job: Job, inputs: list[Input], dims, workers: int, address: str | None,
         run_job(job, todo, workers, address, job.options.batch_size, ended, started_workers, shown.say)
     shown.close()
     if job.task == "embed":
-        finish_embeddings(job, ledger, embedding_meta(job, dims.as_dict()))
+        finish_embeddings(job, ledger, embedding_meta(job, dims.as_dict()), options_key(job.fingerprint()))
     summary.wall_seconds = time.perf_counter() - started
     return summary
 
@@ -87,7 +87,11 @@ def _run(job: Job, inputs: list[Input], dims, workers: int, address: str | None,
 def _only_job(out: Path):
     """Hold the job directory's lock: two jobs at once would interleave the ledger, and one would
     sweep the other's files being written."""
-    with open(out / LOCK, "w") as f:
+    try:
+        f = open(out / LOCK, "w")
+    except OSError as e:
+        raise AmanuensisError(f"{out}: cannot write in the output directory ({e.strerror})") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
