@@ -135,6 +135,9 @@ class _FakeRay:
         class RayTaskError(RayError):
             pass
 
+        class RayActorError(RayError):
+            pass
+
     def __init__(self):
         self.outcome = {}                       # call -> entries, or the error it raises
 
@@ -146,7 +149,7 @@ class _FakeRay:
             if any(item.name == "A" for item in call.items):
                 actor.dead = True
                 for other in actor.calls:
-                    self.outcome.setdefault(other, self.exceptions.RayError("the actor died"))
+                    self.outcome.setdefault(other, self.exceptions.RayActorError("the actor died"))
             else:
                 self.outcome[call] = [item.done([]) for item in call.items]
             break

@@ -102,8 +102,11 @@ class _Scheduler:
                 entries = self.ray.get(call)
             except self.ray.exceptions.RayTaskError as e:   # a fault of ours, not of one input: reported per input
                 entries = [item.failed(f"worker error: {_first_line(e)}") for item in group.items]
-            except self.ray.exceptions.RayError as e:       # the worker died, or its node, or the call's data
+            except self.ray.exceptions.RayActorError as e:  # the worker died (or its node)
                 todo.extendleft(reversed(self._lost(k, actor, group, order, _first_line(e))))
+                continue
+            except self.ray.exceptions.RayError as e:       # the call's data was lost: the worker lives
+                todo.extendleft(reversed(self._after_death(group, _first_line(e))))
                 continue
             for entry in entries:
                 self.on_entry(entry)
@@ -128,7 +131,8 @@ class _Scheduler:
         return self._after_death(group, why)
 
     def _after_death(self, group: _Group, why: str) -> list[_Group]:
-        """What runs again after a worker died on `group`: each input alone, until it has seen RETRIES deaths."""
+        """What runs again after a run of `group` was lost (its worker died, or its data): each input
+        alone, until it has seen RETRIES such losses."""
         again = []
         for item in group.items:
             if group.deaths + 1 >= RETRIES and len(group.items) == 1:
