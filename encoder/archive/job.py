@@ -8,13 +8,12 @@ from pathlib import Path
 from decoder.options import TranscribeOptions
 from encoder.archive.ledger import DONE, FAILED, Entry
 
-TASKS = ("transcribe", "embed")
 TRANSCRIPTS, EMBEDDINGS = "transcripts", "embeddings"      # the job directory's folders of outputs
 
 
 @dataclass(frozen=True)
 class Job:
-    task: str                           # TASKS
+    task: str                           # "transcribe" (translate too, by options.decoding.task) or "embed"
     out: Path                           # the job directory: ledger, transcripts/, embeddings/
     model: str                          # as load_model takes it
     device: str

@@ -3,8 +3,9 @@ inputs at a time, the next group queued, its audio read by the worker's reader (
 core of its own) while the group before it runs. The driver keeps the ledger. Without an address Ray starts
 inside this process and stops with it.
 
-A worker that dies (killed, out of memory) is replaced, and its group runs again, one input at a time:
-an input on which workers die RETRIES times fails alone, with that reason."""
+A worker that dies (killed, out of memory, its node lost) is replaced. The group it was running runs
+again, one input at a time, and the group queued behind it runs again as it was: an input on which
+workers die RETRIES times fails alone, with that reason."""
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,7 @@ DEPTH = 2
 @dataclass
 class _Group:
     items: tuple[Item, ...]
-    deaths: int = 0                     # workers that died running it
+    deaths: int = 0                     # runs of it lost (its worker died, or its data)
 
 
 def run_job(job: Job, items: list[Item], workers: int, address: str | None, group_size: int,

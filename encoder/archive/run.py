@@ -31,7 +31,6 @@ class Summary:
     skipped: int = 0                    # done by an earlier run
     audio_seconds: float = 0.0          # of the inputs done in this run
     wall_seconds: float = 0.0
-    workers: list[str] = field(default_factory=list)   # each worker's backends
 
     def format(self) -> str:
         rate = self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
@@ -67,15 +66,11 @@ def _run(job: Job, inputs: list[Input], dims, workers: int, address: str | None,
             shown.say(f"failed {entry.name}: {entry.reason}")
         shown.update(entry)
 
-    def started_workers(described: list[str]) -> None:
-        summary.workers = described
-        shown.workers(described)
-
     for entry in summary.failed:                    # inputs that could not even be read to key them
         ledger.record(entry)
         shown.say(f"failed {entry.name}: {entry.reason}")
     if todo:
-        run_job(job, todo, workers, address, job.options.batch_size, ended, started_workers, shown.say)
+        run_job(job, todo, workers, address, job.options.batch_size, ended, shown.workers, shown.say)
     shown.close()
     if job.task == "embed":
         finish_embeddings(job, ledger, embedding_meta(job, dims.as_dict()), options_key(job.fingerprint()))
