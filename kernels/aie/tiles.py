@@ -98,6 +98,19 @@ def pack_linear(w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+LN_STATE = 64 * 16 + 64 + 64    # fp32 values of a core's layernorm-phase state (mm_vec.cc): lane sums, means, rstd
+
+
+def pack_norm(gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Gamma and beta (d) as the whole-array matmul's layernorm phase streams them on W, bf16 bits
+    (d/64, 2048): per 64-value K chunk one W object, its 64 gammas, then its 64 betas, then zeros."""
+    chunks = len(gamma) // TILE
+    out = np.zeros((chunks, TILE * PACK_COLUMNS), np.uint16)
+    out[:, :TILE] = bits(np.asarray(gamma, np.float32)).reshape(chunks, TILE)
+    out[:, TILE:2 * TILE] = bits(np.asarray(beta, np.float32)).reshape(chunks, TILE)
+    return out
+
+
 def pack_projection(w: np.ndarray, b: np.ndarray, head_dim: int | None = None) -> np.ndarray:
     """pack_linear, with the query columns (the first third) of a QKV projection scaled by
     1/sqrt(head_dim) when it feeds attention: 1/8 for every Whisper size, exact, so the attention
@@ -171,6 +184,30 @@ def layernorm(lib, x, gamma, beta, eps=1e-5) -> np.ndarray:
     xb, out = bits(x), np.zeros(x.shape, np.uint16)
     lib.layernormv_bf16(_p(xb), _p(bits(gamma)), _p(bits(beta)), _p(out), x.shape[0], x.shape[1], eps)
     return from_bits(out)
+
+
+def layernorm_on_a_stream(lib, x, gamma, beta, eps=1e-5) -> np.ndarray:
+    """layernorm as the whole-array matmul's layernorm phase computes it: per 64 rows, the lnv_*
+    kernels of mm_vec.cc over the rows' 64 x 64 tiles in the A layout (rows padded with zeros to 64,
+    d a multiple of 64)."""
+    rows, d = x.shape
+    xb = bits(pad(np.asarray(x, np.float32), -(-rows // TILE) * TILE, d))
+    params, out = pack_norm(gamma, beta), np.zeros(xb.shape, np.uint16)
+    state, half = np.zeros(LN_STATE, np.float32), np.zeros(TILE * PACK_COLUMNS, np.uint16)
+    for r in range(0, xb.shape[0], TILE):
+        blocks = [block_a(xb[r:r + TILE, k:k + TILE]) for k in range(0, d, TILE)]
+        for k, a in enumerate(blocks):
+            lib.lnv_sum_64x64(_p(a), _p(state), int(k == 0))
+        lib.lnv_mean_64(_p(state), d)
+        for k, a in enumerate(blocks):
+            lib.lnv_sqdev_64x64(_p(a), _p(state), int(k == 0))
+        lib.lnv_rstd_64(_p(state), d, eps)
+        for k, a in enumerate(blocks):
+            for h in range(2):
+                lib.lnv_norm_64x32(_p(a), _p(params[k]), _p(state), h, _p(half))
+                cols = slice(k * TILE + h * PACK_COLUMNS, k * TILE + (h + 1) * PACK_COLUMNS)
+                out[r:r + TILE, cols] = unblock_c(half, PACK_COLUMNS)
+    return from_bits(out[:rows])
 
 
 def gelu(lib, x) -> np.ndarray:

@@ -114,3 +114,89 @@ void mmv_round_64x32(const float* c, bfloat16* out) { round_out<8>(c, nullptr, o
 void mmv_add_round_64x32(const float* c, const bfloat16* residual, bfloat16* out) { round_out<8>(c, residual, out); }
 
 }  // extern "C"
+
+// ---- the layernorm phase of the whole-array design (design.py) ---------------------------------
+// A layernorm run on the matmul's own streams, so that one dispatch normalises x and multiplies it:
+// a core receives the 64 rows of its block as their 64 x 64 tiles in K order, in the A layout, twice
+// for the statistics and once more to normalise the K chunks it owns; gamma and beta come per K
+// chunk on the W stream (64 gamma, 64 beta, padding: one W object); each normalised chunk leaves
+// as two 64 x 32 tiles in the C layout, the matmul's output tiles. The operations and their order
+// are layernormv_bf16's (layernorm/layernorm_vec.cc), so the output is the same bits:
+//   lane l of a row's sum adds x[16 t + l] for t = 0, 1, ... in order, then reduce_add;
+//   mean = sum * (1/n), var = sum((x - mean)^2) * (1/n), rstd = rsqrt(var + eps),
+//   y = bf16(((x - mean) * rstd) * gamma + beta).
+// state (fp32, 1152 values): 64 rows x 16 lane sums, then 64 means, then 64 rstd.
+// Per call (kernels/aie/cycles.py reads these):
+//   lnv_sum_64x64       256 vectors of two 8-value loads, widening and an fp32 add: ~1300 cycles.
+//   lnv_sqdev_64x64     the same with a subtract and an fp32 multiply: ~5400 cycles.
+//   lnv_mean_64         64 halving-tree reductions and multiplies: ~2000 cycles; lnv_rstd_64 with
+//                       the Newton rsqrt: ~4000 cycles.
+//   lnv_norm_64x32      128 vectors: subtract, 2 fp32 multiplies, add, narrowing, 4 stores of 4
+//                       values: ~5000 cycles.
+
+namespace {
+
+constexpr int kLnSums = 0, kLnMean = 64 * 16, kLnRstd = kLnMean + 64;
+
+// Values 16 g .. 16 g + 15 of row i of a 64 x 64 tile in the A layout: 8 from each of two blocks.
+inline v16bf a_row16(const bfloat16* a, int i, int g) {
+  const bfloat16* p = a + a_block(i / 4, 2 * g) + (i % 4) * 8;
+  return aie::concat(aie::load_v<8>(p), aie::load_v<8>(p + 32));
+}
+
+}  // namespace
+
+extern "C" {
+
+// first: 1 for the tile of K chunk 0 (it starts the sums), else 0.
+void lnv_sum_64x64(const bfloat16* a, float* state, int32_t first) {
+  for (int i = 0; i < 64; ++i) {
+    float* lanes = state + kLnSums + i * 16;
+    v16f s = first ? widen(a_row16(a, i, 0)) : fadd(aie::load_v<16>(lanes), widen(a_row16(a, i, 0)));
+    for (int g = 1; g < 4; ++g) s = fadd(s, widen(a_row16(a, i, g)));
+    aie::store_v(lanes, s);
+  }
+}
+
+void lnv_mean_64(float* state, int32_t n) {
+  const v16f inv_n = bcast(1.0f / float(n));
+  for (int i = 0; i < 64; ++i)
+    state[kLnMean + i] = fmul(bcast(sum(aie::load_v<16>(state + kLnSums + i * 16))), inv_n)[0];
+}
+
+void lnv_sqdev_64x64(const bfloat16* a, float* state, int32_t first) {
+  for (int i = 0; i < 64; ++i) {
+    float* lanes = state + kLnSums + i * 16;
+    const v16f mean = bcast(state[kLnMean + i]);
+    v16f d = fsub(widen(a_row16(a, i, 0)), mean);
+    v16f sq = first ? fmul(d, d) : fadd(aie::load_v<16>(lanes), fmul(d, d));
+    for (int g = 1; g < 4; ++g) {
+      d = fsub(widen(a_row16(a, i, g)), mean);
+      sq = fadd(sq, fmul(d, d));
+    }
+    aie::store_v(lanes, sq);
+  }
+}
+
+void lnv_rstd_64(float* state, int32_t n, float eps) {
+  const v16f inv_n = bcast(1.0f / float(n));
+  for (int i = 0; i < 64; ++i)
+    state[kLnRstd + i] = rsqrt(fadd(fmul(bcast(sum(aie::load_v<16>(state + kLnSums + i * 16))), inv_n), bcast(eps)))[0];
+}
+
+// out: columns 32 half .. 32 half + 31 of the normalised tile, 64 x 32 in the C layout.
+void lnv_norm_64x32(const bfloat16* a, const bfloat16* gamma_beta, const float* state, int32_t half, bfloat16* out) {
+  aie::set_rounding(aie::rounding_mode::conv_even);
+  for (int i = 0; i < 64; ++i) {
+    const v16f mean = bcast(state[kLnMean + i]), rstd = bcast(state[kLnRstd + i]);
+    for (int q = 0; q < 2; ++q) {
+      const int g = 2 * half + q;
+      v16f d = fsub(widen(a_row16(a, i, g)), mean);
+      v16bf y = narrow(fadd(fmul(fmul(d, rstd), widen(aie::load_v<16>(gamma_beta + 16 * g))),
+                            widen(aie::load_v<16>(gamma_beta + 64 + 16 * g))));
+      for (int j = 0; j < 4; ++j) aie::store_v(out + c_block<8>(i / 4, 4 * q + j) + (i % 4) * 4, y.extract<4>(j));
+    }
+  }
+}
+
+}  // extern "C"
