@@ -129,6 +129,60 @@ def test_designs_that_do_not_fit_a_core_are_refused(kernel, args, needs):
         program.check_memory()
 
 
+def _chain_operands(phases, m, rng):
+    """Random weights for each phase of a chain, and its params blob (chain_layout's order)."""
+    from kernels.aie import tiles
+
+    weights, blobs = [], []
+    for ph in phases:
+        if hasattr(ph, "n"):
+            w = (rng.standard_normal((ph.k, ph.n)) / 8).astype(np.float32)
+            b = rng.standard_normal(ph.n).astype(np.float32)
+            weights.append((w, b))
+            blobs.append(tiles.pack_linear(w, b).reshape(-1))
+        else:
+            g, b = (1 + 0.1 * rng.standard_normal(ph.d)).astype(np.float32), rng.standard_normal(ph.d).astype(np.float32)
+            weights.append((g, b))
+            blobs.append(tiles.pack_norm(g, b).reshape(-1))
+    return weights, np.concatenate(blobs)
+
+
+@pytest.mark.parametrize("m, d, cols", [(256, 128, 4), (512, 256, 8)])
+def test_a_chain_of_phases_equals_the_kernels_one_op_at_a_time(lib, m, d, cols):
+    """An encoder layer's MLP half as one dispatch (out-projection + residual, layernorm, fc1 + GELU,
+    fc2 + residual of the out-projection's output) and its first dispatch (layernorm, QKV): the same
+    bits as the ops one at a time through kernels.aie.tiles (which equal `emu`); columns without a K
+    chunk of the layernorm to normalise (d 128 on 4 columns, 256 on 8) only pass its tiles on."""
+    from kernels.aie import tiles
+
+    module = iron_host.design("matmul")
+    Linear, Norm = module.Linear, module.Norm
+    rng = np.random.default_rng(d)
+    x = (rng.standard_normal((m, d)) * 2 + 1).astype(np.float32)
+    attn = rng.standard_normal((m, d)).astype(np.float32)
+    mlp = [Linear(d, d, residual="side"), Norm(d), Linear(d, 2 * d, gelu=True), Linear(2 * d, d, residual="p0")]
+    weights, params = _chain_operands(mlp, m, rng)
+    _, _, _, scratch_size = module.chain_layout(m, mlp)
+    program = iron_host.resolve(module.amanuensis_chain, m, mlp, cols)
+    out = np.zeros(m * d, np.uint16)
+    report = program.run(*(a.view(ml_dtypes.bfloat16) for a in (
+        tiles.bits(attn).reshape(-1), tiles.bits(x).reshape(-1), params, np.zeros(scratch_size, np.uint16), out)),
+        lib=lib)
+    h1 = tiles.linear(lib, attn, *weights[0], False, x)
+    h2 = tiles.linear(lib, tiles.layernorm(lib, h1, *weights[1]), *weights[2], True, None)
+    assert np.array_equal(out, tiles.bits(tiles.linear(lib, h2, *weights[3], False, h1)).reshape(-1))
+    assert max(sum(b for _, b in core) for core in report.memory) <= 46 * 1024
+
+    first = [Norm(d), Linear(d, 3 * 128 if cols == 4 else 3 * 256)]
+    weights, params = _chain_operands(first, m, rng)
+    _, _, _, scratch_size = module.chain_layout(m, first)
+    out = np.zeros(m * first[1].n, np.uint16)
+    iron_host.resolve(module.amanuensis_chain, m, first, cols).run(*(a.view(ml_dtypes.bfloat16) for a in (
+        tiles.bits(x).reshape(-1), np.zeros(1, np.uint16), params, np.zeros(scratch_size, np.uint16), out)), lib=lib)
+    expected = tiles.linear(lib, tiles.layernorm(lib, x, *weights[0]), *weights[1], False, None)
+    assert np.array_equal(out, tiles.bits(expected).reshape(-1))
+
+
 def test_an_access_pattern_deeper_than_the_dma_is_refused():
     tap = iron_host.TensorAccessPattern((4, 4, 4, 4, 4), 0, [4] * 5, [256, 64, 16, 4, 1])
     with pytest.raises(DesignError, match="at most 4"):

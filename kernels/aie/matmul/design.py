@@ -1,4 +1,5 @@
-"""IRON design: C (M x N) = act(A (M x K) · W (K x N) + bias) + residual on the whole array.
+"""IRON design: C (M x N) = act(A (M x K) · W (K x N) + bias) + residual on the whole array, and
+chains of such matmuls and layernorms in one dispatch.
 
 4 rows x `cols` columns of cores (4 on Phoenix/Hawk Point, 8 on Strix); each core computes 64 x 32
 output tiles: core (r, c) takes the 64 rows of block r of every 256-row band and the 32-column
@@ -18,9 +19,22 @@ Per output tile a core runs mmv_zero_64x32, mmv_bf16_64x64x32 per K chunk, mmv_b
 then mmv_round_64x32 or mmv_add_round_64x32 (kernels/aie/matmul/mm_vec.cc). Each core holds
 2 x 8 KiB of A, 2 x 4 KiB of W, 2 x 4 KiB of C and its 8 KiB fp32 accumulator: 41 KiB with the
 stack. M must be a multiple of 256 and N of 32 x cols; K of 64.
+
+A chain (amanuensis_chain) runs phases one after another on the same cores and streams, each
+reading the previous phase's output from DDR: Linear phases as above, and Norm phases, a layernorm
+over rows of d values on the same streams (mm_vec.cc's lnv_* kernels): per band, row r's cores
+receive their 64 rows as A tiles twice for the statistics and once more to normalise; core (r, c)
+normalises the K chunks c, c + cols, ... (gamma and beta per chunk on the W stream, kernels.aie.
+tiles.pack_norm) and writes each as two 64 x 32 C tiles. Its state adds 4.5 KiB per core. So an
+encoder layer is 3 dispatches: layernorm + QKV; attention; out-projection (+ residual) + layernorm +
+fc1 (+ GELU) + fc2 (+ residual). A chain's runtime sequence takes (inp, side, params, scratch, out):
+the first phase reads inp, a residual is side or an earlier phase's output, every phase's packed
+weights lie in params and every intermediate output in scratch (chain_layout gives both offsets),
+the last phase writes out.
 Not compiled here (no MLIR-AIE toolchain); kernels/aie/iron_host.py runs it on the host.
 """
 import argparse
+from typing import NamedTuple
 
 import numpy as np
 from ml_dtypes import bfloat16
@@ -28,33 +42,107 @@ from ml_dtypes import bfloat16
 TILE = 64            # rows of an output tile, and the K chunk
 COLS = 32            # columns of an output tile (kernels.aie.tiles.PACK_COLUMNS)
 ROWS = 4             # rows of cores
+OBJECT = TILE * COLS  # values of a W object (and of a C tile)
+LN_STATE = 64 * 16 + 64 + 64                                            # mm_vec.cc's layernorm state (fp32)
 A_BLOCKED = [(16, 4 * TILE), (8, 8), (4, TILE), (8, 1)]                 # 64 x 64 row-major -> 4 x 8 blocks
 GROUP_TILES = 4      # output column tiles per core in one task group
 C_ROW_MAJOR = [(TILE, 128), (4, 4), (COLS // 4, 16), (4, 1)]            # 4 x (64 x 32 in 4 x 4 blocks) -> rows
+STATS_PASSES = 2     # the layernorm phase's passes over A before it normalises: mean, then variance
+
+
+class Linear(NamedTuple):
+    """A matmul phase: out (M x n) = act(x (M x k) · W + bias) + residual; residual names "inp", "side" or
+    an earlier phase's output ("p0", "p1", ...)."""
+
+    k: int
+    n: int
+    gelu: bool = False
+    residual: str | None = None
+
+    @property
+    def width(self) -> int:
+        return self.n
+
+    @property
+    def packed(self) -> int:
+        """Values of its packed W and bias (kernels.aie.tiles.pack_linear)."""
+        return self.n // COLS * (self.k // TILE + 1) * OBJECT
+
+
+class Norm(NamedTuple):
+    """A layernorm phase over rows of d values (d a multiple of 64)."""
+
+    d: int
+    eps: float = 1e-5
+
+    @property
+    def width(self) -> int:
+        return self.d
+
+    @property
+    def packed(self) -> int:
+        """Values of its gamma and beta (kernels.aie.tiles.pack_norm)."""
+        return self.d // TILE * OBJECT
+
+
+def chain_layout(m: int, phases) -> tuple[list[int], list[int | None], int, int]:
+    """(offset of each phase's packed operands in params, offset of each phase's output in scratch (None
+    for the last: it writes out), values of params, values of scratch)."""
+    params, scratch, p, s = [], [], 0, 0
+    for i, ph in enumerate(phases):
+        params.append(p)
+        p += ph.packed
+        scratch.append(None if i == len(phases) - 1 else s)
+        s += 0 if i == len(phases) - 1 else m * ph.width
+    return params, scratch, p, s
 
 
 def amanuensis_matmul(dev, m: int, k: int, n: int, gelu: bool, residual: bool, cols: int = 4):
-    from aie.helpers.taplib.tap import TensorAccessPattern
+    """One matmul: its runtime sequence takes (a, w, res, out)."""
+    return _program(dev, m, [Linear(k, n, gelu, "side" if residual else None)], cols, single=True)
+
+
+def amanuensis_chain(dev, m: int, phases, cols: int = 4):
+    """Phases (Linear, Norm) in one dispatch: its runtime sequence takes (inp, side, params, scratch, out)."""
+    return _program(dev, m, list(phases), cols, single=False)
+
+
+def _program(dev, m: int, phases: list, cols: int, single: bool):
     from aie.iron import Buffer, Kernel, ObjectFifo, Program, Runtime, Worker
     from aie.iron.controlflow import range_
     from aie.iron.device import Tile
     from aie.iron.placers import SequentialPlacer
 
     band = ROWS * TILE
-    assert m % band == 0 and k % TILE == 0 and n % (COLS * cols) == 0, \
-        f"M must be a multiple of {band}, K of {TILE}, N of {COLS * cols}"
-    k_tiles, col_tiles = k // TILE, n // (COLS * cols)           # per output tile; per band, per core
-    packed = (k_tiles + 1) * TILE * COLS                         # one 32-column tile's W and bias
+    assert m % band == 0, f"M must be a multiple of {band}"
+    width = phases[0].k if isinstance(phases[0], Linear) else phases[0].d
+    for ph in phases:
+        if isinstance(ph, Linear):
+            assert ph.k == width and ph.k % TILE == 0 and ph.n % (COLS * cols) == 0, \
+                f"K must be the previous width and a multiple of {TILE}, N of {COLS * cols}"
+        else:
+            assert ph.d == width and ph.d % TILE == 0, f"a layernorm's d must be the previous width and of {TILE}"
+        width = ph.width
     a_ty = np.ndarray[(TILE, TILE), np.dtype[bfloat16]]
-    w_ty = np.ndarray[(TILE, COLS), np.dtype[bfloat16]]          # a W operand, a bias, a residual tile
+    w_ty = np.ndarray[(TILE, COLS), np.dtype[bfloat16]]          # a W operand, a bias, a residual tile, gamma-beta
     c_ty = np.ndarray[(TILE, COLS), np.dtype[bfloat16]]
     c_col_ty = np.ndarray[(ROWS * TILE, COLS), np.dtype[bfloat16]]
     acc_ty = np.ndarray[(TILE, COLS), np.dtype[np.float32]]
-    zero = Kernel("mmv_zero_64x32", "mm.o", [acc_ty])
-    mac = Kernel("mmv_bf16_64x64x32", "mm.o", [a_ty, w_ty, acc_ty])
-    bias_act = Kernel("mmv_bias_act_64x32", "mm.o", [acc_ty, w_ty, np.int32])
-    finish = (Kernel("mmv_add_round_64x32", "mm.o", [acc_ty, w_ty, c_ty]) if residual
-              else Kernel("mmv_round_64x32", "mm.o", [acc_ty, c_ty]))
+    state_ty = np.ndarray[(LN_STATE,), np.dtype[np.float32]]
+    kernels = {
+        "zero": Kernel("mmv_zero_64x32", "mm.o", [acc_ty]),
+        "mac": Kernel("mmv_bf16_64x64x32", "mm.o", [a_ty, w_ty, acc_ty]),
+        "bias_act": Kernel("mmv_bias_act_64x32", "mm.o", [acc_ty, w_ty, np.int32]),
+        "round": Kernel("mmv_round_64x32", "mm.o", [acc_ty, c_ty]),
+        "add_round": Kernel("mmv_add_round_64x32", "mm.o", [acc_ty, w_ty, c_ty]),
+        "ln_sum": Kernel("lnv_sum_64x64", "mm.o", [a_ty, state_ty, np.int32]),
+        "ln_mean": Kernel("lnv_mean_64", "mm.o", [state_ty, np.int32]),
+        "ln_sqdev": Kernel("lnv_sqdev_64x64", "mm.o", [a_ty, state_ty, np.int32]),
+        "ln_rstd": Kernel("lnv_rstd_64", "mm.o", [state_ty, np.int32, np.float32]),
+        "ln_norm": Kernel("lnv_norm_64x32", "mm.o", [a_ty, w_ty, state_ty, np.int32, c_ty]),
+    }
+    used = _kernels_used(phases)
+    kernels = {name: kernels[name] for name in used}
 
     a_in = [ObjectFifo(a_ty, name=f"a{r}_in") for r in range(ROWS)]
     a_core = [a_in[r].cons().forward(placement=Tile(r % cols, 1), dims_to_stream=A_BLOCKED, name=f"a{r}")
@@ -66,73 +154,199 @@ def amanuensis_matmul(dev, m: int, k: int, n: int, gelu: bool, residual: bool, c
                                    obj_types=[c_ty] * ROWS, names=[f"c{c}_{r}" for r in range(ROWS)])
               for c in range(cols)]
 
-    def core(a, w, out, acc, zero, mac, bias_act, finish, row):
-        for _ in range_(m // band * col_tiles):
-            zero(acc)
-            for _ in range_(k_tiles):
-                ta, tw = a.acquire(1), w.acquire(1)
-                mac(ta, tw, acc)
-                a.release(1)
-                w.release(1)
-            bias_act(acc, w.acquire(1), 1 if gelu else 0)
-            w.release(1)
-            if residual:
-                for r in range(ROWS):                            # every row's residual tile; keep ours
-                    tr = w.acquire(1)
-                    if r == row:
-                        finish(acc, tr, out.acquire(1))
-                        out.release(1)
-                    w.release(1)
+    def core(a, w, out, acc, state, row, col, **k):
+        for ph in phases:
+            if isinstance(ph, Linear):
+                _linear_core(ph, m // band, cols, row, a, w, out, acc, range_, k)
             else:
-                finish(acc, out.acquire(1))
-                out.release(1)
+                _norm_core(ph, m // band, cols, col, a, w, out, state, range_, k)
 
-    workers = [Worker(core, [a_core[r].cons(), w_core[c].cons(), c_core[c][r].prod(), Buffer(acc_ty, name=f"acc{r}{c}"),
-                             zero, mac, bias_act, finish, r], placement=Tile(c, 2 + r))
-               for r in range(ROWS) for c in range(cols)]
+    workers = []
+    for r in range(ROWS):
+        for c in range(cols):
+            state = Buffer(state_ty, name=f"ln{r}{c}") if any(isinstance(ph, Norm) for ph in phases) else None
+            workers.append(Worker(_bind(core, r, c, list(kernels)),
+                                  [a_core[r].cons(), w_core[c].cons(), c_core[c][r].prod(),
+                                   Buffer(acc_ty, name=f"acc{r}{c}"), state, *kernels.values()],
+                                  placement=Tile(c, 2 + r)))
 
     rt = Runtime()
-    flat = lambda size: np.ndarray[(size,), np.dtype[bfloat16]]         # noqa: E731
-    with rt.sequence(flat(m * k), flat(n // COLS * packed), flat(m * n), flat(m * n)) as (a, w, res, out):
+    param_at, scratch_at, params_size, scratch_size = chain_layout(m, phases)
+    first = phases[0].k if isinstance(phases[0], Linear) else phases[0].d
+    side = next((ph.n for ph in phases if isinstance(ph, Linear) and ph.residual == "side"), 0)
+    if single:
+        names, sizes = ("inp", "params", "side", "out"), (m * first, params_size, m * side or 1, m * width)
+    else:
+        names, sizes = ("inp", "side", "params", "scratch", "out"), (m * first, m * side or 1, params_size,
+                                                                     scratch_size or 1, m * width)
+    with rt.sequence(*(np.ndarray[(size,), np.dtype[bfloat16]] for size in sizes)) as handles:
+        tensors = {name: (h, 0, size) for name, h, size in zip(names, handles, sizes)}   # (tensor, offset, values)
         rt.start(*workers)
-        for band_start in range(0, m, band):
-            # A task group per band and up to GROUP_TILES output column tiles per core: at most
-            # 1 + 2 x GROUP_TILES + 1 transfers in flight on a shim tile (16 buffer descriptors).
-            for first in range(0, col_tiles, GROUP_TILES):
-                tiles = min(GROUP_TILES, col_tiles - first)
-                group = rt.task_group()
-                for r in range(ROWS):
-                    # Row r's A tiles, once per output column tile.
-                    rt.fill(a_in[r].prod(), a, TensorAccessPattern((m, k), (band_start + r * TILE) * k,
-                                                                   [tiles, k_tiles, TILE, TILE], [0, TILE, k, 1]),
-                            placement=Tile(r % cols, 0), task_group=group)
-                for c in range(cols):
-                    for fill in _w_stream(w, res, band_start, first * cols + c, tiles, cols, k_tiles, m, n, residual):
-                        rt.fill(w_in[c].prod(), *fill, placement=Tile(c, 0), task_group=group)
-                    rt.drain(c_out[c].cons(), out,
-                             TensorAccessPattern((m, n), band_start * n + (first * cols + c) * COLS,
-                                                 [tiles, band, COLS], [cols * COLS, n, 1]),
-                             placement=Tile(c, 0), task_group=group, wait=True)
-                rt.finish_task_group(group)
+        source = tensors["inp"]
+        for i, ph in enumerate(phases):
+            dest = tensors["out"] if scratch_at[i] is None else (tensors["scratch"][0], scratch_at[i], scratch_size)
+            params = (tensors["params"][0], param_at[i], params_size)
+            streams = Streams(a_in, w_in, c_out, source, params, dest, cols, m)
+            if isinstance(ph, Linear):
+                _linear_sequence(rt, ph, streams, tensors.get(ph.residual))
+            else:
+                _norm_sequence(rt, ph, streams)
+            tensors[f"p{i}"] = dest
+            source = dest
     return Program(dev, rt).resolve_program(SequentialPlacer())
 
 
-def _w_stream(w, res, band_start, tile, tiles, cols, k_tiles, m, n, residual):
+def _kernels_used(phases) -> list[str]:
+    used = []
+    if any(isinstance(ph, Linear) for ph in phases):
+        used += ["zero", "mac", "bias_act"]
+        used += ["add_round"] if any(isinstance(ph, Linear) and ph.residual for ph in phases) else []
+        used += ["round"] if any(isinstance(ph, Linear) and not ph.residual for ph in phases) else []
+    if any(isinstance(ph, Norm) for ph in phases):
+        used += ["ln_sum", "ln_mean", "ln_sqdev", "ln_rstd", "ln_norm"]
+    return used
+
+
+def _bind(core, row: int, col: int, names: list[str]):
+    """The core function of core (row, col): its kernels arrive as positional arguments after the
+    buffers (as a Worker passes them)."""
+    def bound(a, w, out, acc, state, *kernels):
+        core(a, w, out, acc, state, row, col, **dict(zip(names, kernels)))
+    return bound
+
+
+def _linear_core(ph: Linear, bands: int, cols: int, row: int, a, w, out, acc, range_, k) -> None:
+    for _ in range_(bands * (ph.n // (COLS * cols))):
+        k["zero"](acc)
+        for _ in range_(ph.k // TILE):
+            ta, tw = a.acquire(1), w.acquire(1)
+            k["mac"](ta, tw, acc)
+            a.release(1)
+            w.release(1)
+        k["bias_act"](acc, w.acquire(1), 1 if ph.gelu else 0)
+        w.release(1)
+        if ph.residual:
+            for r in range(ROWS):                                # every row's residual tile; keep ours
+                tr = w.acquire(1)
+                if r == row:
+                    k["add_round"](acc, tr, out.acquire(1))
+                    out.release(1)
+                w.release(1)
+        else:
+            k["round"](acc, out.acquire(1))
+            out.release(1)
+
+
+def _norm_core(ph: Norm, bands: int, cols: int, col: int, a, w, out, state, range_, k) -> None:
+    """Per band: the statistics from two passes over the row block's A tiles, then the K chunks this
+    column owns normalised (the others' tiles pass by)."""
+    chunks = ph.d // TILE
+    for _ in range_(bands):
+        for kt in range(chunks):
+            k["ln_sum"](a.acquire(1), state, 1 if kt == 0 else 0)
+            a.release(1)
+        k["ln_mean"](state, ph.d)
+        for kt in range(chunks):
+            k["ln_sqdev"](a.acquire(1), state, 1 if kt == 0 else 0)
+            a.release(1)
+        k["ln_rstd"](state, ph.d, ph.eps)
+        for kt in range(chunks):
+            ta = a.acquire(1)
+            if kt % cols == col:
+                gb = w.acquire(1)
+                for half in range(2):
+                    k["ln_norm"](ta, gb, state, half, out.acquire(1))
+                    out.release(1)
+                w.release(1)
+            a.release(1)
+
+
+class Streams(NamedTuple):
+    """What one phase's runtime sequence moves: the fifos, and (tensor, offset) of its input, its packed
+    operands and its output."""
+
+    a_in: list
+    w_in: list
+    c_out: list
+    source: tuple
+    params: tuple
+    dest: tuple
+    cols: int
+    m: int
+
+
+def _linear_sequence(rt, ph: Linear, s: Streams, residual) -> None:
+    from aie.helpers.taplib.tap import TensorAccessPattern
+    from aie.iron.device import Tile
+
+    band, cols, m, k, n = ROWS * TILE, s.cols, s.m, ph.k, ph.n
+    k_tiles, col_tiles = k // TILE, n // (COLS * cols)
+    (a, a_at, a_size), (out, out_at, out_size) = s.source, s.dest
+    for band_start in range(0, m, band):
+        # A task group per band and up to GROUP_TILES output column tiles per core: at most
+        # 1 + 2 x GROUP_TILES + 1 transfers in flight on a shim tile (16 buffer descriptors).
+        for first in range(0, col_tiles, GROUP_TILES):
+            tiles = min(GROUP_TILES, col_tiles - first)
+            group = rt.task_group()
+            for r in range(ROWS):
+                # Row r's A tiles, once per output column tile.
+                rt.fill(s.a_in[r].prod(), a, TensorAccessPattern((a_size,), a_at + (band_start + r * TILE) * k,
+                                                                 [tiles, k_tiles, TILE, TILE], [0, TILE, k, 1]),
+                        placement=Tile(r % cols, 0), task_group=group)
+            for c in range(cols):
+                for fill in _w_stream(s.params, residual, band_start, first * cols + c, tiles, cols, k_tiles, m, n):
+                    rt.fill(s.w_in[c].prod(), *fill, placement=Tile(c, 0), task_group=group)
+                rt.drain(s.c_out[c].cons(), out,
+                         TensorAccessPattern((out_size,), out_at + band_start * n + (first * cols + c) * COLS,
+                                             [tiles, band, COLS], [cols * COLS, n, 1]),
+                         placement=Tile(c, 0), task_group=group, wait=True)
+            rt.finish_task_group(group)
+
+
+def _norm_sequence(rt, ph: Norm, s: Streams) -> None:
+    from aie.helpers.taplib.tap import TensorAccessPattern
+    from aie.iron.device import Tile
+
+    band, cols, m, d = ROWS * TILE, s.cols, s.m, ph.d
+    chunks = d // TILE
+    (x, x_at, x_size), (params, p_at, p_size), (out, out_at, out_size) = s.source, s.params, s.dest
+    for band_start in range(0, m, band):
+        group = rt.task_group()
+        for r in range(ROWS):
+            # Row r's tiles in K order, for each statistics pass and to normalise.
+            rt.fill(s.a_in[r].prod(), x, TensorAccessPattern((x_size,), x_at + (band_start + r * TILE) * d,
+                                                             [STATS_PASSES + 1, chunks, TILE, TILE], [0, TILE, d, 1]),
+                    placement=Tile(r % cols, 0), task_group=group)
+        for c in range(min(cols, chunks)):
+            mine = len(range(c, chunks, cols))
+            rt.fill(s.w_in[c].prod(), params, TensorAccessPattern((p_size,), p_at + c * OBJECT,
+                                                                  [mine, OBJECT // 256, 256], [cols * OBJECT, 256, 1]),
+                    placement=Tile(c, 0), task_group=group)
+            rt.drain(s.c_out[c].cons(), out,
+                     TensorAccessPattern((out_size,), out_at + band_start * d + c * TILE,
+                                         [mine, 2, band, COLS], [cols * TILE, COLS, d, 1]),
+                     placement=Tile(c, 0), task_group=group, wait=True)
+        rt.finish_task_group(group)
+
+
+def _w_stream(params, residual, band_start, tile, tiles, cols, k_tiles, m, n):
     """(tensor, access pattern) of each transfer of one column's W stream for `tiles` output tiles from
-    32-column tile `tile` on (every cols-th): per tile its packed W and bias, then (with a residual)
-    the band's 256 x 32 residual as 4 objects in the C layout."""
+    32-column tile `tile` on (every cols-th): per tile its packed W and bias, then (with a residual,
+    (tensor, offset)) the band's 256 x 32 residual as 4 objects in the C layout."""
     from aie.helpers.taplib.tap import TensorAccessPattern
 
+    w, w_at, w_size = params
     packed = (k_tiles + 1) * TILE * COLS
     rows_256 = packed // 256                                      # 256-element rows: a DMA dimension < 1024
-    w_dims = (n // COLS * packed,)
-    if not residual:
-        return [(w, TensorAccessPattern(w_dims, tile * packed, [tiles, rows_256, 256], [cols * packed, 256, 1]))]
+    w_dims = (w_size,)
+    if residual is None:
+        return [(w, TensorAccessPattern(w_dims, w_at + tile * packed, [tiles, rows_256, 256], [cols * packed, 256, 1]))]
+    res, res_at, res_size = residual
     fills = []
     for t in range(tile, tile + tiles * cols, cols):
-        fills.append((w, TensorAccessPattern(w_dims, t * packed, [rows_256, 256], [256, 1])))
-        fills.append((res, TensorAccessPattern((m, n), band_start * n + t * COLS, [ROWS * TILE // 4, COLS // 4, 4, 4],
-                                               [4 * n, 4, n, 1])))
+        fills.append((w, TensorAccessPattern(w_dims, w_at + t * packed, [rows_256, 256], [256, 1])))
+        fills.append((res, TensorAccessPattern((res_size,), res_at + band_start * n + t * COLS,
+                                               [ROWS * TILE // 4, COLS // 4, 4, 4], [4 * n, 4, n, 1])))
     return fills
 
 
