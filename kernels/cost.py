@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from kernels.aie import iron_host
 from kernels.aie.cycles import kernel_cycles
-from kernels.aie.design_runner import design_call
+from kernels.aie.design_runner import Dispatch, plan_dispatches
 from kernels.contract import TILE
 from kernels.errors import BadOption
 from kernels.frontend import N_FFT
@@ -147,10 +147,12 @@ class DispatchProjection:
     overhead_ms: float          # the dispatch
     kernel_ms: dict             # the busiest core's compute time per kernel
     dispatched: bool = True     # False: not projected (no design fits)
+    phase_ms: float | None = None   # a chain: its phases' times added (each the longest of its three terms)
 
     @property
     def ms(self) -> float:
-        return max(self.compute_ms, self.stream_ms, self.memory_ms) + self.overhead_ms
+        work = max(self.compute_ms, self.stream_ms, self.memory_ms) if self.phase_ms is None else self.phase_ms
+        return work + self.overhead_ms
 
     @property
     def bound(self) -> str:
@@ -159,37 +161,66 @@ class DispatchProjection:
 
 
 def project_schedule(graph, params: NpuParams) -> list[DispatchProjection]:
-    """One row per node: its design traced on the host executor (kernel calls per core, DDR bytes), each
+    """One row per dispatch of the designs' schedule (kernels.aie.design_runner.plan_dispatches: a chain
+    per run of layernorms and linears, one per attention): its design traced on the host executor
+    (kernel calls per core, DDR bytes, a chain's round trips through its scratch included), each
     kernel call at its cycle estimate (kernels/aie/cycles.py), DMA overlapped with compute (the designs
-    double-buffer), plus the dispatch. Nodes without a design are listed and, where they only move data,
-    projected as one DDR pass."""
+    double-buffer), plus the dispatch. Nodes without a design are listed and, where they only move
+    data, projected as one DDR pass."""
     cols = params.cores // 4
     seq = next(n.shape[0] for n in graph.nodes if n.kernel == "attention")
     traced: dict = {}
-    rows = []
-    for node, after in zip(graph.nodes, [*graph.nodes[1:], None]):
-        call = design_call(node, after, graph.shapes[node.inputs[0]][-1], seq, cols)
-        if call is None:
-            rows.append(_undesigned(graph, node, params))
+    rows: list[DispatchProjection] = []
+    for step in plan_dispatches(graph.nodes, graph.shapes, seq, cols):
+        if not isinstance(step, Dispatch):
+            rows.append(_undesigned(graph, step, params))
             continue
-        key = (call.kernel, call.shape)
-        if key not in traced:
-            traced[key] = _trace(call)
-        trace = traced[key]
-        per_core = [_kernel_cycles(calls) for calls in trace.calls]
-        busiest = max(per_core, key=lambda c: sum(c.values()))
-        channel = max(max(s.values(), default=0) for s in trace.streamed)        # bytes, the busiest channel
-        clock = params.clock_ghz * 1e6                                    # cycles per ms
+        parts = [_project_design(kernel, shape, params, traced) for kernel, shape in _parts(step)]
         rows.append(DispatchProjection(
-            node.name, f"{call.kernel} {'x'.join(str(a) for a in call.shape if type(a) is int)}", len(trace.calls),
-            trace.ddr_bytes / 2**20, sum(busiest.values()) / clock, channel / STREAM_BYTES_PER_CYCLE / clock,
-            _ddr_ms(trace.ddr_bytes, params), params.dispatch_ms,
-            {k: v / clock for k, v in busiest.items()}))
+            step.name, _describe(step), parts[0].cores, sum(p.ddr_mib for p in parts),
+            sum(p.compute_ms for p in parts), sum(p.stream_ms for p in parts), sum(p.memory_ms for p in parts),
+            params.dispatch_ms, _add_up(p.kernel_ms for p in parts), phase_ms=sum(p.ms for p in parts)))
     return rows
 
 
-def _trace(call):
-    return iron_host.resolve_design(call.kernel, *call.shape).trace()
+def _parts(step: Dispatch) -> list[tuple[str, tuple]]:
+    """The designs whose traces add up to a dispatch: a chain's phases one by one (each as a chain of
+    one, reading and writing DDR as it does in the chain), since the cores and streams overlap only
+    within a phase; any other dispatch whole."""
+    if step.kernel != "chain":
+        return [(step.kernel, step.shape)]
+    rows, phases, cols = step.shape
+    alone = [ph._replace(source=None, **({"residual": "side"} if getattr(ph, "residual", None) else {}))
+             for ph in phases]
+    return [("chain", (rows, (ph,), cols)) for ph in alone]
+
+
+def _project_design(kernel: str, shape: tuple, params: NpuParams, traced: dict) -> DispatchProjection:
+    """One design run's projection without its dispatch cost: the busiest core's kernel cycles, the
+    busiest core channel, the runtime sequence's DDR bytes."""
+    if (kernel, shape) not in traced:
+        traced[(kernel, shape)] = iron_host.resolve_design(kernel, *shape).trace()
+    trace = traced[(kernel, shape)]
+    busiest = max((_kernel_cycles(calls) for calls in trace.calls), key=lambda c: sum(c.values()))
+    channel = max(max(s.values(), default=0) for s in trace.streamed)        # bytes, the busiest channel
+    clock = params.clock_ghz * 1e6                                           # cycles per ms
+    return DispatchProjection("", kernel, len(trace.calls), trace.ddr_bytes / 2**20, sum(busiest.values()) / clock,
+                              channel / STREAM_BYTES_PER_CYCLE / clock, _ddr_ms(trace.ddr_bytes, params), 0.0,
+                              {k: v / clock for k, v in busiest.items()})
+
+
+def _add_up(dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _describe(step: Dispatch) -> str:
+    if step.kernel == "chain":
+        return f"chain of {len(step.nodes)}, {step.shape[2]} columns"
+    return f"{step.kernel} {'x'.join(str(a) for a in step.shape if type(a) is int)}"
 
 
 def _kernel_cycles(calls) -> dict[str, int]:
@@ -213,10 +244,10 @@ def format_schedule(graph, params: NpuParams) -> str:
     lines = [f"PROJECTION (not measured) of the whole-array designs' schedule on {params.name}: "
              f"{params.cores // 4} columns x 4 rows, kernels at their cycle estimates (kernels/aie/cycles.py), "
              f"{STREAM_BYTES_PER_CYCLE} bytes a cycle per DMA channel, {params.dispatch_ms * 1e3:.0f} us per dispatch",
-             f"{'node':32} {'design':28} {'cores':>5} {'DDR MiB':>8} {'compute':>8} {'streams':>8} {'DDR':>8} "
-             f"{'ms':>7}  bound"]
+             f"{'dispatch (nodes)':62} {'design':28} {'cores':>5} {'DDR MiB':>8} {'compute':>8} {'streams':>8} "
+             f"{'DDR':>8} {'ms':>7}  bound"]
     for r in rows:
-        lines.append(f"{r.node:32} {r.design[:28]:28} {r.cores:5d} {r.ddr_mib:8.2f} {r.compute_ms:8.3f} "
+        lines.append(f"{r.node:62} {r.design[:28]:28} {r.cores:5d} {r.ddr_mib:8.2f} {r.compute_ms:8.3f} "
                      f"{r.stream_ms:8.3f} {r.memory_ms:8.3f} {r.ms:7.3f}  {r.bound if r.dispatched else ''}")
     total = sum(r.ms for r in rows)
     dispatches = sum(r.dispatched for r in rows)

@@ -19,6 +19,11 @@ ATTN_FINISH = 7000
 ATTN_V_LAYOUT = 600
 LAYERNORM_ROW_PER_16 = 55       # layernorm_vec.cc: per 16 values of a row, plus LAYERNORM_ROW
 LAYERNORM_ROW = 150
+LN_SUM_64x64 = 1300             # mm_vec.cc, the matmul design's layernorm phase: per 64 x 64 tile
+LN_SQDEV_64x64 = 5400
+LN_MEAN_64 = 2000               # per 64 rows
+LN_RSTD_64 = 4000
+LN_NORM_64x32 = 5000            # per 64 x 32 output tile
 
 
 def kernel_cycles(name: str, args: tuple[int, ...]) -> int:
@@ -31,7 +36,9 @@ def kernel_cycles(name: str, args: tuple[int, ...]) -> int:
         return rows * (n // 16 * LAYERNORM_ROW_PER_16 + LAYERNORM_ROW)
     fixed = {"mmv_bf16_64x64x32": MATMUL_64x64x32, "mmv_zero_64x32": ZERO_64x32, "mmv_round_64x32": ROUND_64x32,
              "mmv_add_round_64x32": ADD_ROUND_64x32, "attnv_step_64": ATTN_STEP, "attnv_init": ATTN_INIT,
-             "attnv_finish": ATTN_FINISH, "attnv_v_layout": ATTN_V_LAYOUT}
+             "attnv_finish": ATTN_FINISH, "attnv_v_layout": ATTN_V_LAYOUT, "lnv_sum_64x64": LN_SUM_64x64,
+             "lnv_sqdev_64x64": LN_SQDEV_64x64, "lnv_mean_64": LN_MEAN_64, "lnv_rstd_64": LN_RSTD_64,
+             "lnv_norm_64x32": LN_NORM_64x32}
     if name not in fixed:
         raise KeyError(f"no cycle estimate for kernel {name}")
     return fixed[name]

@@ -1,14 +1,18 @@
 """Graph nodes through the whole-array IRON designs, on the host executor (kernels/aie/iron_host.py).
 
-This is the schedule an NPU runs: one design run (one dispatch) per layernorm, linear and attention
-node, the activations kept between nodes as the device keeps them (bf16, rows padded to whole
-256-row bands, row-major), the weights packed once (kernels.aie.tiles.pack_projection: the query
-columns of a projection that feeds attention scaled by 1/8, exactly, so that the attention design
-takes Q as it stands). The tests run an encoder block through it against `emu`.
+This is the schedule an NPU runs (plan_dispatches): every run of consecutive layernorm and linear
+nodes is one dispatch of the matmul design's chain, and each attention node one dispatch of the
+attention design, so an encoder layer is 2 dispatches (its attention, and the chain from its
+out-projection through the next layer's QKV projection). The activations stay as the device keeps
+them (bf16, rows padded to whole 256-row bands, row-major), a chain's intermediates in its scratch
+buffer, the weights packed once (kernels.aie.tiles.pack_projection: the query columns of a
+projection that feeds attention scaled by 1/8, exactly, so that the attention design takes Q as it
+stands; kernels.aie.tiles.pack_norm for a layernorm). The tests run encoder blocks through it
+against `emu`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +49,83 @@ def design_call(node: Node, after: Node | None, k: int, seq: int, cols: int) -> 
     return None
 
 
+@dataclass(frozen=True)
+class Dispatch:
+    """One design run: the graph nodes it computes, in order, and the design with its arguments after the
+    device. A chain (kernel "chain", shape (rows, phases, cols)) reads `side` for a residual from
+    outside it; head_dims: per node, the head size of the attention its output feeds (Q scaled)."""
+
+    nodes: tuple[Node, ...]
+    kernel: str
+    shape: tuple
+    side: str | None = None
+    head_dims: tuple = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.nodes[0].name if len(self.nodes) == 1 else f"{self.nodes[0].name} .. {self.nodes[-1].name}"
+
+
+def plan_dispatches(nodes: list[Node], shapes: dict, seq: int, cols: int) -> list[Dispatch | Node]:
+    """The dispatches that run `nodes` on an array of `cols` columns (shapes: the graph's activation
+    shapes), in order; a node no design runs stands for itself."""
+    plan: list[Dispatch | Node] = []
+    chain: list[tuple[Node, DesignCall]] = []
+    for node, after in zip(nodes, [*nodes[1:], None]):
+        call = design_call(node, after, shapes[node.inputs[0]][-1], seq, cols)
+        chainable = call is not None and node.kernel in ("layernorm", "linear")
+        if chain and not (chainable and _joins(chain, node)):
+            plan.append(_chain(chain, cols))
+            chain = []
+        if chainable:
+            chain.append((node, call))
+        elif call is not None:
+            plan.append(Dispatch((node,), call.kernel, call.shape))
+        else:
+            plan.append(node)
+    if chain:
+        plan.append(_chain(chain, cols))
+    return plan
+
+
+def _joins(chain: list[tuple[Node, DesignCall]], node: Node) -> bool:
+    """Whether node can be the chain's next phase: same rows, its input the chain's input or made in it,
+    and at most one residual from outside."""
+    first = chain[0][0]
+    made = {n.name for n, _ in chain}
+    inside = made | {first.inputs[0]}
+    outside = {n.residual for n, _ in chain if n.residual and n.residual not in made} | \
+        ({node.residual} if node.residual and node.residual not in made else set())
+    return node.shape[0] == first.shape[0] and node.inputs[0] in inside and len(outside) <= 1
+
+
+def _chain(chain: list[tuple[Node, DesignCall]], cols: int) -> Dispatch:
+    """The chain design's dispatch for these nodes: 4 columns where a linear's N does not divide among
+    `cols` (tiny.en's 384 on Strix)."""
+    module = iron_host.design("matmul")
+    names = {chain[0][0].inputs[0]: "inp"}
+    phases, side, head_dims = [], None, []
+    for i, (node, call) in enumerate(chain):
+        source = names.get(node.inputs[0], "side")
+        source = None if (i == 0 or source == f"p{i - 1}") else source
+        if node.kernel == "layernorm":
+            phases.append(module.Norm(call.shape[1], call.shape[2], source))
+        else:
+            residual = None
+            if node.residual:
+                residual = names.get(node.residual)
+                if residual is None:
+                    side, residual = node.residual, "side"
+            _, k, n, gelu, _, _ = call.shape
+            phases.append(module.Linear(k, n, gelu, residual, source))
+        head_dims.append(call.head_dim)
+        names[node.name] = f"p{i}"
+    rows = chain[0][1].shape[0]
+    fits = all(not isinstance(ph, module.Linear) or ph.n % (tiles.PACK_COLUMNS * cols) == 0 for ph in phases)
+    return Dispatch(tuple(n for n, _ in chain), "chain", (rows, tuple(phases), cols if fits else 4), side,
+                    tuple(head_dims))
+
+
 class DesignRunner:
     """Runs nodes through the designs for one array width (cols: 4 on Phoenix/Hawk Point, 8 on
     Strix), each design resolved once per shape."""
@@ -55,48 +136,58 @@ class DesignRunner:
         self._packed: dict[tuple, np.ndarray] = {}
         self.dispatches = 0
 
-    def program(self, call: DesignCall) -> iron_host.HostProgram:
-        key = (call.kernel, *call.shape)
+    def program(self, kernel: str, shape: tuple) -> iron_host.HostProgram:
+        key = (kernel, *shape)
         if key not in self._programs:
-            self._programs[key] = iron_host.resolve_design(call.kernel, *call.shape)
+            self._programs[key] = iron_host.resolve_design(kernel, *shape)
         return self._programs[key]
 
-    def _run(self, call: DesignCall, *arrays) -> None:
+    def _run(self, kernel: str, shape: tuple, *arrays) -> None:
         import ml_dtypes
 
         self.dispatches += 1
-        self.program(call).run(*(a.view(ml_dtypes.bfloat16) for a in arrays), lib=self.lib)
+        self.program(kernel, shape).run(*(a.view(ml_dtypes.bfloat16) for a in arrays), lib=self.lib)
 
-    def _weights(self, call: DesignCall, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """W and bias packed once (the Q columns scaled for a projection feeding attention)."""
-        key = (id(w), call.head_dim)
+    def _packed_operands(self, node: Node, head_dim: int | None, weights: dict) -> np.ndarray:
+        """A chain phase's operands, packed once: W and bias (the Q columns scaled for a projection
+        feeding attention), or gamma and beta."""
+        key = (node.name, head_dim)
         if key not in self._packed:
-            self._packed[key] = tiles.pack_projection(w, b, call.head_dim)
+            args = [weights[w] for w in node.weights]
+            packed = tiles.pack_norm(*args) if node.kernel == "layernorm" else tiles.pack_projection(*args, head_dim)
+            self._packed[key] = packed.reshape(-1)
         return self._packed[key]
 
     def run_nodes(self, nodes: list[Node], x: np.ndarray, seq: int, weights: dict) -> dict[str, np.ndarray]:
         """Every node's output for input x (seq, d): fp32 values of the bf16 results as the device holds
         them (a projection feeding attention: Q scaled), the real rows."""
         values = {nodes[0].inputs[0]: _device(x)}
-        for node, after in zip(nodes, [*nodes[1:], None]):
-            source = values[node.inputs[0]]
-            call = design_call(node, after, source.shape[1], seq, self.cols)
-            if call is None or node.kernel == "conv1d_k3":
+        shapes = {nodes[0].inputs[0]: x.shape, **{n.name: n.shape for n in nodes}}
+        for step in plan_dispatches(nodes, shapes, seq, self.cols):
+            if isinstance(step, Node) or step.nodes[0].kernel == "conv1d_k3":
+                node = step if isinstance(step, Node) else step.nodes[0]
                 raise ValueError(f"{node.name}: no whole-array design runs kernel {node.kernel!r} here")
-            args = [weights[w] for w in node.weights]
-            if call.kernel == "layernorm":
-                out = np.zeros_like(source)
-                operands = (source, tiles.bits(np.concatenate(args)), out)
-            elif call.kernel == "attention":
+            if step.kernel == "attention":
+                source = values[step.nodes[0].inputs[0]]
                 out = np.zeros((source.shape[0], source.shape[1] // 3), np.uint16)
-                operands = (source, out)
+                self._run("attention", step.shape, source, out)
+                values[step.nodes[0].name] = out
             else:
-                out = np.zeros((source.shape[0], node.shape[1]), np.uint16)
-                res = values[node.residual] if node.residual else np.zeros_like(out)
-                operands = (source, self._weights(call, *args), res, out)
-            self._run(call, *operands)
-            values[node.name] = out
+                values.update(self._run_chain(step, values, weights))
         return {name: tiles.from_bits(v)[:seq] for name, v in values.items()}
+
+    def _run_chain(self, step: Dispatch, values: dict, weights: dict) -> dict[str, np.ndarray]:
+        rows, phases, _ = step.shape
+        _, scratch_at, _, scratch_size = iron_host.design("matmul").chain_layout(rows, phases)
+        params = np.concatenate([self._packed_operands(n, h, weights) for n, h in zip(step.nodes, step.head_dims)])
+        scratch = np.zeros(max(scratch_size, 1), np.uint16)
+        out = np.zeros((rows, phases[-1].width), np.uint16)
+        side = values[step.side] if step.side else np.zeros(1, np.uint16)
+        self._run("chain", step.shape, values[step.nodes[0].inputs[0]], side, params, scratch, out)
+        made = {}
+        for node, ph, at in zip(step.nodes, phases, scratch_at):
+            made[node.name] = out if at is None else scratch[at:at + rows * ph.width].reshape(rows, ph.width)
+        return made
 
 
 def _device(x: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import itertools
 import queue
@@ -776,8 +777,12 @@ def iron_modules():
                 sys.modules[name] = previous
 
 
+FOLDERS = {"chain": "matmul"}       # designs defined in another design's script
+
+
+@functools.cache
 def design(kernel: str) -> types.ModuleType:
-    """The design script kernels/aie/<kernel>/design.py as a module."""
+    """The design script kernels/aie/<kernel>/design.py as a module (loaded once)."""
     path = host.HERE / kernel / "design.py"
     spec = importlib.util.spec_from_file_location(f"amanuensis_design_{kernel}", path)
     module = importlib.util.module_from_spec(spec)
@@ -786,8 +791,9 @@ def design(kernel: str) -> types.ModuleType:
 
 
 def resolve_design(kernel: str, *args) -> HostProgram:
-    """kernels/aie/<kernel>/design.py's amanuensis_<kernel>(dev, *args), resolved with resolve()."""
-    return resolve(getattr(design(kernel), f"amanuensis_{kernel}"), *args)
+    """kernels/aie/<kernel>/design.py's amanuensis_<kernel>(dev, *args) (the chain's in matmul/), resolved
+    with resolve()."""
+    return resolve(getattr(design(FOLDERS.get(kernel, kernel)), f"amanuensis_{kernel}"), *args)
 
 
 def resolve(design_fn, *args, **kwargs) -> HostProgram:

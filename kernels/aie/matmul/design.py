@@ -51,13 +51,14 @@ STATS_PASSES = 2     # the layernorm phase's passes over A before it normalises:
 
 
 class Linear(NamedTuple):
-    """A matmul phase: out (M x n) = act(x (M x k) · W + bias) + residual; residual names "inp", "side" or
-    an earlier phase's output ("p0", "p1", ...)."""
+    """A matmul phase: out (M x n) = act(x (M x k) · W + bias) + residual. x and the residual name "inp",
+    "side" or an earlier phase's output ("p0", "p1", ...); x is the previous phase's output by default."""
 
     k: int
     n: int
     gelu: bool = False
     residual: str | None = None
+    source: str | None = None
 
     @property
     def width(self) -> int:
@@ -74,6 +75,7 @@ class Norm(NamedTuple):
 
     d: int
     eps: float = 1e-5
+    source: str | None = None
 
     @property
     def width(self) -> int:
@@ -115,14 +117,17 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
 
     band = ROWS * TILE
     assert m % band == 0, f"M must be a multiple of {band}"
-    width = phases[0].k if isinstance(phases[0], Linear) else phases[0].d
-    for ph in phases:
+    widths = {"inp": phases[0].k if isinstance(phases[0], Linear) else phases[0].d}
+    previous = "inp"
+    for i, ph in enumerate(phases):
+        width = widths[ph.source or previous]
         if isinstance(ph, Linear):
             assert ph.k == width and ph.k % TILE == 0 and ph.n % (COLS * cols) == 0, \
-                f"K must be the previous width and a multiple of {TILE}, N of {COLS * cols}"
+                f"K must be its input's width and a multiple of {TILE}, N of {COLS * cols}"
         else:
-            assert ph.d == width and ph.d % TILE == 0, f"a layernorm's d must be the previous width and of {TILE}"
-        width = ph.width
+            assert ph.d == width and ph.d % TILE == 0, f"a layernorm's d must be its input's width and of {TILE}"
+        widths[previous := f"p{i}"] = ph.width
+    width = phases[-1].width
     a_ty = np.ndarray[(TILE, TILE), np.dtype[bfloat16]]
     w_ty = np.ndarray[(TILE, COLS), np.dtype[bfloat16]]          # a W operand, a bias, a residual tile, gamma-beta
     c_ty = np.ndarray[(TILE, COLS), np.dtype[bfloat16]]
@@ -182,8 +187,9 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
     with rt.sequence(*(np.ndarray[(size,), np.dtype[bfloat16]] for size in sizes)) as handles:
         tensors = {name: (h, 0, size) for name, h, size in zip(names, handles, sizes)}   # (tensor, offset, values)
         rt.start(*workers)
-        source = tensors["inp"]
+        previous = tensors["inp"]
         for i, ph in enumerate(phases):
+            source = tensors[ph.source] if ph.source else previous
             dest = tensors["out"] if scratch_at[i] is None else (tensors["scratch"][0], scratch_at[i], scratch_size)
             params = (tensors["params"][0], param_at[i], params_size)
             streams = Streams(a_in, w_in, c_out, source, params, dest, cols, m)
@@ -191,8 +197,7 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
                 _linear_sequence(rt, ph, streams, tensors.get(ph.residual))
             else:
                 _norm_sequence(rt, ph, streams)
-            tensors[f"p{i}"] = dest
-            source = dest
+            tensors[f"p{i}"] = previous = dest
     return Program(dev, rt).resolve_program(SequentialPlacer())
 
 
