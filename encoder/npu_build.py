@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 from encoder.cli import add_model, run
@@ -37,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     model = ConvertedModel.open(resolve_model(args.model))
-    graph = build_encoder_graph(model.dims, cross_kv=True)
-    entries = build_entries(graph.nodes, graph.shapes, DEVICES[args.device])
+    graphs = [build_encoder_graph(model.dims, cross_kv=True), build_encoder_graph(model.dims)]   # transcribe, embed
+    entries = build_entries(graphs, DEVICES[args.device])
     if args.dry_run:
         for command in plan(entries, args.device):
-            print(" ".join(command))
+            print(shlex.join(command))
         return 0
     out = args.out or settings.npu_kernels_dir()
     results = build(entries, args.device, out)

@@ -147,11 +147,11 @@ class DispatchProjection:
     overhead_ms: float          # the dispatch
     kernel_ms: dict             # the busiest core's compute time per kernel
     dispatched: bool = True     # False: not projected (no design fits)
-    phase_ms: float | None = None   # a chain: its phases' times added (each the longest of its three terms)
+    parts: tuple = ()           # a chain: its phases, each bound by the longest of its own three terms
 
     @property
     def ms(self) -> float:
-        work = max(self.compute_ms, self.stream_ms, self.memory_ms) if self.phase_ms is None else self.phase_ms
+        work = sum(p.ms for p in self.parts) if self.parts else max(self.compute_ms, self.stream_ms, self.memory_ms)
         return work + self.overhead_ms
 
     @property
@@ -179,7 +179,7 @@ def project_schedule(graph, params: NpuParams) -> list[DispatchProjection]:
         rows.append(DispatchProjection(
             step.name, _describe(step), parts[0].cores, sum(p.ddr_mib for p in parts),
             sum(p.compute_ms for p in parts), sum(p.stream_ms for p in parts), sum(p.memory_ms for p in parts),
-            params.dispatch_ms, _add_up(p.kernel_ms for p in parts), phase_ms=sum(p.ms for p in parts)))
+            params.dispatch_ms, _add_up(p.kernel_ms for p in parts), parts=tuple(parts) if len(parts) > 1 else ()))
     return rows
 
 
@@ -252,13 +252,14 @@ def format_schedule(graph, params: NpuParams) -> str:
     total = sum(r.ms for r in rows)
     dispatches = sum(r.dispatched for r in rows)
     terms: dict[str, float] = {"dispatch overhead": dispatches * params.dispatch_ms}
-    for r in rows:                      # each dispatch's time goes to what bounds it
-        if r.bound == "compute":
-            for k, ms in r.kernel_ms.items():
-                terms[k] = terms.get(k, 0.0) + ms
-        elif r.dispatched:
-            key = "core DMA streams" if r.bound == "core streams" else "DDR"
-            terms[key] = terms.get(key, 0.0) + max(r.stream_ms, r.memory_ms)
+    for r in rows:                      # each dispatch's (or chain phase's) time goes to what bounds it
+        for part in r.parts or ([r] if r.dispatched else []):
+            if part.bound == "compute":
+                for k, ms in part.kernel_ms.items():
+                    terms[k] = terms.get(k, 0.0) + ms
+            else:
+                key = "core DMA streams" if part.bound == "core streams" else "DDR"
+                terms[key] = terms.get(key, 0.0) + max(part.stream_ms, part.memory_ms)
     largest = sorted(terms.items(), key=lambda kv: -kv[1])
     lines.append(f"projected per 30 s window: {total:.1f} ms in {dispatches} dispatches "
                  f"(PROJECTION; {', '.join(r.node for r in rows if not r.dispatched) or 'every node'} "

@@ -38,6 +38,17 @@ class Backend:
         """Called once per graph after prepare_weight, with the graph and its prepared weights. Default:
         nothing."""
 
+    def dispatch_groups(self, graph) -> list[tuple[str, ...]]:
+        """Runs of consecutive nodes of `graph` this backend computes in one call (run_group), by their
+        names; called once per graph after prepare_graph. Default: none."""
+        return []
+
+    def run_group(self, calls: list):
+        """({node name: output} or None, what ran it, fallback reason or None) for one group of
+        dispatch_groups; calls: (node, args, kwargs) per node, an input made inside the group None.
+        None: the group could not run as one, and the runner runs its nodes one by one."""
+        raise NotImplementedError(f"backend {self.name!r} groups no nodes")
+
     def run(self, kernel: str, args: tuple, kwargs: dict):
         """(output, name of what ran it, fallback reason or None). Backends that can fall back override it."""
         return getattr(self, kernel)(*args, **kwargs), self.name, None

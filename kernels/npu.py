@@ -3,11 +3,12 @@
 At start-up every manifest entry is loaded (the entries of one xclbin share its hardware context;
 distinct xclbins within the device's context limit) and self-tested against the emulator on random
 inputs: a kernel that errors, times out, returns zeros or returns garbage is disabled, with the
-reason kept for `status()`. At run time each op is padded to tile multiples and sent to the
-kernel serving its shape; an op without a ready kernel, or whose output fails the
-sanity check, runs on the CPU instead — and the runner records that fallback (and
-`--strict` turns it into an error). Elementwise adds run on the host in the kernels'
-numerics (recorded as "host").
+reason kept for `status()`. At run time each run of layernorms and linears that a chain kernel
+serves (kernels.aie.design_runner.plan_dispatches) is one dispatch (dispatch_groups, run_group),
+and every other op is padded to tile multiples and sent to the kernel serving its shape; a chain
+or op without a ready kernel, or whose output fails the sanity check, runs op by op (on the CPU
+where no NPU kernel serves the op) — and the runner records that fallback (and `--strict` turns
+it into an error). Elementwise adds run on the host in the kernels' numerics (recorded as "host").
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from collections import Counter
 import numpy as np
 
 from kernels import contract as C
-from kernels.aie import tiles
+from kernels.aie import iron_host, tiles
+from kernels.aie.design_runner import Dispatch, chain_shape, plan_dispatches
 from kernels.contract import TILE
 from kernels.emu import EmuBackend
 from kernels.errors import AmanuensisError
@@ -52,10 +54,21 @@ MEL_SAMPLES = (MEL_FRAMES - 1) * HOP_LENGTH + N_FFT     # the reflect-padded win
 DFT_SHAPE = (_pad_to(N_FFT), 2 * C.BINS_PADDED)          # (448, 448): K zero-padded to a tile
 
 
+def _chain_design():
+    return iron_host.design("matmul")
+
+
 def arg_bytes(entry: Entry) -> list[int]:
     """Buffer sizes of an entry's runtime-sequence arguments, in order (bf16; the mel design's fp32): the
     whole-array designs' (kernels/aie/*/design.py), rows in whole bands."""
     s = entry.shape
+    if entry.op == "chain":                  # inp, side, params, scratch, out (a buffer of 1 value for none)
+        design = _chain_design()
+        m, phases = s["M"], design.parse_phases(s["phases"])
+        _, _, params, scratch = design.chain_layout(m, phases)
+        first = phases[0].k if isinstance(phases[0], design.Linear) else phases[0].d
+        side = next((ph.n for ph in phases if getattr(ph, "residual", None) == "side"), 0)
+        return [2 * m * first, 2 * (m * side or 1), 2 * params, 2 * (scratch or 1), 2 * m * phases[-1].width]
     if entry.op == "log_mel":
         filters = _pad_to(C.BINS_PADDED) * _pad_to(s["M"])
         return [4 * MEL_SAMPLES, 3 * 2 * math.prod(DFT_SHAPE), 3 * 2 * filters, 4 * MEL_FRAMES * s["M"]]
@@ -191,6 +204,7 @@ class NpuBackend(Backend):
         self.contexts: dict = {}                      # xclbin path -> XrtContext
         self._constants: dict = {}                    # arguments uploaded once (_constant)
         self.fallbacks: Counter = Counter()
+        self._groups: dict[tuple, tuple] = {}        # node names -> (chain Dispatch, its Entry)
         self._lock = threading.RLock()               # one dispatch at a time; device tensors read under it
         for entry in entries:
             self._load(entry)
@@ -239,6 +253,8 @@ class NpuBackend(Backend):
             args, kwargs = (x, w, b), {"gelu": s["gelu"]}
         elif entry.op == "attention":
             args, kwargs = (rng.standard_normal((s["T"], 3 * s["H"] * TILE)).astype(np.float32), s["H"]), {}
+        elif entry.op == "chain":
+            return self._self_test_chain(entry, rng)
         elif entry.op == "log_mel":
             args, kwargs = ((0.1 * rng.standard_normal(N_SAMPLES)).astype(np.float32),), {"n_mels": s["M"]}
         else:
@@ -252,7 +268,117 @@ class NpuBackend(Backend):
         expected = getattr(self.reference, entry.op)(*args, **kwargs)
         return check_output(_host(got), expected)
 
+    def _self_test_chain(self, entry: Entry, rng) -> str:
+        """A chain on random inputs and weights against the reference run phase by phase."""
+        design = _chain_design()
+        m, phases = entry.shape["M"], design.parse_phases(entry.shape["phases"])
+        first = phases[0].k if isinstance(phases[0], design.Linear) else phases[0].d
+        values = {"inp": rng.standard_normal((m, first)).astype(np.float32) * 2}
+        side = next((ph.n for ph in phases if getattr(ph, "residual", None) == "side"), 0)
+        values["side"] = rng.standard_normal((m, side)).astype(np.float32) if side else None
+        packed, previous = [], "inp"
+        for i, ph in enumerate(phases):
+            x = values[ph.source or previous]
+            if isinstance(ph, design.Norm):
+                g = (1 + 0.1 * rng.standard_normal(ph.d)).astype(np.float32)
+                b = rng.standard_normal(ph.d).astype(np.float32)
+                packed.append(tiles.pack_norm(g, b))
+                y = self.reference.layernorm(x, g, b, ph.eps)
+            else:
+                w = (rng.standard_normal((ph.k, ph.n)) / math.sqrt(ph.k)).astype(np.float32)
+                b = rng.standard_normal(ph.n).astype(np.float32)
+                packed.append(tiles.pack_linear(w, b))
+                residual = values[ph.residual] if ph.residual else None
+                y = self.reference.linear(x, w, b, gelu=ph.gelu, residual=residual)
+            values[previous := f"p{i}"] = C.bf16(y)
+        params = np.concatenate([p.reshape(-1) for p in packed])
+        try:
+            with self._lock:
+                _, out = self._dispatch_chain(self.kernels[entry.key], values["inp"], values["side"], params)
+                got = _float(np.frombuffer(out.read(), np.uint16)).reshape(m, -1)
+        except NpuFault as e:
+            return str(e)
+        return check_output(got, values[previous])
+
+    def _dispatch_chain(self, kernel: XrtKernel, x, side, params):
+        """One chain run: (scratch, out) left on the device. x, side: device tensors or arrays (side None
+        for a chain without one); params: the packed operands (bits) or their device buffer."""
+        size = kernel.arg_bytes
+        rows = size[0] // 2 // x.shape[1]
+        inputs = {0: _resident(x, size[0]) or _bits(_padded(_host(x), (rows, x.shape[1]))),
+                  1: self._constant(kernel, 1, (), lambda: np.zeros(1, np.uint16)) if side is None else
+                  _resident(side, size[1]) or _bits(_padded(_host(side), (rows, side.shape[1]))),
+                  2: params}
+        out = kernel.run(inputs, {}, leave=(3, 4))
+        return out[3], out[4]
+
     # ---- run time ----------------------------------------------------------------------------
+    def dispatch_groups(self, graph) -> list[tuple[str, ...]]:
+        """The runs of nodes a chain kernel of the manifest computes in one dispatch (the runner hands them
+        to run_group; a disabled one reports why there): plan_dispatches' chains for this device's
+        columns."""
+        cols = 8 if self.device.generation == "strix" else 4
+        seq = next((n.shape[0] for n in graph.nodes if n.kernel == "attention"), graph.nodes[0].shape[0])
+        groups = []
+        for step in plan_dispatches(graph.nodes, graph.shapes, seq, cols):
+            if isinstance(step, Dispatch) and step.kernel == "chain":
+                entry = self.entries.get(key("chain", chain_shape(step)))
+                if entry is not None:
+                    names = tuple(n.name for n in step.nodes)
+                    self._groups[names] = (step, entry)
+                    groups.append(names)
+        return groups
+
+    def run_group(self, calls):
+        """({node name: output}, "npu", None) for a group dispatch_groups gave, calls: [(node, args,
+        kwargs)]; (None, "npu", why) when its kernel is disabled or fails (it is then disabled: the
+        runner runs the nodes one by one)."""
+        step, entry = self._groups[tuple(node.name for node, _, _ in calls)]
+        why = f"{entry.label()} disabled ({entry.reason})"
+        if entry.state == "ready":
+            try:
+                outs = self._on_device_chain(entry, step, calls)
+                problem = next(filter(None, (check_output(_sample(o), None) for o in outs.values())), "")
+                if not problem:
+                    entry.calls += 1
+                    return outs, "npu", None
+                why = f"{entry.label()} returned {problem}; disabled"
+            except NpuFault as e:
+                why = f"{entry.label()} failed: {e}; disabled"
+            with self._lock:
+                entry.failures += 1
+                self._disable(entry, why)
+        with self._lock:
+            self.fallbacks[why] += 1
+        return None, "npu", why
+
+    def _on_device_chain(self, entry: Entry, step, calls) -> dict:
+        """A chain's nodes in one dispatch: each node's output a device tensor (the last in the out
+        buffer, the others in parts of the scratch buffer); the packed operands written once."""
+        kernel = self.kernels[entry.key]
+        rows, phases, _ = step.shape
+        operands = [args[1:] for _, args, _ in calls]                  # (W, bias) or (gamma, beta)
+        side = next((kw["residual"] for node, _, kw in calls if node.residual == step.side and step.side), None)
+        with self._lock:
+            params = self._constant(kernel, 2, tuple(a for pair in operands for a in pair),
+                                    lambda: np.concatenate([self._pack(node, *ops).reshape(-1)
+                                                            for (node, _, _), ops in zip(calls, operands)]))
+            scratch, out = self._dispatch_chain(kernel, calls[0][1][0], side, params)
+            _, scratch_at, _, _ = _chain_design().chain_layout(rows, phases)
+            outs = {}
+            for (node, args, _), ph, at in zip(calls, phases, scratch_at):
+                buffer = out if at is None else kernel.keep(scratch.part(2 * at, 2 * rows * ph.width))
+                w = args[1]
+                q_cols, head_dim = (w.q_cols, w.q_head_dim) if isinstance(w, NpuWeight) else (0, None)
+                outs[node.name] = DeviceTensor(buffer, node.shape[0], ph.width, self._lock, q_cols, head_dim or 64)
+            return outs
+
+    @staticmethod
+    def _pack(node, a, b) -> np.ndarray:
+        if node.kernel == "layernorm":
+            return tiles.pack_norm(a, b)
+        return a.packed(b) if isinstance(a, NpuWeight) else tiles.pack_linear(a, b)
+
     def prepare_graph(self, graph, weights) -> None:
         """Mark the projections whose output feeds attention: their query columns are packed scaled, so
         that the attention design reads their output where it stands."""

@@ -20,6 +20,7 @@ class NodeRecord:
     ms: float
     flops: int
     fallback: str | None = None  # why it did not run where asked, if it did not
+    grouped: bool = False        # computed by an earlier node's call (one NPU dispatch for a chain): ms 0
 
     @property
     def gflops(self) -> float | None:
@@ -30,7 +31,8 @@ class NodeRecord:
         """As the JSON outputs carry it: name, kernel, backend, ms, achieved GFLOP/s, fallback."""
         gflops = self.gflops
         return {"node": self.node, "kernel": self.kernel, "backend": self.backend, "ms": round(self.ms, 3),
-                "gflops": None if gflops is None else round(gflops, 1), "fallback": self.fallback}
+                "gflops": None if gflops is None else round(gflops, 1), "fallback": self.fallback,
+                "grouped": self.grouped}
 
 
 @dataclass
@@ -88,6 +90,8 @@ class Profile:
             backends = ",".join(s.backends) + ("*" if s.fallbacks else "")
             lines.append(f"{s.node:32} {s.kernel:10} {backends:8} {s.ms:9.2f} {s.gflops:8.1f}")
         lines.append(f"{'total':32} {'':10} {'':8} {sum(s.ms for s in nodes.values()):9.2f}")
+        if any(r.grouped for run in self.runs for r in run):
+            lines.append("nodes at 0 ms ran in the dispatch of the node above them (an NPU chain)")
         per_window = self.nodes_per_window()
         if per_window:
             parts = [f"{n:g} {'npu dispatches' if b == 'npu' else f'on {b}'}" for b, n in per_window.items()]
@@ -95,11 +99,13 @@ class Profile:
         return "\n".join(lines)
 
     def nodes_per_window(self) -> dict[str, float]:
-        """Nodes run per window on each backend, most first (on the npu, each is one dispatch)."""
+        """Calls per window on each backend, most first (on the npu, each is one dispatch: the nodes of a
+        chain count once)."""
         counts: dict[str, int] = {}
         for run in self.runs:
             for r in run:
-                counts[r.backend] = counts.get(r.backend, 0) + 1
+                if not r.grouped:
+                    counts[r.backend] = counts.get(r.backend, 0) + 1
         return {b: n / len(self.runs) for b, n in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
@@ -122,6 +128,56 @@ class Runner:
             if node.weights:
                 self.weights[node.weights[0]] = backend.prepare_weight(node.kernel, self.weights[node.weights[0]])
         backend.prepare_graph(graph, self.weights)
+        self._groups = {names[0]: names for names in backend.dispatch_groups(graph)}
+        self._index = {node.name: i for i, node in enumerate(graph.nodes)}
+
+    def _run_group(self, names: tuple[str, ...], values: dict, records: list, failed: dict) -> bool:
+        """Run a group of nodes as one backend call; False (with the reason in `failed`, for each node's
+        record) when it cannot: the caller then runs them one by one."""
+        made = set(names)
+        outside = {t for name in names for t in self.graph.node(name).activation_inputs} - made
+        if any(name in values for name in names) or any(t not in values for t in outside):
+            return False                            # part of it given, or an input upstream of what is given
+        calls = []
+        for name in names:
+            node = self.graph.node(name)
+            args = tuple(None if t in made else values[t] for t in node.inputs) + \
+                tuple(self.weights[w] for w in node.weights)
+            kwargs = dict(node.params)
+            if node.residual:
+                kwargs["residual"] = None if node.residual in made else values[node.residual]
+            calls.append((node, args, kwargs))
+        start = time.perf_counter()
+        outs, ran_on, fallback = self.backend.run_group(calls)
+        if outs is None:
+            failed.update(dict.fromkeys(names, fallback))
+            return False
+        ms = (time.perf_counter() - start) * 1e3
+        for n, (node, _, _) in enumerate(calls):
+            values[node.name] = outs[node.name]
+            records.append(NodeRecord(node.name, node.kernel, ran_on, ms if n == 0 else 0.0, node.flops, None,
+                                      grouped=n > 0))
+        return True
+
+    def _run_node(self, node: Node, values: dict, records: list, why: str | None = None) -> None:
+        """Run one node; why: the reason its group could not run as one call (reported where the node then
+        ran off the backend)."""
+        start = time.perf_counter()
+        values[node.name], ran_on, fallback = self.call(node, values)
+        ms = (time.perf_counter() - start) * 1e3
+        if why and ran_on != self.backend.name:
+            fallback = f"{why}; {fallback}" if fallback else why
+        if fallback and self.strict:
+            raise AmanuensisError(f"node {node.name}: {fallback}; ran on {ran_on} instead of "
+                                  f"{self.backend.name}, which --strict forbids")
+        records.append(NodeRecord(node.name, node.kernel, ran_on, ms, node.flops, fallback))
+
+    def _free(self, node: Node, values: dict) -> None:
+        """Drop the tensors whose last use is `node`."""
+        i = self._index[node.name]
+        for t in set(node.activation_inputs):
+            if self._last_use[t] == i:
+                values.pop(t, None)
 
     def call(self, node: Node, values: dict, backend=None):
         """(output, what ran it, fallback reason) of one node on `backend` (default: the runner's),
@@ -155,23 +211,22 @@ class Runner:
         if unknown:
             raise AmanuensisError(f"no tensor named {sorted(unknown)} in the graph")
         kept = {t: values[t] for t in keep & set(values)}
-        records = []
+        records: list[NodeRecord] = []
+        failed: dict[str, str] = {}                 # node -> why its group could not run as one call
+        ran: set[str] = set()                       # nodes run with a group (their outputs may be freed since)
         with self.backend.session():
-            for i, node in enumerate(self.graph.nodes):
-                if node.name in values or any(t not in values for t in node.activation_inputs):
+            for node in self.graph.nodes:
+                if node.name in values or node.name in ran or any(t not in values for t in node.activation_inputs):
                     continue                                        # given, or upstream of what is given
-                start = time.perf_counter()
-                values[node.name], ran_on, fallback = self.call(node, values)
-                ms = (time.perf_counter() - start) * 1e3
-                if fallback and self.strict:
-                    raise AmanuensisError(f"node {node.name}: {fallback}; ran on {ran_on} instead of "
-                                          f"{self.backend.name}, which --strict forbids")
-                records.append(NodeRecord(node.name, node.kernel, ran_on, ms, node.flops, fallback))
-                if node.name in keep:
-                    kept[node.name] = np.asarray(values[node.name])   # read back, if the device holds it
-                for t in set(node.activation_inputs):
-                    if self._last_use[t] == i:
-                        del values[t]
+                group = self._groups.get(node.name)
+                done = self._run_group(group, values, records, failed) if group else False
+                ran.update(group if done else ())
+                for n in [self.graph.node(name) for name in group] if done else [node]:
+                    if not done:
+                        self._run_node(n, values, records, failed.pop(n.name, None))
+                    if n.name in keep:
+                        kept[n.name] = np.asarray(values[n.name])    # read back, if the device holds it
+                    self._free(n, values)
         missing = [t for t in self.graph.outputs if t not in values]
         if missing:
             raise AmanuensisError(f"graph outputs {missing} cannot be computed from {given}")

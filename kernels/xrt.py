@@ -83,6 +83,11 @@ class DeviceBuffer:
         self.pyxrt, self.bo, self.nbytes = pyxrt, bo, nbytes
         self._host: bytes | None = None
 
+    def part(self, offset: int, nbytes: int) -> DeviceBuffer:
+        """Bytes offset .. offset + nbytes of this buffer as a buffer of their own (an XRT sub-buffer:
+        no copy), which a kernel can take as an argument where it stands."""
+        return DeviceBuffer(self.pyxrt, self.pyxrt.bo(self.bo, nbytes, offset), nbytes)
+
     @property
     def on_device(self) -> bool:
         return self._host is None
@@ -119,8 +124,9 @@ class XrtKernel:
         self.instr_bo.write(words.view(np.uint8), 0)
         self.instr_bo.sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
         self.arg_bytes = list(arg_bytes)
-        self.bos = [x.bo(dev.device, n, x.bo.host_only, self.kernel.group_id(3 + i)) for i, n in enumerate(arg_bytes)]
-        self._left = None                      # weakref to the output the last run left on the device
+        self._sets: list[dict[int, object]] = [{}, {}]   # buffer objects per argument, made on first use
+        self._runs = 0
+        self._left: list[list] = [[], []]      # per buffer set: weakrefs to the outputs runs left on the device
 
     def upload(self, index: int, array: np.ndarray) -> DeviceBuffer:
         """`array` in a buffer object of its own for argument `index`, written once (a weight)."""
@@ -131,9 +137,11 @@ class XrtKernel:
         bo.sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
         return DeviceBuffer(x, bo, raw.nbytes)
 
-    def run(self, inputs: dict, outputs: dict[int, np.dtype], leave: int | None = None) -> dict:
+    def run(self, inputs: dict, outputs: dict[int, np.dtype], leave: int | tuple = ()) -> dict:
         """Run with `inputs` (argument index → an array to write, or a DeviceBuffer already there); read
-        `outputs` (index → dtype); with `leave`, that output stays on the device: a DeviceBuffer."""
+        `outputs` (index → dtype); the outputs in `leave` (an index or several) stay on the device:
+        DeviceBuffers. Runs alternate between two sets of buffers, so that a run can read what the one
+        before it left (a chain reads the previous chain's output) without a copy."""
         try:
             return self._run(inputs, outputs, leave)
         except NpuFault:
@@ -147,13 +155,30 @@ class XrtKernel:
             raise NpuFault(f"argument {index} has {raw.nbytes} bytes, the design expects {self.arg_bytes[index]}")
         return raw
 
+    def _bo(self, i: int):
+        """Argument i's buffer object in this run's set."""
+        bos = self._sets[(self._runs - 1) % 2]
+        if i not in bos:
+            x = self.pyxrt
+            bos[i] = x.bo(self.device, self.arg_bytes[i], x.bo.host_only, self.kernel.group_id(3 + i))
+        return bos[i]
+
+    def keep(self, buffer: DeviceBuffer) -> DeviceBuffer:
+        """`buffer` (a part of an output this kernel's last run left) detached to the host before its
+        buffer set is reused, like the outputs themselves."""
+        self._left[(self._runs - 1) % 2].append(weakref.ref(buffer))
+        return buffer
+
     def _run(self, inputs, outputs, leave):
         x = self.pyxrt
-        left = self._left() if self._left is not None else None
-        if left is not None:                    # still in use, and its buffer is about to be rewritten
-            left.detach()
-        self._left = None
-        bos = list(self.bos)
+        leave = (leave,) if isinstance(leave, int) else tuple(leave)
+        for ref in self._left[self._runs % 2]:     # still in use, and their buffers are about to be rewritten
+            left = ref()
+            if left is not None:
+                left.detach()
+        self._left[self._runs % 2] = []
+        self._runs += 1
+        bos = [None] * len(self.arg_bytes)
         for i, value in inputs.items():
             if isinstance(value, DeviceBuffer):
                 if value.nbytes != self.arg_bytes[i]:
@@ -163,16 +188,17 @@ class XrtKernel:
                     bos[i] = value.bo
                     continue
                 value = np.frombuffer(value.read(), np.uint8)
-            self.bos[i].write(self._raw(i, value), 0)
-            self.bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
+            bos[i] = self._bo(i)
+            bos[i].write(self._raw(i, value), 0)
+            bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
+        bos = [bo if bo is not None else self._bo(i) for i, bo in enumerate(bos)]
         state = self.kernel(3, self.instr_bo, self.n_insts, *bos).wait(TIMEOUT_MS)
         if state != x.ert_cmd_state.ERT_CMD_STATE_COMPLETED:
             raise NpuFault(f"run ended in {getattr(state, 'name', state)}")
         out = {}
         for i, dtype in outputs.items():
-            self.bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_FROM_DEVICE)
-            out[i] = np.frombuffer(bytes(self.bos[i].read(self.arg_bytes[i], 0)), dtype=dtype).copy()
-        if leave is not None:
-            out[leave] = DeviceBuffer(x, self.bos[leave], self.arg_bytes[leave])
-            self._left = weakref.ref(out[leave])
+            bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_FROM_DEVICE)
+            out[i] = np.frombuffer(bytes(bos[i].read(self.arg_bytes[i], 0)), dtype=dtype).copy()
+        for i in leave:
+            out[i] = self.keep(DeviceBuffer(x, bos[i], self.arg_bytes[i]))
         return out

@@ -14,6 +14,7 @@ Faults can be injected per xclbin file name (or "file:kernel"): "ert_error", "ti
 from __future__ import annotations
 
 import enum
+import hashlib
 import itertools
 import json
 import types
@@ -22,7 +23,7 @@ import ml_dtypes
 import numpy as np
 
 from kernels import contract as C
-from kernels.aie import tiles
+from kernels.aie import iron_host, tiles
 from kernels.emu import EmuBackend
 from kernels.frontend import HOP_LENGTH, N_FFT
 from kernels.npu import DFT_SHAPE, MEL_FRAMES, arg_bytes
@@ -123,31 +124,62 @@ class FakeXRT:
                 self.image = image
 
         class bo:
+            """A buffer object, or (bo(parent, size, offset)) a sub-buffer sharing its parent's memory."""
+
             cacheable, host_only, normal = 1, 2, 0
 
-            def __init__(self, dev, nbytes, flags, group):
-                self.nbytes, self.flags, self.group = nbytes, flags, group
-                self.host, self.device = bytearray(nbytes), bytes(nbytes)
-                self.dirty = False
+            def __init__(self, dev, nbytes, flags, group=None):
+                if isinstance(dev, bo):                  # a sub-buffer: (parent, size, offset)
+                    parent, offset = dev, flags
+                    if offset + nbytes > parent.nbytes:
+                        fake.fail(f"sub-buffer of {nbytes} bytes at {offset} overflows a {parent.nbytes}-byte bo")
+                    self.store, self.offset = parent.store, parent.offset + offset
+                    self.flags, self.group = parent.flags, parent.group
+                else:
+                    self.store, self.offset = _Store(nbytes), 0
+                    self.flags, self.group = flags, group
+                self.nbytes = nbytes
+
+            @property
+            def _span(self):
+                return slice(self.offset, self.offset + self.nbytes)
+
+            @property
+            def host(self):
+                return memoryview(self.store.host)[self._span]
+
+            @property
+            def device(self):
+                return bytes(self.store.device[self._span])
+
+            @device.setter
+            def device(self, data):
+                self.store.device[self._span] = data
+
+            @property
+            def dirty(self):
+                return self.store.dirty
 
             def write(self, data, offset):
                 raw = np.asarray(data).view(np.uint8).tobytes() if not isinstance(data, bytes) else data
                 if offset + len(raw) > self.nbytes:
                     fake.fail(f"write of {len(raw)} bytes at {offset} overflows a {self.nbytes}-byte bo")
-                self.host[offset:offset + len(raw)] = raw
-                self.dirty = True
+                self.store.host[self.offset + offset:self.offset + offset + len(raw)] = raw
+                self.store.dirty = True
                 if self.flags == 2:
                     fake.written += len(raw)
 
             def sync(self, direction):
                 if direction is xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE:
-                    self.device, self.dirty = bytes(self.host), False
+                    self.store.device[self._span] = self.store.host[self._span]
+                    self.store.dirty = False
                 else:
-                    self.host[:] = self.device
+                    self.store.host[self._span] = self.store.device[self._span]
 
             def read(self, nbytes, offset):
                 fake.read += nbytes
-                return np.frombuffer(bytes(self.host[offset:offset + nbytes]), np.int8)
+                start = self.offset + offset
+                return np.frombuffer(bytes(self.store.host[start:start + nbytes]), np.int8)
 
         class kernel:
             def __init__(self, ctx, name):
@@ -203,6 +235,8 @@ class FakeXRT:
             out.device = _bits(np.random.default_rng(self.runs[file]).standard_normal(out.nbytes // 2))
         elif fault == "bitnoise":            # raw random bits: NaNs and infinities among them
             out.device = np.random.default_rng(self.runs[file]).integers(0, 2**16, out.nbytes // 2, np.uint16).tobytes()
+        elif spec["op"] == "chain":
+            bos[3].device, out.device = self._compute(spec, [b.device for b in bos])
         else:
             out.device = self._compute(spec, [b.device for b in bos])
         return _Run(ert_cmd_state.ERT_CMD_STATE_COMPLETED)
@@ -229,8 +263,49 @@ class FakeXRT:
             out = np.zeros((qkv.shape[0], h * 64), np.float32)
             out[:t] = self.emu.attention(qkv[:t], h)
             return _bits(out)
+        if op == "chain":
+            return self._chain(s, bufs)
         x, gamma_beta = _f(bufs[0]).reshape(s["R"], s["D"]), _f(bufs[1])
         return _bits(self.emu.layernorm(x, gamma_beta[:s["D"]], gamma_beta[s["D"]:]))
+
+    def _chain(self, s, bufs):
+        """A chain's phases one after another with the emulator: (scratch, out) bytes, as chain_layout
+        places them."""
+        module = iron_host.design("matmul")
+        m, phases = s["M"], module.parse_phases(s["phases"])
+        param_at, scratch_at, _, _ = module.chain_layout(m, phases)
+        params, scratch = np.frombuffer(bufs[2], np.uint16), bytearray(bufs[3])
+        first = phases[0].k if isinstance(phases[0], module.Linear) else phases[0].d
+        tensors = {"inp": _f(bufs[0]).reshape(m, first)}
+        if any(getattr(ph, "residual", None) == "side" for ph in phases):
+            side_width = next(ph.n for ph in phases if getattr(ph, "residual", None) == "side")
+            tensors["side"] = _f(bufs[1]).reshape(m, side_width)
+        previous, out = "inp", b""
+        for i, (ph, at, where) in enumerate(zip(phases, param_at, scratch_at)):
+            x = tensors[ph.source or previous]
+            blob = params[at:at + ph.packed]
+            if isinstance(ph, module.Norm):
+                gb = blob.reshape(ph.d // 64, -1)[:, :128].reshape(-1, 2, 64)
+                y = self.emu.layernorm(x, _f(gb[:, 0].tobytes()), _f(gb[:, 1].tobytes()), ph.eps)
+            else:
+                packed = blob.reshape(ph.n // tiles.PACK_COLUMNS, ph.k // 64 + 1, -1)
+                w, b = (_f(t.tobytes()) for t in tiles.unpack_linear(packed, ph.k))
+                res = tensors[ph.residual] if ph.residual else None
+                y = self.emu.linear(x, w.reshape(ph.k, ph.n), b, gelu=ph.gelu, residual=res)
+            y = C.bf16(y)
+            tensors[previous := f"p{i}"] = y
+            if where is None:
+                out = _bits(y)
+            else:
+                scratch[2 * where:2 * (where + y.size)] = _bits(y)
+        return bytes(scratch), out
+
+
+class _Store:
+    """The memory of a buffer object and its sub-buffers: the host's view and the device's."""
+
+    def __init__(self, nbytes):
+        self.host, self.device, self.dirty = bytearray(nbytes), bytearray(nbytes), False
 
 
 class _Run:
@@ -248,7 +323,8 @@ def write_kernel_dir(directory, entries, insts_count="words", fake_insts_count=N
     directory.mkdir(parents=True, exist_ok=True)
     kernels, designs = [], {}
     for n, (op, shape) in enumerate(entries):
-        stem = f"{op}_{n}_" + "_".join(f"{k}{v}" for k, v in shape.items())
+        stem = f"{op}_{n}_" + ("_".join(f"{k}{v}" for k, v in shape.items()) if op != "chain" else
+                               hashlib.sha1(shape["phases"].encode()).hexdigest()[:10])
         name = f"AMN_{n}" if shared else "MLIR_AIE"
         design = {"op": op, "shape": shape, "insts_count": fake_insts_count or insts_count}
         xclbin = "encoder.xclbin" if shared else f"{stem}.xclbin"
@@ -266,11 +342,31 @@ def write_kernel_dir(directory, entries, insts_count="words", fake_insts_count=N
     return directory
 
 
-def tiny_en_entries():
-    """Every kernel shape tiny.en's graph (with the decoder's cross K/V) asks for."""
+def tiny_en_op_entries():
+    """A kernel per op for every shape tiny.en's graph (with the decoder's cross K/V) asks for: a manifest
+    without chains, whose layernorms and linears run one dispatch each."""
     def lin(k, n, gelu=False, residual=False, m=1536):
         return ("linear", {"M": m, "K": k, "N": n, "gelu": gelu, "residual": residual})
     return [("layernorm", {"R": 1536, "D": 384}), ("attention", {"T": 1500, "H": 6}),
             lin(384, 1152), lin(384, 384, residual=True), lin(384, 1536, gelu=True), lin(1536, 384, residual=True),
             lin(256, 384, True, m=3072), lin(1152, 384, True), lin(384, 768),   # conv1: 3000 frames
             ("log_mel", {"M": 80})]
+
+
+MIDDLE = ("linear 384 384 residual=side; norm 384 1e-05; linear 384 1536 gelu; linear 1536 384 residual=p0; "
+          "norm 384 1e-05")
+
+
+def tiny_en_entries(cols=4):
+    """The kernels encoder.npu_build builds for tiny.en on an array of `cols` columns (4: Phoenix, 8:
+    Strix): the mel front end, the convolutions, attention and four chains (layernorm + QKV;
+    out-projection .. next QKV; the last layer's out-projection .. the final layernorm, and .. the
+    decoder's cross K/V)."""
+    def chain(phases):
+        return ("chain", {"M": 1536, "cols": cols, "phases": phases})
+    return [("log_mel", {"M": 80}),
+            ("linear", {"M": 3072, "K": 256, "N": 384, "gelu": True, "residual": False}),
+            ("linear", {"M": 1536, "K": 1152, "N": 384, "gelu": True, "residual": False}),
+            chain("norm 384 1e-05; linear 384 1152"), ("attention", {"T": 1500, "H": 6}),
+            chain(MIDDLE + "; linear 384 1152"),
+            chain(MIDDLE + "; linear 384 768" + "; linear 384 768 source=p4" * 3), chain(MIDDLE)]

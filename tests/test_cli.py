@@ -36,8 +36,9 @@ def test_graph_prints_nodes_and_plan():
 
 def test_npu_build_plans_without_the_toolchain_and_says_what_is_missing(tmp_path):
     r = run("encoder.npu_build", "--model", "tiny.en", "--dry-run")
-    assert r.returncode == 0 and r.stdout.count("make -C") == 10 and "ARTIFACT=attention_T1500_H6_npu" in r.stdout
-    assert r.stdout.count("XCLBIN_INPUT=") == 9 and "KERNEL_NAME=AMN_9 KERNEL_ID=0x90a" in r.stdout
+    assert r.returncode == 0 and r.stdout.count("make -C") == 8 and "ARTIFACT=attention_T1500_H6_npu" in r.stdout
+    assert r.stdout.count("XCLBIN_INPUT=") == 7 and "KERNEL_NAME=AMN_7 KERNEL_ID=0x908" in r.stdout
+    assert r.stdout.count("'CHAIN=") == 4 and "'CHAIN=norm 384 1e-05; linear 384 1152'" in r.stdout   # quoted
     r = run("encoder.npu_build", "--model", "tiny.en", "--out", tmp_path / "k")
     assert r.returncode == 2 and "cannot build the NPU kernels: missing aiecc.py" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "k").exists()

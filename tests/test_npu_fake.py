@@ -8,13 +8,14 @@ from encoder.audio import load_audio
 from encoder.evaluation import score
 from kernels import backends
 from kernels.errors import AmanuensisError
-from tests.fake_pyxrt import FakeXRT, tiny_en_entries, write_kernel_dir
+from tests.fake_pyxrt import MIDDLE, FakeXRT, tiny_en_entries, tiny_en_op_entries, write_kernel_dir
 from tests.helpers import run_concurrently
 
 HELLO = "tests/data/hello.wav"
 HELLO_TEXT = open("tests/data/hello.reference.txt").read()
-FC1 = "linear_4_M1536_K384_N1536_geluTrue_residualFalse.xclbin"
+FC1 = "linear_4_M1536_K384_N1536_geluTrue_residualFalse.xclbin"          # of tiny_en_op_entries
 ATTENTION = "attention_1_T1500_H6.xclbin"
+MIDDLE_CHAIN = f"chain_5_{__import__('hashlib').sha1((MIDDLE + '; linear 384 1152').encode()).hexdigest()[:10]}.xclbin"
 
 
 @pytest.fixture
@@ -29,7 +30,8 @@ def npu_env(monkeypatch, tmp_path):
                 shared=False):
         fake = FakeXRT(device_name, faults, context_limit)
         monkeypatch.setitem(sys.modules, "pyxrt", fake.module())
-        directory = write_kernel_dir(tmp_path / "npu-kernels", entries or tiny_en_entries(), insts_count,
+        entries = entries or tiny_en_entries(4 if "Phoenix" in device_name else 8)
+        directory = write_kernel_dir(tmp_path / "npu-kernels", entries, insts_count,
                                      fake_insts_count="words", shared=shared)
         monkeypatch.setenv("AMANUENSIS_NPU_KERNELS", str(directory))
         backends._instances.pop("npu", None)
@@ -77,7 +79,23 @@ def test_encoder_on_npu_equals_the_emulator(npu_env, tiny):
     assert fake.violations == []
     status = model.backend.status()
     assert status["generation"] == "strix" and all(k["state"] == "ready" for k in status["kernels"])
-    assert sum(k["calls"] for k in status["kernels"]) == len(result.records) - 1
+    dispatches = [r for r in result.records if r.backend == "npu" and not r.grouped]
+    assert sum(k["calls"] for k in status["kernels"]) == len(dispatches) == 12
+
+
+def test_an_encoder_layer_is_two_npu_dispatches(npu_env, tiny):
+    """Each run of layernorms and linears is one dispatch of a chain kernel: per layer its attention and
+    one chain (its out-projection through the next layer's QKV projection); the profile counts
+    dispatches, not nodes."""
+    npu_env()
+    result = npu_model(tiny).transcribe(HELLO)
+    assert score(HELLO_TEXT, result.text).wer <= 0.15
+    assert result.profile.nodes_per_window() == {"npu": 12, "host": 1}    # mel, 2 convs, 1 + 4 chains, 4 attentions
+    assert "per window: 12 npu dispatches, 1 on host" in result.profile.format()
+    window = result.profile.runs[0]
+    chained = [r.node for r in window if r.grouped]
+    assert "layers.0.fc2" in chained and "layers.1.self_attn.qkv_proj" in chained and "cross_kv.3" in chained
+    assert all(r.ms == 0 for r in window if r.grouped) and not any(r.fallback for r in window)
 
 
 def test_one_xclbin_holds_the_encoder_in_one_hardware_context(npu_env, tiny):
@@ -89,7 +107,7 @@ def test_one_xclbin_holds_the_encoder_in_one_hardware_context(npu_env, tiny):
     model = npu_model(tiny)
     status = model.backend.status()
     assert status["contexts"] == 1 and fake.contexts == 1
-    assert all(k["state"] == "ready" for k in status["kernels"]) and len(status["kernels"]) == 10
+    assert all(k["state"] == "ready" for k in status["kernels"]) and len(status["kernels"]) == 8
     samples = load_audio(HELLO)
     result = model.encode_with_cross(samples)
     assert {r.backend for r in result.records if r.node != "embed"} == {"npu"}
@@ -156,11 +174,12 @@ def test_activations_and_weights_stay_on_the_device(npu_env, tiny):
 def test_phoenix_context_limit_falls_back_visibly(npu_env, tiny):
     npu_env("NPU Phoenix", context_limit=6)
     model = npu_model(tiny)
-    states = [k for k in model.backend.status()["kernels"] if k["state"] == "disabled"]
-    assert len(states) == 4 and all("hardware context limit (6)" in k["reason"] for k in states)
+    states = [k for k in model.backend.status()["kernels"] if k["state"] == "disabled"]   # 8 xclbins: the last 2
+    assert len(states) == 2 and all("hardware context limit (6)" in k["reason"] for k in states)
     result = model.encode(tiny.mel(load_audio(HELLO)))
-    fell = [r for r in result.records if r.fallback]
-    assert fell and all(r.backend == "cpu" and "context limit" in r.fallback for r in fell)
+    fell = [r for r in result.records if r.fallback]                 # the last chain's nodes, one by one
+    assert [r.node for r in fell][:2] == ["layers.3.self_attn.out_proj", "layers.3.final_layer_norm"]
+    assert all(r.backend == "cpu" and "context limit" in r.fallback for r in fell)
     with pytest.raises(AmanuensisError, match="--strict forbids"):
         npu_model(tiny, strict=True).encode(tiny.mel(load_audio(HELLO)))
 
@@ -175,7 +194,7 @@ SLOW = pytest.mark.slow                      # ~30 s each: the quick subset keep
     pytest.param("context_fail", "load failed: RuntimeError: DRM_IOCTL", marks=SLOW),
 ])
 def test_faulty_kernel_is_disabled_and_the_transcript_is_still_right(npu_env, tiny, fault, reason):
-    npu_env(faults={FC1: fault})
+    npu_env(faults={FC1: fault}, entries=tiny_en_op_entries())
     model = npu_model(tiny)
     fc1 = next(k for k in model.backend.status()["kernels"] if k["kernel"].startswith("linear[M=1536,K=384,N=1536"))
     assert fc1["state"] == "disabled" and reason in fc1["reason"]
@@ -191,7 +210,7 @@ def test_faulty_kernel_is_disabled_and_the_transcript_is_still_right(npu_env, ti
 
 
 def test_missing_xclbin_is_reported(npu_env, tiny, tmp_path):
-    npu_env()
+    npu_env(entries=tiny_en_op_entries())
     (tmp_path / "npu-kernels" / ATTENTION).unlink()
     model = npu_model(tiny)
     att = next(k for k in model.backend.status()["kernels"] if k["kernel"].startswith("attention"))
@@ -199,7 +218,7 @@ def test_missing_xclbin_is_reported(npu_env, tiny, tmp_path):
 
 
 def test_kernel_failing_after_its_self_test_falls_back_at_run_time(npu_env, tiny):
-    npu_env(faults={ATTENTION: "zeros_after:1"})          # passes the self-test, then returns zeros
+    npu_env(faults={ATTENTION: "zeros_after:1"}, entries=tiny_en_op_entries())   # self-test passes, then zeros
     model = npu_model(tiny)
     result = model.encode(tiny.mel(load_audio(HELLO)))
     attention = [r for r in result.records if r.kernel == "attention"]
@@ -207,6 +226,29 @@ def test_kernel_failing_after_its_self_test_falls_back_at_run_time(npu_env, tiny
     assert all(r.fallback and "disabled" in r.fallback for r in attention[1:])
     status = next(k for k in model.backend.status()["kernels"] if k["kernel"].startswith("attention"))
     assert status["state"] == "disabled" and status["failures"] == 1
+
+
+def test_a_chain_failing_after_its_self_test_falls_back_node_by_node(npu_env, tiny):
+    """A chain kernel that passes its self-test, then returns zeros, is disabled at its first run: its
+    nodes and those of every later chain of that kernel run one by one on the CPU, each record saying
+    why, and the transcript is still right; --strict refuses."""
+    npu_env(faults={MIDDLE_CHAIN: "zeros_after:1"})
+    model = npu_model(tiny)
+    result = model.transcribe(HELLO)
+    assert score(HELLO_TEXT, result.text).wer <= 0.15
+    window = result.profile.runs[0]
+    fell = {r.node: r for r in window if r.fallback}
+    middles = {f"layers.{i}.{n}" for i in range(3)
+               for n in ("self_attn.out_proj", "final_layer_norm", "fc1", "fc2")}
+    assert middles | {f"layers.{i}.self_attn_layer_norm" for i in (1, 2, 3)} <= set(fell)
+    first = fell["layers.0.self_attn.out_proj"].fallback
+    assert first.startswith("chain[M=1536,cols=8,phases=linear 384 384")           # Strix: 8 columns
+    assert "returned all zeros; disabled" in first
+    assert "disabled (chain[" in fell["layers.1.fc1"].fallback and all(r.backend == "cpu" for r in fell.values())
+    status = next(k for k in model.backend.status()["kernels"] if k["kernel"] == first.split(" returned")[0])
+    assert status["state"] == "disabled" and status["failures"] == 1
+    with pytest.raises(AmanuensisError, match=r"node layers\.0\.self_attn\.out_proj: chain\[.*--strict"):
+        npu_model(tiny, strict=True).transcribe(HELLO)
 
 
 def test_instruction_count_unit_is_checked(npu_env, tiny):
@@ -235,7 +277,7 @@ def test_transcribe_json_reports_npu_status(npu_env, tmp_path):
 
     from encoder.transcribe import main
 
-    npu_env(faults={FC1: "garbage"})
+    npu_env(faults={FC1: "garbage"}, entries=tiny_en_op_entries())
     assert main([HELLO, "--device", "npu", "-o", str(tmp_path), "-f", "json", "--verbose", "False"]) == 0
     prov = json.loads((tmp_path / "hello.json").read_text())["provenance"]
     assert prov["device"] == "npu" and "layers.0.fc1" in prov["fallbacks"]
@@ -266,7 +308,7 @@ def test_a_manifest_for_other_designs_is_refused(tmp_path):
 
     from kernels.npu_manifest import load_manifest
 
-    write_kernel_dir(tmp_path, tiny_en_entries())
+    write_kernel_dir(tmp_path, tiny_en_op_entries())
     data = json.loads((tmp_path / "manifest.json").read_text())
     (tmp_path / "manifest.json").write_text(json.dumps({**data, "version": 1}))
     with pytest.raises(AmanuensisError, match="version 1: this release's designs need version 2"):
@@ -274,16 +316,17 @@ def test_a_manifest_for_other_designs_is_refused(tmp_path):
 
 
 def test_the_build_plan_is_what_the_backend_asks_for(tiny):
-    """encoder.npu_build builds exactly the kernels tiny.en's graph asks the npu backend for (the fake's
-    tiny_en_entries, with which every node runs on the NPU above)."""
+    """encoder.npu_build builds exactly the kernels tiny.en's graph asks the npu backend for on Phoenix
+    and on Strix (the fake's tiny_en_entries, with which every node runs on the NPU above)."""
     from encoder.network import build_encoder_graph
     from kernels.aie.design_runner import build_entries
 
-    graph = build_encoder_graph(tiny.dims, cross_kv=True)                 # what npu_build plans for
-    planned = build_entries(graph.nodes, graph.shapes, 4)
+    graphs = [build_encoder_graph(tiny.dims, cross_kv=True), build_encoder_graph(tiny.dims)]   # as npu_build
     as_set = lambda entries: {(op, tuple(sorted(shape.items()))) for op, shape in entries}   # noqa: E731
-    assert as_set((e.op, e.shape) for e in planned) == as_set(tiny_en_entries())
-    assert len({e.artifact for e in planned}) == len(planned)
+    for cols in (4, 8):
+        planned = build_entries(graphs, cols)
+        assert as_set((e.op, e.shape) for e in planned) == as_set(tiny_en_entries(cols))
+        assert len({e.artifact for e in planned}) == len(planned)
 
 
 def test_the_hardware_script_stops_with_the_reason_without_an_npu(tmp_path):

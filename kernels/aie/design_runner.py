@@ -12,6 +12,7 @@ against `emu`.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,11 +42,10 @@ def design_call(node: Node, after: Node | None, k: int, seq: int, cols: int) -> 
         return DesignCall(node.name, "attention", (seq, dict(node.params)["n_head"], cols))
     if node.kernel in ("linear", "conv1d_k3"):          # a convolution as a matmul over its im2col patches
         n = node.shape[1]
-        fits = cols if n % (tiles.PACK_COLUMNS * cols) == 0 else 4
         head_dim = n // 3 // dict(after.params)["n_head"] if after is not None and after.kernel == "attention" else None
         gelu = dict(node.params).get("gelu", False)
         k = 3 * k if node.kernel == "conv1d_k3" else k
-        return DesignCall(node.name, "matmul", (rows, tiles.up(k), n, gelu, node.residual is not None, fits), head_dim)
+        return DesignCall(node.name, "matmul", (rows, tiles.up(k), n, gelu, node.residual is not None, cols), head_dim)
     return None
 
 
@@ -100,8 +100,7 @@ def _joins(chain: list[tuple[Node, DesignCall]], node: Node) -> bool:
 
 
 def _chain(chain: list[tuple[Node, DesignCall]], cols: int) -> Dispatch:
-    """The chain design's dispatch for these nodes: 4 columns where a linear's N does not divide among
-    `cols` (tiny.en's 384 on Strix)."""
+    """The chain design's dispatch for these nodes."""
     module = iron_host.design("matmul")
     names = {chain[0][0].inputs[0]: "inp"}
     phases, side, head_dims = [], None, []
@@ -121,9 +120,7 @@ def _chain(chain: list[tuple[Node, DesignCall]], cols: int) -> Dispatch:
         head_dims.append(call.head_dim)
         names[node.name] = f"p{i}"
     rows = chain[0][1].shape[0]
-    fits = all(not isinstance(ph, module.Linear) or ph.n % (tiles.PACK_COLUMNS * cols) == 0 for ph in phases)
-    return Dispatch(tuple(n for n, _ in chain), "chain", (rows, tuple(phases), cols if fits else 4), side,
-                    tuple(head_dims))
+    return Dispatch(tuple(n for n, _ in chain), "chain", (rows, tuple(phases), cols), side, tuple(head_dims))
 
 
 class DesignRunner:
@@ -208,32 +205,44 @@ class BuildEntry:
 
     @property
     def artifact(self) -> str:
+        if self.op == "chain":                  # its phases as a digest: the text has spaces and semicolons
+            digest = hashlib.sha1(self.shape["phases"].encode()).hexdigest()[:10]
+            return f"chain_M{self.shape['M']}_c{self.shape['cols']}_{digest}"
         return f"{self.op}_" + "_".join(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in self.shape.items())
 
 
-def build_entries(nodes: list[Node], shapes: dict, cols: int) -> list[BuildEntry]:
-    """The distinct design builds the npu backend needs for these graph nodes (shapes: the graph's
-    activation shapes), in graph order; mel's design is included though it does not fit a core yet."""
+def chain_shape(step: Dispatch) -> dict:
+    """A chain dispatch's shape as the npu manifest keys it: rows, columns and its phases as text."""
+    rows, phases, cols = step.shape
+    return {"M": rows, "cols": cols, "phases": iron_host.design("matmul").phases_spec(phases)}
+
+
+def build_entries(graphs: list, cols: int) -> list[BuildEntry]:
+    """The distinct design builds the npu backend needs for these graphs (the encoder with and without
+    the decoder's cross K/V end in different chains): one per dispatch shape of plan_dispatches, in
+    graph order; mel's design is included though it does not fit a core yet."""
     entries: dict[tuple, BuildEntry] = {}
-    for node, after in zip(nodes, [*nodes[1:], None]):
-        entry = _build_entry(node, after, shapes, cols)
-        if entry is not None:
-            entries.setdefault((entry.op, tuple(entry.shape.items())), entry)
+    for graph in graphs:
+        seq = next((n.shape[0] for n in graph.nodes if n.kernel == "attention"), graph.nodes[0].shape[0])
+        for step in plan_dispatches(graph.nodes, graph.shapes, seq, cols):
+            entry = _build_entry(step)
+            if entry is not None:
+                entries.setdefault((entry.op, tuple(entry.shape.items())), entry)
     return list(entries.values())
 
 
-def _build_entry(node: Node, after: Node | None, shapes: dict, cols: int) -> BuildEntry | None:
-    if node.kernel == "log_mel":
-        return BuildEntry("log_mel", {"M": dict(node.params)["n_mels"]}, "mel", {"MELS": dict(node.params)["n_mels"]})
-    call = design_call(node, after, shapes[node.inputs[0]][-1], node.shape[0], cols)
-    if call is None:
-        return None
-    if call.kernel == "matmul":
-        m, k, n, gelu, residual, columns = call.shape
+def _build_entry(step: Dispatch | Node) -> BuildEntry | None:
+    if isinstance(step, Node):
+        if step.kernel != "log_mel":
+            return None
+        mels = dict(step.params)["n_mels"]
+        return BuildEntry("log_mel", {"M": mels}, "mel", {"MELS": mels})
+    if step.kernel == "chain":
+        shape = chain_shape(step)
+        return BuildEntry("chain", shape, "matmul", {"M": shape["M"], "COLS": shape["cols"], "CHAIN": shape["phases"]})
+    if step.kernel == "matmul":
+        m, k, n, gelu, residual, columns = step.shape
         return BuildEntry("linear", {"M": m, "K": k, "N": n, "gelu": gelu, "residual": residual}, "matmul",
                           {"M": m, "K": k, "N": n, "GELU": int(gelu), "RESIDUAL": int(residual), "COLS": columns})
-    if call.kernel == "attention":
-        seq, heads, _ = call.shape
-        return BuildEntry("attention", {"T": seq, "H": heads}, "attention", {"SEQ": seq, "HEADS": heads})
-    rows, d = call.shape[:2]
-    return BuildEntry("layernorm", {"R": rows, "D": d}, "layernorm", {"ROWS": rows, "D": d})
+    seq, heads, _ = step.shape
+    return BuildEntry("attention", {"T": seq, "H": heads}, "attention", {"SEQ": seq, "HEADS": heads})

@@ -3,7 +3,8 @@ chains of such matmuls and layernorms in one dispatch.
 
 4 rows x `cols` columns of cores (4 on Phoenix/Hawk Point, 8 on Strix); each core computes 64 x 32
 output tiles: core (r, c) takes the 64 rows of block r of every 256-row band and the 32-column
-tiles c, c + cols, ... of N.
+tiles c, c + cols, ... of N (when N/32 does not divide among the columns, the first columns take
+one more tile, and in that last round the others let their row's A tiles pass by).
 - A: row r's 64 x 64 tiles of the band, in K order, from a shim channel through a memory tile,
   which blocks them for the matrix unit (4 x 8 blocks, dims_to_stream) and broadcasts them to the
   row's cores. A in DDR is row-major (the previous op's output, as it stands).
@@ -18,7 +19,7 @@ tiles c, c + cols, ... of N.
 Per output tile a core runs mmv_zero_64x32, mmv_bf16_64x64x32 per K chunk, mmv_bias_act_64x32,
 then mmv_round_64x32 or mmv_add_round_64x32 (kernels/aie/matmul/mm_vec.cc). Each core holds
 2 x 8 KiB of A, 2 x 4 KiB of W, 2 x 4 KiB of C and its 8 KiB fp32 accumulator: 41 KiB with the
-stack. M must be a multiple of 256 and N of 32 x cols; K of 64.
+stack. M must be a multiple of 256, N of 32 and K of 64.
 
 A chain (amanuensis_chain) runs phases one after another on the same cores and streams, each
 reading the previous phase's output from DDR: Linear phases as above, and Norm phases, a layernorm
@@ -87,6 +88,34 @@ class Norm(NamedTuple):
         return self.d // TILE * OBJECT
 
 
+def phases_spec(phases) -> str:
+    """Phases as one line of text (the manifest's key and make's CHAIN), e.g.
+    "norm 384 1e-05; linear 384 1152"; parse_phases reads it back."""
+    parts = []
+    for ph in phases:
+        if isinstance(ph, Norm):
+            words = [f"norm {ph.d} {ph.eps!r}"]
+        else:
+            words = [f"linear {ph.k} {ph.n}"] + (["gelu"] if ph.gelu else []) + \
+                ([f"residual={ph.residual}"] if ph.residual else [])
+        parts.append(" ".join(words + ([f"source={ph.source}"] if ph.source else [])))
+    return "; ".join(parts)
+
+
+def parse_phases(spec: str) -> list:
+    phases = []
+    for part in spec.split(";"):
+        kind, *words = part.split()
+        named = dict(w.split("=", 1) for w in words if "=" in w)
+        plain = [w for w in words if "=" not in w]
+        if kind == "norm":
+            phases.append(Norm(int(plain[0]), float(plain[1]), named.get("source")))
+        else:
+            phases.append(Linear(int(plain[0]), int(plain[1]), "gelu" in plain, named.get("residual"),
+                                 named.get("source")))
+    return phases
+
+
 def chain_layout(m: int, phases) -> tuple[list[int], list[int | None], int, int]:
     """(offset of each phase's packed operands in params, offset of each phase's output in scratch (None
     for the last: it writes out), values of params, values of scratch)."""
@@ -122,8 +151,8 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
     for i, ph in enumerate(phases):
         width = widths[ph.source or previous]
         if isinstance(ph, Linear):
-            assert ph.k == width and ph.k % TILE == 0 and ph.n % (COLS * cols) == 0, \
-                f"K must be its input's width and a multiple of {TILE}, N of {COLS * cols}"
+            assert ph.k == width and ph.k % TILE == 0 and ph.n % COLS == 0, \
+                f"K must be its input's width and a multiple of {TILE}, N of {COLS}"
         else:
             assert ph.d == width and ph.d % TILE == 0, f"a layernorm's d must be its input's width and of {TILE}"
         widths[previous := f"p{i}"] = ph.width
@@ -162,7 +191,7 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
     def core(a, w, out, acc, state, row, col, **k):
         for ph in phases:
             if isinstance(ph, Linear):
-                _linear_core(ph, m // band, cols, row, a, w, out, acc, range_, k)
+                _linear_core(ph, m // band, cols, row, col, a, w, out, acc, range_, k)
             else:
                 _norm_core(ph, m // band, cols, col, a, w, out, state, range_, k)
 
@@ -220,26 +249,46 @@ def _bind(core, row: int, col: int, names: list[str]):
     return bound
 
 
-def _linear_core(ph: Linear, bands: int, cols: int, row: int, a, w, out, acc, range_, k) -> None:
-    for _ in range_(bands * (ph.n // (COLS * cols))):
-        k["zero"](acc)
-        for _ in range_(ph.k // TILE):
-            ta, tw = a.acquire(1), w.acquire(1)
-            k["mac"](ta, tw, acc)
-            a.release(1)
-            w.release(1)
-        k["bias_act"](acc, w.acquire(1), 1 if ph.gelu else 0)
+def _rounds(n: int, cols: int) -> tuple[int, int]:
+    """(rounds in which every column computes an output tile, columns with a tile in the last, partial
+    round): N's 32-column tiles dealt to the columns in turn."""
+    return divmod(n // COLS, cols)
+
+
+def _linear_core(ph: Linear, bands: int, cols: int, row: int, col: int, a, w, out, acc, range_, k) -> None:
+    """Per band, one output tile per round; in a partial last round a column without a tile lets its
+    row's A tiles pass by."""
+    full, partial = _rounds(ph.n, cols)
+    for _ in range_(bands):
+        for _ in range_(full):
+            _output_tile(ph, row, a, w, out, acc, range_, k)
+        if partial and col < partial:
+            _output_tile(ph, row, a, w, out, acc, range_, k)
+        elif partial:
+            for _ in range_(ph.k // TILE):
+                a.acquire(1)
+                a.release(1)
+
+
+def _output_tile(ph: Linear, row: int, a, w, out, acc, range_, k) -> None:
+    k["zero"](acc)
+    for _ in range_(ph.k // TILE):
+        ta, tw = a.acquire(1), w.acquire(1)
+        k["mac"](ta, tw, acc)
+        a.release(1)
         w.release(1)
-        if ph.residual:
-            for r in range(ROWS):                                # every row's residual tile; keep ours
-                tr = w.acquire(1)
-                if r == row:
-                    k["add_round"](acc, tr, out.acquire(1))
-                    out.release(1)
-                w.release(1)
-        else:
-            k["round"](acc, out.acquire(1))
-            out.release(1)
+    k["bias_act"](acc, w.acquire(1), 1 if ph.gelu else 0)
+    w.release(1)
+    if ph.residual:
+        for r in range(ROWS):                                    # every row's residual tile; keep ours
+            tr = w.acquire(1)
+            if r == row:
+                k["add_round"](acc, tr, out.acquire(1))
+                out.release(1)
+            w.release(1)
+    else:
+        k["round"](acc, out.acquire(1))
+        out.release(1)
 
 
 def _norm_core(ph: Norm, bands: int, cols: int, col: int, a, w, out, state, range_, k) -> None:
@@ -285,13 +334,14 @@ def _linear_sequence(rt, ph: Linear, s: Streams, residual) -> None:
     from aie.iron.device import Tile
 
     band, cols, m, k, n = ROWS * TILE, s.cols, s.m, ph.k, ph.n
-    k_tiles, col_tiles = k // TILE, n // (COLS * cols)
+    full, partial = _rounds(n, cols)
+    k_tiles, rounds = k // TILE, full + (partial > 0)
     (a, a_at, a_size), (out, out_at, out_size) = s.source, s.dest
     for band_start in range(0, m, band):
-        # A task group per band and up to GROUP_TILES output column tiles per core: at most
-        # 1 + 2 x GROUP_TILES + 1 transfers in flight on a shim tile (16 buffer descriptors).
-        for first in range(0, col_tiles, GROUP_TILES):
-            tiles = min(GROUP_TILES, col_tiles - first)
+        # A task group per band and up to GROUP_TILES rounds: at most 1 + 2 x GROUP_TILES + 1
+        # transfers in flight on a shim tile (16 buffer descriptors).
+        for first in range(0, rounds, GROUP_TILES):
+            tiles = min(GROUP_TILES, rounds - first)
             group = rt.task_group()
             for r in range(ROWS):
                 # Row r's A tiles, once per output column tile.
@@ -299,11 +349,14 @@ def _linear_sequence(rt, ph: Linear, s: Streams, residual) -> None:
                                                                  [tiles, k_tiles, TILE, TILE], [0, TILE, k, 1]),
                         placement=Tile(r % cols, 0), task_group=group)
             for c in range(cols):
-                for fill in _w_stream(s.params, residual, band_start, first * cols + c, tiles, cols, k_tiles, m, n):
+                mine = sum(j * cols + c < n // COLS for j in range(first, first + tiles))   # this column's tiles
+                if not mine:
+                    continue
+                for fill in _w_stream(s.params, residual, band_start, first * cols + c, mine, cols, k_tiles, m, n):
                     rt.fill(s.w_in[c].prod(), *fill, placement=Tile(c, 0), task_group=group)
                 rt.drain(s.c_out[c].cons(), out,
                          TensorAccessPattern((out_size,), out_at + band_start * n + (first * cols + c) * COLS,
-                                             [tiles, band, COLS], [cols * COLS, n, 1]),
+                                             [mine, band, COLS], [cols * COLS, n, 1]),
                          placement=Tile(c, 0), task_group=group, wait=True)
             rt.finish_task_group(group)
 
@@ -359,17 +412,21 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-d", "--device", choices=("npu", "npu2"), required=True)
     p.add_argument("-M", type=int, required=True)
-    p.add_argument("-K", type=int, required=True)
-    p.add_argument("-N", type=int, required=True)
+    p.add_argument("-K", type=int, default=0)
+    p.add_argument("-N", type=int, default=0)
     p.add_argument("--gelu", action="store_true")
     p.add_argument("--residual", action="store_true")
     p.add_argument("--cols", type=int, help="columns of cores (default: 4 on npu, 8 on npu2)")
+    p.add_argument("--chain", help="a chain of phases instead of one matmul (phases_spec's text; -K and -N unused)")
     args = p.parse_args()
     from aie.iron.device import NPU1, NPU2
 
     device = NPU1() if args.device == "npu" else NPU2()
     cols = args.cols or (4 if args.device == "npu" else 8)
-    print(amanuensis_matmul(device, args.M, args.K, args.N, args.gelu, args.residual, cols))
+    if args.chain:
+        print(amanuensis_chain(device, args.M, parse_phases(args.chain), cols))
+    else:
+        print(amanuensis_matmul(device, args.M, args.K, args.N, args.gelu, args.residual, cols))
 
 
 if __name__ == "__main__":
