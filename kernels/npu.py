@@ -336,21 +336,29 @@ class NpuBackend(Backend):
         step, entry = self._groups[tuple(node.name for node, _, _ in calls)]
         why = f"{entry.label()} disabled ({entry.reason})"
         if entry.state == "ready":
-            try:
-                outs = self._on_device_chain(entry, step, calls)
-                problem = next(filter(None, (check_output(_sample(o), None) for o in outs.values())), "")
-                if not problem:
-                    entry.calls += 1
-                    return outs, "npu", None
-                why = f"{entry.label()} returned {problem}; disabled"
-            except NpuFault as e:
-                why = f"{entry.label()} failed: {e}; disabled"
-            with self._lock:
-                entry.failures += 1
-                self._disable(entry, why)
+            outs, why = self._checked(entry, lambda: self._on_device_chain(entry, step, calls), dict.values)
+            if outs is not None:
+                return outs, "npu", None
         with self._lock:
             self.fallbacks[why] += 1
         return None, "npu", why
+
+    def _checked(self, entry: Entry, work, outputs) -> tuple[object, str]:
+        """(work()'s result, '') when the kernel runs and every output (outputs(result)) passes the sanity
+        check; else (None, why), the kernel disabled."""
+        try:
+            result = work()
+            problem = next(filter(None, (check_output(_sample(o), None) for o in outputs(result))), "")
+            if not problem:
+                entry.calls += 1
+                return result, ""
+            why = f"{entry.label()} returned {problem}; disabled"
+        except NpuFault as e:
+            why = f"{entry.label()} failed: {e}; disabled"
+        with self._lock:
+            entry.failures += 1
+            self._disable(entry, why)
+        return None, why
 
     def _on_device_chain(self, entry: Entry, step, calls) -> dict:
         """A chain's nodes in one dispatch: each node's output a device tensor (the last in the out
@@ -480,18 +488,9 @@ class NpuBackend(Backend):
             return self.run("linear", (patches, w, b), {"gelu": kwargs.get("gelu", True)})
         entry, why = self._entry_for(kernel, args, kwargs)
         if entry is not None:
-            try:
-                out = self._on_device(entry, args, kwargs)
-                problem = check_output(_sample(out), None)
-                if not problem:
-                    entry.calls += 1
-                    return out, "npu", None
-                why = f"{entry.label()} returned {problem}; disabled"
-            except NpuFault as e:
-                why = f"{entry.label()} failed: {e}; disabled"
-            with self._lock:
-                entry.failures += 1
-                self._disable(entry, why)
+            out, why = self._checked(entry, lambda: self._on_device(entry, args, kwargs), lambda o: [o])
+            if out is not None:
+                return out, "npu", None
         with self._lock:
             self.fallbacks[why] += 1
         args = tuple(_host(a) for a in args)
