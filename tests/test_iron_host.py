@@ -467,3 +467,27 @@ def test_encoder_blocks_through_the_designs_equal_emu(lib, tiny, speech):
             got = np.concatenate([got[:, :d] * 8, got[:, d:]], axis=1)
         np.testing.assert_array_equal(got, theirs[node.name], err_msg=node.name)
     assert runner.dispatches == 5
+
+
+def test_a_chain_breaks_where_it_would_need_a_second_outside_residual_or_another_row_count():
+    """plan_dispatches joins consecutive layernorms and linears while each reads the chain's input or an
+    output made in it, the rows agree and at most one residual comes from outside (the side input)."""
+    from kernels.aie.design_runner import Dispatch, plan_dispatches
+    from kernels.graph import Node
+
+    def node(name, kernel, source, rows=256, residual=None, weights=("w", "b")):
+        return Node(name, kernel, (source,), weights, (rows, 128), 0, residual=residual)
+
+    nodes = [node("n1", "layernorm", "x"), node("l1", "linear", "n1", residual="x"),
+             node("l2", "linear", "l1", residual="y"),                   # a second outside residual: breaks
+             node("l3", "linear", "l2", residual="l2"),
+             node("l4", "linear", "l3", rows=512),                       # other rows: breaks
+             node("l5", "linear", "q")]                                  # an input from outside: breaks
+    shapes = {"x": (256, 128), "y": (256, 128), "q": (512, 128), **{n.name: n.shape for n in nodes}}
+    plan = plan_dispatches(nodes, shapes, 256, 4)
+    assert [[n.name for n in d.nodes] for d in plan] == [["n1", "l1"], ["l2", "l3"], ["l4"], ["l5"]]
+    assert all(isinstance(d, Dispatch) and d.kernel == "chain" for d in plan)
+    assert [d.side for d in plan] == [None, "y", None, None]          # l1's residual is the chain's input
+    assert plan[0].shape[1][1].residual == "inp"
+    phases = plan[1].shape[1]
+    assert phases[0].residual == "side" and phases[1].residual == "p0" and phases[1].source is None
