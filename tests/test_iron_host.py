@@ -479,15 +479,17 @@ def test_a_chain_breaks_where_it_would_need_a_second_outside_residual_or_another
         return Node(name, kernel, (source,), weights, (rows, 128), 0, residual=residual)
 
     nodes = [node("n1", "layernorm", "x"), node("l1", "linear", "n1", residual="x"),
-             node("l2", "linear", "l1", residual="y"),                   # a second outside residual: breaks
+             node("l0", "linear", "l1", residual="z"),                   # x is the chain's input: z may join
+             node("l2", "linear", "l0", residual="y"),                   # a second outside residual: breaks
              node("l3", "linear", "l2", residual="l2"),
              node("l4", "linear", "l3", rows=512),                       # other rows: breaks
              node("l5", "linear", "q")]                                  # an input from outside: breaks
-    shapes = {"x": (256, 128), "y": (256, 128), "q": (512, 128), **{n.name: n.shape for n in nodes}}
+    shapes = {"x": (256, 128), "y": (256, 128), "z": (256, 128), "q": (512, 128),
+              **{n.name: n.shape for n in nodes}}
     plan = plan_dispatches(nodes, shapes, 256, 4)
-    assert [[n.name for n in d.nodes] for d in plan] == [["n1", "l1"], ["l2", "l3"], ["l4"], ["l5"]]
+    assert [[n.name for n in d.nodes] for d in plan] == [["n1", "l1", "l0"], ["l2", "l3"], ["l4"], ["l5"]]
     assert all(isinstance(d, Dispatch) and d.kernel == "chain" for d in plan)
-    assert [d.side for d in plan] == [None, "y", None, None]          # l1's residual is the chain's input
-    assert plan[0].shape[1][1].residual == "inp"
+    assert [d.side for d in plan] == ["z", "y", None, None]
+    assert [getattr(ph, "residual", None) for ph in plan[0].shape[1]] == [None, "inp", "side"]   # l1: the input
     phases = plan[1].shape[1]
     assert phases[0].residual == "side" and phases[1].residual == "p0" and phases[1].source is None

@@ -94,8 +94,7 @@ def _joins(chain: list[tuple[Node, DesignCall]], node: Node) -> bool:
     first = chain[0][0]
     made = {n.name for n, _ in chain}
     inside = made | {first.inputs[0]}
-    outside = {n.residual for n, _ in chain if n.residual and n.residual not in made} | \
-        ({node.residual} if node.residual and node.residual not in made else set())
+    outside = {n.residual for n, _ in [*chain, (node, None)] if n.residual and n.residual not in inside}
     return node.shape[0] == first.shape[0] and node.inputs[0] in inside and len(outside) <= 1
 
 
@@ -105,7 +104,7 @@ def _chain(chain: list[tuple[Node, DesignCall]], cols: int) -> Dispatch:
     names = {chain[0][0].inputs[0]: "inp"}
     phases, side, head_dims = [], None, []
     for i, (node, call) in enumerate(chain):
-        source = names.get(node.inputs[0], "side")
+        source = names[node.inputs[0]]                      # _joins: the chain's input or made in it
         source = None if (i == 0 or source == f"p{i - 1}") else source
         if node.kernel == "layernorm":
             phases.append(module.Norm(call.shape[1], call.shape[2], source))
