@@ -66,8 +66,7 @@ def arg_bytes(entry: Entry) -> list[int]:
         design = _chain_design()
         m, phases = s["M"], design.parse_phases(s["phases"])
         _, _, params, scratch = design.chain_layout(m, phases)
-        first = phases[0].k if isinstance(phases[0], design.Linear) else phases[0].d
-        side = next((ph.n for ph in phases if getattr(ph, "residual", None) == "side"), 0)
+        first, side = design.io_widths(phases)
         return [2 * m * first, 2 * (m * side or 1), 2 * params, 2 * (scratch or 1), 2 * m * phases[-1].width]
     if entry.op == "log_mel":
         filters = _pad_to(C.BINS_PADDED) * _pad_to(s["M"])
@@ -80,6 +79,23 @@ def arg_bytes(entry: Entry) -> list[int]:
         rows, d = tiles.band_rows(s["T"]), s["H"] * TILE
         return [2 * rows * 3 * d, 2 * rows * d]
     return [2 * s["R"] * s["D"], 2 * 2 * s["D"], 2 * s["R"] * s["D"]]
+
+
+def chain_reference(backend, phases, x, side, operands) -> list[np.ndarray]:
+    """Each phase's output of a chain (kernels/aie/matmul/design.py's phases), computed op by op on
+    `backend` and rounded to bf16 as the device keeps it; x, side: the chain's inputs; operands: per
+    phase (W, bias) or (gamma, beta)."""
+    design = _chain_design()
+    values, previous, outputs = {"inp": x, "side": side}, "inp", []
+    for i, (ph, (a, b)) in enumerate(zip(phases, operands)):
+        source = values[ph.source or previous]
+        if isinstance(ph, design.Norm):
+            y = backend.layernorm(source, a, b, ph.eps)
+        else:
+            y = backend.linear(source, a, b, gelu=ph.gelu, residual=values[ph.residual] if ph.residual else None)
+        values[previous := f"p{i}"] = C.bf16(y)
+        outputs.append(values[previous])
+    return outputs
 
 
 # ---- packing: numpy arguments <-> the designs' buffers ---------------------------------------------
@@ -272,33 +288,29 @@ class NpuBackend(Backend):
         """A chain on random inputs and weights against the reference run phase by phase."""
         design = _chain_design()
         m, phases = entry.shape["M"], design.parse_phases(entry.shape["phases"])
-        first = phases[0].k if isinstance(phases[0], design.Linear) else phases[0].d
-        values = {"inp": rng.standard_normal((m, first)).astype(np.float32) * 2}
-        side = next((ph.n for ph in phases if getattr(ph, "residual", None) == "side"), 0)
-        values["side"] = rng.standard_normal((m, side)).astype(np.float32) if side else None
-        packed, previous = [], "inp"
-        for i, ph in enumerate(phases):
-            x = values[ph.source or previous]
+        first, side = design.io_widths(phases)
+        x = rng.standard_normal((m, first)).astype(np.float32) * 2
+        residual = rng.standard_normal((m, side)).astype(np.float32) if side else None
+        operands, packed = [], []
+        for ph in phases:
             if isinstance(ph, design.Norm):
                 g = (1 + 0.1 * rng.standard_normal(ph.d)).astype(np.float32)
                 b = rng.standard_normal(ph.d).astype(np.float32)
+                operands.append((g, b))
                 packed.append(tiles.pack_norm(g, b))
-                y = self.reference.layernorm(x, g, b, ph.eps)
             else:
                 w = (rng.standard_normal((ph.k, ph.n)) / math.sqrt(ph.k)).astype(np.float32)
                 b = rng.standard_normal(ph.n).astype(np.float32)
+                operands.append((w, b))
                 packed.append(tiles.pack_linear(w, b))
-                residual = values[ph.residual] if ph.residual else None
-                y = self.reference.linear(x, w, b, gelu=ph.gelu, residual=residual)
-            values[previous := f"p{i}"] = C.bf16(y)
         params = np.concatenate([p.reshape(-1) for p in packed])
         try:
             with self._lock:
-                _, out = self._dispatch_chain(self.kernels[entry.key], values["inp"], values["side"], params)
+                _, out = self._dispatch_chain(self.kernels[entry.key], x, residual, params)
                 got = _float(np.frombuffer(out.read(), np.uint16)).reshape(m, -1)
         except NpuFault as e:
             return str(e)
-        return check_output(got, values[previous])
+        return check_output(got, chain_reference(self.reference, phases, x, residual, operands)[-1])
 
     def _dispatch_chain(self, kernel: XrtKernel, x, side, params):
         """One chain run: (scratch, out) left on the device. x, side: device tensors or arrays (side None

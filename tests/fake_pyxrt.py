@@ -26,7 +26,7 @@ from kernels import contract as C
 from kernels.aie import iron_host, tiles
 from kernels.emu import EmuBackend
 from kernels.frontend import HOP_LENGTH, N_FFT
-from kernels.npu import DFT_SHAPE, MEL_FRAMES, arg_bytes
+from kernels.npu import DFT_SHAPE, MEL_FRAMES, arg_bytes, chain_reference
 from kernels.npu_manifest import Entry
 
 
@@ -275,30 +275,22 @@ class FakeXRT:
         m, phases = s["M"], module.parse_phases(s["phases"])
         param_at, scratch_at, _, _ = module.chain_layout(m, phases)
         params, scratch = np.frombuffer(bufs[2], np.uint16), bytearray(bufs[3])
-        first = phases[0].k if isinstance(phases[0], module.Linear) else phases[0].d
-        tensors = {"inp": _f(bufs[0]).reshape(m, first)}
-        if any(getattr(ph, "residual", None) == "side" for ph in phases):
-            side_width = next(ph.n for ph in phases if getattr(ph, "residual", None) == "side")
-            tensors["side"] = _f(bufs[1]).reshape(m, side_width)
-        previous, out = "inp", b""
-        for i, (ph, at, where) in enumerate(zip(phases, param_at, scratch_at)):
-            x = tensors[ph.source or previous]
+        first, side = module.io_widths(phases)
+        operands = []
+        for ph, at in zip(phases, param_at):
             blob = params[at:at + ph.packed]
             if isinstance(ph, module.Norm):
                 gb = blob.reshape(ph.d // 64, -1)[:, :128].reshape(-1, 2, 64)
-                y = self.emu.layernorm(x, _f(gb[:, 0].tobytes()), _f(gb[:, 1].tobytes()), ph.eps)
+                operands.append((_f(gb[:, 0].tobytes()), _f(gb[:, 1].tobytes())))
             else:
                 packed = blob.reshape(ph.n // tiles.PACK_COLUMNS, ph.k // 64 + 1, -1)
                 w, b = (_f(t.tobytes()) for t in tiles.unpack_linear(packed, ph.k))
-                res = tensors[ph.residual] if ph.residual else None
-                y = self.emu.linear(x, w.reshape(ph.k, ph.n), b, gelu=ph.gelu, residual=res)
-            y = C.bf16(y)
-            tensors[previous := f"p{i}"] = y
-            if where is None:
-                out = _bits(y)
-            else:
-                scratch[2 * where:2 * (where + y.size)] = _bits(y)
-        return bytes(scratch), out
+                operands.append((w.reshape(ph.k, ph.n), b))
+        outputs = chain_reference(self.emu, phases, _f(bufs[0]).reshape(m, first),
+                                  _f(bufs[1]).reshape(m, side) if side else None, operands)
+        for y, where in zip(outputs[:-1], scratch_at):
+            scratch[2 * where:2 * (where + y.size)] = _bits(y)
+        return bytes(scratch), _bits(outputs[-1])
 
 
 class _Store:

@@ -116,6 +116,13 @@ def parse_phases(spec: str) -> list:
     return phases
 
 
+def io_widths(phases) -> tuple[int, int]:
+    """(values per row of a chain's input, of its side input: 0 for none)."""
+    first = phases[0].k if isinstance(phases[0], Linear) else phases[0].d
+    side = next((ph.n for ph in phases if isinstance(ph, Linear) and ph.residual == "side"), 0)
+    return first, side
+
+
 def chain_layout(m: int, phases) -> tuple[list[int], list[int | None], int, int]:
     """(offset of each phase's packed operands in params, offset of each phase's output in scratch (None
     for the last: it writes out), values of params, values of scratch)."""
@@ -146,7 +153,8 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
 
     band = ROWS * TILE
     assert m % band == 0, f"M must be a multiple of {band}"
-    widths = {"inp": phases[0].k if isinstance(phases[0], Linear) else phases[0].d}
+    first, side = io_widths(phases)
+    widths = {"inp": first}
     previous = "inp"
     for i, ph in enumerate(phases):
         width = widths[ph.source or previous]
@@ -206,8 +214,6 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
 
     rt = Runtime()
     param_at, scratch_at, params_size, scratch_size = chain_layout(m, phases)
-    first = phases[0].k if isinstance(phases[0], Linear) else phases[0].d
-    side = next((ph.n for ph in phases if isinstance(ph, Linear) and ph.residual == "side"), 0)
     if single:
         names, sizes = ("inp", "params", "side", "out"), (m * first, params_size, m * side or 1, m * width)
     else:
