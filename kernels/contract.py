@@ -11,8 +11,9 @@ the kernels, built for the host through kernels/aie/common/aie_host.h, equal the
   multiply-add); reductions over 16 lanes: the vectors of a row added in order, then the halving
   tree x[i] + x[i + 8], + 4, + 2, + 1 (aie_api's reduce_add on aie2).
 - Division, square root and exp are not operations of the vector unit: 1/q and 1/sqrt(x) are Newton
-  iterations from a bit-pattern start, e^x is 2^k p(r) with k rounded by adding 1.5 * 2^23 and 2^k
-  built in the exponent bits, erf a rational function with its division as a reciprocal.
+  iterations from a bit-pattern start, erf a rational function with its division as a reciprocal;
+  e^x is 2^k p(r) with k rounded by adding 1.5 * 2^23 and 2^k added to the exponent bits, computed
+  from bf16 products (exact, each added into fp32 with one rounding), not emulated fp32 multiplies.
 """
 from __future__ import annotations
 
@@ -188,23 +189,37 @@ def rsqrt(x: np.ndarray) -> np.ndarray:
 
 
 _ROUND = _F(12582912.0)                                       # 1.5 * 2^23
-EXP_LO, EXP_HI = _F(-87.0), _F(88.0)
-_EXP_POLY = tuple(_F(c) for c in (                              # e^r on [-ln2/2, ln2/2], fitted for this project
-    1.0000000005542613, 1.0000000363227308, 0.49999992078339245, 0.1666642017141224,
-    0.04166822590235366, 0.008374815699891782, 0.0013836827356279889))
+EXP_LO, EXP_HI = _F(-80.0), _F(88.0)
+_LOG2E = (_F(1.4453125), _F(-0.00262451171875))                 # log2 e and ln 2 as sums of bf16 pieces
+_LN2 = (_F(0.69140625), _F(0.001739501953125), _F(1.430511474609375e-06))
+_EXP_Q = (_F(0.5000588297843933), _F(0.16760565340518951), _F(0.041259765625))  # fitted for this project
+
+
+def _pieces(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x as its bf16 rounding and the bf16 rounding of the rest (x − hi is exact in fp32)."""
+    hi = bf16(x)
+    return hi, bf16(x - hi)
 
 
 def exp(x: np.ndarray) -> np.ndarray:
-    """e^x = 2^k · p(r): k = rint(x·log2 e) (by + and − 1.5·2^23), r = (x − k·ln2_hi) − k·ln2_lo, 2^k in
-    the exponent bits; x < −87 gives 0, x is clamped at 88."""
+    """e^x = 2^k · p(r) from bf16 products, the vector unit's native multiply (exact, added into fp32
+    with one rounding each): k = rint(x·log2 e) (by + and − 1.5·2^23), r = x − k·ln2 (ln 2 in three
+    bf16 pieces), p(r) = (1 + r) + r²·q(r), q of degree 2 (fitted for this project), r² and q as pairs
+    of bf16 pieces, 2^k added to p's exponent bits; x < −80 gives 0, x is clamped at 88."""
     x = np.asarray(x, _F)
     xc = np.minimum(np.maximum(x, EXP_LO), EXP_HI)
-    t = xc * _F(1.4426950408889634) + _ROUND
+    xh, xl = _pieces(xc)
+    t = ((xh * _LOG2E[0] + xh * _LOG2E[1]) + xl * _LOG2E[0]) + _ROUND
     k = t - _ROUND
-    r = (xc - k * _F(0.693145751953125)) - k * _F(1.4286068203094172e-06)
-    p = _horner(r, _EXP_POLY)
-    scale = _float(((_bits(t) - _bits(_ROUND)) + 127) << 23)
-    return np.where(x < EXP_LO, _F(0.0), p * scale)
+    r = ((xc - k * _LN2[0]) - k * _LN2[1]) - k * _LN2[2]
+    rh, rl = _pieces(r)
+    r2h, r2l = _pieces((rh * rh + rh * rl) + rh * rl)
+    q = _EXP_Q[2]
+    for c in _EXP_Q[1::-1]:
+        q = c + bf16(q) * rh
+    qh, ql = _pieces(q)
+    p = (((_F(1.0) + r) + r2h * qh) + r2h * ql) + r2l * qh
+    return np.where(x < EXP_LO, _F(0.0), _float(_bits(p) + ((_bits(t) - _bits(_ROUND)) << 23)))
 
 
 _ERF_P = tuple(_F(c) for c in (1.128378947110758, 0.19797619977799844, 0.053686567157058676,

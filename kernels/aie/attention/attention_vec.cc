@@ -20,9 +20,9 @@
 //
 // Cycle estimate per attnv_step_64 (fp32 multiply = ~15 instructions, emulated; see vmath.h):
 //   Q K^T and P V: 2 x 64^3 / 128 = 4096 mmul instructions, plus 2048 transposes of K blocks.
-//   exp of the 64 x 64 scores and 64 alphas: 260 vectors x (~10 fp32 multiplies + ~12 other
-//   instructions) = ~42000 instructions; max, row sums, rescale of O (256 fp32 multiplies), the
-//   bf16 narrowing: ~5500. Total ~54000 cycles a key tile: the fp32 exp is ~80% of it.
+//   exp of the 64 x 64 scores and 64 alphas in bf16 products (vmath.h): 260 vectors x ~64
+//   instructions = ~16600; max, row sums, rescale of O (256 fp32 multiplies), the bf16 narrowing:
+//   ~5500. Total ~28300 cycles a key tile: the exp is ~59% of it.
 // attnv_finish: 64 reciprocals (~50 instructions each, per row) and 256 block multiplies: ~7000.
 // attnv_init: 8 + 256 stores: ~300.
 #include "../common/blocked.h"

@@ -10,7 +10,8 @@
 //     products to the accumulator and rounds once to fp32 (AM020 describes one aligned post-adder
 //     for all products and the accumulator; its width and rounding are not documented). Here the
 //     sum is exact (detail::round_sum).
-//   * fp32 add and subtract (the accumulator adders) round to nearest even.
+//   * fp32 add and subtract (the accumulator adders) round to nearest even; so does an elementwise
+//     mac/msc, which adds an exact bf16 x bf16 product to the accumulator.
 //   * fp32 multiply: aie_api emulates it with bf16 products (Peano's default "safe" mode: 9
 //     products, 0 ULP in UG1603's measurement); taken here to be the correctly rounded product.
 //   * fp32 -> bf16 (accum::to_vector<bfloat16>) rounds by the core's rounding mode: the kernels
@@ -246,6 +247,28 @@ template <unsigned N>
 accum<accfloat, N> mul(const vector<float, N>& a, const vector<float, N>& b) {
   accum<accfloat, N> out;
   for (unsigned i = 0; i < N; ++i) out.v[i] = detail::flush(a.v[i] * b.v[i]);
+  return out;
+}
+// Elementwise bf16 x bf16 products into fp32 accumulators: the product is exact in fp32; mac and msc
+// add it to (subtract it from) the accumulator with one rounding.
+template <unsigned N>
+accum<accfloat, N> mul(const vector<bfloat16, N>& a, const vector<bfloat16, N>& b) {
+  accum<accfloat, N> out;
+  for (unsigned i = 0; i < N; ++i) out.v[i] = detail::flush(detail::to_float(a.v[i]) * detail::to_float(b.v[i]));
+  return out;
+}
+template <unsigned N>
+accum<accfloat, N> mac(const accum<accfloat, N>& acc, const vector<bfloat16, N>& a, const vector<bfloat16, N>& b) {
+  accum<accfloat, N> out;
+  for (unsigned i = 0; i < N; ++i)
+    out.v[i] = detail::flush(acc.v[i] + detail::to_float(a.v[i]) * detail::to_float(b.v[i]));
+  return out;
+}
+template <unsigned N>
+accum<accfloat, N> msc(const accum<accfloat, N>& acc, const vector<bfloat16, N>& a, const vector<bfloat16, N>& b) {
+  accum<accfloat, N> out;
+  for (unsigned i = 0; i < N; ++i)
+    out.v[i] = detail::flush(acc.v[i] - detail::to_float(a.v[i]) * detail::to_float(b.v[i]));
   return out;
 }
 template <unsigned N>

@@ -1,8 +1,9 @@
 // The scalar reference numerics, shared by the scalar kernels (mm.cc, attention.cc, layernorm.cc,
 // gelu.cc, mel.cc): plain loops, written to be read. The vectorised kernels (*_vec.cc) follow
 // kernels/CONTRACT.md exactly; these differ in the details the vector unit fixes (the matmul sums
-// 64-wide K chunks, the reductions run lane by lane, division and square root are the C library's),
-// so the two agree within one bf16 step (tests/test_aie_host.py).
+// 64-wide K chunks, the reductions run lane by lane, division and square root are the C library's,
+// exp is an fp32 polynomial), so the two agree within one bf16 step; an attention output that nearly
+// cancels, within a small absolute amount (tests/test_aie_host.py).
 //
 // bf16 values travel as raw uint16_t bits, so the same code builds for the AIE
 // (Peano, __AIENGINE__ defined) and for the host (g++, used by the tests).
