@@ -4,8 +4,10 @@ The LocalAgreement-2 policy of whisper_streaming: after every `chunk_seconds` of
 buffer (the audio since the last trim) is transcribed again with word timestamps, prompted with the
 committed text before the buffer, with Whisper's temperature fallback. The words past what is
 committed form the hypothesis; the longest prefix the last two hypotheses share is committed, and
-so is every word that ended MAX_DELAY_SECONDS before the audio received (updates far apart agree
-less often). Once the buffer is longer than `trim_seconds` it is cut at the end of the last
+so is every word up to a run of RUN_WORDS words both share at most one word apart (one disputed
+word, often a name, would otherwise hold back the agreed words after it for several updates), and
+every word that ended MAX_DELAY_SECONDS before the audio received (updates far apart agree less
+often). Once the buffer is longer than `trim_seconds` it is cut at the end of the last
 segment whose words are all committed, so each update's work stays bounded. What the latest
 hypothesis adds beyond the committed words is the partial text. While the buffer only grows, the
 last transcription's tokens are the draft of the next (DecodingOptions.draft): greedy decoding
@@ -46,6 +48,7 @@ CHUNK_SECONDS = 1.0          # new audio between updates
 TRIM_SECONDS = 15.0          # the buffer is cut at a committed segment end beyond this
 PROMPT_CHARS = 200           # committed text carried into the prompt
 MAX_DELAY_SECONDS = 8.0      # a word this far behind the audio received is committed without agreement
+RUN_WORDS = 3                # a run of words two hypotheses share commits the words before it too
 OVERLAP_WORDS = 5            # longest run of words a hypothesis may repeat from the committed tail
 BACKOFF_SECONDS = 0.5        # the speech gate looks this far before the committed end ...
 CONTINUE_SECONDS = 0.3       # ... and takes speech running this far past it as a word not committed
@@ -222,13 +225,11 @@ class LiveTranscriber:
         return words
 
     def _agreed(self, words: list[Word], received: float) -> list[Word]:
-        """The longest prefix of `words` that the previous hypothesis shares, or, if longer, the words
+        """The words of `words` the previous hypothesis agrees on (agreed_words), or, if longer, the words
         that ended MAX_DELAY_SECONDS or more before the audio received: when updates come seconds
         apart (a busy server) hypotheses agree less often, and a word heard with that much audio after
         it is as good as it gets. This bounds the buffer, hence each update's work, under load."""
-        n = 0
-        while n < min(len(words), len(self.hypothesis)) and _key(words[n]) == _key(self.hypothesis[n]):
-            n += 1
+        n = agreed_words([_key(w) for w in words], [_key(w) for w in self.hypothesis])
         old = 0
         while old < len(words) and words[old].end <= received - MAX_DELAY_SECONDS:
             old += 1
@@ -253,6 +254,22 @@ class LiveTranscriber:
         matched against)."""
         before = sum(w.end <= self.buffer.start + 1e-3 for w in self.committed)
         del self.committed[:max(0, before - OVERLAP_WORDS)]
+
+
+def agreed_words(new: list[str], old: list[str]) -> int:
+    """How many of the newer hypothesis' words count as agreed with the older one's: their common
+    prefix, or, if longer, the words up to the end of the last run of RUN_WORDS words that the older
+    one holds too, at most one word earlier or later. The words before such a run are the newer
+    hypothesis' (it heard more context); without the shift limit a repeated phrase could match far away."""
+    prefix = 0
+    while prefix < min(len(new), len(old)) and new[prefix] == old[prefix]:
+        prefix += 1
+    for end in range(len(new), prefix + RUN_WORDS - 1, -1):            # end: one past the run's last word
+        run = new[end - RUN_WORDS:end]
+        if any(RUN_WORDS <= end + shift <= len(old) and old[end + shift - RUN_WORDS:end + shift] == run
+               for shift in (-1, 0, 1)):
+            return end
+    return prefix
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,20 @@ def test_words_far_behind_the_audio_are_committed_without_agreement():
     assert [w.word for w in live._agreed(words, received=4.0 + MAX_DELAY_SECONDS)] == [" a", " be", " sea"]
 
 
+def test_a_run_of_agreed_words_commits_the_disputed_word_before_it():
+    """LocalAgreement's common prefix, extended: a run of RUN_WORDS words the older hypothesis holds at
+    most one word earlier or later commits the newer hypothesis up to the run's end."""
+    from encoder.streaming import RUN_WORDS, agreed_words
+
+    assert RUN_WORDS == 3
+    assert agreed_words(["a", "b", "c", "d"], ["a", "b", "x"]) == 2                       # the prefix
+    assert agreed_words(["listen", "poured", "two", "cup", "some"], ["liesen", "poured", "two", "cup"]) == 4
+    assert agreed_words(["met", "tuesday", "in", "late", "october"], ["tuesday", "in", "late", "october"]) == 5
+    assert agreed_words(["in", "late", "october"], ["met", "tuesday", "in", "late", "october"]) == 0   # 2 apart
+    assert agreed_words(["q", "b", "c"], ["p", "b", "c"]) == 0                             # a run too short
+    assert agreed_words(["a", "b", "c", "x", "y"], ["a", "b", "c", "z", "y"]) == 3
+
+
 def test_a_growing_buffer_is_decoded_from_the_last_hypothesis_as_draft(model):
     """Each update of a buffer that only grew hands the decoder the last transcription's tokens as its
     draft; once the buffer is cut, the next update starts without one. The text is the same either way."""
