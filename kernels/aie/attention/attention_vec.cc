@@ -20,9 +20,10 @@
 //
 // Cycle estimate per attnv_step_64 (fp32 multiply = ~15 instructions, emulated; see vmath.h):
 //   Q K^T and P V: 2 x 64^3 / 128 = 4096 mmul instructions, plus 2048 transposes of K blocks.
-//   exp of the 64 x 64 scores and 64 alphas in bf16 products (vmath.h): 260 vectors x ~64
-//   instructions = ~16600; max, row sums, rescale of O (256 fp32 multiplies), the bf16 narrowing:
-//   ~5500. Total ~28300 cycles a key tile: the exp is ~59% of it.
+//   exp in bf16 products (vmath.h) of the 64 x 64 scores (256 vectors) and of the 64 alphas (16
+//   vectors, 4 rows each): 272 vectors x ~64 instructions = ~17400; max, row sums, rescale of O
+//   (256 fp32 multiplies), the bf16 narrowing: ~5500. Total ~29000 cycles a key tile: the exp is
+//   ~60% of it.
 // attnv_finish: 64 reciprocals (~50 instructions each, per row) and 256 block multiplies: ~7000.
 // attnv_init: 8 + 256 stores: ~300.
 #include "../common/blocked.h"
@@ -50,30 +51,39 @@ void scores(const bfloat16* q, const bfloat16* k, int i, float (&band)[4][kTile]
   }
 }
 
-// Row r of the band: mask the keys past valid_keys, update the running max and sum, leave bf16(P) in
-// p_row and return alpha.
-float softmax_row(float (&s)[kTile], int valid_keys, float& m, float& l, bfloat16* p_row) {
-  v16f chunk[4];
-  for (int c = 0; c < 4; ++c) {
-    chunk[c] = aie::load_v<16>(&s[16 * c]);
-    int valid = valid_keys - 16 * c;
-    if (valid < 16) {
-      auto keep = aie::mask<16>::from_uint32(valid <= 0 ? 0u : (1u << valid) - 1u);
-      chunk[c] = aie::select(bcast(-INFINITY), chunk[c], keep);
+// The band's rows 4i..4i+3: mask the keys past valid_keys and update the running maxima (one exp
+// gives the 4 rows' alphas), then per row P = exp(S - m'), left as bf16(P) in p, and the running sum.
+void softmax_band(float (&band)[4][kTile], int valid_keys, float* m, float* l, bfloat16 (&p)[4][kTile],
+                  float (&alpha)[4]) {
+  alignas(32) float m_old[16] = {}, m_new[16] = {};
+  for (int r = 0; r < 4; ++r) {
+    v16f top = bcast(-INFINITY);
+    for (int c = 0; c < 4; ++c) {
+      v16f chunk = aie::load_v<16>(&band[r][16 * c]);
+      int valid = valid_keys - 16 * c;
+      if (valid < 16) {
+        auto keep = aie::mask<16>::from_uint32(valid <= 0 ? 0u : (1u << valid) - 1u);
+        chunk = aie::select(bcast(-INFINITY), chunk, keep);
+        aie::store_v(&band[r][16 * c], chunk);
+      }
+      top = aie::max(top, chunk);
     }
+    float row_max = aie::reduce_max(top);
+    m_old[r] = m[r];
+    m_new[r] = m[r] > row_max ? m[r] : row_max;
   }
-  float row_max = aie::reduce_max(aie::max(aie::max(chunk[0], chunk[1]), aie::max(chunk[2], chunk[3])));
-  float m_new = m > row_max ? m : row_max;
-  float alpha = exp(fsub(bcast(m), bcast(m_new))).get(0);
-  v16f sum = bcast(0.0f);
-  for (int c = 0; c < 4; ++c) {
-    v16f p = exp(fsub(chunk[c], bcast(m_new)));
-    sum = c == 0 ? p : fadd(sum, p);
-    aie::store_v(p_row + 16 * c, narrow(p));
+  v16f alphas = exp(fsub(aie::load_v<16>(m_old), aie::load_v<16>(m_new)));     // lanes 0..3
+  for (int r = 0; r < 4; ++r) {
+    v16f sum = bcast(0.0f);
+    for (int c = 0; c < 4; ++c) {
+      v16f e = exp(fsub(aie::load_v<16>(&band[r][16 * c]), bcast(m_new[r])));
+      sum = c == 0 ? e : fadd(sum, e);
+      aie::store_v(&p[r][16 * c], narrow(e));
+    }
+    alpha[r] = alphas.get(r);
+    l[r] = fadd(fmul(bcast(l[r]), bcast(alpha[r])), bcast(aie::reduce_add(sum))).get(0);
+    m[r] = m_new[r];
   }
-  l = fadd(fmul(bcast(l), bcast(alpha)), bcast(aie::reduce_add(sum))).get(0);
-  m = m_new;
-  return alpha;
 }
 }  // namespace
 
@@ -95,7 +105,7 @@ void attnv_step_64(const bfloat16* q, const bfloat16* k, const bfloat16* v, int3
     alignas(32) bfloat16 p[4][kTile];
     float alpha[4];
     scores(q, k, i, band);
-    for (int r = 0; r < 4; ++r) alpha[r] = softmax_row(band[r], valid_keys, m[4 * i + r], l[4 * i + r], p[r]);
+    softmax_band(band, valid_keys, m + 4 * i, l + 4 * i, p, alpha);
     v16f rescale = per_row(alpha);
     for (int j = 0; j < kBlocks; ++j) {                 // O's dim blocks
       MMUL acc(acc16(fmul(aie::load_v<16>(o + c_block(i, j)), rescale)));
