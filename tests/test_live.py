@@ -11,7 +11,7 @@ import pytest
 from encoder.audio import load_audio
 from encoder.evaluation import score
 from encoder.live_audio import pcm_stream
-from encoder.streaming import LiveTranscriber, replay
+from encoder.streaming import RUN_WORDS, LiveTranscriber, agreed_words, replay
 from kernels.errors import BadAudio, BadOption
 from kernels.frontend import SAMPLE_RATE
 
@@ -195,8 +195,6 @@ def test_words_far_behind_the_audio_are_committed_without_agreement():
 def test_a_run_of_agreed_words_commits_the_disputed_word_before_it():
     """LocalAgreement's common prefix, extended: a run of RUN_WORDS words the older hypothesis holds at
     most one word earlier or later commits the newer hypothesis up to the run's end."""
-    from encoder.streaming import RUN_WORDS, agreed_words
-
     assert RUN_WORDS == 3
     assert agreed_words(["a", "b", "c", "d"], ["a", "b", "x"]) == 2                       # the prefix
     assert agreed_words(["listen", "poured", "two", "cup", "some"], ["liesen", "poured", "two", "cup"]) == 4
