@@ -24,7 +24,7 @@ from kernels.aie.design_runner import Dispatch, chain_shape, plan_dispatches
 from kernels.contract import TILE
 from kernels.emu import EmuBackend
 from kernels.errors import AmanuensisError
-from kernels.frontend import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, hann_window, mel_filters
+from kernels.frontend import N_FRAMES, N_SAMPLES
 from kernels.interface import Backend
 from kernels.npu_manifest import Entry, key, load_manifest
 from kernels.reference import im2col_k3
@@ -49,13 +49,12 @@ def _float(bits: np.ndarray) -> np.ndarray:
     return bits.view(ml_dtypes.bfloat16).astype(np.float32)
 
 
-MEL_FRAMES = _pad_to(N_FRAMES)                          # 3008: the mel kernels run 64 frames a tile
-MEL_SAMPLES = (MEL_FRAMES - 1) * HOP_LENGTH + N_FFT     # the reflect-padded window, zero-extended
-DFT_SHAPE = (_pad_to(N_FFT), 2 * C.BINS_PADDED)          # (448, 448): K zero-padded to a tile
-
-
 def _chain_design():
     return iron_host.design("matmul")
+
+
+def _mel_design():
+    return iron_host.design("mel")
 
 
 def arg_bytes(entry: Entry) -> list[int]:
@@ -68,9 +67,10 @@ def arg_bytes(entry: Entry) -> list[int]:
         _, _, params, scratch = design.chain_layout(m, phases)
         first, side = design.io_widths(phases)
         return [2 * m * first, 2 * (m * side or 1), 2 * params, 2 * (scratch or 1), 2 * m * phases[-1].width]
-    if entry.op == "log_mel":
-        filters = _pad_to(C.BINS_PADDED) * _pad_to(s["M"])
-        return [4 * MEL_SAMPLES, 3 * 2 * math.prod(DFT_SHAPE), 3 * 2 * filters, 4 * MEL_FRAMES * s["M"]]
+    if entry.op == "log_mel":                # samples, params, scratch, out
+        mel = _mel_design()
+        return [4 * mel.SAMPLES, 2 * mel.params_size(s["M"]), 4 * mel.scratch_layout(s["M"])[2],
+                4 * mel.FRAMES_PADDED * mel.mel_columns(s["M"])]
     if entry.op == "linear":
         m, k, n = s["M"], s["K"], s["N"]
         packed = n // tiles.PACK_COLUMNS * (k // TILE + 1) * TILE * tiles.PACK_COLUMNS
@@ -186,22 +186,6 @@ def pack_attention(qkv, n_head):
     x[:t] = C.bf16(_host(qkv))
     x[:, :three_d // 3] *= np.float32(1.0 / math.sqrt(three_d // 3 // n_head))
     return {0: _bits(x)}
-
-
-def _pieces(matrix: np.ndarray, shape: tuple) -> np.ndarray:
-    """A matrix zero-padded to `shape` as its three bf16 pieces (contract.split3), stacked: (3, *shape) bits."""
-    return np.stack([_bits(_padded(p, shape)) for p in C.split3(matrix)])
-
-
-def pack_log_mel(samples: np.ndarray, n_mels: int) -> dict[int, np.ndarray]:
-    """The mel design's inputs: the window reflect-padded by N_FFT/2 (the DMA frames it) and zero-extended
-    to MEL_SAMPLES (fp32), the windowed DFT matrix and the padded mel filters as bf16 pieces."""
-    x = np.zeros(MEL_SAMPLES, np.float32)
-    padded = np.pad(samples.astype(np.float32), N_FFT // 2, mode="reflect")
-    x[:padded.size] = padded
-    filters = C.filters_padded(mel_filters(n_mels))
-    return {0: x, 1: _pieces(C.dft_matrix(hann_window()), DFT_SHAPE),
-            2: _pieces(filters, (_pad_to(filters.shape[0]), _pad_to(n_mels)))}
 
 
 class NpuBackend(Backend):
@@ -460,11 +444,11 @@ class NpuBackend(Backend):
                 buffer = _resident(qkv, size[0], q_cols=d)
                 out = kernel.run({0: buffer or pack_attention(qkv, n_head)[0]}, {}, leave=1)
                 return DeviceTensor(out[1], qkv.shape[0], d, self._lock)
-            if entry.op == "log_mel":
-                out = kernel.run(pack_log_mel(args[0], s["M"]), {3: np.float32})
-                log_mel = out[3].reshape(MEL_FRAMES, s["M"])[:N_FRAMES]
-                # the window's maximum, the clamp and the scaling: on the host, in the kernel's numerics
-                return C.mel_finish(log_mel, log_mel.max())
+            if entry.op == "log_mel":        # its output leaves the NPU: the convolution's patches are the host's
+                mel = _mel_design()
+                out = kernel.run({0: tiles.mel_samples(args[0], mel.SAMPLES),
+                                  1: self._constant(kernel, 1, (), lambda: tiles.pack_mel(s["M"]))}, {3: np.float32})
+                return out[3].reshape(mel.FRAMES_PADDED, -1)[:N_FRAMES, :s["M"]]
             x, gamma, beta = args
             inputs = {0: _resident(x, size[0]) or _bits(_padded(_host(x), (s["R"], s["D"]))),
                       1: self._constant(kernel, 1, (gamma, beta), lambda: _bits(np.concatenate([gamma, beta])))}

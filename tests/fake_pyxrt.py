@@ -22,11 +22,10 @@ import types
 import ml_dtypes
 import numpy as np
 
-from kernels import contract as C
 from kernels.aie import iron_host, tiles
 from kernels.emu import EmuBackend
-from kernels.frontend import HOP_LENGTH, N_FFT
-from kernels.npu import DFT_SHAPE, MEL_FRAMES, arg_bytes, chain_reference
+from kernels.frontend import N_FFT, N_FRAMES, N_SAMPLES
+from kernels.npu import arg_bytes, chain_reference
 from kernels.npu_manifest import Entry
 
 
@@ -47,11 +46,6 @@ class xrt_info_device(enum.Enum):      # noqa: N801
 
 def _f(bits):
     return np.frombuffer(bits, np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
-
-
-def _joined(buffer):
-    """An fp32 matrix sent as its three bf16 pieces (hi, mid, lo, one after another), summed back: exact."""
-    return sum(_f(p) for p in np.frombuffer(buffer, np.uint16).reshape(3, -1))
 
 
 def _bits(x):
@@ -243,13 +237,14 @@ class FakeXRT:
 
     def _compute(self, spec, bufs):
         s, op = spec["shape"], spec["op"]
-        if op == "log_mel":                  # the log10 mel energies of every frame the DMA cuts, fp32
-            x = np.frombuffer(bufs[0], np.float32)
-            frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:MEL_FRAMES]
-            dft = _joined(bufs[1]).reshape(DFT_SHAPE)[:N_FFT]
-            filters = _joined(bufs[2]).reshape(-1, -(-s["M"] // 64) * 64)
-            log_mel = C.mel_log(C.mel_power(frames, dft), filters[:C.BINS_PADDED, :s["M"]])
-            return np.ascontiguousarray(log_mel, np.float32).tobytes()
+        if op == "log_mel":                  # the window inside the reflect-padded samples, finished, fp32
+            mel, n_mels = iron_host.design("mel"), s["M"]
+            if not np.array_equal(np.frombuffer(bufs[1], np.uint16), tiles.pack_mel(n_mels)):
+                raise AssertionError("the mel design's params are not the DFT and filters of tiles.pack_mel")
+            window = np.frombuffer(bufs[0], np.float32)[N_FFT // 2:N_FFT // 2 + N_SAMPLES]
+            out = np.zeros((mel.FRAMES_PADDED, mel.mel_columns(n_mels)), np.float32)
+            out[:N_FRAMES, :n_mels] = self.emu.log_mel(window, n_mels)
+            return out.tobytes()
         if op == "linear":                   # the whole-array matmul: A, W packed with its bias, residual
             m, k, n = s["M"], s["K"], s["N"]
             packed = np.frombuffer(bufs[1], np.uint16).reshape(n // tiles.PACK_COLUMNS, k // 64 + 1, -1)

@@ -29,7 +29,8 @@ def test_graph_prints_nodes_and_plan():
     assert "33 nodes, 38.39 GFLOP" in r.stdout and "cross_kv" not in r.stdout
     r = run("encoder.graph", "--model", "tiny.en", "--encoder-only", "--plan", "npu")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("projected per 30 s window") == 2 and "in 12 dispatches" in r.stdout     # 2 a layer
+    assert r.stdout.count("projected per 30 s window") == 2 and "in 13 dispatches" in r.stdout     # 2 a layer
+    assert "every node of the encoder included" in r.stdout
     r = run("encoder.graph", "--model", "tiny.en", "--plan", "npu", "--cores", "6")
     assert r.returncode == 2 and "--cores must be a multiple of 4" in r.stderr and not r.stdout
 

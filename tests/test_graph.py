@@ -146,8 +146,14 @@ def test_npu_schedule_projection(tiny_graph):
     expected = (max(norm / 1e6, norm_stream / 4 / 1e6, ddr_ms[0]) + max(qkv / 1e6, qkv_stream / 4 / 1e6, ddr_ms[1])
                 + phoenix.dispatch_ms)
     assert first.cores == 16 and first.ms == pytest.approx(expected)
-    assert sum(r.dispatched for r in rows) == 12 and not by_node["mel"].dispatched   # 2 per layer, convs, embed, first
-    assert by_node["mel"].cores == 0 and by_node["mel"].ms == 0                 # no design fits: not projected
+    assert len(rows) == 13      # mel, convs, embed, first chain, 2 per layer
+    # the mel design's busiest core (a column with 2 of the 7 bin groups and a mel chunk), per band:
+    # 2 groups x 2 halves of 13 K chunks, then a chunk's 7 K chunks and its log10, then its finish
+    mel = 12 * (4 * (cycles.MEL_ZERO_64x32 + 13 * cycles.MEL_MATMUL_64x32x32 + cycles.MEL_POWER_64x32)
+                + cycles.MEL_ZERO_64x32 + 7 * cycles.MEL_MATMUL_64x32x32 + cycles.MEL_LOG10_MAX_64x32
+                + cycles.MEL_FINISH_64x32) + 3 * cycles.MEL_MAXIMUM
+    assert by_node["mel"].cores == 16 and by_node["mel"].compute_ms == pytest.approx(mel / 1e6)
+    assert by_node["mel"].bound == "compute"
     text = format_schedule(tiny_graph, PRESETS["phoenix"])
     assert text.startswith("PROJECTION (not measured)") and "largest terms: attnv_step_64" in text
 
@@ -163,7 +169,9 @@ def test_cycle_estimates_are_the_ones_the_sources_derive():
                "ATTN_FINISH": "attention/attention_vec.cc", "ATTN_V_LAYOUT": "attention/attention_vec.cc",
                "LAYERNORM_ROW_PER_16": "layernorm/layernorm_vec.cc", "LAYERNORM_ROW": "layernorm/layernorm_vec.cc",
                **{name: "matmul/mm_vec.cc" for name in ("LN_SUM_64x64", "LN_SQDEV_64x64", "LN_MEAN_64", "LN_RSTD_64",
-                                                        "LN_NORM_64x32")}}
+                                                        "LN_NORM_64x32")},
+               **{name: "mel/mel_vec.cc" for name in ("MEL_MATMUL_64x32x32", "MEL_ZERO_64x32", "MEL_POWER_64x32",
+                                                      "MEL_LOG10_MAX_64x32", "MEL_MAXIMUM", "MEL_FINISH_64x32")}}
     for name, source in sources.items():
         value = getattr(cycles, name)
         text = (HERE / source).read_text()

@@ -159,11 +159,11 @@ def test_activations_and_weights_stay_on_the_device(npu_env, tiny):
     assert {r.backend for r in result.records if r.node != "embed"} == {"npu"}
     d, rows = 384, 1536
     host_inputs = 4 * 480000 + 2 * (3072 * 256 + 1536 * 1152) + 2 * 2 * rows * d     # samples, patches, embed x 2
-    assert fake.written <= host_inputs + 4 * 1024 * 1024          # samples are reflect-padded (fp32 MEL_SAMPLES)
+    assert fake.written <= host_inputs + 4 * 1024 * 1024          # the samples reflect-padded (mel design's SAMPLES)
     weights = sum(w.packed(np.zeros(w.shape[1], np.float32)).nbytes for w in model.runner.weights.values()
                   if hasattr(w, "packed"))
     assert weights > 10 * 2**20 and fake.written < weights       # the ~20 MB of packed weights are not rewritten
-    leaving = 4 * 3008 * 80 + 2 * (3072 + 1536) * d + 2 * rows * d + 4 * 2 * rows * 2 * d   # mel, convs, outputs
+    leaving = 4 * 3072 * 96 + 2 * (3072 + 1536) * d + 2 * rows * d + 4 * 2 * rows * 2 * d   # mel, convs, outputs
     shapes = build_encoder_graph(tiny.dims, cross_kv=True).shapes
     checks = sum(64 * 2 * shapes[r.node][1] for r in result.records if r.backend == "npu")
     assert fake.read <= leaving + checks + 2**20                  # every op's whole output would be ~70 MB

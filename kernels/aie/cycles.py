@@ -24,6 +24,12 @@ LN_SQDEV_64x64 = 5400
 LN_MEAN_64 = 2000               # per 64 rows
 LN_RSTD_64 = 4000
 LN_NORM_64x32 = 5000            # per 64 x 32 output tile
+MEL_MATMUL_64x32x32 = 3700      # mel_vec.cc: fp32 on the bf16 unit, 6 piece products per K step
+MEL_ZERO_64x32 = 130
+MEL_POWER_64x32 = 2000
+MEL_LOG10_MAX_64x32 = 28500     # log10: ~13 emulated fp32 multiplies per 16 values
+MEL_MAXIMUM = 150               # melv_max_init, melv_max_out_64x32, melv_global_max
+MEL_FINISH_64x32 = 3500
 
 
 def kernel_cycles(name: str, args: tuple[int, ...]) -> int:
@@ -38,7 +44,11 @@ def kernel_cycles(name: str, args: tuple[int, ...]) -> int:
              "mmv_add_round_64x32": ADD_ROUND_64x32, "attnv_step_64": ATTN_STEP, "attnv_init": ATTN_INIT,
              "attnv_finish": ATTN_FINISH, "attnv_v_layout": ATTN_V_LAYOUT, "lnv_sum_64x64": LN_SUM_64x64,
              "lnv_sqdev_64x64": LN_SQDEV_64x64, "lnv_mean_64": LN_MEAN_64, "lnv_rstd_64": LN_RSTD_64,
-             "lnv_norm_64x32": LN_NORM_64x32}
+             "lnv_norm_64x32": LN_NORM_64x32, "mmf_f32_64x32x32": MEL_MATMUL_64x32x32,
+             "melv_zero_64x32": MEL_ZERO_64x32, "melv_power_64x32": MEL_POWER_64x32,
+             "melv_log10_max_64x32": MEL_LOG10_MAX_64x32, "melv_max_init": MEL_MAXIMUM,
+             "melv_max_out_64x32": MEL_MAXIMUM, "melv_global_max": MEL_MAXIMUM,
+             "melv_finish_64x32": MEL_FINISH_64x32}
     if name not in fixed:
         raise KeyError(f"no cycle estimate for kernel {name}")
     return fixed[name]

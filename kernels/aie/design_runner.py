@@ -26,7 +26,7 @@ class DesignCall:
     """One dispatch: the design that runs a graph node, with its shape arguments (after the device)."""
 
     node: str
-    kernel: str                      # the design: "matmul", "attention" or "layernorm"
+    kernel: str                      # the design: "matmul", "attention", "layernorm" or "mel"
     shape: tuple
     head_dim: int | None = None      # a projection feeding attention: its Q columns scaled by 1/sqrt(head_dim)
 
@@ -35,6 +35,8 @@ def design_call(node: Node, after: Node | None, k: int, seq: int, cols: int) -> 
     """The design run for `node` (input width k, `after` the next node) on an array of `cols` columns,
     or None for a node no design runs. A convolution maps to the matmul over its im2col patches (3 k
     wide); run_nodes does not run it yet (the patches' access pattern is not written)."""
+    if node.kernel == "log_mel":
+        return DesignCall(node.name, "mel", (dict(node.params)["n_mels"], cols))
     rows = tiles.band_rows(node.shape[0])
     if node.kernel == "layernorm":
         return DesignCall(node.name, "layernorm", (rows, node.shape[1], 1e-5, cols))
@@ -160,9 +162,9 @@ class DesignRunner:
         values = {nodes[0].inputs[0]: _device(x)}
         shapes = {nodes[0].inputs[0]: x.shape, **{n.name: n.shape for n in nodes}}
         for step in plan_dispatches(nodes, shapes, seq, self.cols):
-            if isinstance(step, Node) or step.nodes[0].kernel == "conv1d_k3":
+            if isinstance(step, Node) or step.nodes[0].kernel in ("conv1d_k3", "log_mel"):
                 node = step if isinstance(step, Node) else step.nodes[0]
-                raise ValueError(f"{node.name}: no whole-array design runs kernel {node.kernel!r} here")
+                raise ValueError(f"{node.name}: run_nodes does not run kernel {node.kernel!r} (activations only)")
             if step.kernel == "attention":
                 source = values[step.nodes[0].inputs[0]]
                 out = np.zeros((source.shape[0], source.shape[1] // 3), np.uint16)
@@ -219,7 +221,7 @@ def chain_shape(step: Dispatch) -> dict:
 def build_entries(graphs: list, cols: int) -> list[BuildEntry]:
     """The distinct design builds the npu backend needs for these graphs (the encoder with and without
     the decoder's cross K/V end in different chains): one per dispatch shape of plan_dispatches, in
-    graph order; mel's design is included though it does not fit a core yet."""
+    graph order."""
     entries: dict[tuple, BuildEntry] = {}
     for graph in graphs:
         seq = next((n.shape[0] for n in graph.nodes if n.kernel == "attention"), graph.nodes[0].shape[0])
@@ -232,9 +234,9 @@ def build_entries(graphs: list, cols: int) -> list[BuildEntry]:
 
 def _build_entry(step: Dispatch | Node) -> BuildEntry | None:
     if isinstance(step, Node):
-        if step.kernel != "log_mel":
-            return None
-        mels = dict(step.params)["n_mels"]
+        return None
+    if step.kernel == "mel":
+        mels = step.shape[0]
         return BuildEntry("log_mel", {"M": mels}, "mel", {"MELS": mels})
     if step.kernel == "chain":
         shape = chain_shape(step)

@@ -82,11 +82,14 @@ def load() -> ctypes.CDLL:
         "layernormv_bf16": [u16, u16, u16, u16, i32, i32, ctypes.c_float],
         "layernormv_affine_bf16": [u16, u16, u16, i32, i32, ctypes.c_float],
         "geluv_bf16": [u16, u16, i32],
-        "mmf_f32_64x64x64": [f32, u16, f32],
-        "melv_power_64x64": [f32, f32],
-        "melv_log10": [f32, i32, f32],
-        "melv_max": [f32, i32],
-        "melv_finish": [f32, i32, ctypes.c_float, u16],
+        "melv_zero_64x32": [f32],
+        "mmf_f32_64x32x32": [f32, u16, f32],
+        "melv_power_64x32": [f32, i32, f32],
+        "melv_log10_max_64x32": [f32, i32, i32, f32, f32],
+        "melv_max_init": [f32],
+        "melv_max_out_64x32": [f32, f32],
+        "melv_global_max": [f32, f32],
+        "melv_finish_64x32": [f32, f32, f32],
         **{f"vmath_{name}": [f32, f32, i32] for name in ("exp", "erf", "gelu", "recip", "rsqrt", "log10")},
         "vmath_lane_sum": [f32, i32, i32, f32],
         "vmath_round_bf16": [f32, u16, i32],
@@ -94,5 +97,4 @@ def load() -> ctypes.CDLL:
     for name, args in signatures.items():
         getattr(lib, name).argtypes = args
         getattr(lib, name).restype = None
-    lib.melv_max.restype = ctypes.c_float
     return lib

@@ -44,20 +44,22 @@ def pad(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 def up(n: int) -> int:
-    return -(-n // TILE) * TILE
+    return up_to(n, TILE)
 
 
 # ---- the DMA's blocked layouts of a 64 x 64 tile ---------------------------------------------------------
 
 def block_a(t: np.ndarray) -> np.ndarray:
-    """A operand: 16 x 8 blocks of 4 x 8 (rows x K), blocks and their elements row-major."""
-    return np.ascontiguousarray(t.reshape(16, 4, 8, 8).transpose(0, 2, 1, 3)).reshape(-1)
+    """A operand (64 x 64, or 64 x 32): 16 x (K / 8) blocks of 4 x 8 (rows x K), blocks and their
+    elements row-major."""
+    steps = t.shape[1] // 8
+    return np.ascontiguousarray(t.reshape(16, 4, steps, 8).transpose(0, 2, 1, 3)).reshape(-1)
 
 
 def block_b(t: np.ndarray) -> np.ndarray:
-    """B operand (64 x 64, or 64 x 32): 8 x (columns / 4) blocks of 8 x 4 (K x columns)."""
-    cols = t.shape[1] // 4
-    return np.ascontiguousarray(t.reshape(8, 8, cols, 4).transpose(0, 2, 1, 3)).reshape(-1)
+    """B operand (64 x 64, 64 x 32 or 32 x 32): (K / 8) x (columns / 4) blocks of 8 x 4 (K x columns)."""
+    steps, cols = t.shape[0] // 8, t.shape[1] // 4
+    return np.ascontiguousarray(t.reshape(steps, 8, cols, 4).transpose(0, 2, 1, 3)).reshape(-1)
 
 
 def block_c(t: np.ndarray) -> np.ndarray:
@@ -128,6 +130,46 @@ def unpack_linear(packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     blocks = packed[:, :chunks].reshape(tiles, chunks, 8, PACK_COLUMNS // 4, 8, 4).transpose(1, 2, 4, 0, 3, 5)
     w = blocks.reshape(chunks * TILE, tiles * PACK_COLUMNS)
     return np.ascontiguousarray(w[:k]), np.ascontiguousarray(packed[:, -1, :PACK_COLUMNS].reshape(-1))
+
+
+MEL_K = 32            # the mel design's K chunk and tile width (kernels/aie/mel/design.py's COLS)
+
+
+def pack_mel(n_mels: int) -> np.ndarray:
+    """The mel design's params, bf16 bits: the windowed DFT (contract.dft_matrix, K padded to whole
+    chunks of 32) as 7 groups of 32 bins x 2 halves (16 bins' cos, then their -sin) x K chunks, then
+    the padded mel filters as chunks of 32 mels x 7 K chunks; each object three 32 x 32 pieces
+    (contract.split3: hi, mid, lo) in the B layout."""
+    dft = [pad(p, up_to(N_FFT, MEL_K), p.shape[1]) for p in C.split3(C.dft_matrix(hann_window()))]
+    filters = C.filters_padded(mel_filters(n_mels))
+    filters = [pad(p, p.shape[0], up_to(n_mels, MEL_K)) for p in C.split3(filters)]
+    objects = []
+    for g in range(C.BINS_PADDED // MEL_K):
+        for h in range(2):
+            cols = np.r_[64 * g + 16 * h:64 * g + 16 * h + 16, 64 * g + 32 + 16 * h:64 * g + 48 + 16 * h]
+            objects += [_pieces_b([p[:, cols] for p in dft], k) for k in range(0, dft[0].shape[0], MEL_K)]
+    for j in range(0, filters[0].shape[1], MEL_K):
+        objects += [_pieces_b([p[:, j:j + MEL_K] for p in filters], k) for k in range(0, C.BINS_PADDED, MEL_K)]
+    return np.concatenate(objects)
+
+
+def _pieces_b(pieces: list[np.ndarray], k: int) -> np.ndarray:
+    return np.concatenate([block_b(bits(p[k:k + MEL_K])) for p in pieces])
+
+
+def up_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def mel_samples(samples: np.ndarray, length: int) -> np.ndarray:
+    """A 30 s window as the mel design reads it: reflect-padded by N_FFT / 2 (its frames' centres) and
+    zero-extended to `length` samples (fp32)."""
+    window = np.zeros(N_FRAMES * HOP_LENGTH, np.float32)
+    window[:min(len(samples), window.size)] = samples[:window.size]
+    out = np.zeros(length, np.float32)
+    reflected = np.pad(window, N_FFT // 2, mode="reflect")
+    out[:reflected.size] = reflected
+    return out
 
 
 # ---- ops ---------------------------------------------------------------------------------------------------
@@ -220,43 +262,55 @@ def gelu(lib, x) -> np.ndarray:
 
 
 def matmul_f32(lib, a: np.ndarray, b_pieces: list[np.ndarray]) -> np.ndarray:
-    """fp32 a (M, K) · b (K, N), b given as its three bf16 pieces (contract.split3): mmf_f32_64x64x64 per tile."""
-    m, k, n = up(a.shape[0]), up(a.shape[1]), up(b_pieces[0].shape[1])
+    """fp32 a (M, K) · b (K, N), b given as its three bf16 pieces (contract.split3): mmf_f32_64x32x32 per
+    64 x 32 output tile and 32-wide K chunk, as the mel design runs it."""
+    m, k, n = up(a.shape[0]), up_to(a.shape[1], MEL_K), up_to(b_pieces[0].shape[1], MEL_K)
     a = pad(np.asarray(a, np.float32), m, k)
-    pieces = [bits(pad(p, k, n)) for p in b_pieces]
+    pieces = [pad(p, k, n) for p in b_pieces]
     out = np.zeros((m, n), np.float32)
-    acc = np.zeros(TILE * TILE, np.float32)
+    acc = np.zeros(TILE * MEL_K, np.float32)
     for i in range(0, m, TILE):
-        for j in range(0, n, TILE):
-            acc[:] = 0
-            for kk in range(0, k, TILE):
-                b3 = np.concatenate([block_b(p[kk:kk + TILE, j:j + TILE]) for p in pieces])
-                lib.mmf_f32_64x64x64(_p(block_a(a[i:i + TILE, kk:kk + TILE])), _p(b3), _p(acc))
-            out[i:i + TILE, j:j + TILE] = unblock_c(acc)
+        for j in range(0, n, MEL_K):
+            lib.melv_zero_64x32(_p(acc))
+            for kk in range(0, k, MEL_K):
+                b3 = _pieces_b([p[:, j:j + MEL_K] for p in pieces], kk)
+                lib.mmf_f32_64x32x32(_p(block_a(a[i:i + TILE, kk:kk + MEL_K])), _p(b3), _p(acc))
+            out[i:i + TILE, j:j + MEL_K] = unblock_c(acc, MEL_K)
     return out
 
 
 def log_mel(lib, samples, n_mels) -> np.ndarray:
-    """Whisper's log-mel of one window (3000, n_mels), bf16 values: the spectrum and the mel energies on the
-    matrix unit, power, log10, the window's maximum and the finish."""
-    frames_padded = up(N_FRAMES)                                               # 3008
-    x = np.zeros((frames_padded - 1) * HOP_LENGTH + N_FFT, np.float32)
-    window = np.zeros(N_FRAMES * HOP_LENGTH, np.float32)
-    window[:min(len(samples), window.size)] = samples[:window.size]
-    reflected = np.pad(window, N_FFT // 2, mode="reflect")
-    x[:reflected.size] = reflected
-    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:frames_padded]   # the DMA's pattern
-    spectrum = matmul_f32(lib, frames, list(C.split3(C.dft_matrix(hann_window()))))   # (3008, 448)
+    """Whisper's log-mel of one window (3000, n_mels), bf16 values, through the mel design's kernels one
+    tile at a time (kernels/aie/mel/design.py): per group of 16 bins the spectrum and its power, the mel
+    energies, their log10 and the maximum of the real frames, the finish."""
+    frames_padded, k = up(N_FRAMES), up_to(N_FFT, MEL_K)                       # 3008 frames of 416 samples
+    x = mel_samples(samples, (frames_padded - 1) * HOP_LENGTH + k)
+    frames = np.lib.stride_tricks.sliding_window_view(x, k)[::HOP_LENGTH][:frames_padded]   # the DMA's pattern
+    dft = C.split3(C.dft_matrix(hann_window()))
     power = np.zeros((frames_padded, C.BINS_PADDED), np.float32)
-    part = np.zeros(TILE * 32, np.float32)
-    for i in range(0, frames_padded, TILE):
-        for t in range(C.BINS_PADDED // C.BIN_TILE):
-            lib.melv_power_64x64(_p(block_c(spectrum[i:i + TILE, 64 * t:64 * t + 64])), _p(part))
-            power[i:i + TILE, 32 * t:32 * t + 32] = part.reshape(TILE, 32)
+    tile = np.zeros(TILE * MEL_K, np.float32)
+    for g in range(0, C.BINS_PADDED, MEL_K):
+        group = np.zeros((frames_padded // TILE, TILE * MEL_K), np.float32)   # per 64 frames, a C tile
+        for h in range(2):
+            cols = np.r_[2 * g + 16 * h:2 * g + 16 * h + 16, 2 * g + 32 + 16 * h:2 * g + 48 + 16 * h]
+            spectrum = matmul_f32(lib, frames, [p[:, cols] for p in dft])
+            for i in range(0, frames_padded, TILE):
+                lib.melv_power_64x32(_p(block_c(spectrum[i:i + TILE])), h, _p(group[i // TILE]))
+        for i in range(0, frames_padded, TILE):
+            power[i:i + TILE, g:g + MEL_K] = unblock_c(group[i // TILE], MEL_K)
     energies = matmul_f32(lib, power, list(C.split3(C.filters_padded(mel_filters(n_mels)))))
-    energies = np.ascontiguousarray(energies[:N_FRAMES, :n_mels]).reshape(-1)     # the real frames and bins
-    log_mel = np.zeros_like(energies)
-    lib.melv_log10(_p(energies), energies.size, _p(log_mel))
-    out = np.zeros(energies.size, np.uint16)
-    lib.melv_finish(_p(log_mel), log_mel.size, lib.melv_max(_p(log_mel), log_mel.size), _p(out))
-    return from_bits(out).reshape(N_FRAMES, n_mels)
+    log_mel, running, maximum = np.zeros_like(energies), np.zeros(16, np.float32), np.zeros(16, np.float32)
+    lib.melv_max_init(_p(running))
+    for i in range(0, frames_padded, TILE):
+        for j in range(0, energies.shape[1], MEL_K):
+            rows, cols = min(max(N_FRAMES - i, 0), TILE), min(MEL_K, n_mels - j)
+            lib.melv_log10_max_64x32(_p(block_c(energies[i:i + TILE, j:j + MEL_K])), rows, cols, _p(running), _p(tile))
+            log_mel[i:i + TILE, j:j + MEL_K] = unblock_c(tile, MEL_K)
+    lib.melv_max_out_64x32(_p(running), _p(tile))
+    lib.melv_global_max(_p(tile), _p(maximum))
+    out = np.zeros_like(log_mel)
+    for i in range(0, frames_padded, TILE):
+        for j in range(0, log_mel.shape[1], MEL_K):
+            lib.melv_finish_64x32(_p(block_a(log_mel[i:i + TILE, j:j + MEL_K])), _p(maximum), _p(tile))
+            out[i:i + TILE, j:j + MEL_K] = unblock_c(tile, MEL_K)
+    return out[:N_FRAMES, :n_mels]
