@@ -395,15 +395,15 @@ class NpuBackend(Backend):
         """Matrices of linear and conv1d_k3 packed for the matmul design once per graph (a window of
         tiny.en spent 7.5 ms converting them on every call), where an NPU linear can take them."""
         if kernel in ("linear", "conv1d_k3") and isinstance(w, np.ndarray) and w.ndim == 2 \
-                and w.shape[1] % tiles.PACK_COLUMNS == 0:
+                and w.shape[1] % tiles.PACK_WIDTH == 0:
             return NpuWeight(w)
         return w
 
     def _entry_for(self, op: str, args, kwargs) -> tuple[Entry | None, str]:
         if op == "linear":
             x, w = args[0], args[1]
-            if w.shape[1] % tiles.PACK_COLUMNS:
-                return None, f"N={w.shape[1]} is not a multiple of {tiles.PACK_COLUMNS}"
+            if w.shape[1] % tiles.PACK_WIDTH:
+                return None, f"N={w.shape[1]} is not a multiple of {tiles.PACK_WIDTH}"
             shape = {"M": tiles.band_rows(x.shape[0]), "K": _pad_to(x.shape[1]), "N": w.shape[1],
                      "gelu": bool(kwargs.get("gelu", False)), "residual": kwargs.get("residual") is not None}
         elif op == "attention":

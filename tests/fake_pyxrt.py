@@ -247,8 +247,7 @@ class FakeXRT:
             return out.tobytes()
         if op == "linear":                   # the whole-array matmul: A, W packed with its bias, residual
             m, k, n = s["M"], s["K"], s["N"]
-            packed = np.frombuffer(bufs[1], np.uint16).reshape(n // tiles.PACK_COLUMNS, k // 64 + 1, -1)
-            w, b = (_f(x.tobytes()) for x in tiles.unpack_linear(packed, k))
+            w, b = (_f(x.tobytes()) for x in tiles.unpack_linear(np.frombuffer(bufs[1], np.uint16), k, n))
             res = _f(bufs[2]).reshape(m, n) if s["residual"] else None
             return _bits(self.emu.linear(_f(bufs[0]).reshape(m, k), w.reshape(k, n), b, gelu=s["gelu"], residual=res))
         if op == "attention":                # the QKV projection's output, rows in bands, Q scaled by 1/8
@@ -278,8 +277,7 @@ class FakeXRT:
                 gb = blob.reshape(ph.d // 64, -1)[:, :128].reshape(-1, 2, 64)
                 operands.append((_f(gb[:, 0].tobytes()), _f(gb[:, 1].tobytes())))
             else:
-                packed = blob.reshape(ph.n // tiles.PACK_COLUMNS, ph.k // 64 + 1, -1)
-                w, b = (_f(t.tobytes()) for t in tiles.unpack_linear(packed, ph.k))
+                w, b = (_f(t.tobytes()) for t in tiles.unpack_linear(blob, ph.k, ph.n))
                 operands.append((w.reshape(ph.k, ph.n), b))
         outputs = chain_reference(self.emu, phases, _f(bufs[0]).reshape(m, first),
                                   _f(bufs[1]).reshape(m, side) if side else None, operands)

@@ -136,10 +136,12 @@ def test_npu_schedule_projection(tiny_graph):
                     + 4 * cycles.LN_NORM_64x32)
     norm_stream = bands * 3 * 6 * 8192                      # a core's A channel: 3 passes of 6 tiles of 8 KiB
     norm_ddr = 2 * (3 * m * d + bands * 6 * 2048 + m * d)   # A three times, gamma-beta per band, the output
-    # the QKV phase, per core: 6 bands x 9 column tiles of 64 x 32, 6 K chunks each
+    # the QKV phase, per core: 6 bands x 9 column tiles of 64 x 32 (4 rounds of pairs and a tail round of
+    # single tiles: the 36 tiles over 4 columns), 6 K chunks each; per band a core's A channel carries
+    # 5 passes of 6 tiles of 8 KiB, its W channel 9 tiles' 6 W objects and bias of 4 KiB: the busiest
     qkv = bands * 9 * (6 * cycles.MATMUL_64x64x32 + cycles.ZERO_64x32 + cycles.BIAS_64x32 + cycles.ROUND_64x32)
-    qkv_stream = bands * 9 * 6 * 8192
-    qkv_ddr = 2 * (n // 128 * m * d + bands * n // 32 * (d // 64 + 1) * 2048 + m * n)
+    qkv_stream = bands * 9 * 7 * 4096
+    qkv_ddr = 2 * (5 * m * d + bands * n // 32 * (d // 64 + 1) * 2048 + m * n)
     assert first.compute_ms == pytest.approx((norm + qkv) / 1e6)
     assert first.ddr_mib == pytest.approx((norm_ddr + qkv_ddr) / 2**20)
     ddr_ms = [b / (phoenix.ddr_gbs * 1e9) * 1e3 for b in (norm_ddr, qkv_ddr)]

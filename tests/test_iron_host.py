@@ -70,8 +70,9 @@ def test_whole_array_layernorm_equals_the_kernel(lib, d):
     (256, 192, 256, True, False, 4),          # fc1-like: GELU, two 128-column passes per core
     (512, 128, 128, False, True, 4),          # out_proj/fc2-like: residual, two 256-row bands
     (256, 64, 256, False, True, 8),           # Strix: 8 columns
-    (256, 128, 384, True, True, 8),           # 12 column tiles on 8 columns: 4 of them take a second
-    (512, 64, 96, False, False, 4),           # 3 column tiles on 4 columns: one column idle
+    (256, 128, 384, True, True, 8),           # 6 pairs of column tiles on 8 columns: 2 columns idle
+    (256, 128, 640, False, True, 8),          # 10 pairs on 8 columns: 2 of them take a second
+    (512, 64, 192, False, False, 4),          # 3 pairs on 4 columns: one column idle
     (1536, 384, 384, False, True, 4),         # tiny.en's out_proj at its real shape
 ])
 def test_whole_array_matmul_equals_the_tiled_kernels(lib, m, k, n, gelu, residual, cols):
@@ -91,12 +92,12 @@ def test_whole_array_matmul_equals_the_tiled_kernels(lib, m, k, n, gelu, residua
                          r.view(ml_dtypes.bfloat16), out, lib=lib)
     assert np.array_equal(out.view(np.uint16), tiles.bits(tiles.linear(lib, x, w, b, gelu, res)))
     assert report.workers == 4 * cols
-    assert max(sum(b for _, b in core) for core in report.memory) <= 42 * 1024
-    assert report.moved["a0_in"] == m // 256 * -(-n // (32 * cols)) * k // 64      # A once per round of tiles
+    assert max(sum(b for _, b in core) for core in report.memory) <= 50 * 1024
+    assert report.moved["a0_in"] == m // 256 * -(-n // (64 * cols)) * k // 64      # A once per round of pairs
 
 
 def test_whole_array_matmul_refuses_shapes_it_does_not_tile():
-    with pytest.raises(AssertionError, match="N of 32"):
+    with pytest.raises(AssertionError, match="N of 64"):
         iron_host.resolve(iron_host.design("matmul").amanuensis_matmul, 256, 64, 80, False, False, 4)
     with pytest.raises(AssertionError, match="multiple of 256"):
         iron_host.resolve(iron_host.design("matmul").amanuensis_matmul, 200, 64, 64, False, False, 4)
@@ -186,7 +187,7 @@ def test_a_chain_of_phases_equals_the_kernels_one_op_at_a_time(lib, m, d, cols):
     h1 = tiles.linear(lib, attn, *weights[0], False, x)
     h2 = tiles.linear(lib, tiles.layernorm(lib, h1, *weights[1]), *weights[2], True, None)
     assert np.array_equal(out, tiles.bits(tiles.linear(lib, h2, *weights[3], False, h1)).reshape(-1))
-    assert max(sum(b for _, b in core) for core in report.memory) <= 46 * 1024
+    assert max(sum(b for _, b in core) for core in report.memory) <= 54 * 1024
 
     first = [Norm(d), Linear(d, 3 * d)]
     weights, params = _chain_operands(first, m, rng)

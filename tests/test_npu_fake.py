@@ -128,12 +128,12 @@ def test_weights_are_packed_once_per_graph(npu_env, tiny):
     assert isinstance(fc1, NpuWeight) and fc1.dense.shape == fc1.shape == (384, 1536) and not fc1.q_cols
     b = np.ones(1536, np.float32)
     assert fc1.packed(b) is fc1.packed(b) and np.array_equal(fc1.packed(b), tiles.pack_linear(fc1.dense, b))
-    assert fc1.packed(b).shape == (1536 // 32, 384 // 64 + 1, 2048)
+    assert fc1.packed(b).shape == (1536 // 64, 384 // 64 + 1, 2, 2048)          # pairs of 32-column tiles
     assert model.backend.prepare_weight("linear", fc1) is fc1                    # twice is once
     qkv = model.runner.weights["encoder.layers.0.self_attn.qkv_proj.weight"]
     assert qkv.q_head_dim == 64 and qkv.q_cols == 384                           # feeds attention: Q packed / 8
     conv1 = model.runner.weights["encoder.conv1.weight"]                         # K = 240, padded to 256
-    assert conv1.packed(np.zeros(384, np.float32)).shape == (12, 5, 2048)
+    assert conv1.packed(np.zeros(384, np.float32)).shape == (6, 5, 2, 2048)
     x = np.random.default_rng(3).standard_normal((5, 384)).astype(np.float32)
     out, ran, why = model.backend.run("linear", (x, fc1, b), {})
     assert ran == "cpu" and "no NPU kernel" in why                              # 5 rows: no kernel of that shape

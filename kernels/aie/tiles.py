@@ -83,13 +83,16 @@ def band_rows(n: int) -> int:
 
 
 PACK_COLUMNS = 32      # output columns per core tile in the whole-array matmul (kernels/aie/matmul/design.py)
+PACK_PAIR = 2          # the tiles a core computes per pass over its A tiles (the design's PAIR)
+PACK_WIDTH = PACK_PAIR * PACK_COLUMNS    # N must be a multiple of it
 
 
 def pack_linear(w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """W (K x N) and bias (N) as the whole-array matmul streams them, bf16 bits (N/32, K/64 + 1, 2048):
-    per 32-column tile, its K/64 B operands (64 x 32, blocked) in K order, then one more object whose
-    first 32 values are the tile's bias (the rest zero). K and N are zero-padded to 64 and 32."""
-    k, n = up(w.shape[0]), -(-w.shape[1] // PACK_COLUMNS) * PACK_COLUMNS
+    """W (K x N) and bias (N) as the whole-array matmul streams them, bf16 bits (N/64, K/64 + 1, 2, 2048):
+    per pair of 32-column tiles, their B operands (64 x 32, blocked) K chunk by K chunk, the two tiles'
+    interleaved, then one more pair of objects whose first 32 values are each tile's bias (the rest
+    zero). K and N are zero-padded to 64."""
+    k, n = up(w.shape[0]), up(w.shape[1])
     wb, bias = bits(pad(w, k, n)), bits(np.pad(b, (0, n - len(b))))
     out = np.zeros((n // PACK_COLUMNS, k // TILE + 1, TILE * PACK_COLUMNS), np.uint16)
     for j in range(n // PACK_COLUMNS):
@@ -97,7 +100,8 @@ def pack_linear(w: np.ndarray, b: np.ndarray) -> np.ndarray:
         for kk in range(k // TILE):
             out[j, kk] = block_b(wb[kk * TILE:(kk + 1) * TILE, cols])
         out[j, -1, :PACK_COLUMNS] = bias[cols]
-    return out
+    pairs = out.reshape(n // PACK_WIDTH, PACK_PAIR, k // TILE + 1, TILE * PACK_COLUMNS)
+    return np.ascontiguousarray(pairs.transpose(0, 2, 1, 3))
 
 
 LN_STATE = 64 * 16 + 64 + 64    # fp32 values of a core's layernorm-phase state (mm_vec.cc): lane sums, means, rstd
@@ -124,12 +128,14 @@ def pack_projection(w: np.ndarray, b: np.ndarray, head_dim: int | None = None) -
     return pack_linear(w, b)
 
 
-def unpack_linear(packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(W (k x N), bias) as bf16 bits from pack_linear's layout: its inverse."""
-    tiles, chunks = packed.shape[0], packed.shape[1] - 1
-    blocks = packed[:, :chunks].reshape(tiles, chunks, 8, PACK_COLUMNS // 4, 8, 4).transpose(1, 2, 4, 0, 3, 5)
-    w = blocks.reshape(chunks * TILE, tiles * PACK_COLUMNS)
-    return np.ascontiguousarray(w[:k]), np.ascontiguousarray(packed[:, -1, :PACK_COLUMNS].reshape(-1))
+def unpack_linear(packed: np.ndarray, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(W (k x n), bias) as bf16 bits from pack_linear's layout (any shape, n a multiple of 64): its inverse."""
+    chunks = up(k) // TILE
+    per_tile = packed.reshape(n // PACK_WIDTH, chunks + 1, PACK_PAIR, TILE * PACK_COLUMNS)
+    per_tile = per_tile.transpose(0, 2, 1, 3).reshape(n // PACK_COLUMNS, chunks + 1, -1)
+    blocks = per_tile[:, :chunks].reshape(-1, chunks, 8, PACK_COLUMNS // 4, 8, 4).transpose(1, 2, 4, 0, 3, 5)
+    w = blocks.reshape(chunks * TILE, n)
+    return np.ascontiguousarray(w[:k]), np.ascontiguousarray(per_tile[:, -1, :PACK_COLUMNS].reshape(-1))
 
 
 MEL_K = 32            # the mel design's K chunk and tile width (kernels/aie/mel/design.py's COLS)

@@ -2,24 +2,29 @@
 chains of such matmuls and layernorms in one dispatch.
 
 4 rows x `cols` columns of cores (4 on Phoenix/Hawk Point, 8 on Strix); each core computes 64 x 32
-output tiles: core (r, c) takes the 64 rows of block r of every 256-row band and the 32-column
-tiles c, c + cols, ... of N (when N/32 does not divide among the columns, the first columns take
-one more tile, and in that last round the others let their row's A tiles pass by).
+output tiles two at a time, from one pass over its A tiles (one 64 x 64 A tile feeds 2 x 1,150
+cycles of products against the 2,048 cycles its 8 KiB take on the core's channel). Core (r, c)
+takes the 64 rows of block r of every 256-row band; N's pairs of 32-column tiles are dealt to the
+columns in rounds (pair j·cols + c on column c), and the pairs left over in a tail round: as single
+tiles, one per column, when they fit the columns (N = 384 on 4 columns: a round of pairs, then 4
+single tiles), else as pairs on fewer columns (Deal). A column without work in the tail lets its
+row's A tiles pass by.
 - A: row r's 64 x 64 tiles of the band, in K order, from a shim channel through a memory tile,
   which blocks them for the matrix unit (4 x 8 blocks, dims_to_stream) and broadcasts them to the
-  row's cores. A in DDR is row-major (the previous op's output, as it stands).
-- W and bias: packed once per model (kernels.aie.tiles.pack_linear: per 32-column tile, its K/64
-  blocked 64 x 32 operands, then its bias), from a shim channel through column c's memory tile,
-  broadcast down the column.
-- residual: on the W stream after each tile's bias, as 4 objects of 64 x 32 (one per row of
-  cores, put in the C layout by the shim's access pattern); each core keeps its own. Riding on the
-  W stream keeps the design at 2 shim input channels per column, the hardware's number.
-- C: each core's 64 x 32 bf16 tile, joined with its column's others in the column's memory tile
+  row's cores, once per round. A in DDR is row-major (the previous op's output, as it stands).
+- W and bias: packed once per model (kernels.aie.tiles.pack_linear: per pair of 32-column tiles,
+  their blocked 64 x 32 operands K chunk by K chunk, the two tiles' interleaved, then their biases),
+  from a shim channel through column c's memory tile, broadcast down the column; a single tile
+  takes every other object of its pair's.
+- residual: on the W stream after the biases, per tile 4 objects of 64 x 32 (one per row of cores,
+  put in the C layout by the shim's access pattern); each core keeps its own. Riding on the W stream
+  keeps the design at 2 shim input channels per column, the hardware's number.
+- C: each core's 64 x 32 bf16 tiles, joined with its column's others in the column's memory tile
   (256 x 32) and written row-major (dims_to_stream) to DDR.
-Per output tile a core runs mmv_zero_64x32, mmv_bf16_64x64x32 per K chunk, mmv_bias_act_64x32,
-then mmv_round_64x32 or mmv_add_round_64x32 (kernels/aie/matmul/mm_vec.cc). Each core holds
-2 x 8 KiB of A, 2 x 4 KiB of W, 2 x 4 KiB of C and its 8 KiB fp32 accumulator: 41 KiB with the
-stack. M must be a multiple of 256, N of 32 and K of 64.
+Per pair a core runs mmv_zero_64x32 twice, mmv_bf16_64x64x32 twice per K chunk, and per tile
+mmv_bias_act_64x32, then mmv_round_64x32 or mmv_add_round_64x32 (kernels/aie/matmul/mm_vec.cc).
+Each core holds 2 x 8 KiB of A, 2 x 4 KiB of W, 2 x 4 KiB of C and two 8 KiB fp32 accumulators:
+49 KiB with the stack. M must be a multiple of 256, N of 64 and K of 64.
 
 A chain (amanuensis_chain) runs phases one after another on the same cores and streams, each
 reading the previous phase's output from DDR: Linear phases as above, and Norm phases, a layernorm
@@ -46,7 +51,9 @@ ROWS = 4             # rows of cores
 OBJECT = TILE * COLS  # values of a W object (and of a C tile)
 LN_STATE = 64 * 16 + 64 + 64                                            # mm_vec.cc's layernorm state (fp32)
 A_BLOCKED = [(16, 4 * TILE), (8, 8), (4, TILE), (8, 1)]                 # 64 x 64 row-major -> 4 x 8 blocks
-GROUP_TILES = 4      # output column tiles per core in one task group
+PAIR = 2             # output tiles a core computes per pass over its A tiles (kernels.aie.tiles.PACK_PAIR)
+WIDTH = PAIR * COLS  # output columns per core and round
+GROUP_TILES = 4      # rounds (pairs of output tiles per core) in one task group
 C_ROW_MAJOR = [(TILE, 128), (4, 4), (COLS // 4, 16), (4, 1)]            # 4 x (64 x 32 in 4 x 4 blocks) -> rows
 STATS_PASSES = 2     # the layernorm phase's passes over A before it normalises: mean, then variance
 
@@ -69,6 +76,11 @@ class Linear(NamedTuple):
     def packed(self) -> int:
         """Values of its packed W and bias (kernels.aie.tiles.pack_linear)."""
         return self.n // COLS * (self.k // TILE + 1) * OBJECT
+
+    @property
+    def pair_packed(self) -> int:
+        """Values of one pair of output tiles' packed W and biases."""
+        return PAIR * (self.k // TILE + 1) * OBJECT
 
 
 class Norm(NamedTuple):
@@ -159,8 +171,8 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
     for i, ph in enumerate(phases):
         width = widths[ph.source or previous]
         if isinstance(ph, Linear):
-            assert ph.k == width and ph.k % TILE == 0 and ph.n % COLS == 0, \
-                f"K must be its input's width and a multiple of {TILE}, N of {COLS}"
+            assert ph.k == width and ph.k % TILE == 0 and ph.n % WIDTH == 0, \
+                f"K must be its input's width and a multiple of {TILE}, N of {WIDTH}"
         else:
             assert ph.d == width and ph.d % TILE == 0, f"a layernorm's d must be its input's width and of {TILE}"
         widths[previous := f"p{i}"] = ph.width
@@ -196,10 +208,10 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
                                    obj_types=[c_ty] * ROWS, names=[f"c{c}_{r}" for r in range(ROWS)])
               for c in range(cols)]
 
-    def core(a, w, out, acc, state, row, col, **k):
+    def core(a, w, out, accs, state, row, col, **k):
         for ph in phases:
             if isinstance(ph, Linear):
-                _linear_core(ph, m // band, cols, row, col, a, w, out, acc, range_, k)
+                _linear_core(ph, m // band, cols, row, col, a, w, out, accs, range_, k)
             else:
                 _norm_core(ph, m // band, cols, col, a, w, out, state, range_, k)
 
@@ -207,9 +219,10 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
     for r in range(ROWS):
         for c in range(cols):
             state = Buffer(state_ty, name=f"ln{r}{c}") if any(isinstance(ph, Norm) for ph in phases) else None
+            accs = [Buffer(acc_ty, name=f"acc{h}_{r}{c}") for h in range(PAIR)] if "mac" in kernels else [None] * PAIR
             workers.append(Worker(_bind(core, r, c, list(kernels)),
-                                  [a_core[r].cons(), w_core[c].cons(), c_core[c][r].prod(),
-                                   Buffer(acc_ty, name=f"acc{r}{c}"), state, *kernels.values()],
+                                  [a_core[r].cons(), w_core[c].cons(), c_core[c][r].prod(), *accs, state,
+                                   *kernels.values()],
                                   placement=Tile(c, 2 + r)))
 
     rt = Runtime()
@@ -250,51 +263,69 @@ def _kernels_used(phases) -> list[str]:
 def _bind(core, row: int, col: int, names: list[str]):
     """The core function of core (row, col): its kernels arrive as positional arguments after the
     buffers (as a Worker passes them)."""
-    def bound(a, w, out, acc, state, *kernels):
-        core(a, w, out, acc, state, row, col, **dict(zip(names, kernels)))
+    def bound(a, w, out, acc0, acc1, state, *kernels):
+        core(a, w, out, (acc0, acc1), state, row, col, **dict(zip(names, kernels)))
     return bound
 
 
-def _rounds(n: int, cols: int) -> tuple[int, int]:
-    """(rounds in which every column computes an output tile, columns with a tile in the last, partial
-    round): N's 32-column tiles dealt to the columns in turn."""
-    return divmod(n // COLS, cols)
+class Deal(NamedTuple):
+    """How N's output tiles are dealt to the columns: `full` rounds in which every column computes a pair
+    (pair j·cols + c on column c), then, for the pairs left, a tail round: "single" (one of the tiles
+    left per column, on the first `busy` columns: two single rounds would cost more than one of pairs
+    on fewer columns) or "pair" (one pair per column, on the first `busy`), or none."""
+
+    full: int
+    tail: str | None
+    busy: int
 
 
-def _linear_core(ph: Linear, bands: int, cols: int, row: int, col: int, a, w, out, acc, range_, k) -> None:
-    """Per band, one output tile per round; in a partial last round a column without a tile lets its
-    row's A tiles pass by."""
-    full, partial = _rounds(ph.n, cols)
+def _deal(n: int, cols: int) -> Deal:
+    full, left = divmod(n // WIDTH, cols)
+    if not left:
+        return Deal(full, None, 0)
+    return Deal(full, "single", PAIR * left) if PAIR * left <= cols else Deal(full, "pair", left)
+
+
+def _linear_core(ph: Linear, bands: int, cols: int, row: int, col: int, a, w, out, accs, range_, k) -> None:
+    """Per band, one pair of output tiles per full round, then the tail round's pair or single tile; a
+    column without one in the tail lets its row's A tiles pass by."""
+    deal = _deal(ph.n, cols)
     for _ in range_(bands):
-        for _ in range_(full):
-            _output_tile(ph, row, a, w, out, acc, range_, k)
-        if partial and col < partial:
-            _output_tile(ph, row, a, w, out, acc, range_, k)
-        elif partial:
+        for _ in range_(deal.full):
+            _output_tiles(ph, row, a, w, out, accs, range_, k)
+        if deal.tail and col < deal.busy:
+            _output_tiles(ph, row, a, w, out, accs if deal.tail == "pair" else accs[:1], range_, k)
+        elif deal.tail:
             for _ in range_(ph.k // TILE):
                 a.acquire(1)
                 a.release(1)
 
 
-def _output_tile(ph: Linear, row: int, a, w, out, acc, range_, k) -> None:
-    k["zero"](acc)
+def _output_tiles(ph: Linear, row: int, a, w, out, accs, range_, k) -> None:
+    """A pair of 64 x 32 output tiles (or one) from one pass over the row's A tiles: per K chunk, the A
+    tile times each tile's W; then each tile's bias (and GELU), and its residual or plain rounding."""
+    for acc in accs:
+        k["zero"](acc)
     for _ in range_(ph.k // TILE):
-        ta, tw = a.acquire(1), w.acquire(1)
-        k["mac"](ta, tw, acc)
-        a.release(1)
-        w.release(1)
-    k["bias_act"](acc, w.acquire(1), 1 if ph.gelu else 0)
-    w.release(1)
-    if ph.residual:
-        for r in range(ROWS):                                    # every row's residual tile; keep ours
-            tr = w.acquire(1)
-            if r == row:
-                k["add_round"](acc, tr, out.acquire(1))
-                out.release(1)
+        ta = a.acquire(1)
+        for acc in accs:
+            k["mac"](ta, w.acquire(1), acc)
             w.release(1)
-    else:
-        k["round"](acc, out.acquire(1))
-        out.release(1)
+        a.release(1)
+    for acc in accs:
+        k["bias_act"](acc, w.acquire(1), 1 if ph.gelu else 0)
+        w.release(1)
+    for acc in accs:
+        if ph.residual:
+            for r in range(ROWS):                                # every row's residual tile; keep ours
+                tr = w.acquire(1)
+                if r == row:
+                    k["add_round"](acc, tr, out.acquire(1))
+                    out.release(1)
+                w.release(1)
+        else:
+            k["round"](acc, out.acquire(1))
+            out.release(1)
 
 
 def _norm_core(ph: Norm, bands: int, cols: int, col: int, a, w, out, state, range_, k) -> None:
@@ -339,32 +370,53 @@ def _linear_sequence(rt, ph: Linear, s: Streams, residual) -> None:
     from aie.helpers.taplib.tap import TensorAccessPattern
     from aie.iron.device import Tile
 
-    band, cols, m, k, n = ROWS * TILE, s.cols, s.m, ph.k, ph.n
-    full, partial = _rounds(n, cols)
-    k_tiles, rounds = k // TILE, full + (partial > 0)
-    (a, a_at, a_size), (out, out_at, out_size) = s.source, s.dest
+    band, cols, m, n = ROWS * TILE, s.cols, s.m, ph.n
+    deal = _deal(n, cols)
+    out, out_at, out_size = s.dest
     for band_start in range(0, m, band):
-        # A task group per band and up to GROUP_TILES rounds: at most 1 + 2 x GROUP_TILES + 1
-        # transfers in flight on a shim tile (16 buffer descriptors).
-        for first in range(0, rounds, GROUP_TILES):
-            tiles = min(GROUP_TILES, rounds - first)
-            group = rt.task_group()
-            for r in range(ROWS):
-                # Row r's A tiles, once per output column tile.
-                rt.fill(s.a_in[r].prod(), a, TensorAccessPattern((a_size,), a_at + (band_start + r * TILE) * k,
-                                                                 [tiles, k_tiles, TILE, TILE], [0, TILE, k, 1]),
-                        placement=Tile(r % cols, 0), task_group=group)
+        # A task group per band and up to GROUP_TILES full rounds: at most 1 + 3 x GROUP_TILES + 1
+        # transfers in flight on a shim tile (16 buffer descriptors); the tail round in a group of its own.
+        for first in range(0, deal.full, GROUP_TILES):
+            rounds = min(GROUP_TILES, deal.full - first)
+            group = _a_fills(rt, ph, s, band_start, rounds)
             for c in range(cols):
-                mine = sum(j * cols + c < n // COLS for j in range(first, first + tiles))   # this column's tiles
-                if not mine:
-                    continue
-                for fill in _w_stream(s.params, residual, band_start, first * cols + c, mine, cols, k_tiles, m, n):
+                for fill in _w_stream(s.params, residual, band_start, first * cols + c, rounds, cols, ph, n):
                     rt.fill(s.w_in[c].prod(), *fill, placement=Tile(c, 0), task_group=group)
                 rt.drain(s.c_out[c].cons(), out,
-                         TensorAccessPattern((out_size,), out_at + band_start * n + (first * cols + c) * COLS,
-                                             [mine, band, COLS], [cols * COLS, n, 1]),
+                         TensorAccessPattern((out_size,), out_at + band_start * n + (first * cols + c) * WIDTH,
+                                             [rounds, PAIR, band, COLS], [cols * WIDTH, COLS, n, 1]),
                          placement=Tile(c, 0), task_group=group, wait=True)
             rt.finish_task_group(group)
+        if deal.tail:
+            group = _a_fills(rt, ph, s, band_start, 1)
+            for c in range(deal.busy):
+                if deal.tail == "pair":
+                    fills = _w_stream(s.params, residual, band_start, deal.full * cols + c, 1, cols, ph, n)
+                    at, sizes, strides = (deal.full * cols + c) * WIDTH, [PAIR, band, COLS], [COLS, n, 1]
+                else:
+                    tile = PAIR * deal.full * cols + c
+                    fills = _w_single(s.params, residual, band_start, tile, ph, n)
+                    at, sizes, strides = tile * COLS, [band, COLS], [n, 1]
+                for fill in fills:
+                    rt.fill(s.w_in[c].prod(), *fill, placement=Tile(c, 0), task_group=group)
+                rt.drain(s.c_out[c].cons(), out, TensorAccessPattern((out_size,), out_at + band_start * n + at,
+                                                                     sizes, strides),
+                         placement=Tile(c, 0), task_group=group, wait=True)
+            rt.finish_task_group(group)
+
+
+def _a_fills(rt, ph: Linear, s: Streams, band_start: int, rounds: int):
+    """A new task group with each row's A tiles of the band, once per round."""
+    from aie.helpers.taplib.tap import TensorAccessPattern
+    from aie.iron.device import Tile
+
+    (a, a_at, a_size), k = s.source, ph.k
+    group = rt.task_group()
+    for r in range(ROWS):
+        rt.fill(s.a_in[r].prod(), a, TensorAccessPattern((a_size,), a_at + (band_start + r * TILE) * k,
+                                                         [rounds, k // TILE, TILE, TILE], [0, TILE, k, 1]),
+                placement=Tile(r % s.cols, 0), task_group=group)
+    return group
 
 
 def _norm_sequence(rt, ph: Norm, s: Streams) -> None:
@@ -393,23 +445,42 @@ def _norm_sequence(rt, ph: Norm, s: Streams) -> None:
         rt.finish_task_group(group)
 
 
-def _w_stream(params, residual, band_start, tile, tiles, cols, k_tiles, m, n):
-    """(tensor, access pattern) of each transfer of one column's W stream for `tiles` output tiles from
-    32-column tile `tile` on (every cols-th): per tile its packed W and bias, then (with a residual,
-    (tensor, offset)) the band's 256 x 32 residual as 4 objects in the C layout."""
+def _w_stream(params, residual, band_start, pair, pairs, cols, ph: Linear, n):
+    """(tensor, access pattern) of each transfer of one column's W stream for `pairs` pairs of output
+    tiles from pair `pair` on (every cols-th): per pair its packed W and biases (K chunk by K chunk,
+    the two tiles' interleaved, as kernels.aie.tiles.pack_linear lays them out), then (with a residual,
+    (tensor, offset)) each tile's band of 256 x 32 residual as 4 objects in the C layout."""
     from aie.helpers.taplib.tap import TensorAccessPattern
 
     w, w_at, w_size = params
-    packed = (k_tiles + 1) * TILE * COLS
-    rows_256 = packed // 256                                      # 256-element rows: a DMA dimension < 1024
-    w_dims = (w_size,)
+    objects = PAIR * (ph.k // TILE + 1)                           # per pair
+    rows_256 = OBJECT // 256                                      # 256-element rows: a DMA dimension < 1024
     if residual is None:
-        return [(w, TensorAccessPattern(w_dims, w_at + tile * packed, [tiles, rows_256, 256], [cols * packed, 256, 1]))]
+        return [(w, TensorAccessPattern((w_size,), w_at + pair * ph.pair_packed, [pairs, objects, rows_256, 256],
+                                        [cols * ph.pair_packed, OBJECT, 256, 1]))]
     res, res_at, res_size = residual
     fills = []
-    for t in range(tile, tile + tiles * cols, cols):
-        fills.append((w, TensorAccessPattern(w_dims, w_at + t * packed, [rows_256, 256], [256, 1])))
-        fills.append((res, TensorAccessPattern((res_size,), res_at + band_start * n + t * COLS,
+    for p in range(pair, pair + pairs * cols, cols):
+        fills.append((w, TensorAccessPattern((w_size,), w_at + p * ph.pair_packed, [objects, rows_256, 256],
+                                             [OBJECT, 256, 1])))
+        for t in range(PAIR * p, PAIR * p + PAIR):
+            fills.append((res, TensorAccessPattern((res_size,), res_at + band_start * n + t * COLS,
+                                                   [ROWS * TILE // 4, COLS // 4, 4, 4], [4 * n, 4, n, 1])))
+    return fills
+
+
+def _w_single(params, residual, band_start, tile, ph: Linear, n):
+    """The W stream's transfers for one output tile alone (a tail round): its packed W and bias, every
+    other object of its pair's, then (with a residual) its band of 256 x 32 residual."""
+    from aie.helpers.taplib.tap import TensorAccessPattern
+
+    w, w_at, w_size = params
+    pair, half = divmod(tile, PAIR)
+    fills = [(w, TensorAccessPattern((w_size,), w_at + pair * ph.pair_packed + half * OBJECT,
+                                     [ph.k // TILE + 1, OBJECT // 256, 256], [PAIR * OBJECT, 256, 1]))]
+    if residual is not None:
+        res, res_at, res_size = residual
+        fills.append((res, TensorAccessPattern((res_size,), res_at + band_start * n + tile * COLS,
                                                [ROWS * TILE // 4, COLS // 4, 4, 4], [4 * n, 4, n, 1])))
     return fills
 
