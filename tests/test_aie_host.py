@@ -123,6 +123,18 @@ def test_attention_equals_the_emulator(lib, t, heads):
     np.testing.assert_array_equal(tiles.attention(lib, qkv, heads), emu.attention(qkv, heads))
 
 
+def test_operand_relayouts_in_the_core_give_the_b_layout(lib):
+    """The attention design receives K and V blocked as A operands; attnv_k_layout turns K into Kᵀ and
+    attnv_v_layout V into V, both in the B layout, in place."""
+    rng = np.random.default_rng(64)
+    k, v = (tiles.bits(rng.standard_normal((64, 64)).astype(np.float32)) for _ in range(2))
+    kt, vt = tiles.block_a(k), tiles.block_a(v)
+    lib.attnv_k_layout(kt.ctypes.data_as(ctypes.POINTER(ctypes.c_uint16)))
+    lib.attnv_v_layout(vt.ctypes.data_as(ctypes.POINTER(ctypes.c_uint16)))
+    np.testing.assert_array_equal(kt, tiles.block_b(np.ascontiguousarray(k.T)))
+    np.testing.assert_array_equal(vt, tiles.block_b(v))
+
+
 @pytest.mark.parametrize("n", [384, 512, 1280])
 def test_layernorm_equals_the_emulator(lib, n):
     rng = np.random.default_rng(n)

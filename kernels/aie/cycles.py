@@ -13,10 +13,11 @@ BIAS_64x32 = 400                # 128 blocks: load, add, store
 BIAS_GELU_64x32 = 35000         # with GELU: ~17 emulated fp32 multiplies and ~16 adds a block
 ROUND_64x32 = 400
 ADD_ROUND_64x32 = 650
-ATTN_STEP = 29000               # attention_vec.cc: the exp is ~60% of it
+ATTN_STEP = 27000               # attention_vec.cc: the exp is ~65% of it
 ATTN_INIT = 300
 ATTN_FINISH = 7000
 ATTN_V_LAYOUT = 600
+ATTN_K_LAYOUT = 500
 LAYERNORM_ROW_PER_16 = 55       # layernorm_vec.cc: per 16 values of a row, plus LAYERNORM_ROW
 LAYERNORM_ROW = 150
 LN_SUM_64x64 = 1300             # mm_vec.cc, the matmul design's layernorm phase: per 64 x 64 tile
@@ -42,7 +43,8 @@ def kernel_cycles(name: str, args: tuple[int, ...]) -> int:
         return rows * (n // 16 * LAYERNORM_ROW_PER_16 + LAYERNORM_ROW)
     fixed = {"mmv_bf16_64x64x32": MATMUL_64x64x32, "mmv_zero_64x32": ZERO_64x32, "mmv_round_64x32": ROUND_64x32,
              "mmv_add_round_64x32": ADD_ROUND_64x32, "attnv_step_64": ATTN_STEP, "attnv_init": ATTN_INIT,
-             "attnv_finish": ATTN_FINISH, "attnv_v_layout": ATTN_V_LAYOUT, "lnv_sum_64x64": LN_SUM_64x64,
+             "attnv_finish": ATTN_FINISH, "attnv_v_layout": ATTN_V_LAYOUT,
+             "attnv_k_layout": ATTN_K_LAYOUT, "lnv_sum_64x64": LN_SUM_64x64,
              "lnv_sqdev_64x64": LN_SQDEV_64x64, "lnv_mean_64": LN_MEAN_64, "lnv_rstd_64": LN_RSTD_64,
              "lnv_norm_64x32": LN_NORM_64x32, "mmf_f32_64x32x32": MEL_MATMUL_64x32x32,
              "melv_zero_64x32": MEL_ZERO_64x32, "melv_power_64x32": MEL_POWER_64x32,

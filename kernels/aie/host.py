@@ -79,6 +79,7 @@ def load() -> ctypes.CDLL:
         "attnv_step_64": [u16, u16, u16, i32, f32, f32, f32],
         "attnv_finish": [f32, f32, u16],
         "attnv_v_layout": [u16],
+        "attnv_k_layout": [u16],
         "layernormv_bf16": [u16, u16, u16, u16, i32, i32, ctypes.c_float],
         "layernormv_affine_bf16": [u16, u16, u16, i32, i32, ctypes.c_float],
         "geluv_bf16": [u16, u16, i32],

@@ -218,6 +218,8 @@ def attention(lib, qkv, n_head) -> np.ndarray:
         v_all = bits(x[:, 2 * d_model + h * d:2 * d_model + (h + 1) * d])
         keys = [(block_a(k_all[j:j + TILE]), block_b(v_all[j:j + TILE]), min(TILE, t - j))
                 for j in range(0, padded, TILE)]
+        for k_t, _, _ in keys:
+            lib.attnv_k_layout(_p(k_t))                          # Kᵀ in the B layout, as the design does
         for i in range(0, padded, TILE):
             q = block_a(q_all[i:i + TILE])
             lib.attnv_init(_p(m), _p(row_sum), _p(o))

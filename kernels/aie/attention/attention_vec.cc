@@ -3,14 +3,17 @@
 // variant of attention.cc (the scalar reference it is checked against).
 //
 //   attnv_init      m = -inf, l = 0, O = 0
-//   attnv_step_64   one key tile: S = Q K^T on the matrix unit (each K block transposed in
-//                   registers); keys >= valid_keys set to -inf; per query row m' = max(m, max S),
+//   attnv_step_64   one key tile: S = Q K^T on the matrix unit (K^T in the B layout, from
+//                   attnv_k_layout); keys >= valid_keys set to -inf; per query row m' = max(m, max S),
 //                   alpha = exp(m - m'), P = exp(S - m'), l = l alpha + sum P; O = O alpha + bf16(P) V
 //                   (the rescaled O is the accumulator the P V products are added into)
 //   attnv_finish    out = bf16(O * (1 / l))
 //   attnv_v_layout  V from the A layout to the B layout, in place: the whole-array design (design.py)
 //                   sends K and V on one stream, which the DMA blocks one way: 8 groups of 16
 //                   block loads, 32 filters, 16 stores: ~600 cycles a tile
+//   attnv_k_layout  K^T in the B layout from K in the A layout, in place, once per key tile instead
+//                   of a transpose per K block and query band: 128 block loads, transposes and
+//                   stores along the permutation's cycles: ~500 cycles a tile
 // Q is pre-scaled by 1/sqrt(64) (exact in bf16). Query rows are processed 4 at a time, so only one
 // 4 x 64 band of scores exists at once.
 //
@@ -19,11 +22,11 @@
 // State (m, l, O: 16.5 KB) stays in the core's data memory across steps.
 //
 // Cycle estimate per attnv_step_64 (fp32 multiply = ~15 instructions, emulated; see vmath.h):
-//   Q K^T and P V: 2 x 64^3 / 128 = 4096 mmul instructions, plus 2048 transposes of K blocks.
+//   Q K^T and P V: 2 x 64^3 / 128 = 4096 mmul instructions.
 //   exp in bf16 products (vmath.h) of the 64 x 64 scores (256 vectors) and of the 64 alphas (16
 //   vectors, 4 rows each): 272 vectors x ~64 instructions = ~17400; max, row sums, rescale of O
-//   (256 fp32 multiplies), the bf16 narrowing: ~5500. Total ~29000 cycles a key tile: the exp is
-//   ~60% of it.
+//   (256 fp32 multiplies), the bf16 narrowing: ~5500. Total ~27000 cycles a key tile: the exp is
+//   ~65% of it.
 // attnv_finish: 64 reciprocals (~50 instructions each, per row) and 256 block multiplies: ~7000.
 // attnv_init: 8 + 256 stores: ~300.
 #include "../common/blocked.h"
@@ -40,12 +43,13 @@ inline v16f per_row(const float (&value)[4]) {
                      aie::broadcast<float, 4>(value[2]), aie::broadcast<float, 4>(value[3]));
 }
 
-// The 4 x 64 band of scores of query rows 4i..4i+3: 16 blocks of S, each over 8 dim steps.
+// The 4 x 64 band of scores of query rows 4i..4i+3: 16 blocks of S, each over 8 dim steps (K as
+// Kᵀ in the B layout, attnv_k_layout's).
 void scores(const bfloat16* q, const bfloat16* k, int i, float (&band)[4][kTile]) {
   for (int j = 0; j < kBlocks; ++j) {
     MMUL s;
     for (int step = 0; step < kSteps; ++step)
-      s.mac(aie::load_v<32>(q + a_block(i, step)), aie::transpose(aie::load_v<32>(k + a_block(j, step)), 4, 8));
+      s.mac(aie::load_v<32>(q + a_block(i, step)), aie::load_v<32>(k + b_block(step, j)));
     v16f block = s.to_vector<float>();
     for (int r = 0; r < 4; ++r) aie::store_v(&band[r][4 * j], block.extract<4>(r));
   }
@@ -131,6 +135,28 @@ void attnv_v_layout(bfloat16* v) {
     for (int t = 0; t < 8; ++t) {               // B block (s, 2t): dims 8t .. 8t+3; (s, 2t+1): 8t+4 .. 8t+7
       aie::store_v(v + b_block(s, 2 * t), aie::concat(aie::filter_even(top[t], 4), aie::filter_even(bottom[t], 4)));
       aie::store_v(v + b_block(s, 2 * t + 1), aie::concat(aie::filter_odd(top[t], 4), aie::filter_odd(bottom[t], 4)));
+    }
+  }
+}
+
+// Kᵀ in the B layout from K in the A layout, in place: A block (j, s) (4 keys x 8 dims) is B block
+// (s, j) transposed; the blocks move along the cycles of that permutation, one held in registers.
+void attnv_k_layout(bfloat16* k) {
+  bool moved[kBlocks * kSteps] = {};
+  for (int start = 0; start < kBlocks * kSteps; ++start) {
+    if (moved[start]) continue;
+    v32bf carry = aie::transpose(aie::load_v<32>(k + 32 * start), 4, 8);
+    for (int p = start;;) {                       // block p = 8 j + s goes to 16 s + j
+      int to = kBlocks * (p % kSteps) + p / kSteps;
+      moved[p] = true;
+      if (to == start) {
+        aie::store_v(k + 32 * to, carry);
+        break;
+      }
+      v32bf next = aie::transpose(aie::load_v<32>(k + 32 * to), 4, 8);
+      aie::store_v(k + 32 * to, carry);
+      carry = next;
+      p = to;
     }
   }
 }

@@ -10,8 +10,9 @@ item:
 - Q: the column's 4 query tiles (256 x 64) from a shim channel, split in the column's memory
   tile, which blocks each for the matrix unit (dims_to_stream);
 - K and V: every key tile of the head, K then V, on one stream through the same memory tile,
-  blocked the same way and broadcast down the column; the core turns each V into the B layout in
-  place (attnv_v_layout), so a core takes its inputs on its 2 DMA channels;
+  blocked the same way and broadcast down the column; the core turns each V into the B layout and
+  each K into Kᵀ in the B layout in place (attnv_v_layout, attnv_k_layout), so a core takes its
+  inputs on its 2 DMA channels;
 - out: the 4 tiles joined in the memory tile and written back row-major.
 Each core holds Q (8 KiB), 3 K/V objects (24 KiB), its fp32 state (16.5 KiB), one output tile
 (8 KiB) and a 2 KiB stack (the step's score band and P: ~1.6 KiB, estimated): 58.5 KiB.
@@ -54,6 +55,7 @@ def amanuensis_attention(dev, seq: int, heads: int, cols: int = 4):
     step = Kernel("attnv_step_64", "attention.o", [tile_ty, tile_ty, tile_ty, np.int32, vec_f32, vec_f32, o_ty])
     finish = Kernel("attnv_finish", "attention.o", [o_ty, vec_f32, tile_ty])
     v_layout = Kernel("attnv_v_layout", "attention.o", [tile_ty])
+    k_layout = Kernel("attnv_k_layout", "attention.o", [tile_ty])
 
     offsets = [r * TILE * TILE for r in range(ROWS)]
     q_in = [ObjectFifo(column_ty, name=f"q{c}") for c in range(cols)]
@@ -67,17 +69,19 @@ def amanuensis_attention(dev, seq: int, heads: int, cols: int = 4):
     out_core = [out[c].prod().join(offsets, Tile(c, 1), obj_types=[tile_ty] * ROWS, depths=[1] * ROWS,
                                    names=[f"o{c}_{r}" for r in range(ROWS)]) for c in range(cols)]
 
-    def core(q, kv, o_fifo, m, row_sum, o, init, step, finish, v_layout, my_items):
+    def core(q, kv, o_fifo, m, row_sum, o, init, step, finish, v_layout, k_layout, my_items):
         for _ in range_(my_items):
             tq = q.acquire(1)
             init(m, row_sum, o)
             for _ in range_(key_tiles - 1):
                 tk, tv = kv.acquire(1), kv.acquire(1)
+                k_layout(tk)
                 v_layout(tv)
                 step(tq, tk, tv, TILE, m, row_sum, o)
                 kv.release(1)
                 kv.release(1)
             tk, tv = kv.acquire(1), kv.acquire(1)
+            k_layout(tk)
             v_layout(tv)
             step(tq, tk, tv, last_valid, m, row_sum, o)          # the last key tile holds the padding
             kv.release(1)
@@ -88,7 +92,7 @@ def amanuensis_attention(dev, seq: int, heads: int, cols: int = 4):
 
     workers = [Worker(core, [q_core[c][r].cons(), kv_core[c].cons(), out_core[c][r].prod(),
                              Buffer(vec_f32, name=f"m{r}{c}"), Buffer(vec_f32, name=f"l{r}{c}"),
-                             Buffer(o_ty, name=f"o_acc{r}{c}"), init, step, finish, v_layout,
+                             Buffer(o_ty, name=f"o_acc{r}{c}"), init, step, finish, v_layout, k_layout,
                              len(range(c, len(items), cols))],
                       placement=Tile(c, 2 + r), stack_size=STACK, while_true=False)
                for r in range(ROWS) for c in range(min(cols, len(items)))]
