@@ -27,6 +27,7 @@ pack_mel); scratch (fp32, scratch_size); the log-mel (fp32, FRAMES_PADDED x mel_
 Not compiled here (no MLIR-AIE toolchain); kernels/aie/iron_host.py runs it on the host.
 """
 import argparse
+from typing import NamedTuple
 
 import numpy as np
 from ml_dtypes import bfloat16
@@ -138,18 +139,24 @@ def _spectrum_core(a, w, out, acc, bands, cols, col, range_, k):
             mine = group < GROUPS
             power = out.acquire(1) if mine else None
             for half in range(2):
-                if mine:
-                    k["zero"](acc)
-                for _ in range_(DFT_CHUNKS):
-                    frames = a.acquire(1)
-                    if mine:
-                        k["mac"](frames, w.acquire(1), acc)
-                        w.release(1)
-                    a.release(1)
+                _accumulate(a, w, acc, DFT_CHUNKS, mine, range_, k)
                 if mine:
                     k["power"](acc, half, power)
             if mine:
                 out.release(1)
+
+
+def _accumulate(a, w, acc, k_chunks, mine, range_, k):
+    """acc = the row's next k_chunks A tiles times the column's W objects; a core without the item
+    (mine False) lets the A tiles pass by."""
+    if mine:
+        k["zero"](acc)
+    for _ in range_(k_chunks):
+        tile = a.acquire(1)
+        if mine:
+            k["mac"](tile, w.acquire(1), acc)
+            w.release(1)
+        a.release(1)
 
 
 def _energies_core(a, w, out, acc, running, n_mels, bands, cols, row, col, range_, k):
@@ -162,14 +169,7 @@ def _energies_core(a, w, out, acc, running, n_mels, bands, cols, row, col, range
         for _ in range_(count):
             for chunk in range(col, -(-chunks // cols) * cols, cols):
                 mine = chunk < chunks
-                if mine:
-                    k["zero"](acc)
-                for _ in range_(GROUPS):
-                    power = a.acquire(1)
-                    if mine:
-                        k["mac"](power, w.acquire(1), acc)
-                        w.release(1)
-                    a.release(1)
+                _accumulate(a, w, acc, GROUPS, mine, range_, k)
                 if mine:
                     k["log10_max"](acc, band_rows, min(COLS, n_mels - chunk * COLS), running, out.acquire(1))
                     out.release(1)
@@ -193,59 +193,67 @@ def _finish_core(a, out, maximum, bands, chunks, cols, col, range_, k):
 
 # ---- the runtime sequence ---------------------------------------------------------------------------------
 
-def _spectrum_sequence(rt, streams, samples, params, scratch, sizes):
+class Phase(NamedTuple):
+    """One matmul phase's runtime sequence: row r of a band takes A from `a` (tensor, size, offset of
+    its first row, the access pattern's sizes and strides after it); column c's W objects start at
+    params offset w_at + c·w_values, its outputs (items of the `items` dealt to the columns) go to
+    `out` (tensor, size, offset, width) at columns c·COLS, c·COLS + cols·COLS, ..."""
+
+    a: tuple
+    a_row: int                       # values between one row of frames (or power) and the next
+    a_sizes: list
+    a_strides: list
+    w_at: int
+    w_values: int
+    items: int
+    out: tuple
+
+
+def _phase_sequence(rt, streams, params, sizes, ph: Phase):
     from aie.helpers.taplib.tap import TensorAccessPattern
     from aie.iron.device import Tile
 
     a_in, w_in, c_out, cols = streams
-    rounds = -(-GROUPS // cols)
+    (a, a_size, a_at), (out, out_size, out_at, width) = ph.a, ph.out
     for band in range(FRAMES_PADDED // BAND):
         group = rt.task_group()
         for r in range(ROWS):
-            # Row r's 64 frames, 400 samples every 160, as 13 chunks of 32 samples, for both halves of
-            # every round.
-            rt.fill(a_in[r].prod(), samples, TensorAccessPattern((sizes[0],), (band * BAND + r * TILE) * HOP,
-                                                                 [2 * rounds, DFT_CHUNKS, TILE, COLS],
-                                                                 [0, COLS, HOP, 1]),
+            rt.fill(a_in[r].prod(), a, TensorAccessPattern((a_size,), a_at + (band * BAND + r * TILE) * ph.a_row,
+                                                           ph.a_sizes, ph.a_strides),
                     placement=Tile(r % cols, 0), task_group=group)
-        for c in range(min(cols, GROUPS)):
-            mine = _mine(c, GROUPS, cols)
-            rt.fill(w_in[c].prod(), params, TensorAccessPattern((sizes[1],), c * GROUP_VALUES,
-                                                                [mine, GROUP_VALUES // 256, 256],
-                                                                [cols * GROUP_VALUES, 256, 1]),
+        for c in range(min(cols, ph.items)):
+            mine = _mine(c, ph.items, cols)
+            rt.fill(w_in[c].prod(), params, TensorAccessPattern((sizes[1],), ph.w_at + c * ph.w_values,
+                                                                [mine, ph.w_values // 256, 256],
+                                                                [cols * ph.w_values, 256, 1]),
                     placement=Tile(c, 0), task_group=group)
-            rt.drain(c_out[c].cons(), scratch, TensorAccessPattern((sizes[2],), band * BAND * POWER + c * COLS,
-                                                                   [mine, BAND, COLS], [cols * COLS, POWER, 1]),
+            rt.drain(c_out[c].cons(), out, TensorAccessPattern((out_size,), out_at + band * BAND * width + c * COLS,
+                                                               [mine, BAND, COLS], [cols * COLS, width, 1]),
                      placement=Tile(c, 0), task_group=group, wait=True)
         rt.finish_task_group(group)
+
+
+def _spectrum_sequence(rt, streams, samples, params, scratch, sizes):
+    """Row r's 64 frames, 400 samples every 160, as 13 chunks of 32 samples, for both halves of every
+    round; each group's power tile to scratch."""
+    rounds = -(-GROUPS // streams[3])
+    _phase_sequence(rt, streams, params, sizes, Phase(
+        (samples, sizes[0], 0), HOP, [2 * rounds, DFT_CHUNKS, TILE, COLS], [0, COLS, HOP, 1],
+        0, GROUP_VALUES, GROUPS, (scratch, sizes[2], 0, POWER)))
 
 
 def _energies_sequence(rt, streams, params, scratch, n_mels, sizes):
+    """The power back in 7 chunks of K per round, the filters' chunks, the log-mel tiles to scratch;
+    then each core's maximum."""
     from aie.helpers.taplib.tap import TensorAccessPattern
     from aie.iron.device import Tile
 
-    a_in, w_in, c_out, cols = streams
+    _, _, c_out, cols = streams
     width, chunks = mel_columns(n_mels), mel_columns(n_mels) // COLS
     log_mel, maxima, _ = scratch_layout(n_mels)
-    filters = GROUPS * GROUP_VALUES
-    for band in range(FRAMES_PADDED // BAND):
-        group = rt.task_group()
-        for r in range(ROWS):
-            rt.fill(a_in[r].prod(), scratch, TensorAccessPattern((sizes[2],), (band * BAND + r * TILE) * POWER,
-                                                                 [-(-chunks // cols), GROUPS, TILE, COLS],
-                                                                 [0, COLS, POWER, 1]),
-                    placement=Tile(r % cols, 0), task_group=group)
-        for c in range(min(cols, chunks)):
-            mine = _mine(c, chunks, cols)
-            rt.fill(w_in[c].prod(), params, TensorAccessPattern((sizes[1],), filters + c * FILTER_VALUES,
-                                                                [mine, FILTER_VALUES // 256, 256],
-                                                                [cols * FILTER_VALUES, 256, 1]),
-                    placement=Tile(c, 0), task_group=group)
-            rt.drain(c_out[c].cons(), scratch,
-                     TensorAccessPattern((sizes[2],), log_mel + band * BAND * width + c * COLS,
-                                         [mine, BAND, COLS], [cols * COLS, width, 1]),
-                     placement=Tile(c, 0), task_group=group, wait=True)
-        rt.finish_task_group(group)
+    _phase_sequence(rt, streams, params, sizes, Phase(
+        (scratch, sizes[2], 0), POWER, [-(-chunks // cols), GROUPS, TILE, COLS], [0, COLS, POWER, 1],
+        GROUPS * GROUP_VALUES, FILTER_VALUES, chunks, (scratch, sizes[2], log_mel, width)))
     group = rt.task_group()
     for c in range(cols):                       # each core's maximum, its column's 4 as one joined object
         rt.drain(c_out[c].cons(), scratch, TensorAccessPattern((sizes[2],), maxima + c * ROWS * OBJECT,
