@@ -58,8 +58,9 @@ def _mel_design():
 
 
 def arg_bytes(entry: Entry) -> list[int]:
-    """Buffer sizes of an entry's runtime-sequence arguments, in order (bf16; the mel design's fp32): the
-    whole-array designs' (kernels/aie/*/design.py), rows in whole bands."""
+    """Buffer sizes of an entry's runtime-sequence arguments, in order: the whole-array designs'
+    (kernels/aie/*/design.py), rows in whole bands; bf16, but the mel design's samples, scratch and
+    output (fp32)."""
     s = entry.shape
     if entry.op == "chain":                  # inp, side, params, scratch, out (a buffer of 1 value for none)
         design = _chain_design()

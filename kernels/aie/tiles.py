@@ -43,6 +43,10 @@ def pad(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return out
 
 
+def up_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def up(n: int) -> int:
     return up_to(n, TILE)
 
@@ -161,10 +165,6 @@ def pack_mel(n_mels: int) -> np.ndarray:
 
 def _pieces_b(pieces: list[np.ndarray], k: int) -> np.ndarray:
     return np.concatenate([block_b(bits(p[k:k + MEL_K])) for p in pieces])
-
-
-def up_to(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 def mel_samples(samples: np.ndarray, length: int) -> np.ndarray:
