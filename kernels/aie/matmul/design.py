@@ -458,14 +458,11 @@ def _w_stream(params, residual, band_start, pair, pairs, cols, ph: Linear, n):
     if residual is None:
         return [(w, TensorAccessPattern((w_size,), w_at + pair * ph.pair_packed, [pairs, objects, rows_256, 256],
                                         [cols * ph.pair_packed, OBJECT, 256, 1]))]
-    res, res_at, res_size = residual
     fills = []
     for p in range(pair, pair + pairs * cols, cols):
         fills.append((w, TensorAccessPattern((w_size,), w_at + p * ph.pair_packed, [objects, rows_256, 256],
                                              [OBJECT, 256, 1])))
-        for t in range(PAIR * p, PAIR * p + PAIR):
-            fills.append((res, TensorAccessPattern((res_size,), res_at + band_start * n + t * COLS,
-                                                   [ROWS * TILE // 4, COLS // 4, 4, 4], [4 * n, 4, n, 1])))
+        fills += [_residual_fill(residual, band_start, t, n) for t in range(PAIR * p, PAIR * p + PAIR)]
     return fills
 
 
@@ -479,10 +476,18 @@ def _w_single(params, residual, band_start, tile, ph: Linear, n):
     fills = [(w, TensorAccessPattern((w_size,), w_at + pair * ph.pair_packed + half * OBJECT,
                                      [ph.k // TILE + 1, OBJECT // 256, 256], [PAIR * OBJECT, 256, 1]))]
     if residual is not None:
-        res, res_at, res_size = residual
-        fills.append((res, TensorAccessPattern((res_size,), res_at + band_start * n + tile * COLS,
-                                               [ROWS * TILE // 4, COLS // 4, 4, 4], [4 * n, 4, n, 1])))
+        fills.append(_residual_fill(residual, band_start, tile, n))
     return fills
+
+
+def _residual_fill(residual, band_start, tile, n):
+    """(tensor, access pattern) of output tile `tile`'s band of 256 x 32 residual (residual: (tensor,
+    offset, size)), as 4 objects of 64 x 32 in the C layout."""
+    from aie.helpers.taplib.tap import TensorAccessPattern
+
+    res, res_at, res_size = residual
+    return res, TensorAccessPattern((res_size,), res_at + band_start * n + tile * COLS,
+                                    [ROWS * TILE // 4, COLS // 4, 4, 4], [4 * n, 4, n, 1])
 
 
 def main():

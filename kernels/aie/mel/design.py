@@ -23,7 +23,7 @@ joined in the column's memory tile and written row-major. Per core: A 2 x 8, W 2
 accumulator 8 and the stack 1: 53 KiB.
 Its runtime sequence takes (samples, params, scratch, out): the window reflect-padded by 200 and
 zero-extended to SAMPLES (fp32); the DFT's and the filters' pieces (bf16, kernels.aie.tiles.
-pack_mel); scratch (fp32, scratch_size); the log-mel (fp32, FRAMES_PADDED x mel_columns).
+pack_mel); scratch (fp32, scratch_layout's size); the log-mel (fp32, FRAMES_PADDED x mel_columns).
 Not compiled here (no MLIR-AIE toolchain); kernels/aie/iron_host.py runs it on the host.
 """
 import argparse
