@@ -11,7 +11,7 @@ the kernels, built for the host through kernels/aie/common/aie_host.h, equal the
   multiply-add); reductions over 16 lanes: the vectors of a row added in order, then the halving
   tree x[i] + x[i + 8], + 4, + 2, + 1 (aie_api's reduce_add on aie2).
 - Division, square root and exp are not operations of the vector unit: 1/q and 1/sqrt(x) are Newton
-  iterations from a bit-pattern start, erf a rational function with its division as a reciprocal;
+  iterations from a bit-pattern start, GELU a piecewise polynomial picked per lane (no erf);
   e^x is 2^k p(r) with k rounded by adding 1.5 * 2^23 and 2^k added to the exponent bits, computed
   from bf16 products (exact, each added into fp32 with one rounding), not emulated fp32 multiplies.
 """
@@ -222,24 +222,37 @@ def exp(x: np.ndarray) -> np.ndarray:
     return np.where(x < EXP_LO, _F(0.0), _float(_bits(p) + ((_bits(t) - _bits(_ROUND)) << 23)))
 
 
-_ERF_P = tuple(_F(c) for c in (1.128378947110758, 0.19797619977799844, 0.053686567157058676,
-                               0.004074493892425168, 0.00028910305714117436, 1.955181944738132e-06))
-_ERF_Q = tuple(_F(c) for c in (1.0, 0.5087826770976088, 0.11718184066732072,
-                               0.015587526004807313, 0.0012324912167420044, 3.733127555938595e-05))
-
-
-def erf(x: np.ndarray) -> np.ndarray:
-    """erf(x) = x·P(x²)·(1/Q(x²)) on [−4, 4] (|erf| rounds to 1 in fp32 beyond), fitted for this project."""
-    xc = np.minimum(np.maximum(np.asarray(x, _F), _F(-4.0)), _F(4.0))
-    z = xc * xc
-    return (_horner(z, _ERF_P) * xc) * recip(_horner(z, _ERF_Q))
+# GELU's pieces: k(t) = t·Φ(−t) on [0, 5.5), a degree-6 polynomial in t − centre on each of four
+# pieces (Chebyshev least squares weighted by 1/(1 + t), fitted for this project). The first piece is
+# centred on 0 with no constant term, so that GELU(x) stays accurate relative to x near 0.
+GELU_BREAKS = (_F(0.625), _F(1.75), _F(3.25))                  # where pieces 1, 2 and 3 begin
+GELU_END = _F(5.5)                                             # k(5.5) = 1e-7: k is 0 from here
+_GELU_CENTRE = np.array([0.0, 1.1875, 2.5, 4.375], _F)
+_GELU_K = np.array([                                           # [piece, power of (t − centre)]
+    [0.0, 0.4999999403953552, -0.3989352881908417, -0.00012574113497976214, 0.06730131059885025,
+     -0.0022484140936285257, -0.0075361053459346294],
+    [0.1395494043827057, -0.11654740571975708, -0.058137036859989166, 0.10103075206279755,
+     -0.031787481158971786, -0.008738781325519085, 0.006318766623735428],
+    [0.015524033457040787, -0.03760971873998642, 0.03725554049015045, -0.016454417258501053,
+     -0.0005753095028921962, 0.004360613878816366, -0.0017360963393002748],
+    [2.640748607518617e-05, -0.00012023127783322707, 0.00024092948297038674, -0.0002777948684524745,
+     0.00026804933440871537, -0.0002253771381219849, 8.739483746467158e-05]], _F)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU(x) = x · ((erf(x/√2) + 1) · 0.5), Whisper's exact form, in this order."""
+    """GELU(x) = x·Φ(x), Whisper's exact-erf GELU, as (x < 0 ? 0 : |x|) − k(|x|) with k(t) = t·Φ(−t):
+    k a piecewise polynomial (GELU_BREAKS, GELU_END), Horner in fp32 on t − centre, the piece's
+    coefficients picked per lane; k = 0 from GELU_END on. No division and no erf."""
     x = np.asarray(x, _F)
-    e = erf(x * _F(0.7071067811865476))
-    return x * ((e + _F(1.0)) * _F(0.5))
+    t = np.abs(x)
+    piece = (t >= GELU_BREAKS[0]).astype(np.uint8) + (t >= GELU_BREAKS[1]) + (t >= GELU_BREAKS[2])
+    s = t - _GELU_CENTRE[piece]
+    k = _GELU_K[piece, -1]
+    for j in range(_GELU_K.shape[1] - 2, 0, -1):
+        k = k * s + _GELU_K[piece, j]          # a subnormal product is absorbed by a normal coefficient
+    k = flush(k * s) + _GELU_K[piece, 0]      # the first piece's constant is 0: nothing absorbs it there
+    k = np.where(t < GELU_END, k, _F(0.0))
+    return flush(np.where(x < 0, _F(0.0), t) - k)
 
 
 def log10(x: np.ndarray) -> np.ndarray:

@@ -67,8 +67,8 @@ def spread(n=100000, seed=0, low=-120.0, high=90.0):
 
 def test_vector_math_equals_the_contract(lib):
     x = spread()
-    for name in ("exp", "erf", "gelu"):
-        with np.errstate(invalid="ignore"):                                     # gelu(-inf) is nan in both
+    for name in ("exp", "gelu"):
+        with np.errstate(invalid="ignore"):                                     # gelu(±inf) passes inf through k
             expected = getattr(C, name)(C.flush(x))
         np.testing.assert_array_equal(vmath(lib, name, x), expected, err_msg=name)
     # the domain the kernels call them on: row sums of exp (>= 1), variances + eps, mel energies + 1e-10
@@ -94,11 +94,15 @@ def test_vector_math_is_accurate(lib):
     assert (np.abs(vmath(lib, "exp", x) - exp64) / exp64).max() < 5e-5
     assert not vmath(lib, "exp", np.float32([-80.01, -100, -np.inf] + [-200] * 13)).any()
     z = np.linspace(-6, 6, 200000, dtype=np.float32)
-    erf64 = np.array([math.erf(v) for v in z.astype(np.float64)])
-    assert np.abs(vmath(lib, "erf", z) - erf64).max() < 5e-7
-    gelu64 = 0.5 * z.astype(np.float64) * (1 + np.array([math.erf(v / math.sqrt(2)) for v in z.astype(np.float64)]))
-    # x·(1 + erf) cancels where erf is near -1: the error is absolute, at most ~2 fp32 steps of |x|
-    assert (np.abs(vmath(lib, "gelu", z) - gelu64) / (1 + np.abs(z))).max() < 3e-7
+    z = np.concatenate([z, np.float32([1e-30, -1e-30, 1e-6, -1e-6, 0.0])])
+    z = np.resize(z, -(-z.size // 16) * 16)
+    gelu64 = 0.5 * z.astype(np.float64) * np.array([math.erfc(-v / math.sqrt(2)) for v in z.astype(np.float64)])
+    gelu = vmath(lib, "gelu", z)
+    # |x| − k(|x|) cancels for large positive x, and k's error is absolute: bound the error by 1 + |x|
+    assert (np.abs(gelu - gelu64) / (1 + np.abs(z))).max() < 2e-7
+    near_zero = np.abs(z) < 0.5                                                 # and relative where GELU ≈ x/2
+    assert (np.abs(gelu - gelu64)[near_zero] / np.maximum(np.abs(gelu64[near_zero]), 1e-38)).max() < 5e-7
+    assert vmath(lib, "gelu", np.zeros(16, np.float32)).tolist() == [0.0] * 16
     p = np.logspace(-20, 20, 200000, dtype=np.float32)
     assert fp32_ulps(vmath(lib, "recip", p), (1 / p.astype(np.float64)).astype(np.float32)).max() <= 2
     assert fp32_ulps(vmath(lib, "rsqrt", p), (1 / np.sqrt(p.astype(np.float64))).astype(np.float32)).max() <= 2
@@ -287,5 +291,5 @@ def test_scalar_references_agree_with_the_vectorised_kernels(lib):
     scal = np.empty(z.size, np.uint16)
     lib.gelu_bf16(ptr(bits(z), ctypes.c_uint16), ptr(scal, ctypes.c_uint16), z.size)
     vec, scal = tiles.gelu(lib, z), from_bits(scal)
-    visible = np.abs(vec) > 1e-3            # below, the erf form's cancellation (< 2e-6) rules, not bf16 steps
-    assert ulps(vec[visible], scal[visible]).max() <= 1 and np.abs(vec - scal)[~visible].max() < 2e-6
+    # one bf16 step, or less than 2e-6 apart: the scalar erf form's 1 + erf cancels for negative x
+    assert ((ulps(vec, scal) <= 1) | (np.abs(vec - scal) < 2e-6)).all()

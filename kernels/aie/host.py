@@ -91,7 +91,7 @@ def load() -> ctypes.CDLL:
         "melv_max_out_64x32": [f32, f32],
         "melv_global_max": [f32, f32],
         "melv_finish_64x32": [f32, f32, f32],
-        **{f"vmath_{name}": [f32, f32, i32] for name in ("exp", "erf", "gelu", "recip", "rsqrt", "log10")},
+        **{f"vmath_{name}": [f32, f32, i32] for name in ("exp", "gelu", "recip", "rsqrt", "log10")},
         "vmath_lane_sum": [f32, i32, i32, f32],
         "vmath_round_bf16": [f32, u16, i32],
     }

@@ -2,8 +2,9 @@
 // gelu.cc, mel.cc): plain loops, written to be read. The vectorised kernels (*_vec.cc) follow
 // kernels/CONTRACT.md exactly; these differ in the details the vector unit fixes (the matmul sums
 // 64-wide K chunks, the reductions run lane by lane, division and square root are the C library's,
-// exp is an fp32 polynomial), so the two agree within one bf16 step; an attention output that nearly
-// cancels, within a small absolute amount (tests/test_aie_host.py).
+// exp is an fp32 polynomial, GELU goes through a rational erf), so the two agree within one bf16
+// step; an output that nearly cancels (attention, GELU of negative x), within a small absolute
+// amount (tests/test_aie_host.py).
 //
 // bf16 values travel as raw uint16_t bits, so the same code builds for the AIE
 // (Peano, __AIENGINE__ defined) and for the host (g++, used by the tests).
@@ -54,7 +55,8 @@ inline float exp_f32(float x) {
   return ldexpf(p, (int)k);
 }
 
-// erf(x) = x P(x^2) / Q(x^2) on [-4, 4]; coefficients fitted for this project (kernels/contract.py).
+// erf(x) = x P(x^2) / Q(x^2) on [-4, 4]; coefficients fitted for this project. (The vectorised
+// kernels compute GELU without erf: a piecewise polynomial, common/vmath.h.)
 inline float erf_f32(float x) {
   const float P[6] = {(float)1.128378947110758, (float)0.19797619977799844, (float)0.053686567157058676,
                       (float)0.004074493892425168, (float)0.00028910305714117436, (float)1.955181944738132e-06};

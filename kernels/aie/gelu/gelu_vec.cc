@@ -1,9 +1,9 @@
-// Elementwise GELU, Whisper's exact-erf form, on 16-lane vectors: y = bf16(gelu(x)) with vmath.h's
-// gelu (a rational erf, its division a Newton reciprocal). The vectorised variant of gelu.cc. (In
-// the encoder graph GELU is fused into the matmul epilogue; this kernel serves standalone use.)
+// Elementwise GELU, Whisper's exact-erf GELU, on 16-lane vectors: y = bf16(gelu(x)) with vmath.h's
+// gelu (a piecewise polynomial picked per lane). The vectorised variant of gelu.cc. (In the encoder
+// graph GELU is fused into the matmul epilogue; this kernel serves standalone use.)
 //
-// Cycle estimate: per 16 values ~17 fp32 multiplies (~15 instructions each, emulated) and ~16 other
-// instructions: ~270 cycles, n / 16 x 270 a call.
+// Cycle estimate: per 16 values 6 fp32 multiplies (~15 instructions each, emulated) and ~40 other
+// instructions: ~130 cycles, n / 16 x 130 a call.
 #include "../common/vmath.h"
 
 using namespace amanuensis::vec;
@@ -22,7 +22,6 @@ void geluv_bf16(const bfloat16* x, bfloat16* y, int32_t n) {   // n: a multiple 
     for (int i = 0; i < n; i += 16) aie::store_v(y + i, fn(aie::load_v<16>(x + i)));  \
   }
 VMATH_ENTRY(vmath_exp, exp)
-VMATH_ENTRY(vmath_erf, erf)
 VMATH_ENTRY(vmath_gelu, gelu)
 VMATH_ENTRY(vmath_recip, recip)
 VMATH_ENTRY(vmath_rsqrt, rsqrt)

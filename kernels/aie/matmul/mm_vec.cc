@@ -16,8 +16,9 @@
 //                       loads/stores each C block once (256 + 256 accesses): ~2300 cycles.
 //   mmv_epilogue_64x64  256 blocks of 16 values: bias add and residual add (2 fp32 adds), two bf16
 //                       widenings, one narrowing: ~6 instructions a block, ~1500 cycles; with GELU
-//                       ~17 fp32 multiplies (15 instructions each, emulated) and ~16 adds a block:
-//                       ~70000 cycles, 30 times the matmul of one K chunk.
+//                       (vmath.h: 6 fp32 multiplies of 15 instructions each, emulated, and ~40
+//                       selects, compares and adds) ~130 more a block: ~35000 cycles, 15 times the
+//                       matmul of one K chunk.
 //   mmv_zero_64x64      256 stores of 512 bits: ~260 cycles.
 //
 // The whole-array design (design.py) gives each core 64 x 32 output tiles, so that a core's
@@ -29,7 +30,7 @@
 // these):
 //   mmv_bf16_64x64x32    1024 mmul instructions, loads as above: ~1150 cycles.
 //   mmv_zero_64x32       128 stores: ~130 cycles.
-//   mmv_bias_act_64x32   128 blocks of load, add, store: ~400 cycles; with GELU ~35000.
+//   mmv_bias_act_64x32   128 blocks of load, add, store: ~400 cycles; with GELU ~17000.
 //   mmv_round_64x32      128 blocks of load, narrow, store: ~400 cycles.
 //   mmv_add_round_64x32  with the residual's load, widening and add: ~650 cycles.
 #include "../common/blocked.h"
