@@ -12,6 +12,7 @@ import argparse
 
 from encoder.cli import add_model, run
 from encoder.network import build_encoder_graph
+from kernels.aie.cycles import ATTN_RESCALE_SHARE
 from kernels.cost import PRESETS, format_projection, format_schedule, preset
 from kernels.errors import BadOption
 from kernels.graph import format_graph
@@ -33,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="per-node projection: share of peak compute reached (default 0.35; the schedule "
                              "projection uses the kernels' cycle estimates instead)")
     parser.add_argument("--dispatch-us", type=float, help="schedule projection: host cost of a dispatch (default 120)")
+    parser.add_argument("--attention-rescale", type=float,
+                        help="schedule projection: share of attention's 4-row bands whose running maxima change "
+                             f"at a key tile, 0 to 1 (default {ATTN_RESCALE_SHARE}, measured on speech; 1: the "
+                             "worst case)")
     return parser
 
 
@@ -41,7 +46,8 @@ def main(argv=None) -> int:
     if args.dispatch_us is not None and args.dispatch_us < 0:
         raise BadOption("dispatch-us", f"--dispatch-us must not be negative, got {args.dispatch_us}")
     plans = [preset(name, cores=args.cores, clock_ghz=args.clock_ghz, ddr_gbs=args.ddr_gbs, efficiency=args.efficiency,
-                    dispatch_ms=None if args.dispatch_us is None else args.dispatch_us / 1e3)
+                    dispatch_ms=None if args.dispatch_us is None else args.dispatch_us / 1e3,
+                    attention_rescale=args.attention_rescale)
              for name in PRESETS] if args.plan == "npu" else []
     model = ConvertedModel.open(resolve_model(args.model))
     print(f"model {args.model}: {model.dims}\n")

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, replace
 
 from kernels.aie import iron_host
-from kernels.aie.cycles import kernel_cycles
+from kernels.aie.cycles import ATTN_RESCALE_SHARE, kernel_cycles
 from kernels.aie.design_runner import Dispatch, plan_dispatches
 from kernels.contract import TILE
 from kernels.errors import BadOption
@@ -35,6 +35,7 @@ class NpuParams:
     ddr_gbs: float              # DDR bandwidth available to the NPU, GB/s
     efficiency: float = 0.35    # share of peak compute the kernels reach
     dispatch_ms: float = 0.12   # host cost of one dispatch (107-148 us per small kernel run, measured by others)
+    attention_rescale: float = ATTN_RESCALE_SHARE   # share of attention's row bands that rescale a key tile
 
 
 PRESETS = {
@@ -126,7 +127,9 @@ def preset(name: str, **changes) -> NpuParams:
     """PRESETS[name] with the parameters in `changes` that are given (not None); each must be positive."""
     given = {k: v for k, v in changes.items() if v is not None}
     for key, value in given.items():
-        if not (value >= 0 if key == "dispatch_ms" else value > 0):
+        if key == "attention_rescale" and not 0 <= value <= 1:
+            raise BadOption(key, f"--attention-rescale must be a share from 0 to 1, got {value}")
+        if not (value >= 0 if key in ("dispatch_ms", "attention_rescale") else value > 0):
             raise BadOption(key, f"--{key.replace('_', '-')} must be positive, got {value}")
     if given.get("cores", 4) % 4:
         raise BadOption("cores", f"--cores must be a multiple of 4 (columns of 4 cores), got {given['cores']}")
@@ -200,7 +203,7 @@ def _project_design(kernel: str, shape: tuple, params: NpuParams, traced: dict) 
     if (kernel, shape) not in traced:
         traced[(kernel, shape)] = iron_host.resolve_design(kernel, *shape).trace()
     trace = traced[(kernel, shape)]
-    busiest = max((_kernel_cycles(calls) for calls in trace.calls), key=lambda c: sum(c.values()))
+    busiest = max((_kernel_cycles(calls, params) for calls in trace.calls), key=lambda c: sum(c.values()))
     channel = max(max(s.values(), default=0) for s in trace.streamed)        # bytes, the busiest channel
     clock = params.clock_ghz * 1e6                                           # cycles per ms
     return DispatchProjection("", kernel, len(trace.calls), trace.ddr_bytes / 2**20, sum(busiest.values()) / clock,
@@ -222,10 +225,10 @@ def _describe(step: Dispatch) -> str:
     return f"{step.kernel} {'x'.join(str(a) for a in step.shape if type(a) is int)}"
 
 
-def _kernel_cycles(calls) -> dict[str, int]:
+def _kernel_cycles(calls, params: NpuParams) -> dict[str, int]:
     out: dict[str, int] = {}
     for (name, args), count in calls.items():
-        out[name] = out.get(name, 0) + count * kernel_cycles(name, args)
+        out[name] = out.get(name, 0) + count * kernel_cycles(name, args, params.attention_rescale)
     return out
 
 
@@ -239,6 +242,7 @@ def format_schedule(graph, params: NpuParams) -> str:
     rows = project_schedule(graph, params)
     lines = [f"PROJECTION (not measured) of the whole-array designs' schedule on {params.name}: "
              f"{params.cores // 4} columns x 4 rows, kernels at their cycle estimates (kernels/aie/cycles.py), "
+             f"attention rescaling {params.attention_rescale:.0%} of its row bands a key tile, "
              f"{STREAM_BYTES_PER_CYCLE} bytes a cycle per DMA channel, {params.dispatch_ms * 1e3:.0f} us per dispatch",
              f"{'dispatch (nodes)':62} {'design':28} {'cores':>5} {'DDR MiB':>8} {'compute':>8} {'streams':>8} "
              f"{'DDR':>8} {'ms':>7}  bound"]

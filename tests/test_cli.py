@@ -33,6 +33,8 @@ def test_graph_prints_nodes_and_plan():
     assert "every node of the encoder included" in r.stdout
     r = run("encoder.graph", "--model", "tiny.en", "--plan", "npu", "--cores", "6")
     assert r.returncode == 2 and "--cores must be a multiple of 4" in r.stderr and not r.stdout
+    r = run("encoder.graph", "--model", "tiny.en", "--plan", "npu", "--attention-rescale", "1.5")
+    assert r.returncode == 2 and "--attention-rescale must be a share from 0 to 1" in r.stderr and not r.stdout
 
 
 def test_npu_build_plans_without_the_toolchain_and_says_what_is_missing(tmp_path):

@@ -122,6 +122,8 @@ def test_npu_schedule_projection(tiny_graph):
     """The window projected from the whole-array designs' traced schedule: per dispatch (a chain of
     layernorms and linears, or an attention), each phase the longest of the busiest core's kernel
     calls at their cycle estimates, its busiest core channel and its DDR bytes, plus one dispatch."""
+    from dataclasses import replace
+
     from kernels.aie import cycles
     from kernels.cost import format_schedule, project_schedule
 
@@ -158,6 +160,17 @@ def test_npu_schedule_projection(tiny_graph):
     assert by_node["mel"].bound == "compute"
     text = format_schedule(tiny_graph, PRESETS["phoenix"])
     assert text.startswith("PROJECTION (not measured)") and "largest terms: attnv_step_64" in text
+    # an attention step costs its fixed part and, per 4-row band that rescales, ATTN_RESCALE_BAND
+    steps = {share: by_node_of(project_schedule(tiny_graph, replace(phoenix, attention_rescale=share)))
+             ["layers.0.self_attn"].kernel_ms["attnv_step_64"] for share in (0.0, 1.0)}
+    per_step = (steps[1.0] - steps[0.0]) / (16 * cycles.ATTN_RESCALE_BAND)      # ms per step and cycle
+    assert steps[0.0] == pytest.approx(per_step * cycles.ATTN_STEP)
+    assert by_node["layers.0.self_attn"].kernel_ms["attnv_step_64"] == pytest.approx(
+        per_step * round(cycles.ATTN_STEP + 16 * cycles.ATTN_RESCALE_SHARE * cycles.ATTN_RESCALE_BAND))
+
+
+def by_node_of(rows):
+    return {r.node: r for r in rows}
 
 
 def test_cycle_estimates_are_the_ones_the_sources_derive():
@@ -167,7 +180,8 @@ def test_cycle_estimates_are_the_ones_the_sources_derive():
     sources = {"MATMUL_64x64x32": "matmul/mm_vec.cc", "ZERO_64x32": "matmul/mm_vec.cc",
                "BIAS_64x32": "matmul/mm_vec.cc", "BIAS_GELU_64x32": "matmul/mm_vec.cc",
                "ROUND_64x32": "matmul/mm_vec.cc", "ADD_ROUND_64x32": "matmul/mm_vec.cc",
-               "ATTN_STEP": "attention/attention_vec.cc", "ATTN_INIT": "attention/attention_vec.cc",
+               "ATTN_STEP": "attention/attention_vec.cc", "ATTN_RESCALE_BAND": "attention/attention_vec.cc",
+               "ATTN_INIT": "attention/attention_vec.cc",
                "ATTN_FINISH": "attention/attention_vec.cc", "ATTN_V_LAYOUT": "attention/attention_vec.cc",
                "LAYERNORM_ROW_PER_16": "layernorm/layernorm_vec.cc", "LAYERNORM_ROW": "layernorm/layernorm_vec.cc",
                **{name: "matmul/mm_vec.cc" for name in ("LN_SUM_64x64", "LN_SQDEV_64x64", "LN_MEAN_64", "LN_RSTD_64",

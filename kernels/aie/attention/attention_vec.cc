@@ -23,10 +23,12 @@
 //
 // Cycle estimate per attnv_step_64 (fp32 multiply = ~15 instructions, emulated; see vmath.h):
 //   Q K^T and P V: 2 x 64^3 / 128 = 4096 mmul instructions.
-//   exp in bf16 products (vmath.h) of the 64 x 64 scores (256 vectors) and of the 64 alphas (16
-//   vectors, 4 rows each): 272 vectors x ~64 instructions = ~17400; max, row sums, rescale of O
-//   (256 fp32 multiplies), the bf16 narrowing: ~5500. Total ~27000 cycles a key tile: the exp is
-//   ~65% of it.
+//   exp in bf16 products (vmath.h) of the 64 x 64 scores: 256 vectors x ~64 instructions = ~16400;
+//   maxima, row sums, the bf16 narrowing: ~1000. ~21500 cycles a key tile, the exp ~75% of it.
+//   A band of 4 query rows whose running maxima change also rescales: its alphas' exp (one vector),
+//   l's 4 and O's 16 fp32 multiplies: ~360 cycles a band, ~5800 a tile when all 16 bands rescale (as
+//   on the first key tile). A band whose maxima stay skips that work (alpha = exp(0) = 1 exactly, so
+//   the bits are the same); how many do depends on the scores (kernels/aie/cycles.py).
 // attnv_finish: 64 reciprocals (~50 instructions each, per row) and 256 block multiplies: ~7000.
 // attnv_init: 8 + 256 stores: ~300.
 #include "../common/blocked.h"
@@ -57,9 +59,13 @@ void scores(const bfloat16* q, const bfloat16* k, int i, float (&band)[4][kTile]
 
 // The band's rows 4i..4i+3: mask the keys past valid_keys and update the running maxima (one exp
 // gives the 4 rows' alphas), then per row P = exp(S - m'), left as bf16(P) in p, and the running sum.
-void softmax_band(float (&band)[4][kTile], int valid_keys, float* m, float* l, bfloat16 (&p)[4][kTile],
+// Returns whether any of the 4 maxima changed. If none did, every alpha is exp(0) = 1 exactly, so
+// l * alpha = l and O * alpha = O: the alphas' exp and the multiplies are skipped, and the bits are
+// the same as with them.
+bool softmax_band(float (&band)[4][kTile], int valid_keys, float* m, float* l, bfloat16 (&p)[4][kTile],
                   float (&alpha)[4]) {
   alignas(32) float m_old[16] = {}, m_new[16] = {};
+  bool rescale = false;
   for (int r = 0; r < 4; ++r) {
     v16f top = bcast(-INFINITY);
     for (int c = 0; c < 4; ++c) {
@@ -75,8 +81,9 @@ void softmax_band(float (&band)[4][kTile], int valid_keys, float* m, float* l, b
     float row_max = aie::reduce_max(top);
     m_old[r] = m[r];
     m_new[r] = m[r] > row_max ? m[r] : row_max;
+    rescale = rescale || m_new[r] != m_old[r];
   }
-  v16f alphas = exp(fsub(aie::load_v<16>(m_old), aie::load_v<16>(m_new)));     // lanes 0..3
+  v16f alphas = rescale ? exp(fsub(aie::load_v<16>(m_old), aie::load_v<16>(m_new))) : bcast(1.0f);   // lanes 0..3
   for (int r = 0; r < 4; ++r) {
     v16f sum = bcast(0.0f);
     for (int c = 0; c < 4; ++c) {
@@ -85,9 +92,11 @@ void softmax_band(float (&band)[4][kTile], int valid_keys, float* m, float* l, b
       aie::store_v(&p[r][16 * c], narrow(e));
     }
     alpha[r] = alphas.get(r);
-    l[r] = fadd(fmul(bcast(l[r]), bcast(alpha[r])), bcast(aie::reduce_add(sum))).get(0);
+    v16f kept = rescale ? fmul(bcast(l[r]), bcast(alpha[r])) : bcast(l[r]);
+    l[r] = fadd(kept, bcast(aie::reduce_add(sum))).get(0);
     m[r] = m_new[r];
   }
+  return rescale;
 }
 }  // namespace
 
@@ -109,10 +118,11 @@ void attnv_step_64(const bfloat16* q, const bfloat16* k, const bfloat16* v, int3
     alignas(32) bfloat16 p[4][kTile];
     float alpha[4];
     scores(q, k, i, band);
-    softmax_band(band, valid_keys, m + 4 * i, l + 4 * i, p, alpha);
-    v16f rescale = per_row(alpha);
+    bool rescale = softmax_band(band, valid_keys, m + 4 * i, l + 4 * i, p, alpha);
+    v16f alphas = per_row(alpha);
     for (int j = 0; j < kBlocks; ++j) {                 // O's dim blocks
-      MMUL acc(acc16(fmul(aie::load_v<16>(o + c_block(i, j)), rescale)));
+      v16f o_block = aie::load_v<16>(o + c_block(i, j));
+      MMUL acc(acc16(rescale ? fmul(o_block, alphas) : o_block));
       for (int step = 0; step < kSteps; ++step) {      // keys 8 at a time
         v32bf p_block = aie::concat(aie::load_v<8>(&p[0][8 * step]), aie::load_v<8>(&p[1][8 * step]),
                                     aie::load_v<8>(&p[2][8 * step]), aie::load_v<8>(&p[3][8 * step]));
