@@ -13,8 +13,8 @@ BIAS_64x32 = 400                # 128 blocks: load, add, store
 BIAS_GELU_64x32 = 17000         # with GELU: 6 emulated fp32 multiplies and ~40 other instructions a block
 ROUND_64x32 = 400
 ADD_ROUND_64x32 = 650
-ATTN_STEP = 21500               # attention_vec.cc: a key tile without rescaling, the exp ~75% of it
-ATTN_RESCALE_BAND = 360         # and per 4-row band whose running maxima change at that tile
+ATTN_STEP = 15600               # attention_vec.cc: a key tile without rescaling, the exp ~67% of it
+ATTN_RESCALE_BAND = 340         # and per 4-row band whose running maxima change at that tile
 # The share of (band, key tile) steps that rescale, measured on 2026-12-03 with tiny.en (emu, all 4
 # layers): 13-21% on the 18 real clips of ../shared/speech (windows mostly padding), 25-26% on three
 # full 30 s windows of varied speech. The projection takes 0.26; 1 is the worst case.

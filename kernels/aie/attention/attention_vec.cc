@@ -23,10 +23,10 @@
 //
 // Cycle estimate per attnv_step_64 (fp32 multiply = ~15 instructions, emulated; see vmath.h):
 //   Q K^T and P V: 2 x 64^3 / 128 = 4096 mmul instructions.
-//   exp in bf16 products (vmath.h) of the 64 x 64 scores: 256 vectors x ~64 instructions = ~16400;
-//   maxima, row sums, the bf16 narrowing: ~1000. ~21500 cycles a key tile, the exp ~75% of it.
+//   exp in bf16 products (vmath.h) of the 64 x 64 scores: 256 vectors x ~41 instructions = ~10500;
+//   maxima, row sums, the bf16 narrowing: ~1000. ~15600 cycles a key tile, the exp ~67% of it.
 //   A band of 4 query rows whose running maxima change also rescales: its alphas' exp (one vector),
-//   l's 4 and O's 16 fp32 multiplies: ~360 cycles a band, ~5800 a tile when all 16 bands rescale (as
+//   l's 4 and O's 16 fp32 multiplies: ~340 cycles a band, ~5400 a tile when all 16 bands rescale (as
 //   on the first key tile). A band whose maxima stay skips that work (alpha = exp(0) = 1 exactly, so
 //   the bits are the same); how many do depends on the scores (kernels/aie/cycles.py).
 // attnv_finish: 64 reciprocals (~50 instructions each, per row) and 256 block multiplies: ~7000.
