@@ -99,7 +99,7 @@ def test_vector_math_is_accurate(lib):
     z = np.resize(z, -(-z.size // 16) * 16)
     gelu64 = 0.5 * z.astype(np.float64) * np.array([math.erfc(-v / math.sqrt(2)) for v in z.astype(np.float64)])
     gelu = vmath(lib, "gelu", z)
-    # |x| − k(|x|) cancels for large positive x, and k's error is absolute: bound the error by 1 + |x|
+    # |x| − k(|x|) rounds at the scale of |x| and k's error is absolute: bound the error by 1 + |x|
     assert (np.abs(gelu - gelu64) / (1 + np.abs(z))).max() < 2e-7
     near_zero = np.abs(z) < 0.5                                                 # and relative where GELU ≈ x/2
     assert (np.abs(gelu - gelu64)[near_zero] / np.maximum(np.abs(gelu64[near_zero]), 1e-38)).max() < 5e-7
