@@ -124,12 +124,14 @@ def format_projection(graph, params: NpuParams) -> str:
 
 
 def preset(name: str, **changes) -> NpuParams:
-    """PRESETS[name] with the parameters in `changes` that are given (not None); each must be positive."""
+    """PRESETS[name] with the parameters in `changes` that are given (not None): each positive, the
+    dispatch cost not negative, the attention rescale share from 0 to 1."""
     given = {k: v for k, v in changes.items() if v is not None}
     for key, value in given.items():
-        if key == "attention_rescale" and not 0 <= value <= 1:
-            raise BadOption(key, f"--attention-rescale must be a share from 0 to 1, got {value}")
-        if not (value >= 0 if key in ("dispatch_ms", "attention_rescale") else value > 0):
+        if key == "attention_rescale":
+            if not 0 <= value <= 1:
+                raise BadOption(key, f"--attention-rescale must be a share from 0 to 1, got {value}")
+        elif not (value >= 0 if key == "dispatch_ms" else value > 0):
             raise BadOption(key, f"--{key.replace('_', '-')} must be positive, got {value}")
     if given.get("cores", 4) % 4:
         raise BadOption("cores", f"--cores must be a multiple of 4 (columns of 4 cores), got {given['cores']}")

@@ -129,7 +129,7 @@ def test_npu_schedule_projection(tiny_graph):
 
     phoenix = PRESETS["phoenix"]
     rows = project_schedule(tiny_graph, phoenix)
-    by_node = {r.node: r for r in rows}
+    by_node = by_node_of(rows)
     first = by_node["layers.0.self_attn_layer_norm .. layers.0.self_attn.qkv_proj"]
     m, d, n, bands = 1536, 384, 1152, 6
     # the layernorm phase, per core and band: two statistics passes over the row block's 6 tiles, then
@@ -170,6 +170,7 @@ def test_npu_schedule_projection(tiny_graph):
 
 
 def by_node_of(rows):
+    """Projected rows by their node (a dispatch's nodes, for the schedule)."""
     return {r.node: r for r in rows}
 
 
