@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kernels import contract, native, reference
@@ -29,9 +29,10 @@ def rand(rng, *shape, scale=1.0):
 
 
 def assert_close(ours, ref, atol, rtol=1e-5):
-    err = np.abs(ours.astype(np.float64) - ref) - rtol * np.abs(ref)
+    """|ours − ref| ≤ atol + rtol·|ref| everywhere; atol a number or one bound per element."""
     assert ours.shape == ref.shape
-    assert err.max() <= atol, f"max excess error {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}"
+    err = np.abs(ours.astype(np.float64) - ref) - rtol * np.abs(ref) - atol
+    assert err.max() <= 0, f"error above the bound by {err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)}"
 
 
 def test_cpu_erf_accuracy_on_a_dense_grid():
@@ -105,12 +106,33 @@ def test_conv1d_is_whisper_conv():
 @both
 @settings(max_examples=15, deadline=None)
 @given(t=st.integers(1, 400), heads=st.sampled_from([1, 2, 6]), d=st.sampled_from([8, 64]), seed=st.integers(0, 2**16))
+@example(t=38, heads=2, d=64, seed=60000)   # two near-equal top keys, opposite values: ~1.1x the bare 2e-5
 def test_attention_matches_reference(t, heads, d, seed, be):
     rng = np.random.default_rng(seed)
     qkv = rand(rng, t, 3 * heads * d, scale=2.0)
     with be.session():
         ours = be.attention(qkv, heads)
-    assert_close(ours, reference.attention(qkv, heads), atol=2e-5)
+    assert_close(ours, reference.attention(qkv, heads), atol=2e-5 + score_rounding_floor(qkv, heads))
+
+
+def score_rounding_floor(qkv: np.ndarray, n_head: int) -> np.ndarray:
+    """What rounding the scores to fp32 alone may move each output by: an input-dependent floor no fp32
+    attention is below. A score's dot product of d terms rounds within √d·u·Σ|q·k|/√d (u = 2⁻²⁴; the
+    probabilistic bound, λ = 1: blocked BLAS sums measure ~0.4 of it), and an error δs_j in score j moves
+    output o by p_j·(v_j − o)·δs_j. Two near-equal top keys with opposite values make it ~1e-5 at scale 2."""
+    q64 = qkv.astype(np.float64)
+    t, d_model = qkv.shape[0], qkv.shape[1] // 3
+    d = d_model // n_head
+    floor = np.empty((t, d_model))                                           # (T, D)
+    for h in range(n_head):
+        q, k, v = (q64[:, i * d_model + h * d:i * d_model + (h + 1) * d] for i in range(3))
+        s = q @ k.T / math.sqrt(d)                                           # (T, T)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        magnitude = np.abs(q) @ np.abs(k).T / math.sqrt(d)                   # (T, T): Σ|q·k|/√d
+        spread = np.abs(v[None, :, :] - (p @ v)[:, None, :])                 # (T, T, d): |v_j − o_i|
+        floor[:, h * d:(h + 1) * d] = np.einsum("ij,ijc->ic", p * magnitude, spread)
+    return math.sqrt(d) * 2.0 ** -24 * floor
 
 
 @both
