@@ -2,7 +2,7 @@
 
 Phases (names of boundary tensors in brackets):
   front   one 30 s window of 16 kHz samples [samples] → log-mel, time-major [mel]
-  stem    conv1 + GELU [conv1], conv2 stride 2 + GELU [conv2], + positions [embed]
+  stem    conv1 + GELU [conv1], conv2 stride 2 + GELU + positions [embed]
   block i norm [layers.i.self_attn_layer_norm] → QKV [.self_attn.qkv_proj] →
           attention [.self_attn] → out-projection + residual [.self_attn.out_proj] →
           norm [.final_layer_norm] → fc1 + GELU [.fc1] → fc2 + residual [.fc2]
@@ -77,9 +77,10 @@ def build_encoder_graph(dims: ModelDimensions, cross_kv: bool = False) -> Graph:
              (("n_mels", c),)),
         Node("conv1", "conv1d_k3", (MEL,), ("encoder.conv1.weight", "encoder.conv1.bias"), (frames, d),
              2 * frames * 3 * c * d + 9 * frames * d, (("stride", 1), ("gelu", True))),
-        Node("conv2", "conv1d_k3", ("conv1",), ("encoder.conv2.weight", "encoder.conv2.bias"), (t, d),
-             2 * t * 3 * d * d + 9 * t * d, (("stride", 2), ("gelu", True))),
-        Node("embed", "add", ("conv2",), ("encoder.embed_positions.weight",), (t, d), t * d),
+        # conv2 with the positions as its epilogue's residual: GELU(conv2 + b) + positions, rounded once
+        Node("embed", "conv1d_k3", ("conv1",),
+             ("encoder.conv2.weight", "encoder.conv2.bias", "encoder.embed_positions.weight"), (t, d),
+             2 * t * 3 * d * d + 10 * t * d, (("stride", 2), ("gelu", True))),
     ]
     x = "embed"
     for i in range(dims.n_audio_layer):

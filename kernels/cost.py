@@ -166,11 +166,11 @@ class DispatchProjection:
 
 def project_schedule(graph, params: NpuParams) -> list[DispatchProjection]:
     """One row per dispatch of the designs' schedule (kernels.aie.design_runner.plan_dispatches: a chain
-    per run of layernorms and linears, one per attention): its design traced on the host executor
+    per run of convolutions, layernorms and linears, one per attention): its design traced on the host executor
     (kernel calls per core, DDR bytes, a chain's round trips through its scratch included), each
     kernel call at its cycle estimate (kernels/aie/cycles.py), DMA overlapped with compute (the designs
-    double-buffer), plus the dispatch. A node without a design (the embedding add, which
-    only moves data) is projected as one DDR pass."""
+    double-buffer), plus the dispatch. A node without a design (Whisper's graph has none) is
+    projected as one DDR pass."""
     cols = params.cores // 4
     seq = next(n.shape[0] for n in graph.nodes if n.kernel == "attention")
     traced: dict = {}

@@ -236,7 +236,7 @@ class CpuBackend(Backend):
         if residual is not None:
             y += residual
 
-    def conv1d_k3(self, x, w, b, stride=1, gelu=True):
+    def conv1d_k3(self, x, w, b, residual=None, stride=1, gelu=True):
         t, c = x.shape
         xp = np.zeros((t + 2, c), np.float32)                           # zero padding of 1 each side
         xp[1:-1] = x
@@ -244,7 +244,8 @@ class CpuBackend(Backend):
         # im2col without a copy: patch row i is the 3 consecutive rows xp[s·i : s·i + 3].
         patches = np.lib.stride_tricks.as_strided(xp, (t_out, 3 * c), (stride * c * 4, 4), writeable=False)
         # the native linear reads the overlapping rows in place; BLAS needs each block copied
-        return self.linear(patches if isinstance(w, PackedWeight) else _Contiguous(patches), w, b, gelu=gelu)
+        return self.linear(patches if isinstance(w, PackedWeight) else _Contiguous(patches), w, b, gelu=gelu,
+                           residual=residual)
 
     def layernorm(self, x, gamma, beta, eps=1e-5):
         out = np.empty_like(x)
@@ -313,15 +314,6 @@ class CpuBackend(Backend):
 
         self._run(prepare, range(len(columns)))
         self._run(span, tasks)
-
-    def add(self, x, y):
-        out = np.empty_like(x)
-
-        def block(rows):
-            np.add(x[rows], y[rows], out=out[rows])
-
-        self._run(block, _blocks(x.shape[0], self.threads))
-        return out
 
 
 class _Contiguous:

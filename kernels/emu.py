@@ -66,8 +66,8 @@ class EmuBackend(Backend):
         self._each(block, [slice(start, start + ROW_BLOCK) for start in range(0, x.shape[0], ROW_BLOCK)])
         return out
 
-    def conv1d_k3(self, x, w, b, stride=1, gelu=True):
-        return self.linear(im2col_k3(C.bf16(x), stride), w, b, gelu=gelu)
+    def conv1d_k3(self, x, w, b, residual=None, stride=1, gelu=True):
+        return self.linear(im2col_k3(C.bf16(x), stride), w, b, gelu=gelu, residual=residual)
 
     def layernorm(self, x, gamma, beta, eps=1e-5):
         xb = C.bf16(x)
@@ -97,9 +97,6 @@ class EmuBackend(Backend):
 
         self._each(heads, [slice(h, h + 1) for h in range(n_head)])
         return np.ascontiguousarray(out.transpose(1, 2, 0, 3).reshape(padded, d_model)[:t])
-
-    def add(self, x, y):
-        return C.bf16(C.bf16(x) + C.bf16(y))
 
     def log_mel(self, samples, n_mels):
         """The mel kernels' log-mel of one window, (3000, n_mels) bf16 values (CONTRACT.md)."""

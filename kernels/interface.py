@@ -7,10 +7,10 @@ np.asarray reads it back) and must accept the ones it returned as inputs.
 
     log_mel(samples, n_mels)                     Whisper's log-mel of one 30 s window, (3000, n_mels)
     linear(x, w, b, gelu=False, residual=None)   act(x @ w + b) + residual
-    conv1d_k3(x, w, b, stride=1, gelu=True)      Whisper's k=3 pad-1 conv as im2col + matmul
+    conv1d_k3(x, w, b, residual=None, stride=1, gelu=True)
+                                                 Whisper's k=3 pad-1 conv as im2col + matmul, act, + residual
     attention(qkv, n_head)                       softmax(Q Kᵀ/√d) V per head, whole sequence
     layernorm(x, gamma, beta, eps=1e-5)          over the last axis
-    add(x, y)                                    elementwise sum
 
 `kernels.reference` is the specification; backends are tested against it.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-KERNELS = ("log_mel", "linear", "conv1d_k3", "attention", "layernorm", "add")
+KERNELS = ("log_mel", "linear", "conv1d_k3", "attention", "layernorm")
 
 
 class Backend:

@@ -3,12 +3,12 @@
 At start-up every manifest entry is loaded (the entries of one xclbin share its hardware context;
 distinct xclbins within the device's context limit) and self-tested against the emulator on random
 inputs: a kernel that errors, times out, returns zeros or returns garbage is disabled, with the
-reason kept for `status()`. At run time each run of layernorms and linears that a chain kernel
+reason kept for `status()`. At run time each run of convolutions, layernorms and linears that a chain kernel
 serves (kernels.aie.design_runner.plan_dispatches) is one dispatch (dispatch_groups, run_group),
 and every other op is padded to tile multiples and sent to the kernel serving its shape; a chain
 or op without a ready kernel, or whose output fails the sanity check, runs op by op (on the CPU
 where no NPU kernel serves the op) — and the runner records that fallback (and `--strict` turns
-it into an error). Elementwise adds run on the host in the kernels' numerics (recorded as "host").
+it into an error).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from kernels import contract as C
 from kernels.aie import iron_host, tiles
-from kernels.aie.design_runner import Dispatch, chain_shape, plan_dispatches
+from kernels.aie.design_runner import Dispatch, chain_input, chain_shape, plan_dispatches
 from kernels.contract import TILE
 from kernels.emu import EmuBackend
 from kernels.errors import AmanuensisError
@@ -66,8 +66,8 @@ def arg_bytes(entry: Entry) -> list[int]:
         design = _chain_design()
         m, phases = s["M"], design.parse_phases(s["phases"])
         _, _, params, scratch = design.chain_layout(m, phases)
-        first, side = design.io_widths(phases)
-        return [2 * m * first, 2 * (m * side or 1), 2 * params, 2 * (scratch or 1), 2 * m * phases[-1].width]
+        io = design.chain_io(m, phases)
+        return [2 * io.inp, 2 * (io.side or 1), 2 * params, 2 * (scratch or 1), 2 * m * phases[-1].width]
     if entry.op == "log_mel":                # samples, params, scratch, out
         mel = _mel_design()
         return [4 * mel.SAMPLES, 2 * mel.params_size(s["M"]), 4 * mel.scratch_layout(s["M"])[2],
@@ -92,8 +92,10 @@ def chain_reference(backend, phases, x, side, operands) -> list[np.ndarray]:
         source = values[ph.source or previous]
         if isinstance(ph, design.Norm):
             y = backend.layernorm(source, a, b, ph.eps)
+        elif ph.window:
+            y = backend.conv1d_k3(source, a, b, values.get(ph.residual), stride=ph.window[1], gelu=ph.gelu)
         else:
-            y = backend.linear(source, a, b, gelu=ph.gelu, residual=values[ph.residual] if ph.residual else None)
+            y = backend.linear(source, a, b, gelu=ph.gelu, residual=values.get(ph.residual))
         values[previous := f"p{i}"] = C.bf16(y)
         outputs.append(values[previous])
     return outputs
@@ -273,9 +275,10 @@ class NpuBackend(Backend):
         """A chain on random inputs and weights against the reference run phase by phase."""
         design = _chain_design()
         m, phases = entry.shape["M"], design.parse_phases(entry.shape["phases"])
-        first, side = design.io_widths(phases)
-        x = rng.standard_normal((m, first)).astype(np.float32) * 2
-        residual = rng.standard_normal((m, side)).astype(np.float32) if side else None
+        io = design.chain_io(m, phases)
+        x = rng.standard_normal((io.rows, io.width)).astype(np.float32) * 2
+        residual = rng.standard_normal((io.side // io.side_width, io.side_width)).astype(np.float32) \
+            if io.side else None
         operands, packed = [], []
         for ph in phases:
             if isinstance(ph, design.Norm):
@@ -284,28 +287,31 @@ class NpuBackend(Backend):
                 operands.append((g, b))
                 packed.append(tiles.pack_norm(g, b))
             else:
-                w = (rng.standard_normal((ph.k, ph.n)) / math.sqrt(ph.k)).astype(np.float32)
+                k = 3 * ph.window[0] if ph.window else ph.k
+                w = (rng.standard_normal((k, ph.n)) / math.sqrt(k)).astype(np.float32)
                 b = rng.standard_normal(ph.n).astype(np.float32)
                 operands.append((w, b))
                 packed.append(tiles.pack_linear(w, b))
         params = np.concatenate([p.reshape(-1) for p in packed])
         try:
             with self._lock:
-                _, out = self._dispatch_chain(self.kernels[entry.key], x, residual, params)
+                _, out = self._dispatch_chain(self.kernels[entry.key], io, x, residual, params)
                 got = _float(np.frombuffer(out.read(), np.uint16)).reshape(m, -1)
         except NpuFault as e:
             return str(e)
         return check_output(got, chain_reference(self.reference, phases, x, residual, operands)[-1])
 
-    def _dispatch_chain(self, kernel: XrtKernel, x, side, params):
-        """One chain run: (scratch, out) left on the device. x, side: device tensors or arrays (side None
-        for a chain without one); params: the packed operands (bits) or their device buffer."""
+    def _dispatch_chain(self, kernel: XrtKernel, io, x, side, params):
+        """One chain run: (scratch, out) left on the device. io: the design's chain_io; x, side: device
+        tensors or arrays (side None for a chain without one; a DeviceBuffer for a weight uploaded once);
+        params: the packed operands (bits) or their device buffer."""
         size = kernel.arg_bytes
-        rows = size[0] // 2 // x.shape[1]
-        inputs = {0: _resident(x, size[0]) or _bits(_padded(_host(x), (rows, x.shape[1]))),
-                  1: self._constant(kernel, 1, (), lambda: np.zeros(1, np.uint16)) if side is None else
-                  _resident(side, size[1]) or _bits(_padded(_host(side), (rows, side.shape[1]))),
-                  2: params}
+        if side is None:
+            side = self._constant(kernel, 1, (), lambda: np.zeros(1, np.uint16))
+        elif not isinstance(side, DeviceBuffer):
+            side = _resident(side, size[1]) or _bits(_padded(_host(side), (io.side // io.side_width, side.shape[1])))
+        inputs = {0: _resident(x, size[0]) or chain_input(io, _bits(_padded(_host(x), (io.rows, io.width)))),
+                  1: side, 2: params}
         out = kernel.run(inputs, {}, leave=(3, 4))
         return out[3], out[4]
 
@@ -362,21 +368,37 @@ class NpuBackend(Backend):
         buffer, the others in parts of the scratch buffer); the packed operands written once."""
         kernel = self.kernels[entry.key]
         rows, phases, _ = step.shape
-        operands = [args[1:] for _, args, _ in calls]                  # (W, bias) or (gamma, beta)
-        side = next((kw["residual"] for node, _, kw in calls if node.residual == step.side and step.side), None)
+        design = _chain_design()
+        io = design.chain_io(rows, phases)
+        operands = [args[1:3] for _, args, _ in calls]                 # (W, bias) or (gamma, beta)
         with self._lock:
             params = self._constant(kernel, 2, tuple(a for pair in operands for a in pair),
                                     lambda: np.concatenate([self._pack(node, *ops).reshape(-1)
                                                             for (node, _, _), ops in zip(calls, operands)]))
-            scratch, out = self._dispatch_chain(kernel, calls[0][1][0], side, params)
-            _, scratch_at, _, _ = _chain_design().chain_layout(rows, phases)
+            scratch, out = self._dispatch_chain(kernel, io, calls[0][1][0], self._side(kernel, io, step, calls), params)
+            _, scratch_at, _, _ = design.chain_layout(rows, phases)
             outs = {}
             for (node, args, _), ph, at in zip(calls, phases, scratch_at):
-                buffer = out if at is None else kernel.keep(scratch.part(2 * at, 2 * rows * ph.width))
+                m = ph.rows or rows
+                buffer = out if at is None else kernel.keep(scratch.part(2 * at, 2 * m * ph.width))
                 w = args[1]
                 q_cols, head_dim = (w.q_cols, w.q_head_dim) if isinstance(w, NpuWeight) else (0, None)
                 outs[node.name] = DeviceTensor(buffer, node.shape[0], ph.width, self._lock, q_cols, head_dim or 64)
             return outs
+
+    def _side(self, kernel: XrtKernel, io, step, calls):
+        """A chain's side input: the residual a node takes from outside the chain, an activation (as
+        given), or a convolution's positions (a weight: uploaded once)."""
+        found = next(((node, args, kwargs) for node, args, kwargs in calls
+                      if step.side and step.side in (node.residual, *node.weights)), None)
+        if found is None:
+            return None
+        node, args, kwargs = found
+        if step.side == node.residual:
+            return kwargs["residual"]
+        weight = args[1 + node.weights.index(step.side)]
+        return self._constant(kernel, 1, (weight,),
+                              lambda: _bits(_padded(weight, (io.side // io.side_width, weight.shape[1]))))
 
     @staticmethod
     def _pack(node, a, b) -> np.ndarray:
@@ -445,7 +467,7 @@ class NpuBackend(Backend):
                 buffer = _resident(qkv, size[0], q_cols=d)
                 out = kernel.run({0: buffer or pack_attention(qkv, n_head)[0]}, {}, leave=1)
                 return DeviceTensor(out[1], qkv.shape[0], d, self._lock)
-            if entry.op == "log_mel":        # its output leaves the NPU: the convolution's patches are the host's
+            if entry.op == "log_mel":        # fp32, read back: the host writes it in bf16 for conv1's chain
                 mel = _mel_design()
                 out = kernel.run({0: tiles.mel_samples(args[0], mel.SAMPLES),
                                   1: self._constant(kernel, 1, (), lambda: tiles.pack_mel(s["M"]))}, {3: np.float32})
@@ -477,12 +499,11 @@ class NpuBackend(Backend):
         if kernel == "attention" and "n_head" in kwargs:
             kwargs = dict(kwargs)
             args = (args[0], kwargs.pop("n_head"))
-        if kernel == "add":
-            return C.bf16(C.bf16(_host(args[0])) + C.bf16(args[1])), "host", None
         if kernel == "conv1d_k3":
-            x, w, b = args
+            x, w, b = args[:3]                   # the graph passes the residual (the positions) as a 4th weight
+            residual = args[3] if len(args) > 3 else kwargs.get("residual")
             patches = im2col_k3(C.bf16(_host(x)), kwargs.get("stride", 1))
-            return self.run("linear", (patches, w, b), {"gelu": kwargs.get("gelu", True)})
+            return self.run("linear", (patches, w, b), {"gelu": kwargs.get("gelu", True), "residual": residual})
         entry, why = self._entry_for(kernel, args, kwargs)
         if entry is not None:
             out, why = self._checked(entry, lambda: self._on_device(entry, args, kwargs), lambda o: [o])
@@ -509,17 +530,14 @@ class NpuBackend(Backend):
     def linear(self, x, w, b, gelu=False, residual=None):
         return _host(self.run("linear", (x, w, b), {"gelu": gelu, "residual": residual})[0])
 
-    def conv1d_k3(self, x, w, b, stride=1, gelu=True):
-        return _host(self.run("conv1d_k3", (x, w, b), {"stride": stride, "gelu": gelu})[0])
+    def conv1d_k3(self, x, w, b, residual=None, stride=1, gelu=True):
+        return _host(self.run("conv1d_k3", (x, w, b), {"residual": residual, "stride": stride, "gelu": gelu})[0])
 
     def attention(self, qkv, n_head):
         return _host(self.run("attention", (qkv, n_head), {})[0])
 
     def layernorm(self, x, gamma, beta, eps=1e-5):
         return _host(self.run("layernorm", (x, gamma, beta), {"eps": eps})[0])
-
-    def add(self, x, y):
-        return _host(self.run("add", (x, y), {})[0])
 
 
 def _sample(out) -> np.ndarray:

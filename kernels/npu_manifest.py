@@ -9,7 +9,7 @@ manifest.json, in $AMANUENSIS_NPU_KERNELS (else <cache>/npu-kernels):
 ops and shape keys, for the whole-array designs of kernels/aie (version 2; version 1 described the
 single-core designs): linear (M rows in whole 256-row bands, K a multiple of 64, N of 32 x columns,
 gelu, residual), attention (T, H; 64-wide heads), layernorm (R rows in whole bands; D), log_mel
-(M mel bins), chain (M rows in whole bands, cols, phases: layernorms and linears run as one dispatch,
+(M mel bins), chain (M rows in whole bands, cols, phases: convolutions, layernorms and linears run as one dispatch,
 as kernels/aie/matmul/design.py's phases_spec writes them). Paths are relative to the manifest.
 """
 from __future__ import annotations

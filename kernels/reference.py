@@ -57,9 +57,10 @@ def im2col_k3(x: np.ndarray, stride: int) -> np.ndarray:
     return np.stack([xp[stride * i:stride * i + 3].reshape(-1) for i in range(t_out)])
 
 
-def conv1d_k3(x, w, b, stride: int = 1, gelu: bool = True) -> np.ndarray:
-    """y[t] = act(b + Σ_k Σ_c x[s·t + k − 1, c] · W[k·C + c]): Whisper's conv (k=3, pad 1) as im2col + matmul."""
-    return linear(im2col_k3(np.asarray(x, np.float64), stride), w, b, gelu=gelu)
+def conv1d_k3(x, w, b, residual=None, stride: int = 1, gelu: bool = True) -> np.ndarray:
+    """y[t] = act(b + Σ_k Σ_c x[s·t + k − 1, c] · W[k·C + c]) + residual[t]: Whisper's conv (k=3, pad 1) as
+    im2col + matmul (the residual: the positional embedding after conv2)."""
+    return linear(im2col_k3(np.asarray(x, np.float64), stride), w, b, gelu=gelu, residual=residual)
 
 
 def attention(qkv: np.ndarray, n_head: int) -> np.ndarray:
@@ -77,7 +78,3 @@ def attention(qkv: np.ndarray, n_head: int) -> np.ndarray:
     p /= p.sum(-1, keepdims=True)
     return (p @ v).transpose(1, 0, 2).reshape(t, d_model).astype(np.float32)
 
-
-def add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """x + y (e.g. the positional embedding)."""
-    return (np.asarray(x, np.float64) + y).astype(np.float32)

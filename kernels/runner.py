@@ -16,7 +16,7 @@ class NodeRecord:
 
     node: str
     kernel: str
-    backend: str                 # what actually ran the node ("npu", "cpu", "emu", "host")
+    backend: str                 # what actually ran the node ("npu", "cpu", "emu")
     ms: float
     flops: int
     fallback: str | None = None  # why it did not run where asked, if it did not

@@ -269,7 +269,7 @@ class FakeXRT:
         m, phases = s["M"], module.parse_phases(s["phases"])
         param_at, scratch_at, _, _ = module.chain_layout(m, phases)
         params, scratch = np.frombuffer(bufs[2], np.uint16), bytearray(bufs[3])
-        first, side = module.io_widths(phases)
+        io = module.chain_io(m, phases)
         operands = []
         for ph, at in zip(phases, param_at):
             blob = params[at:at + ph.packed]
@@ -278,9 +278,11 @@ class FakeXRT:
                 operands.append((_f(gb[:, 0].tobytes()), _f(gb[:, 1].tobytes())))
             else:
                 w, b = (_f(t.tobytes()) for t in tiles.unpack_linear(blob, ph.k, ph.n))
-                operands.append((w.reshape(ph.k, ph.n), b))
-        outputs = chain_reference(self.emu, phases, _f(bufs[0]).reshape(m, first),
-                                  _f(bufs[1]).reshape(m, side) if side else None, operands)
+                k = 3 * ph.window[0] if ph.window else ph.k               # a convolution's W: 3 rows of its input
+                operands.append((w.reshape(ph.k, ph.n)[:k], b))
+        inp = _f(bufs[0])[io.inp_at:io.inp_at + io.rows * io.width].reshape(io.rows, io.width)
+        outputs = chain_reference(self.emu, phases, inp,
+                                  _f(bufs[1]).reshape(-1, io.side_width) if io.side else None, operands)
         for y, where in zip(outputs[:-1], scratch_at):
             scratch[2 * where:2 * (where + y.size)] = _bits(y)
         return bytes(scratch), _bits(outputs[-1])
@@ -334,7 +336,7 @@ def tiny_en_op_entries():
         return ("linear", {"M": m, "K": k, "N": n, "gelu": gelu, "residual": residual})
     return [("layernorm", {"R": 1536, "D": 384}), ("attention", {"T": 1500, "H": 6}),
             lin(384, 1152), lin(384, 384, residual=True), lin(384, 1536, gelu=True), lin(1536, 384, residual=True),
-            lin(256, 384, True, m=3072), lin(1152, 384, True), lin(384, 768),   # conv1: 3000 frames
+            lin(256, 384, True, m=3072), lin(1152, 384, True, True), lin(384, 768),   # conv1: 3000 frames
             ("log_mel", {"M": 80})]
 
 
@@ -344,14 +346,13 @@ MIDDLE = ("linear 384 384 residual=side; norm 384 1e-05; linear 384 1536 gelu; l
 
 def tiny_en_entries(cols=4):
     """The kernels encoder.npu_build builds for tiny.en on an array of `cols` columns (4: Phoenix, 8:
-    Strix): the mel front end, the convolutions, attention and four chains (layernorm + QKV;
-    out-projection .. next QKV; the last layer's out-projection .. the final layernorm, and .. the
-    decoder's cross K/V)."""
+    Strix): the mel front end, attention and four chains (the convolutions (conv2 adding the
+    positions), layernorm and QKV; out-projection .. next QKV; the last layer's out-projection .. the
+    final layernorm, and .. the decoder's cross K/V)."""
     def chain(phases):
         return ("chain", {"M": 1536, "cols": cols, "phases": phases})
     return [("log_mel", {"M": 80}),
-            ("linear", {"M": 3072, "K": 256, "N": 384, "gelu": True, "residual": False}),
-            ("linear", {"M": 1536, "K": 1152, "N": 384, "gelu": True, "residual": False}),
-            chain("norm 384 1e-05; linear 384 1152"), ("attention", {"T": 1500, "H": 6}),
+            chain("linear 256 384 gelu window=80x1 rows=3072; linear 1152 384 gelu residual=side window=384x2; "
+                  "norm 384 1e-05; linear 384 1152"), ("attention", {"T": 1500, "H": 6}),
             chain(MIDDLE + "; linear 384 1152"),
             chain(MIDDLE + "; linear 384 768" + "; linear 384 768 source=p4" * 3), chain(MIDDLE)]

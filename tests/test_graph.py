@@ -17,8 +17,11 @@ def tiny_graph(tiny):
 def test_nodes_follow_whisper_order(tiny_graph):
     kernels = [n.kernel for n in tiny_graph.nodes]
     block = ["layernorm", "linear", "attention", "linear", "layernorm", "linear", "linear"]
-    assert kernels == ["log_mel", "conv1d_k3", "conv1d_k3", "add"] + block * 4 + ["layernorm"]
+    assert kernels == ["log_mel", "conv1d_k3", "conv1d_k3"] + block * 4 + ["layernorm"]
     assert tiny_graph.node("layers.2.fc1").params == (("gelu", True),)
+    embed = tiny_graph.node("embed")                  # conv2, its epilogue adding the positions
+    assert embed.inputs == ("conv1",) and embed.weights[2] == "encoder.embed_positions.weight"
+    assert embed.params == (("stride", 2), ("gelu", True))
     assert tiny_graph.node("layers.2.fc2").residual == "layers.2.self_attn.out_proj"
     assert tiny_graph.node("layers.2.self_attn.out_proj").residual == "layers.1.fc2"
     assert tiny_graph.shapes[INPUT] == (480000,) and tiny_graph.shapes[MEL] == (3000, 80)
@@ -39,7 +42,7 @@ def test_matmul_flops_of_tiny_en(tiny_graph):
 def test_graph_scales_with_dims():
     dims = small_dims()
     graph = build_encoder_graph(dims)
-    assert len(graph.nodes) == 4 + 7 * 5 + 1
+    assert len(graph.nodes) == 3 + 7 * 5 + 1
     assert graph.shapes[MEL] == (3000, 128) and graph.node(MEL).params == (("n_mels", 128),)
     assert graph.node("layers.4.self_attn").params == (("n_head", 8),)
 
@@ -102,7 +105,9 @@ def test_npu_projection(tiny_graph):
     phoenix = PRESETS["phoenix"]
     rows = project(tiny_graph, phoenix)
     by_node = {r.node: r for r in rows}
-    assert by_node["layers.0.fc1"].bound == "compute" and by_node["embed"].bound == "memory"
+    assert by_node["layers.0.fc1"].bound == "compute" and by_node["embed"].bound == "compute"
+    strix = {r.node: r for r in project(tiny_graph, PRESETS["strix"])}
+    assert strix["layers.0.final_layer_norm"].bound == "memory"
     for r in rows:
         assert r.ms == max(r.compute_ms, r.memory_ms)
         assert r.bound == ("compute" if r.compute_ms >= r.memory_ms else "memory")
@@ -130,8 +135,17 @@ def test_npu_schedule_projection(tiny_graph):
     phoenix = PRESETS["phoenix"]
     rows = project_schedule(tiny_graph, phoenix)
     by_node = by_node_of(rows)
-    first = by_node["layers.0.self_attn_layer_norm .. layers.0.self_attn.qkv_proj"]
+    first = by_node["conv1 .. layers.0.self_attn.qkv_proj"]            # the stem, layernorm, QKV
+    conv1, conv2, *norm_qkv = first.parts
     m, d, n, bands = 1536, 384, 1152, 6
+    # conv1, per core: 12 bands x 3 output tiles (a pair and a single: 12 tiles over 4 columns) of 4 K
+    # chunks (3 x 80 = 240 values, rounded up to 256), GELU; its A channel: 2 passes of 4 tiles a band
+    assert conv1.compute_ms == pytest.approx(12 * 3 * (4 * cycles.MATMUL_64x64x32 + cycles.ZERO_64x32
+                                                       + cycles.BIAS_GELU_64x32 + cycles.ROUND_64x32) / 1e6)
+    assert conv1.stream_ms == pytest.approx(12 * 2 * 4 * 8192 / 4 / 1e6)
+    # conv2: 6 bands x 3 tiles of 18 K chunks (3 x 384), GELU, the positions added as the residual
+    assert conv2.compute_ms == pytest.approx(6 * 3 * (18 * cycles.MATMUL_64x64x32 + cycles.ZERO_64x32
+                                                      + cycles.BIAS_GELU_64x32 + cycles.ADD_ROUND_64x32) / 1e6)
     # the layernorm phase, per core and band: two statistics passes over the row block's 6 tiles, then
     # the chunks its column owns normalised (columns 0 and 1 own 2 of the 6: 4 output tiles)
     norm = bands * (6 * cycles.LN_SUM_64x64 + cycles.LN_MEAN_64 + 6 * cycles.LN_SQDEV_64x64 + cycles.LN_RSTD_64
@@ -144,13 +158,13 @@ def test_npu_schedule_projection(tiny_graph):
     qkv = bands * 9 * (6 * cycles.MATMUL_64x64x32 + cycles.ZERO_64x32 + cycles.BIAS_64x32 + cycles.ROUND_64x32)
     qkv_stream = bands * 9 * 7 * 4096
     qkv_ddr = 2 * (5 * m * d + bands * n // 32 * (d // 64 + 1) * 2048 + m * n)
-    assert first.compute_ms == pytest.approx((norm + qkv) / 1e6)
-    assert first.ddr_mib == pytest.approx((norm_ddr + qkv_ddr) / 2**20)
+    assert sum(p.compute_ms for p in norm_qkv) == pytest.approx((norm + qkv) / 1e6)
+    assert sum(p.ddr_mib for p in norm_qkv) == pytest.approx((norm_ddr + qkv_ddr) / 2**20)
     ddr_ms = [b / (phoenix.ddr_gbs * 1e9) * 1e3 for b in (norm_ddr, qkv_ddr)]
-    expected = (max(norm / 1e6, norm_stream / 4 / 1e6, ddr_ms[0]) + max(qkv / 1e6, qkv_stream / 4 / 1e6, ddr_ms[1])
-                + phoenix.dispatch_ms)
-    assert first.cores == 16 and first.ms == pytest.approx(expected)
-    assert len(rows) == 13      # mel, convs, embed, first chain, 2 per layer
+    expected = (max(norm / 1e6, norm_stream / 4 / 1e6, ddr_ms[0]) + max(qkv / 1e6, qkv_stream / 4 / 1e6, ddr_ms[1]))
+    assert sum(p.ms for p in norm_qkv) == pytest.approx(expected)
+    assert first.cores == 16 and first.ms == pytest.approx(sum(p.ms for p in first.parts) + phoenix.dispatch_ms)
+    assert len(rows) == 10      # mel, the first chain (the stem opens it), 2 per layer
     # the mel design's busiest core (a column with 2 of the 7 bin groups and a mel chunk), per band:
     # 2 groups x 2 halves of 13 K chunks, then a chunk's 7 K chunks and its log10, then its finish
     mel = 12 * (4 * (cycles.MEL_ZERO_64x32 + 13 * cycles.MEL_MATMUL_64x32x32 + cycles.MEL_POWER_64x32)

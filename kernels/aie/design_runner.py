@@ -1,14 +1,15 @@
 """Graph nodes through the whole-array IRON designs, on the host executor (kernels/aie/iron_host.py).
 
-This is the schedule an NPU runs (plan_dispatches): every run of consecutive layernorm and linear
-nodes is one dispatch of the matmul design's chain, and each attention node one dispatch of the
-attention design, so an encoder layer is 2 dispatches (its attention, and the chain from its
-out-projection through the next layer's QKV projection). The activations stay as the device keeps
+This is the schedule an NPU runs (plan_dispatches): every run of consecutive convolution, layernorm
+and linear nodes is one dispatch of the matmul design's chain, and each attention node one dispatch
+of the attention design, so an encoder layer is 2 dispatches (its attention, and the chain from its
+out-projection through the next layer's QKV projection), and the stem (both convolutions, conv2
+adding the positions) opens the first chain. The activations stay as the device keeps
 them (bf16, rows padded to whole 256-row bands, row-major), a chain's intermediates in its scratch
 buffer, the weights packed once (kernels.aie.tiles.pack_projection: the query columns of a
 projection that feeds attention scaled by 1/8, exactly, so that the attention design takes Q as it
-stands; kernels.aie.tiles.pack_norm for a layernorm). The tests run encoder blocks through it
-against `emu`.
+stands; kernels.aie.tiles.pack_norm for a layernorm). The tests run the stem and encoder blocks
+through it against `emu`.
 """
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ class DesignCall:
     kernel: str                      # the design: "matmul", "attention", "layernorm" or "mel"
     shape: tuple
     head_dim: int | None = None      # a projection feeding attention: its Q columns scaled by 1/sqrt(head_dim)
+    window: tuple | None = None      # a convolution: (its input's row width, its stride)
 
 
 def design_call(node: Node, after: Node | None, k: int, seq: int, cols: int) -> DesignCall | None:
     """The design run for `node` (input width k, `after` the next node) on an array of `cols` columns,
-    or None for a node no design runs. A convolution maps to the matmul over its im2col patches (3 k
-    wide); run_nodes does not run it yet (the patches' access pattern is not written)."""
+    or None for a node no design runs. A convolution maps to the matmul over its input's rows 3 at a
+    time (3 k wide, rounded up to 64)."""
     if node.kernel == "log_mel":
         return DesignCall(node.name, "mel", (dict(node.params)["n_mels"], cols))
     rows = tiles.band_rows(node.shape[0])
@@ -46,16 +48,26 @@ def design_call(node: Node, after: Node | None, k: int, seq: int, cols: int) -> 
         n = node.shape[1]
         head_dim = n // 3 // dict(after.params)["n_head"] if after is not None and after.kernel == "attention" else None
         gelu = dict(node.params).get("gelu", False)
-        k = 3 * k if node.kernel == "conv1d_k3" else k
-        return DesignCall(node.name, "matmul", (rows, tiles.up(k), n, gelu, node.residual is not None, cols), head_dim)
+        window = (k, dict(node.params)["stride"]) if node.kernel == "conv1d_k3" else None
+        k = 3 * k if window else k
+        return DesignCall(node.name, "matmul", (rows, tiles.up(k), n, gelu, residual_of(node) is not None, cols),
+                          head_dim, window)
     return None
+
+
+def residual_of(node: Node) -> str | None:
+    """The tensor a node's epilogue adds: an activation, or a convolution's third weight (the positions)."""
+    if node.residual:
+        return node.residual
+    return node.weights[2] if node.kernel == "conv1d_k3" and len(node.weights) > 2 else None
 
 
 @dataclass(frozen=True)
 class Dispatch:
     """One design run: the graph nodes it computes, in order, and the design with its arguments after the
     device. A chain (kernel "chain", shape (rows, phases, cols)) reads `side` for a residual from
-    outside it; head_dims: per node, the head size of the attention its output feeds (Q scaled)."""
+    outside it (an activation, or a weight); head_dims: per node, the head size of the attention its
+    output feeds (Q scaled)."""
 
     nodes: tuple[Node, ...]
     kernel: str
@@ -75,7 +87,7 @@ def plan_dispatches(nodes: list[Node], shapes: dict, seq: int, cols: int) -> lis
     chain: list[tuple[Node, DesignCall]] = []
     for node, after in zip(nodes, [*nodes[1:], None]):
         call = design_call(node, after, shapes[node.inputs[0]][-1], seq, cols)
-        chainable = call is not None and node.kernel in ("layernorm", "linear")
+        chainable = call is not None and node.kernel in ("layernorm", "linear", "conv1d_k3")
         if chain and not (chainable and _joins(chain, node)):
             plan.append(_chain(chain, cols))
             chain = []
@@ -91,18 +103,22 @@ def plan_dispatches(nodes: list[Node], shapes: dict, seq: int, cols: int) -> lis
 
 
 def _joins(chain: list[tuple[Node, DesignCall]], node: Node) -> bool:
-    """Whether node can be the chain's next phase: same rows, its input the chain's input or made in it,
-    and at most one residual from outside."""
+    """Whether node can be the chain's next phase: its input the chain's input or made in it, at most
+    one residual from outside, and the rows of the node before it, but for a convolution after
+    matmuls only (conv1's 3000 rows, then conv2's 1500: a layernorm's rows are the chain's)."""
     first = chain[0][0]
     made = {n.name for n, _ in chain}
     inside = made | {first.inputs[0]}
-    outside = {n.residual for n, _ in [*chain, (node, None)] if n.residual and n.residual not in inside}
-    return node.shape[0] == first.shape[0] and node.inputs[0] in inside and len(outside) <= 1
+    outside = {residual_of(n) for n, _ in [*chain, (node, None)]} - inside - {None}
+    rows = node.shape[0] == chain[-1][0].shape[0] or \
+        (node.kernel == "conv1d_k3" and all(n.kernel != "layernorm" for n, _ in chain))
+    return rows and node.inputs[0] in inside and len(outside) <= 1
 
 
 def _chain(chain: list[tuple[Node, DesignCall]], cols: int) -> Dispatch:
     """The chain design's dispatch for these nodes."""
     module = iron_host.design("matmul")
+    rows = chain[-1][1].shape[0]                            # the chain's M; a convolution before may differ
     names = {chain[0][0].inputs[0]: "inp"}
     phases, side, head_dims = [], None, []
     for i, (node, call) in enumerate(chain):
@@ -111,16 +127,15 @@ def _chain(chain: list[tuple[Node, DesignCall]], cols: int) -> Dispatch:
         if node.kernel == "layernorm":
             phases.append(module.Norm(call.shape[1], call.shape[2], source))
         else:
-            residual = None
-            if node.residual:
-                residual = names.get(node.residual)
+            residual = residual_of(node)
+            if residual:
+                residual = names.get(residual)
                 if residual is None:
-                    side, residual = node.residual, "side"
-            _, k, n, gelu, _, _ = call.shape
-            phases.append(module.Linear(k, n, gelu, residual, source))
+                    side, residual = residual_of(node), "side"
+            m, k, n, gelu, _, _ = call.shape
+            phases.append(module.Linear(k, n, gelu, residual, source, call.window, m if m != rows else 0))
         head_dims.append(call.head_dim)
         names[node.name] = f"p{i}"
-    rows = chain[0][1].shape[0]
     return Dispatch(tuple(n for n, _ in chain), "chain", (rows, tuple(phases), cols), side, tuple(head_dims))
 
 
@@ -151,18 +166,18 @@ class DesignRunner:
         feeding attention), or gamma and beta."""
         key = (node.name, head_dim)
         if key not in self._packed:
-            args = [weights[w] for w in node.weights]
+            args = [weights[w] for w in node.weights[:2]]                 # not a convolution's positions
             packed = tiles.pack_norm(*args) if node.kernel == "layernorm" else tiles.pack_projection(*args, head_dim)
             self._packed[key] = packed.reshape(-1)
         return self._packed[key]
 
     def run_nodes(self, nodes: list[Node], x: np.ndarray, seq: int, weights: dict) -> dict[str, np.ndarray]:
-        """Every node's output for input x (seq, d): fp32 values of the bf16 results as the device holds
-        them (a projection feeding attention: Q scaled), the real rows."""
+        """Every node's output for input x (its rows, d): fp32 values of the bf16 results as the device
+        holds them (a projection feeding attention: Q scaled), the real rows; seq: attention's."""
         values = {nodes[0].inputs[0]: _device(x)}
         shapes = {nodes[0].inputs[0]: x.shape, **{n.name: n.shape for n in nodes}}
         for step in plan_dispatches(nodes, shapes, seq, self.cols):
-            if isinstance(step, Node) or step.nodes[0].kernel in ("conv1d_k3", "log_mel"):
+            if isinstance(step, Node) or step.nodes[0].kernel == "log_mel":
                 node = step if isinstance(step, Node) else step.nodes[0]
                 raise ValueError(f"{node.name}: run_nodes does not run kernel {node.kernel!r} (activations only)")
             if step.kernel == "attention":
@@ -172,20 +187,37 @@ class DesignRunner:
                 values[step.nodes[0].name] = out
             else:
                 values.update(self._run_chain(step, values, weights))
-        return {name: tiles.from_bits(v)[:seq] for name, v in values.items()}
+        return {name: tiles.from_bits(v)[:shapes[name][0]] for name, v in values.items()}
 
     def _run_chain(self, step: Dispatch, values: dict, weights: dict) -> dict[str, np.ndarray]:
         rows, phases, _ = step.shape
-        _, scratch_at, _, scratch_size = iron_host.design("matmul").chain_layout(rows, phases)
+        module = iron_host.design("matmul")
+        _, scratch_at, _, scratch_size = module.chain_layout(rows, phases)
         params = np.concatenate([self._packed_operands(n, h, weights) for n, h in zip(step.nodes, step.head_dims)])
         scratch = np.zeros(max(scratch_size, 1), np.uint16)
         out = np.zeros((rows, phases[-1].width), np.uint16)
-        side = values[step.side] if step.side else np.zeros(1, np.uint16)
-        self._run("chain", step.shape, values[step.nodes[0].inputs[0]], side, params, scratch, out)
+        side = (values[step.side] if step.side in values else _device(weights[step.side])) if step.side \
+            else np.zeros(1, np.uint16)
+        inp = chain_input(module.chain_io(rows, phases), values[step.nodes[0].inputs[0]])
+        self._run("chain", step.shape, inp, side, params, scratch, out)
         made = {}
         for node, ph, at in zip(step.nodes, phases, scratch_at):
-            made[node.name] = out if at is None else scratch[at:at + rows * ph.width].reshape(rows, ph.width)
+            m = ph.rows or rows
+            made[node.name] = out if at is None else scratch[at:at + m * ph.width].reshape(m, ph.width)
         return made
+
+
+def chain_input(io, x: np.ndarray) -> np.ndarray:
+    """A chain's inp argument (io: the design's chain_io) holding x's bits (rows in whole bands) where the
+    design reads them: after a row of zeros when a convolution reads it, zeros after."""
+    x = np.ascontiguousarray(x).reshape(-1)
+    if x.size == io.inp and not io.inp_at:
+        return x
+    if x.size > io.rows * io.width:
+        raise ValueError(f"a chain's input of {x.size} values exceeds its {io.rows} rows of {io.width}")
+    inp = np.zeros(io.inp, x.dtype)
+    inp[io.inp_at:io.inp_at + x.size] = x
+    return inp
 
 
 def _device(x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ single tiles), else as pairs on fewer columns (Deal). A column without work in t
 row's A tiles pass by.
 - A: row r's 64 x 64 tiles of the band, in K order, from a shim channel through a memory tile,
   which blocks them for the matrix unit (4 x 8 blocks, dims_to_stream) and broadcasts them to the
-  row's cores, once per round. A in DDR is row-major (the previous op's output, as it stands).
+  row's cores, once per round. A in DDR is row-major (the previous op's output, as it stands); a
+  convolution's A is its input's rows, read in overlapping windows (Linear).
 - W and bias: packed once per model (kernels.aie.tiles.pack_linear: per pair of 32-column tiles,
   their blocked 64 x 32 operands K chunk by K chunk, the two tiles' interleaved, then their biases),
   from a shim channel through column c's memory tile, broadcast down the column; a single tile
@@ -31,12 +32,13 @@ reading the previous phase's output from DDR: Linear phases as above, and Norm p
 over rows of d values on the same streams (mm_vec.cc's lnv_* kernels): per band, row r's cores
 receive their 64 rows as A tiles twice for the statistics and once more to normalise; core (r, c)
 normalises the K chunks c, c + cols, ... (gamma and beta per chunk on the W stream, kernels.aie.
-tiles.pack_norm) and writes each as two 64 x 32 C tiles. Its state adds 4.5 KiB per core. So an
-encoder layer is 3 dispatches: layernorm + QKV; attention; out-projection (+ residual) + layernorm +
-fc1 (+ GELU) + fc2 (+ residual). A chain's runtime sequence takes (inp, side, params, scratch, out):
-the first phase reads inp, a residual is side or an earlier phase's output, every phase's packed
-weights lie in params and every intermediate output in scratch (chain_layout gives both offsets),
-the last phase writes out.
+tiles.pack_norm) and writes each as two 64 x 32 C tiles. Its state adds 4.5 KiB per core. A
+Linear phase may be a convolution (Linear.window) with rows of its own: the encoder's stem (conv1
+over 3072 rows, conv2 over 1536 with the positions as its residual) then layer 0's layernorm and
+QKV projection are one chain. A chain's runtime sequence takes (inp, side, params, scratch, out):
+the first phase reads inp (after a row of zeros when a convolution reads it: chain_io), a residual
+is side or an earlier phase's output, every phase's packed weights lie in params and every
+intermediate output in scratch (chain_layout gives both offsets), the last phase writes out.
 Not compiled here (no MLIR-AIE toolchain); kernels/aie/iron_host.py runs it on the host.
 """
 import argparse
@@ -60,17 +62,40 @@ STATS_PASSES = 2     # the layernorm phase's passes over A before it normalises:
 
 class Linear(NamedTuple):
     """A matmul phase: out (M x n) = act(x (M x k) · W + bias) + residual. x and the residual name "inp",
-    "side" or an earlier phase's output ("p0", "p1", ...); x is the previous phase's output by default."""
+    "side" or an earlier phase's output ("p0", "p1", ...); x is the previous phase's output by default.
+    A convolution (k = 3, padding 1; window = (c, s): x's rows of c values, stride s) takes as row t of
+    its A the input rows s·t − 1 .. s·t + 1, which lie next to each other in memory: the DMA reads them
+    from a source with a row of zeros before its first (bordered), rows s·c values apart, no patches
+    made; k is 3c rounded up to 64, W's rows past 3c zero. rows: its output rows, where they are not
+    the chain's M (a convolution's)."""
 
     k: int
     n: int
     gelu: bool = False
     residual: str | None = None
     source: str | None = None
+    window: tuple[int, int] | None = None
+    rows: int = 0
 
     @property
     def width(self) -> int:
         return self.n
+
+    @property
+    def input_width(self) -> int:
+        return self.window[0] if self.window else self.k
+
+    @property
+    def a_step(self) -> int:
+        """Values between the starts of consecutive rows of A in its source."""
+        return self.window[0] * self.window[1] if self.window else self.k
+
+    def bordered_values(self, m: int) -> int:
+        """A convolution's bordered source: values it reads from the zero row on, and no fewer than
+        its input rows (s·rows) and the border hold."""
+        c, s = self.window
+        rows = self.rows or m
+        return max((rows - 1) * s * c + self.k, (1 + s * rows) * c)
 
     @property
     def packed(self) -> int:
@@ -89,9 +114,15 @@ class Norm(NamedTuple):
     d: int
     eps: float = 1e-5
     source: str | None = None
+    window = None
+    rows = 0
 
     @property
     def width(self) -> int:
+        return self.d
+
+    @property
+    def input_width(self) -> int:
         return self.d
 
     @property
@@ -109,7 +140,9 @@ def phases_spec(phases) -> str:
             words = [f"norm {ph.d} {ph.eps!r}"]
         else:
             words = [f"linear {ph.k} {ph.n}"] + (["gelu"] if ph.gelu else []) + \
-                ([f"residual={ph.residual}"] if ph.residual else [])
+                ([f"residual={ph.residual}"] if ph.residual else []) + \
+                ([f"window={ph.window[0]}x{ph.window[1]}"] if ph.window else []) + \
+                ([f"rows={ph.rows}"] if ph.rows else [])
         parts.append(" ".join(words + ([f"source={ph.source}"] if ph.source else [])))
     return "; ".join(parts)
 
@@ -123,27 +156,57 @@ def parse_phases(spec: str) -> list:
         if kind == "norm":
             phases.append(Norm(int(plain[0]), float(plain[1]), named.get("source")))
         else:
+            window = tuple(int(v) for v in named["window"].split("x")) if "window" in named else None
             phases.append(Linear(int(plain[0]), int(plain[1]), "gelu" in plain, named.get("residual"),
-                                 named.get("source")))
+                                 named.get("source"), window, int(named.get("rows", 0))))
     return phases
 
 
-def io_widths(phases) -> tuple[int, int]:
-    """(values per row of a chain's input, of its side input: 0 for none)."""
-    first = phases[0].k if isinstance(phases[0], Linear) else phases[0].d
-    side = next((ph.n for ph in phases if isinstance(ph, Linear) and ph.residual == "side"), 0)
-    return first, side
+class ChainIo(NamedTuple):
+    """A chain's inputs as its runtime sequence takes them: inp (values, the offset of its first row:
+    a row of zeros before it when a convolution reads it, rows and values per row as the host places
+    them) and side (values, values per row; 0 for none)."""
+
+    inp: int
+    inp_at: int
+    rows: int
+    width: int
+    side: int
+    side_width: int
+
+
+def chain_io(m: int, phases) -> ChainIo:
+    first = phases[0]
+    rows = first.window[1] * (first.rows or m) if first.window else m
+    inp, at = rows * first.input_width, 0
+    for ph in phases:
+        if ph.window and (ph.source == "inp" or ph is first):
+            inp, at = max(inp + first.input_width, ph.bordered_values(m)), first.input_width
+    side = next((ph for ph in phases if isinstance(ph, Linear) and ph.residual == "side"), None)
+    return ChainIo(inp, at, rows, first.input_width, (side.rows or m) * side.n if side else 0, side.n if side else 0)
 
 
 def chain_layout(m: int, phases) -> tuple[list[int], list[int | None], int, int]:
     """(offset of each phase's packed operands in params, offset of each phase's output in scratch (None
-    for the last: it writes out), values of params, values of scratch)."""
+    for the last: it writes out), values of params, values of scratch). An output a convolution reads
+    has a row of zeros before it and room for the convolution's reads after it; scratch is zeros
+    before the first run, and nothing writes those rows."""
     params, scratch, p, s = [], [], 0, 0
     for i, ph in enumerate(phases):
         params.append(p)
         p += ph.packed
-        scratch.append(None if i == len(phases) - 1 else s)
-        s += 0 if i == len(phases) - 1 else m * ph.width
+        if i == len(phases) - 1:
+            scratch.append(None)
+            continue
+        size = (ph.rows or m) * ph.width
+        readers = [r for j, r in enumerate(phases[i + 1:], i + 1) if r.window and (r.source or f"p{j - 1}") == f"p{i}"]
+        if readers:
+            lead = ph.width
+            size = max([lead + size] + [r.bordered_values(m) for r in readers])
+            scratch.append(s + lead)
+        else:
+            scratch.append(s)
+        s += size
     return params, scratch, p, s
 
 
@@ -164,15 +227,17 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
     from aie.iron.placers import SequentialPlacer
 
     band = ROWS * TILE
-    assert m % band == 0, f"M must be a multiple of {band}"
-    first, side = io_widths(phases)
-    widths = {"inp": first}
+    assert m % band == 0 and all((ph.rows or m) % band == 0 for ph in phases), f"rows must be a multiple of {band}"
+    io = chain_io(m, phases)
+    widths = {"inp": io.width}
     previous = "inp"
     for i, ph in enumerate(phases):
         width = widths[ph.source or previous]
         if isinstance(ph, Linear):
-            assert ph.k == width and ph.k % TILE == 0 and ph.n % WIDTH == 0, \
+            assert ph.input_width == width and ph.k % TILE == 0 and ph.n % WIDTH == 0, \
                 f"K must be its input's width and a multiple of {TILE}, N of {WIDTH}"
+            assert not ph.window or (ph.k >= 3 * width and ph.k - 3 * width < TILE and ph.window[1] in (1, 2)), \
+                "a convolution's K is 3 input rows rounded up to 64, its stride 1 or 2"
         else:
             assert ph.d == width and ph.d % TILE == 0, f"a layernorm's d must be its input's width and of {TILE}"
         widths[previous := f"p{i}"] = ph.width
@@ -211,7 +276,7 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
     def core(a, w, out, accs, state, row, col, **k):
         for ph in phases:
             if isinstance(ph, Linear):
-                _linear_core(ph, m // band, cols, row, col, a, w, out, accs, range_, k)
+                _linear_core(ph, (ph.rows or m) // band, cols, row, col, a, w, out, accs, range_, k)
             else:
                 _norm_core(ph, m // band, cols, col, a, w, out, state, range_, k)
 
@@ -228,19 +293,20 @@ def _program(dev, m: int, phases: list, cols: int, single: bool):
     rt = Runtime()
     param_at, scratch_at, params_size, scratch_size = chain_layout(m, phases)
     if single:
-        names, sizes = ("inp", "params", "side", "out"), (m * first, params_size, m * side or 1, m * width)
+        names, sizes = ("inp", "params", "side", "out"), (io.inp, params_size, io.side or 1, m * width)
     else:
-        names, sizes = ("inp", "side", "params", "scratch", "out"), (m * first, m * side or 1, params_size,
+        names, sizes = ("inp", "side", "params", "scratch", "out"), (io.inp, io.side or 1, params_size,
                                                                      scratch_size or 1, m * width)
     with rt.sequence(*(np.ndarray[(size,), np.dtype[bfloat16]] for size in sizes)) as handles:
         tensors = {name: (h, 0, size) for name, h, size in zip(names, handles, sizes)}   # (tensor, offset, values)
+        tensors["inp"] = (tensors["inp"][0], io.inp_at, io.inp)
         rt.start(*workers)
         previous = tensors["inp"]
         for i, ph in enumerate(phases):
             source = tensors[ph.source] if ph.source else previous
             dest = tensors["out"] if scratch_at[i] is None else (tensors["scratch"][0], scratch_at[i], scratch_size)
             params = (tensors["params"][0], param_at[i], params_size)
-            streams = Streams(a_in, w_in, c_out, source, params, dest, cols, m)
+            streams = Streams(a_in, w_in, c_out, source, params, dest, cols, ph.rows or m)
             if isinstance(ph, Linear):
                 _linear_sequence(rt, ph, streams, tensors.get(ph.residual))
             else:
@@ -410,11 +476,12 @@ def _a_fills(rt, ph: Linear, s: Streams, band_start: int, rounds: int):
     from aie.helpers.taplib.tap import TensorAccessPattern
     from aie.iron.device import Tile
 
-    (a, a_at, a_size), k = s.source, ph.k
+    (a, a_at, a_size), k, step = s.source, ph.k, ph.a_step
+    start = a_at - ph.input_width if ph.window else a_at          # a convolution's A starts at the zero row
     group = rt.task_group()
     for r in range(ROWS):
-        rt.fill(s.a_in[r].prod(), a, TensorAccessPattern((a_size,), a_at + (band_start + r * TILE) * k,
-                                                         [rounds, k // TILE, TILE, TILE], [0, TILE, k, 1]),
+        rt.fill(s.a_in[r].prod(), a, TensorAccessPattern((a_size,), start + (band_start + r * TILE) * step,
+                                                         [rounds, k // TILE, TILE, TILE], [0, TILE, step, 1]),
                 placement=Tile(r % s.cols, 0), task_group=group)
     return group
 
