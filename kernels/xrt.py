@@ -156,11 +156,14 @@ class XrtKernel:
         return raw
 
     def _bo(self, i: int):
-        """Argument i's buffer object in this run's set."""
+        """Argument i's buffer object in this run's set, zeros when made: a chain's scratch has rows no
+        design writes (the zero row before an output a convolution reads)."""
         bos = self._sets[(self._runs - 1) % 2]
         if i not in bos:
             x = self.pyxrt
             bos[i] = x.bo(self.device, self.arg_bytes[i], x.bo.host_only, self.kernel.group_id(3 + i))
+            bos[i].write(np.zeros(self.arg_bytes[i], np.uint8), 0)
+            bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
         return bos[i]
 
     def keep(self, buffer: DeviceBuffer) -> DeviceBuffer:

@@ -289,10 +289,11 @@ class FakeXRT:
 
 
 class _Store:
-    """The memory of a buffer object and its sub-buffers: the host's view and the device's."""
+    """The memory of a buffer object and its sub-buffers: the host's view and the device's, not zeros
+    when made (XRT does not promise zeros)."""
 
     def __init__(self, nbytes):
-        self.host, self.device, self.dirty = bytearray(nbytes), bytearray(nbytes), False
+        self.host, self.device, self.dirty = bytearray(b"\xa5" * nbytes), bytearray(b"\xa5" * nbytes), False
 
 
 class _Run:
