@@ -233,7 +233,8 @@ class NpuBackend(Backend):
             if entry.xclbin not in self.contexts:
                 self.contexts[entry.xclbin] = XrtContext(self.device, entry.xclbin)
             self.kernels[entry.key] = XrtKernel(self.device, self.contexts[entry.xclbin], entry.insts,
-                                                entry.kernel_name, arg_bytes(entry), entry.insts_count)
+                                                entry.kernel_name, arg_bytes(entry), entry.insts_count,
+                                                zeroed=(3,) if entry.op == "chain" else ())   # its scratch
         except NpuFault as e:
             return self._disable(entry, f"load failed: {e}")
         except Exception as e:  # pyxrt raises RuntimeError and friends; all mean "not usable"

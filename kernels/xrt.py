@@ -112,7 +112,9 @@ class XrtKernel:
     thread-safe: the npu backend runs one dispatch at a time (the NPU does too)."""
 
     def __init__(self, dev: DeviceInfo, context: XrtContext, insts: Path, kernel_name: str,
-                 arg_bytes: list[int], insts_count: str = "words"):
+                 arg_bytes: list[int], insts_count: str = "words", zeroed: tuple[int, ...] = ()):
+        """zeroed: the arguments whose buffers must start as zeros (a chain's scratch: rows no design
+        writes, the zero row before an output a convolution reads)."""
         x = dev.pyxrt
         self.pyxrt, self.device = x, dev.device
         if kernel_name not in context.kernel_names:
@@ -123,7 +125,7 @@ class XrtKernel:
         self.instr_bo = x.bo(dev.device, words.nbytes, x.bo.cacheable, self.kernel.group_id(1))
         self.instr_bo.write(words.view(np.uint8), 0)
         self.instr_bo.sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
-        self.arg_bytes = list(arg_bytes)
+        self.arg_bytes, self.zeroed = list(arg_bytes), zeroed
         self._sets: list[dict[int, object]] = [{}, {}]   # buffer objects per argument, made on first use
         self._runs = 0
         self._left: list[list] = [[], []]      # per buffer set: weakrefs to the outputs runs left on the device
@@ -156,14 +158,15 @@ class XrtKernel:
         return raw
 
     def _bo(self, i: int):
-        """Argument i's buffer object in this run's set, zeros when made: a chain's scratch has rows no
-        design writes (the zero row before an output a convolution reads)."""
+        """Argument i's buffer object in this run's set (zeros when made, if it is to be: XRT does not
+        promise zeros)."""
         bos = self._sets[(self._runs - 1) % 2]
         if i not in bos:
             x = self.pyxrt
             bos[i] = x.bo(self.device, self.arg_bytes[i], x.bo.host_only, self.kernel.group_id(3 + i))
-            bos[i].write(np.zeros(self.arg_bytes[i], np.uint8), 0)
-            bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
+            if i in self.zeroed:
+                bos[i].write(np.zeros(self.arg_bytes[i], np.uint8), 0)
+                bos[i].sync(x.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
         return bos[i]
 
     def keep(self, buffer: DeviceBuffer) -> DeviceBuffer:
