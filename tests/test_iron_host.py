@@ -447,11 +447,12 @@ def test_a_stream_pattern_shorter_than_the_object_repeats():
 
 
 @pytest.mark.slow
-def test_the_stem_reads_its_windows_through_the_dma_and_equals_emu(lib, tiny, speech):
+@pytest.mark.parametrize("cols", [4, 8])
+def test_the_stem_reads_its_windows_through_the_dma_and_equals_emu(lib, tiny, speech, cols):
     """tiny.en's stem on a real clip's log-mel through one chain: conv1 (3072 rows) and conv2 (stride 2,
     the positions its residual) read their input's rows 3 at a time from a buffer with a row of zeros
     before it (no patches made: the A stream's rows overlap), then layer 0's layernorm and QKV
-    projection; every node equals `emu` bit for bit, in one dispatch."""
+    projection; every node equals `emu` bit for bit, in one dispatch, on Phoenix's 4 columns and Strix's 8."""
     from encoder.audio import load_audio
     from kernels.aie.design_runner import DesignRunner
     from kernels.emu import EmuBackend
@@ -461,7 +462,7 @@ def test_the_stem_reads_its_windows_through_the_dma_and_equals_emu(lib, tiny, sp
     weights = tiny.converted.read_encoder_weights()
     nodes = tiny.graph.nodes[1:5]                                    # conv1, embed, layernorm, QKV
     assert [n.kernel for n in nodes] == ["conv1d_k3", "conv1d_k3", "layernorm", "linear"]
-    runner = DesignRunner(lib)
+    runner = DesignRunner(lib, cols)
     ours = runner.run_nodes(nodes, mel, 1500, weights)
     emu, theirs = EmuBackend(), {"mel": mel}
     for node in nodes:
