@@ -63,7 +63,7 @@ STATS_PASSES = 2     # the layernorm phase's passes over A before it normalises:
 class Linear(NamedTuple):
     """A matmul phase: out (M x n) = act(x (M x k) · W + bias) + residual. x and the residual name "inp",
     "side" or an earlier phase's output ("p0", "p1", ...); x is the previous phase's output by default.
-    A convolution (k = 3, padding 1; window = (c, s): x's rows of c values, stride s) takes as row t of
+    A convolution (kernel size 3, padding 1; window = (c, s): x's rows of c values, stride s) takes as row t of
     its A the input rows s·t − 1 .. s·t + 1, which lie next to each other in memory: the DMA reads them
     from a source with a row of zeros before its first (bordered), rows s·c values apart, no patches
     made; k is 3c rounded up to 64, W's rows past 3c zero. rows: its output rows, where they are not
@@ -176,6 +176,7 @@ class ChainIo(NamedTuple):
 
 
 def chain_io(m: int, phases) -> ChainIo:
+    """The inputs of a chain of M rows: inp bordered when a convolution reads it, side as its phase's rows."""
     first = phases[0]
     rows = first.window[1] * (first.rows or m) if first.window else m
     inp, at = rows * first.input_width, 0
