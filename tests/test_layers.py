@@ -144,3 +144,19 @@ def test_the_checks_see_a_violation():
     assert "kernels.errors" in edges["encoder.model"] and "weights_tools.dims" in edges["decoder.session"]
     assert any(name == "onnxruntime" and not top for name, _, top in imports("decoder.session"))
     assert all(_is_command(modules()[m]) for m in ("encoder.transcribe", "weights_tools.__main__"))
+
+
+def test_a_foreign_kernels_package_is_named_not_imported(tmp_path):
+    """Another distribution's `kernels` (Hugging Face's, which transformers 5.25 and later require) is
+    found before ours outside this directory: importing Amanuensis then says so in one line."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("")
+    r = subprocess.run([sys.executable, "-c", "import encoder"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 1 and "is not Amanuensis's" in r.stderr and "pip uninstall kernels" in r.stderr
+    r = subprocess.run([sys.executable, "-c", "import encoder"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
