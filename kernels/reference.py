@@ -77,4 +77,3 @@ def attention(qkv: np.ndarray, n_head: int) -> np.ndarray:
     p = np.exp(s - s.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     return (p @ v).transpose(1, 0, 2).reshape(t, d_model).astype(np.float32)
-
