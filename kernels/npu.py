@@ -278,8 +278,7 @@ class NpuBackend(Backend):
         m, phases = entry.shape["M"], design.parse_phases(entry.shape["phases"])
         io = design.chain_io(m, phases)
         x = rng.standard_normal((io.rows, io.width)).astype(np.float32) * 2
-        residual = rng.standard_normal((io.side // io.side_width, io.side_width)).astype(np.float32) \
-            if io.side else None
+        residual = rng.standard_normal((io.side_rows, io.side_width)).astype(np.float32) if io.side else None
         operands, packed = [], []
         for ph in phases:
             if isinstance(ph, design.Norm):
@@ -288,8 +287,7 @@ class NpuBackend(Backend):
                 operands.append((g, b))
                 packed.append(tiles.pack_norm(g, b))
             else:
-                k = 3 * ph.window[0] if ph.window else ph.k
-                w = (rng.standard_normal((k, ph.n)) / math.sqrt(k)).astype(np.float32)
+                w = (rng.standard_normal((ph.w_rows, ph.n)) / math.sqrt(ph.w_rows)).astype(np.float32)
                 b = rng.standard_normal(ph.n).astype(np.float32)
                 operands.append((w, b))
                 packed.append(tiles.pack_linear(w, b))
@@ -310,7 +308,7 @@ class NpuBackend(Backend):
         if side is None:
             side = self._constant(kernel, 1, (), lambda: np.zeros(1, np.uint16))
         elif not isinstance(side, DeviceBuffer):
-            side = _resident(side, size[1]) or _bits(_padded(_host(side), (io.side // io.side_width, side.shape[1])))
+            side = _resident(side, size[1]) or _bits(_padded(_host(side), (io.side_rows, side.shape[1])))
         inputs = {0: _resident(x, size[0]) or chain_input(io, _bits(_padded(_host(x), (io.rows, io.width)))),
                   1: side, 2: params}
         out = kernel.run(inputs, {}, leave=(3, 4))
@@ -399,7 +397,7 @@ class NpuBackend(Backend):
             return kwargs["residual"]
         weight = args[1 + node.weights.index(step.side)]
         return self._constant(kernel, 1, (weight,),
-                              lambda: _bits(_padded(weight, (io.side // io.side_width, weight.shape[1]))))
+                              lambda: _bits(_padded(weight, (io.side_rows, weight.shape[1]))))
 
     @staticmethod
     def _pack(node, a, b) -> np.ndarray:
@@ -501,8 +499,7 @@ class NpuBackend(Backend):
             kwargs = dict(kwargs)
             args = (args[0], kwargs.pop("n_head"))
         if kernel == "conv1d_k3":
-            x, w, b = args[:3]                   # the graph passes the residual (the positions) as a 4th weight
-            residual = args[3] if len(args) > 3 else kwargs.get("residual")
+            x, w, b, residual = (*args, None)[:4]   # the residual (the positions) comes as a 4th weight
             patches = im2col_k3(C.bf16(_host(x)), kwargs.get("stride", 1))
             return self.run("linear", (patches, w, b), {"gelu": kwargs.get("gelu", True), "residual": residual})
         entry, why = self._entry_for(kernel, args, kwargs)
@@ -532,7 +529,7 @@ class NpuBackend(Backend):
         return _host(self.run("linear", (x, w, b), {"gelu": gelu, "residual": residual})[0])
 
     def conv1d_k3(self, x, w, b, residual=None, stride=1, gelu=True):
-        return _host(self.run("conv1d_k3", (x, w, b), {"residual": residual, "stride": stride, "gelu": gelu})[0])
+        return _host(self.run("conv1d_k3", (x, w, b, residual), {"stride": stride, "gelu": gelu})[0])
 
     def attention(self, qkv, n_head):
         return _host(self.run("attention", (qkv, n_head), {})[0])

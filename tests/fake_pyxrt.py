@@ -278,8 +278,7 @@ class FakeXRT:
                 operands.append((_f(gb[:, 0].tobytes()), _f(gb[:, 1].tobytes())))
             else:
                 w, b = (_f(t.tobytes()) for t in tiles.unpack_linear(blob, ph.k, ph.n))
-                k = 3 * ph.window[0] if ph.window else ph.k               # a convolution's W: 3 rows of its input
-                operands.append((w.reshape(ph.k, ph.n)[:k], b))
+                operands.append((w.reshape(ph.k, ph.n)[:ph.w_rows], b))
         inp = _f(bufs[0])[io.inp_at:io.inp_at + io.rows * io.width].reshape(io.rows, io.width)
         outputs = chain_reference(self.emu, phases, inp,
                                   _f(bufs[1]).reshape(-1, io.side_width) if io.side else None, operands)

@@ -86,6 +86,11 @@ class Linear(NamedTuple):
         return self.window[0] if self.window else self.k
 
     @property
+    def w_rows(self) -> int:
+        """Rows of its W before the padding to k: 3c for a convolution."""
+        return 3 * self.window[0] if self.window else self.k
+
+    @property
     def a_step(self) -> int:
         """Values between the starts of consecutive rows of A in its source."""
         return self.window[0] * self.window[1] if self.window else self.k
@@ -165,14 +170,19 @@ def parse_phases(spec: str) -> list:
 class ChainIo(NamedTuple):
     """A chain's inputs as its runtime sequence takes them: inp (values, the offset of its first row:
     a row of zeros before it when a convolution reads it, rows and values per row as the host places
-    them) and side (values, values per row; 0 for none)."""
+    them) and side (rows and values per row; 0 rows for none)."""
 
     inp: int
     inp_at: int
     rows: int
     width: int
-    side: int
+    side_rows: int
     side_width: int
+
+    @property
+    def side(self) -> int:
+        """Values of the side input (0 for none)."""
+        return self.side_rows * self.side_width
 
 
 def chain_io(m: int, phases) -> ChainIo:
@@ -184,7 +194,7 @@ def chain_io(m: int, phases) -> ChainIo:
         if ph.window and (ph.source == "inp" or ph is first):
             inp, at = max(inp + first.input_width, ph.bordered_values(m)), first.input_width
     side = next((ph for ph in phases if isinstance(ph, Linear) and ph.residual == "side"), None)
-    return ChainIo(inp, at, rows, first.input_width, (side.rows or m) * side.n if side else 0, side.n if side else 0)
+    return ChainIo(inp, at, rows, first.input_width, (side.rows or m) if side else 0, side.n if side else 0)
 
 
 def chain_layout(m: int, phases) -> tuple[list[int], list[int | None], int, int]:
