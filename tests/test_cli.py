@@ -119,3 +119,32 @@ def test_kernels_report_runs_the_encoder_command():
     """`python -m kernels.report` (kept for its users) is encoder.kernel_report."""
     r = run("kernels.report", "--help")
     assert r.returncode == 0 and "usage: python -m encoder.kernel_report" in r.stdout
+
+
+MMAPPED_BYTES = """
+import ctypes, sys
+import numpy as np
+from encoder.memory import tune_allocator
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+ok = tune_allocator() if sys.argv[1] == "tuned" else None
+before = libc.mallinfo2().hblkhd
+block = np.ones(18 << 18, np.float32)         # 18 MiB: a layer's cross-attention keys for a batch of 8
+print(ok, libc.mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator settings are glibc's")
+def test_the_commands_allocator_settings_are_accepted():
+    """glibc takes every setting of encoder.memory (it refuses an mmap threshold above 32 MiB, for one),
+    and an 18 MiB block then comes from the heap, where freed pages are reused, not from a fresh mapping."""
+    out = {}
+    for mode in ("tuned", "plain"):
+        r = subprocess.run([sys.executable, "-c", MMAPPED_BYTES, mode], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        out[mode] = r.stdout.split()
+    assert out["tuned"] == ["True", "0"]
+    assert out["plain"][0] == "None" and int(out["plain"][1]) >= 18 << 20      # glibc's default maps it

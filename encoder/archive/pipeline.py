@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from encoder.archive.job import Item, Job
 from encoder.archive.ledger import Entry
-from encoder.archive.worker import Reader, Worker
+from encoder.archive.worker import READER_NICENESS, Reader, Worker
 from kernels.errors import AmanuensisError
 
 RETRIES = 2     # runs of an input whose worker died, before it fails
@@ -43,7 +43,7 @@ def run_job(job: Job, items: list[Item], workers: int, address: str | None, grou
         actors = [actor.remote(job) for _ in range(workers)]
         # reading is light (no core of its own) and can be redone: a reader that dies is restarted
         reader = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Reader)
-        readers = [reader.remote() for _ in range(workers)]
+        readers = [reader.remote(READER_NICENESS) for _ in range(workers)]
         on_start(_ready(ray, actors))
         _Scheduler(ray, actors, lambda: actor.remote(job), readers, on_entry, say).run(
             deque(_Group(tuple(items[i:i + group_size])) for i in range(0, len(items), group_size)))
