@@ -69,7 +69,7 @@ def test_a_missing_package_is_one_clear_error(monkeypatch):
         silero_weights.model_path()
 
 
-def test_the_weights_are_cached_and_read_back_the_same(tmp_path, monkeypatch):
+def test_the_weights_are_cached_read_back_the_same_and_made_again_when_damaged(tmp_path, monkeypatch):
     monkeypatch.setenv("AMANUENSIS_CACHE", str(tmp_path))
     first = silero_weights.load_silero()
     cached = list((tmp_path / "silero").glob("*.safetensors"))
@@ -79,6 +79,12 @@ def test_the_weights_are_cached_and_read_back_the_same(tmp_path, monkeypatch):
     assert again.tensors.keys() == first.tensors.keys() == silero_weights.SHAPES.keys()
     for name, tensor in first.tensors.items():
         assert again.tensors[name].dtype == np.float32 and np.array_equal(again.tensors[name], tensor), name
+    cached[0].write_bytes(cached[0].read_bytes()[:1000])         # damaged: made again from the model file
+    monkeypatch.undo()
+    monkeypatch.setenv("AMANUENSIS_CACHE", str(tmp_path))
+    remade = silero_weights.load_silero()
+    assert all(np.array_equal(remade.tensors[name], tensor) for name, tensor in first.tensors.items())
+    assert silero_weights.read_safetensors(cached[0]).keys() == first.tensors.keys()   # written whole again
 
 
 def test_another_network_is_refused_by_name(tmp_path):

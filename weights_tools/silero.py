@@ -64,7 +64,12 @@ def load_silero(path: Path | None = None) -> SileroWeights:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     cached = cache_dir() / "silero" / f"{digest}.safetensors"
     if cached.is_file():
-        return SileroWeights(read_safetensors(cached), path)
+        try:
+            tensors = read_safetensors(cached)
+            if {name: t.shape for name, t in tensors.items()} == SHAPES:
+                return SileroWeights(tensors, path)
+        except (AmanuensisError, OSError, ValueError):
+            pass                       # a damaged cache entry is made again below
     tensors = read_onnx(path)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
