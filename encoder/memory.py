@@ -9,7 +9,7 @@
   the heap, and the heap is not trimmed below 1 GiB, so each batch's buffers reuse the pages the
   last batch freed instead of mapping fresh ones. A batch of 8 windows binds 147 MB of
   cross-attention inputs for tiny.en, in 18 MB arrays, and each fresh page costs a fault: ~9 µs per
-  4 KiB on the 2-core VMs here (a few times less on bare metal). Measured 2026-12-03, the 18 real
+  4 KiB on the 2-core VMs here (not measured on bare metal). Measured 2026-12-03, the 18 real
   clips in batches of 8: binding the second batch took 1538 ms, and 46–93 ms with it. The
   price: a process keeps the memory it has freed, up to its peak.
 
