@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from weights_tools.layout import conv_to_kernel
 from weights_tools.silero import CONV_STRIDES, FILTER, SileroWeights
 
 FRAME = 512                    # samples per scored frame (32 ms)
@@ -48,10 +49,9 @@ class SileroNet:
     def __init__(self, weights: SileroWeights):
         t = weights.tensors
         self.basis = np.ascontiguousarray(t["stft.forward_basis_buffer"][:, 0, :].T)        # (256, 258)
-        # conv weight (out, in, 3) as a (3·in, out) matrix, taps outermost: it multiplies 3 rows of input
-        self.convs = [(np.ascontiguousarray(t[f"encoder.{i}.reparam_conv.weight"].transpose(2, 1, 0)
-                                            .reshape(-1, t[f"encoder.{i}.reparam_conv.weight"].shape[0])),
-                       t[f"encoder.{i}.reparam_conv.bias"], stride) for i, stride in enumerate(CONV_STRIDES)]
+        # conv weight (out, in, 3) as a (3·in, out) matrix, as Whisper's convolutions are laid out
+        self.convs = [(conv_to_kernel(t[f"encoder.{i}.reparam_conv.weight"]), t[f"encoder.{i}.reparam_conv.bias"],
+                       stride) for i, stride in enumerate(CONV_STRIDES)]
         # sigmoid(x) = (1 + tanh(x/2)) / 2: gates i, f and o are taken at half scale, so one tanh serves all four
         half = np.full((4 * HIDDEN, 1), 0.5, np.float32)
         half[2 * HIDDEN:3 * HIDDEN] = 1.0
@@ -62,11 +62,11 @@ class SileroNet:
         self.b_out = float(t["decoder.decoder.2.bias"][0])
 
     def probs(self, inputs: np.ndarray, state: LstmState) -> np.ndarray:
-        """P(speech) of each row of `inputs` (n, 576): a frame with its context, in order; `state`
+        """P(speech) of each row of `inputs` (n ≥ 1, 576): a frame with its context, in order; `state`
         is carried in and updated."""
         features = [self.features(inputs[k:k + FEATURE_ROWS]) for k in range(0, len(inputs), FEATURE_ROWS)]
         # (n, 512): gates i, f and o at half scale (see __init__), g as it is
-        gates = np.concatenate(features or [np.zeros((0, HIDDEN), np.float32)]) @ self.w_ih + self.bias
+        gates = np.concatenate(features) @ self.w_ih + self.bias
         hs = self.cell(gates, state)
         return 1.0 / (1.0 + np.exp(-(np.maximum(hs, 0.0) @ self.w_out + self.b_out)))
 
