@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from encoder.benchmark import report, speech
+from encoder.benchmark import peak_rss, report, speech
 from encoder.benchmark.suite import PEERS
 
 
@@ -23,6 +23,25 @@ def test_speech_is_ours_seeded_and_streamed(tmp_path):
     written = speech.write(tmp_path / "s.wav", 40.0, seed=3)
     audio, rate = soundfile.read(tmp_path / "s.wav", dtype="float32")
     assert written == text and rate == 16000 and np.abs(audio - samples).max() < 1e-4
+
+
+_ALLOCATE = "import numpy as np, sys; a = np.ones(int(sys.argv[1]) << 17); {}"
+
+
+def test_a_childs_peak_memory_is_its_own_not_its_parents(tmp_path):
+    held = np.ones(300 << 17)                 # 300 MB, touched, held by this process while the children run
+    report_file = tmp_path / "peak"
+    for mb in (0, 150):
+        code = subprocess.call(peak_rss.launched([sys.executable, "-c", _ALLOCATE.format("pass"), str(mb)],
+                                                 report_file))
+        assert code == 0
+        assert mb + 5 < peak_rss.read_mb(report_file) < mb + 80   # numpy's import: ~30 MB
+        own = subprocess.run([sys.executable, "-c", _ALLOCATE.format(
+            "from encoder.benchmark import peak_rss; print(peak_rss.own_mb())"), str(mb)],
+            capture_output=True, text=True, check=True)
+        assert mb + 5 < float(own.stdout) < mb + 80
+    failing = subprocess.call(peak_rss.launched([sys.executable, "-c", "raise SystemExit(3)"], report_file))
+    assert failing == 3 and held[-1] == 1.0
 
 
 def test_labels_and_targets():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from decoder.tokenizer import WhisperTokenizer
 from encoder.audio import load_audio
-from encoder.benchmark import speech
+from encoder.benchmark import peak_rss, speech
 from encoder.cli import run
 from encoder.evaluation import score
 from encoder.model import load_model
@@ -272,7 +271,7 @@ def main(argv=None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     spec = json.loads(args[0] if args else sys.stdin.read())
     result = JOBS[spec.pop("job")](**spec)
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mb"] = round(peak_rss.own_mb(), 1)
     print(json.dumps(result))
     return 0
 

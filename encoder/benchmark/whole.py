@@ -1,6 +1,7 @@
 """Whole processes, as users run them: each system is a fresh `python` process per run, start-up,
 model load and all; the systems alternate, and each figure is the median of the runs. A run's
-peak resident memory is that child's own (wait4), its text is scored against the reference.
+peak resident memory is that child's own (encoder.benchmark.peak_rss), its text is scored against
+the reference.
 
 Inputs: five minutes of varied speech (data/varied.ogg, from varied.txt), a short clip (the
 shortest bench sentence, ~4 s: start-up dominates), the twelve bench sentences as twelve files
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import soundfile
 
-from encoder.benchmark import speech
+from encoder.benchmark import peak_rss, speech
 from encoder.evaluation import score
 
 VARIED = "varied 5 min"
@@ -120,14 +121,13 @@ def run_once(system: System, files: list[str], out: Path, env: dict) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "stdout", "w+") as stdout, open(out / "stderr", "w+") as stderr:
         start = time.perf_counter()
-        proc = subprocess.Popen(system.argv(files, out), stdout=stdout, stderr=stderr, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)         # this child's own resource usage
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code = subprocess.call(peak_rss.launched(system.argv(files, out), out / "peak-rss"), stdout=stdout,
+                               stderr=stderr, env=env)
+        wall = time.perf_counter() - start      # the launcher's start-up (~20 ms) included, for every system
         stdout.seek(0), stderr.seek(0)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{system.name}: exit status {proc.returncode}: {stderr.read().strip()[-300:]}")
-        return Run(wall, usage.ru_maxrss / 1024, system.texts(files, out, stdout.read()))
+        if code != 0:
+            raise RuntimeError(f"{system.name}: exit status {code}: {stderr.read().strip()[-300:]}")
+        return Run(wall, peak_rss.read_mb(out / "peak-rss"), system.texts(files, out, stdout.read()))
 
 
 def measure(systems_: list[System], inputs: dict[str, tuple[list[str], str]], repeats: int, threads: int,
