@@ -215,12 +215,18 @@ class _Loop:
         self.profile.add(run)
         return kv
 
-    def _detect(self, kv: list[np.ndarray]) -> None:
-        """The language, from this window when it is not known yet."""
-        if self.language is None:
-            needs_model = self.tr.tokenizer.multilingual        # an English-only model answers "en" without it
-            self.language = self.tr.decoder.detect_language(self.tr.session.bind_cross(kv) if needs_model
-                                                            else None)[0]
+    def _window_kv(self, samples: np.ndarray):
+        """The window's cross-attention K/V for its ask: a function that the scheduler calls when it binds
+        the window, so one encoder output is alive at a time and the next one reuses its memory (fresh
+        pages cost ~9 µs each on some VMs: 8 outputs held at once cost a many-file batch ~0.3 s). Encoded at
+        once when the language is to be detected from this window."""
+        if self.language is None and self.tr.tokenizer.multilingual:
+            kv = self._encode(samples)
+            self.language = self.tr.decoder.detect_language(self.tr.session.bind_cross(kv))[0]
+            return kv
+        if self.language is None:                   # an English-only model answers "en" without a window
+            self.language = self.tr.decoder.detect_language(None)[0]
+        return lambda: self._encode(samples)
 
     def _transcribed(self, result: DecodingResult, cross, samples: np.ndarray, seek: int, frames: int) -> int:
         """Add a window's decoding as segments (and words); returns the mel frames it consumed."""
@@ -300,11 +306,8 @@ class _SeekLoop(_Loop):
             if _silent(samples):
                 seek += frames
             else:
-                kv = self._encode(samples)
-                self._detect(kv)
-                ask = DecodeAsk([kv], self._decoding(first=seek == 0), self.options)
-                del kv                              # the scheduler frees it once bound
-                ((result, cross),) = yield ask
+                ask = DecodeAsk([self._window_kv(samples)], self._decoding(first=seek == 0), self.options)
+                ((result, cross),) = yield ask      # the scheduler frees the window's K/V once bound
                 seek += self._transcribed(result, cross, samples, seek, frames)
             self.progress.update(seek * HOP_LENGTH / SAMPLE_RATE)
             self._publish()
@@ -356,11 +359,7 @@ class _VadLoop(_Loop):
         pending = [(a, x) for a, x in pending if len(x) >= MIN_SECONDS * SAMPLE_RATE and not _silent(x)]
         if not pending:
             return []
-        # each chunk is encoded when the scheduler binds it, so one encoder output is alive at a time
-        kv = [lambda x=x: self._encode(x) for _, x in pending]
-        if self.language is None:
-            kv[0] = self._encode(pending[0][1])
-            self._detect(kv[0])
+        kv = [self._window_kv(x) for _, x in pending]
         decoding = replace(self.options.decoding, language=self.language, prompt=self._prompt(), draft=())
         reply = yield DecodeAsk(kv, decoding, self.options)     # the scheduler empties kv as it binds
         rest = []

@@ -287,6 +287,32 @@ def test_several_files_decode_together_and_each_equals_its_own_run(tiny, speech,
     assert same >= 3
 
 
+def test_a_batch_encodes_each_window_as_it_binds_it(tiny, speech, monkeypatch):
+    """Files decoded as one batch: no window is encoded before the batch binds it, so one encoder output
+    is alive at a time and the next reuses its memory."""
+    tr, events = tiny.transcriber, []
+    real_kv, real_bind = tr.cross_kv, tr.session.bind_cross_rows
+
+    def cross_kv(samples):
+        events.append("encode")
+        return real_kv(samples)
+
+    def bind_cross_rows(rows, n):
+        def each():
+            for window in rows:
+                events.append("copy")
+                yield window
+
+        events.append("bind")
+        return real_bind(each(), n)
+
+    monkeypatch.setattr(tr, "cross_kv", cross_kv)
+    monkeypatch.setattr(tr.session, "bind_cross_rows", bind_cross_rows)
+    results = dict(tiny.transcribe_many([clip.path for clip in speech[:3]], batch_size=3))
+    assert all(r.text for r in results.values())
+    assert events[:7] == ["bind"] + ["encode", "copy"] * 3, events
+
+
 def test_long_files_decode_their_prompted_windows_together(tiny, speech, monkeypatch):
     """Two files of several windows each: every window after the first is prompted with its own file's
     text so far, and the two files' windows still decode as one batch, each file's text its own run's."""
