@@ -150,6 +150,9 @@ def test_a_short_run_with_peers(tmp_path):
     assert (result["peak_warning"] is None) == all(s is not None for s in shares)
     assert sum(row["ms"] for row in result["profile"]) <= 1.2 * result["encoder_ms_per_window"]["cpu"]
     assert result["batched"]["stacked_ms"] > 0
+    steps = result["decoder_steps"]["step_ms"]
+    assert list(steps) == ["1", "2", "4", "8", "16"] and all(ms > 0 for ms in steps.values())
+    assert steps["16"] > steps["1"]                              # 16 rows read 16 windows' K/V
     peers = result["peers"]
     assert set(peers) == set(PEERS)
     for name in ("faster-whisper-int8", "faster-whisper-fp32", "transformers"):

@@ -111,6 +111,35 @@ def ours_batched(model: str, device: str, repeats: int) -> dict:
             "gain": round(single / stacked - 1, 4)}
 
 
+DECODER_ROWS = (1, 2, 4, 8, 16)   # rows of the decoder-step job's batches
+STEPS = 32                        # timed token steps per batch size and repeat
+
+
+def ours_decoder_steps(model: str, device: str, repeats: int) -> dict:
+    """What batching buys a decoder step (default precision): one token for each of 1, 2, ... 16 rows,
+    each row its own copy of the bench speech's first window, after the start-of-transcript prompt;
+    the median over STEPS steps and `repeats` runs. Each row reads its window's cross-attention K/V
+    at every step, so only the weights' reads are shared."""
+    m = load_model(model, device=device)
+    tr = m.transcriber
+    kv, _ = tr.cross_kv(speech.build(30.0)[0])
+    prompt = np.array([tr.tokenizer.sot_sequence("en", "transcribe")], np.int64)
+    token = np.array([[tr.tokenizer.timestamp_begin]], np.int64)
+    ms = {}
+    for rows in DECODER_ROWS:
+        cross, _ = tr.session.bind_cross_rows([kv] * rows, rows)
+        times = []
+        for _ in range(repeats + 1):                      # the first run warms up
+            cache = tr.session.new_cache(rows)
+            tr.session.step(np.repeat(prompt, rows, 0), cache, cross)
+            for _ in range(STEPS):
+                start = time.perf_counter()
+                tr.session.step(np.repeat(token, rows, 0), cache, cross)
+                times.append(time.perf_counter() - start)
+        ms[str(rows)] = round(statistics.median(times[STEPS:]) * 1e3, 3)
+    return {"decoder_precision": m.decoder_precision, "step_ms": ms}
+
+
 def native_levels(repeats: int) -> dict:
     """On one thread, each copy of the native kernels this CPU runs: one attention head (T = 1500)
     and an fc1-shaped linear (750 x 384 x 1536), beside numpy's BLAS on the same product. A copy
@@ -262,7 +291,8 @@ def onnxruntime_encoder(model: str, repeats: int, threads: int) -> dict:
             "load_s": round(load_s, 2)}
 
 
-JOBS = {f.__name__: f for f in (gemm_peak, native_levels, ours_encoder, ours_batched, ours_e2e, ours_noise,
+JOBS = {f.__name__: f for f in (gemm_peak, native_levels, ours_encoder, ours_batched, ours_decoder_steps, ours_e2e,
+                                ours_noise,
                                 faster_whisper_encoder,
                                 faster_whisper_e2e, transformers_encoder, transformers_e2e, onnxruntime_encoder)}
 

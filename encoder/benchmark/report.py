@@ -164,6 +164,11 @@ def format_report(result: dict) -> str:
     if "gain" in b:
         lines.append(f"\nbatched: two windows stacked through every linear node: {b['stacked_ms']} ms against "
                      f"{b['two_windows_ms']} ms one by one ({100 * b['gain']:+.1f}% throughput)")
+    d = result.get("decoder_steps", {})
+    if "step_ms" in d:
+        lines.append(f"\ndecoder step, {d['decoder_precision']} weights, one token a row: " + ", ".join(
+            f"{rows} row{'s' * (rows != '1')} {ms:.2f} ms ({ms / int(rows):.2f} a row)"
+            for rows, ms in d["step_ms"].items()))
     lines.append(f"\n{'system':26} {'encoder ms':>10} " + " ".join(
         f"{'x RT ' + n:>11} {'WER':>6} {'RSS MB':>7}" for n in result["inputs"]))
     for name, r in systems(result).items():

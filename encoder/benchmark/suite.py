@@ -94,6 +94,8 @@ def bench_ours(args, inputs: dict[str, tuple[str, str]]) -> dict:
     noise = run_job("ours_noise", args.threads, args.backends[0], model=args.model, repeats=args.repeats)
     _say("batched linears (two windows stacked) ...")
     batched = run_job("ours_batched", args.threads, args.backends[0], model=args.model, repeats=args.repeats)
+    _say("decoder steps, 1 to 16 rows ...")
+    steps = run_job("ours_decoder_steps", args.threads, args.backends[0], model=args.model, repeats=args.repeats)
     runs = {p: {} for p in args.decoder_precisions}
     for name, (audio, reference) in inputs.items():
         for precision in args.decoder_precisions:
@@ -104,6 +106,7 @@ def bench_ours(args, inputs: dict[str, tuple[str, str]]) -> dict:
     head, *others = args.decoder_precisions
     figures = _e2e_figures({"encoder_ms_per_window": encoder, "backends": described, "profile": profile,
                             "flops_per_window": flops, "native_levels": levels, "batched": batched, "noise": noise,
+                            "decoder_steps": steps,
                             "decoder_precision": head}, runs[head])
     figures["variants"] = {variant_name(p): _e2e_figures({"decoder_precision": p}, runs[p]) for p in others}
     return figures
