@@ -1,7 +1,8 @@
 """Several transcriptions at once: their windows decoded together.
 
-Each transcription is a generator (a loop of encoder/transcription.py) that encodes its next
-windows itself and yields a DecodeAsk: the windows' cross-attention K/V and the decoding options.
+Each transcription is a generator (a loop of encoder/transcription.py) that yields a DecodeAsk for
+its next windows: each window's cross-attention K/V, or the function that encodes the window when
+its batch binds it, and the decoding options.
 run_together gathers the asks of every transcription, decodes those with the same options but for
 their prompts as one batch of at most `batch_size` rows, each window with its own prompt (Whisper's
 condition_on_previous_text: the file's text so far), and sends each transcription its results. A
