@@ -31,7 +31,8 @@ class DecodeAsk:
     rules: TranscribeOptions           # fallback ladder and thresholds
 
 
-# What a loop is sent back: for each window of its ask, its result and its bound cross-attention inputs.
+# What a loop is sent back: for each window of its ask, its result and its bound cross-attention inputs; or
+# the AmanuensisError that encoding one of its windows raised (thrown into the loop, which it ends).
 Reply = list[tuple[DecodingResult, list]]
 Loop = Generator[DecodeAsk, Reply, object]
 
@@ -44,7 +45,7 @@ def run_together(decoder: WindowDecoder, session: DecoderSession, loops: Iterabl
     source = enumerate(loops)
     running: dict[int, Loop] = {}
     asks: dict[int, DecodeAsk] = {}
-    todo: list[tuple[int, Reply | None]] = []          # loops to advance, with what they are sent
+    todo: list[tuple[int, Reply | AmanuensisError | None]] = []  # loops to advance, with what they are sent
 
     def start_more():
         for i, loop in itertools.islice(source, max((active or batch_size) - len(running), 0)):
@@ -56,7 +57,8 @@ def run_together(decoder: WindowDecoder, session: DecoderSession, loops: Iterabl
         while todo:                                 # advance every loop that has its answer
             i, reply = todo.pop(0)
             try:
-                asks[i] = running[i].send(reply)
+                loop = running[i]
+                asks[i] = loop.throw(reply) if isinstance(reply, AmanuensisError) else loop.send(reply)
                 continue
             except StopIteration as done:
                 result = done.value
@@ -71,7 +73,7 @@ def run_together(decoder: WindowDecoder, session: DecoderSession, loops: Iterabl
 
 
 def _answer(decoder: WindowDecoder, session: DecoderSession, asks: dict[int, DecodeAsk],
-            batch_size: int) -> dict[int, Reply]:
+            batch_size: int) -> dict[int, Reply | AmanuensisError]:
     """Decode every ask, those with the same options together in batches of at most batch_size rows;
     empties `asks`. (A function of its own, so that nothing of a batch outlives its answers: a row's
     cross-attention inputs are views of the whole batch's buffers.)"""
@@ -91,20 +93,33 @@ def _answer(decoder: WindowDecoder, session: DecoderSession, asks: dict[int, Dec
             answers = _decode(decoder, session, part, options, rules, prompts[first:first + batch_size])
             for i, answer in zip(owners[first:first + batch_size], answers):
                 replies.setdefault(i, []).append(answer)
-    return replies
+    return {i: next((a for a in reply if isinstance(a, AmanuensisError)), reply) for i, reply in replies.items()}
 
 
 def _decode(decoder: WindowDecoder, session: DecoderSession, kv: list, options: DecodingOptions,
-            rules: TranscribeOptions, prompts: list[tuple[int, ...]]) -> Reply:
+            rules: TranscribeOptions, prompts: list[tuple[int, ...]]) -> list:
     """Decode the windows `kv`, each with its prompt (kv is emptied as windows are bound, so each encoder
-    output is freed once copied)."""
-    n = len(kv)
+    output is freed once copied). A window whose encoding raises an AmanuensisError is answered with it
+    (its row decodes zeros, so the batch keeps its shape): the other windows' loops go on."""
+    n, failed = len(kv), {}
+    windows = (_computed(kv.pop(0), session, failed, j) for j in range(n))
     if n == 1:
-        cross = session.bind_cross(_computed(kv.pop()))
-        return [(decoder.decode_with_fallback(cross, replace(options, prompt=prompts[0]), rules), cross)]
-    cross, rows = session.bind_cross_rows((_computed(kv.pop(0)) for _ in range(n)), n)
-    return list(zip(decode_batch(decoder, cross, options, rules, prompts), rows))
+        cross = session.bind_cross(next(windows))
+        answers = [(decoder.decode_with_fallback(cross, replace(options, prompt=prompts[0]), rules), cross)]
+    else:
+        cross, rows = session.bind_cross_rows(windows, n)
+        answers = list(zip(decode_batch(decoder, cross, options, rules, prompts), rows))
+    return [failed.get(j, answer) for j, answer in enumerate(answers)]
 
 
-def _computed(window) -> list[np.ndarray]:
-    return window() if callable(window) else window
+def _computed(window, session: DecoderSession, failed: dict, j: int) -> list[np.ndarray]:
+    """Window j's cross-attention [K | V] per decoder layer, encoding it if it is a function; zeros
+    if that raises (the error kept in `failed`)."""
+    if not callable(window):
+        return window
+    try:
+        return window()
+    except AmanuensisError as e:
+        failed[j] = e
+        d = session.dims
+        return [np.zeros((d.n_audio_ctx, 2 * d.n_text_state), np.float32) for _ in range(d.n_text_layer)]

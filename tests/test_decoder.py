@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from decoder.options import DecodingOptions  # noqa: E402
+from decoder.options import DecodingOptions, TranscribeOptions  # noqa: E402
 from encoder.audio import load_audio  # noqa: E402
 
 
@@ -125,6 +125,13 @@ def test_multilingual_prompt_and_language_detection_match_transformers(tmp_path)
         assert finite.sum() > 50000 and np.abs(first[finite] - scores[finite]).max() <= 1e-3, task
         ref = [t for t in out.sequences[0].tolist() if t < 50256]
         assert tr.decoder.decode(cross, options).tokens[:len(ref)] == ref, task
+    # no language given: each file's first window is encoded at once and the language detected from
+    # it, the rest as their batch binds them (with and without VAD chunks)
+    short = TranscribeOptions(decoding=DecodingOptions(sample_len=8), temperatures=(0.0,))
+    for vad in (False, True):
+        results = dict(model.transcribe_many([samples, samples], short, batch_size=2, vad=vad))
+        assert [r.language for r in results.values()] == [results[0].language] * 2, vad
+        assert results[0].language in tr.tokenizer.language_tokens and (vad or results[0].language == language)
     # the bad-input matrix row "unknown language on a multilingual model", through the CLI
     import subprocess
     import sys

@@ -313,6 +313,27 @@ def test_a_batch_encodes_each_window_as_it_binds_it(tiny, speech, monkeypatch):
     assert events[:7] == ["bind"] + ["encode", "copy"] * 3, events
 
 
+def test_a_window_that_fails_to_encode_ends_its_own_file_only(tiny, speech, monkeypatch):
+    """Windows are encoded as their batch binds them; one whose encoding raises ends its own file's
+    transcription with that error, and the other files of the batch are transcribed."""
+    tr, calls = tiny.transcriber, []
+    real_kv = tr.cross_kv
+
+    def cross_kv(samples):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise AmanuensisError("node conv1: failed on purpose")
+        return real_kv(samples)
+
+    monkeypatch.setattr(tr, "cross_kv", cross_kv)
+    results = dict(tiny.transcribe_many([clip.path for clip in speech[:3]], batch_size=3))
+    assert isinstance(results[1], AmanuensisError) and "failed on purpose" in str(results[1])
+    monkeypatch.undo()
+    for i in (0, 2):
+        own = tiny.transcribe(speech[i].path).text
+        assert score(own, results[i].text).wer <= 0.1, (own, results[i].text)   # up to batched rounding
+
+
 def test_long_files_decode_their_prompted_windows_together(tiny, speech, monkeypatch):
     """Two files of several windows each: every window after the first is prompted with its own file's
     text so far, and the two files' windows still decode as one batch, each file's text its own run's."""

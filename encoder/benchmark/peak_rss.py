@@ -6,22 +6,37 @@ RUSAGE_SELF (measured on kernel 6.18), so neither says what the child used. Two 
 - VmHWM, the high-water mark of the process's own address space, which starts afresh at exec
   (`own_mb`, read by a process about itself);
 - wait4's figure for a command spawned by a small launcher (`launched`), which starts it from the
-  launcher's own ~10 MB, not the parent's; the launcher writes that figure to a file (`read_mb`).
+  launcher's own ~10 MB, not the parent's; the launcher writes that figure to a file with the
+  command's wall time, its own start-up (~20 ms) left out (`read`).
 """
 from __future__ import annotations
 
+import json
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-# argv: report path, then the command; exits with the command's status (or 128 + its signal)
-_LAUNCHER = """import os, subprocess, sys
+# argv: report path, then the command. SIGTERM and SIGINT are passed on to the command, so that it
+# does not outlive the launcher; exits with the command's status (or 128 + its signal).
+_LAUNCHER = """import json, os, signal, subprocess, sys, time
+start = time.perf_counter()
 proc = subprocess.Popen(sys.argv[2:])
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda number, frame: proc.send_signal(number))
 _, status, usage = os.wait4(proc.pid, 0)
-open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+wall = time.perf_counter() - start
+with open(sys.argv[1], "w") as report:
+    json.dump({"peak_rss_kib": usage.ru_maxrss, "wall_s": wall}, report)
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """
+
+
+@dataclass(frozen=True)
+class Usage:
+    peak_rss_mb: float
+    wall_s: float
 
 
 def own_mb() -> float:
@@ -35,10 +50,11 @@ def own_mb() -> float:
 
 
 def launched(argv: list[str], report: Path) -> list[str]:
-    """`argv` run under the launcher, which writes the command's peak RSS (KiB) to `report`."""
+    """`argv` run under the launcher, which writes the command's Usage to `report`."""
     return [sys.executable, "-S", "-c", _LAUNCHER, str(report), *argv]
 
 
-def read_mb(report: Path) -> float:
-    """The peak RSS in MB that the launcher wrote to `report`."""
-    return int(report.read_text()) / 1024
+def read(report: Path) -> Usage:
+    """The command's peak RSS and wall time, as the launcher wrote them to `report`."""
+    figures = json.loads(report.read_text())
+    return Usage(figures["peak_rss_kib"] / 1024, figures["wall_s"])

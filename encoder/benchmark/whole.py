@@ -16,7 +16,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,14 +119,13 @@ def run_once(system: System, files: list[str], out: Path, env: dict) -> Run:
     """One whole process of `system` on `files`: its wall time, its own peak RSS and its text."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "stdout", "w+") as stdout, open(out / "stderr", "w+") as stderr:
-        start = time.perf_counter()
-        code = subprocess.call(peak_rss.launched(system.argv(files, out), out / "peak-rss"), stdout=stdout,
+        code = subprocess.call(peak_rss.launched(system.argv(files, out), out / "usage.json"), stdout=stdout,
                                stderr=stderr, env=env)
-        wall = time.perf_counter() - start      # the launcher's start-up (~20 ms) included, for every system
         stdout.seek(0), stderr.seek(0)
         if code != 0:
             raise RuntimeError(f"{system.name}: exit status {code}: {stderr.read().strip()[-300:]}")
-        return Run(wall, peak_rss.read_mb(out / "peak-rss"), system.texts(files, out, stdout.read()))
+        usage = peak_rss.read(out / "usage.json")
+        return Run(usage.wall_s, usage.peak_rss_mb, system.texts(files, out, stdout.read()))
 
 
 def measure(systems_: list[System], inputs: dict[str, tuple[list[str], str]], repeats: int, threads: int,
