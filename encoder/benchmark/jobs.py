@@ -19,6 +19,7 @@ import numpy as np
 import soundfile
 from threadpoolctl import threadpool_limits
 
+from decoder.options import DecodingOptions
 from decoder.tokenizer import WhisperTokenizer
 from encoder.audio import load_audio
 from encoder.benchmark import peak_rss, speech
@@ -123,18 +124,18 @@ def ours_decoder_steps(model: str, device: str, repeats: int) -> dict:
     m = load_model(model, device=device)
     tr = m.transcriber
     kv, _ = tr.cross_kv(speech.build(30.0)[0])
-    prompt = np.array([tr.tokenizer.sot_sequence("en", "transcribe")], np.int64)
-    token = np.array([[tr.tokenizer.timestamp_begin]], np.int64)
+    prompt = np.array([tr.decoder.initial_tokens(DecodingOptions(language="en"))[0]], np.int64)
     ms = {}
     for rows in DECODER_ROWS:
         cross, _ = tr.session.bind_cross_rows([kv] * rows, rows)
+        prompts, tokens = np.repeat(prompt, rows, 0), np.full((rows, 1), tr.tokenizer.timestamp_begin, np.int64)
         times = []
         for _ in range(repeats + 1):                      # the first run warms up
             cache = tr.session.new_cache(rows)
-            tr.session.step(np.repeat(prompt, rows, 0), cache, cross)
+            tr.session.step(prompts, cache, cross)
             for _ in range(STEPS):
                 start = time.perf_counter()
-                tr.session.step(np.repeat(token, rows, 0), cache, cross)
+                tr.session.step(tokens, cache, cross)
                 times.append(time.perf_counter() - start)
         ms[str(rows)] = round(statistics.median(times[STEPS:]) * 1e3, 3)
     return {"decoder_precision": m.decoder_precision, "step_ms": ms}
