@@ -7,8 +7,9 @@ import os
 
 from setuptools import Extension, setup
 
-# cpu_kernels.h once per x86-64 level (each isa_*.c sets its target), and the level check
-SOURCES = [f"kernels/native/{name}.c" for name in ("isa_v4", "isa_v3", "isa_base", "dispatch")]
+# cpu_kernels.h once per x86-64 level (each isa_*.c sets its target), the level check, and the AMX
+# product of the cpu-bf16 backend (isa_amx.c: built by GCC 11 and later, a stub that says no elsewhere)
+SOURCES = [f"kernels/native/{name}.c" for name in ("isa_v4", "isa_v3", "isa_base", "dispatch", "isa_amx")]
 
 setup(ext_modules=[Extension("kernels.native._cpu_kernels", SOURCES, depends=["kernels/native/cpu_kernels.h"],
                              extra_compile_args=["-O3", "-Wno-psabi"], optional=True,

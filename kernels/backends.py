@@ -1,8 +1,9 @@
 """The backends by name, and the choice `--device auto` makes.
 
-`cpu` is fp32 (native kernels, or numpy kernels on BLAS), `emu` the NPU kernels' bf16
-numerics emulated on the CPU, `npu` the NPU through pyxrt: an error that says why when no
-NPU or no working kernel is present, never a silent CPU run.
+`cpu` is fp32 (native kernels, or numpy kernels on BLAS), `cpu-bf16` the same with its matrix
+products in bf16 on AMX tiles (an error that says why where AMX is not usable), `emu` the NPU
+kernels' bf16 numerics emulated on the CPU, `npu` the NPU through pyxrt: an error that says why
+when no NPU or no working kernel is present, never a silent CPU run.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from kernels.emu import EmuBackend
 from kernels.errors import AmanuensisError, BadOption
 from kernels.npu import open_npu
 
-BACKENDS = ("cpu", "emu", "npu")
+BACKENDS = ("cpu", "cpu-bf16", "emu", "npu")
 DEVICES = ("auto",) + BACKENDS
 _instances: dict = {}
 
@@ -26,6 +27,11 @@ def get_backend(name: str):
                 _instances[name] = open_npu(fallback=get_backend("cpu"))
             except AmanuensisError as e:
                 raise AmanuensisError(f"device npu: {e}") from None
+        elif name == "cpu-bf16":
+            try:
+                _instances[name] = CpuBackend(bf16=True)
+            except AmanuensisError as e:
+                raise AmanuensisError(f"device cpu-bf16: {e}") from None
         else:
             _instances[name] = CpuBackend() if name == "cpu" else EmuBackend()
     return _instances[name]

@@ -24,12 +24,14 @@ import soundfile
 
 from encoder.benchmark import peak_rss, speech
 from encoder.evaluation import score
+from kernels import native
 
 VARIED = "varied 5 min"
 SHORT = "short clip"
 FILES = "12 files"
 CLIPS = "real clips"
 OURS, OURS_VAD, OURS_SEQUENTIAL = "amanuensis", "amanuensis --vad True", "amanuensis --batch-size 1"
+OURS_BF16, OURS_VAD_BF16 = "amanuensis --device cpu-bf16", "amanuensis --vad True --device cpu-bf16"
 FW, FW_BATCHED = "faster-whisper int8", "faster-whisper int8 batched {}"
 FW_BATCHES = (8, 16)
 
@@ -85,10 +87,14 @@ def _faster_whisper(model_dir: str, threads: int, batch: int) -> System:
 
 
 def systems(model: str, model_dir: str | None, threads: int) -> list[System]:
-    """Ours on `model` (default options, --vad, and on the real clips --batch-size 1), and faster-whisper
-    plain and batched where it is installed and the model is a CTranslate2 directory (`model_dir`, else None)."""
+    """Ours on `model` (default options, --vad, and on the real clips --batch-size 1; where AMX is usable,
+    the first two with --device cpu-bf16 on the varied speech and the clips), and faster-whisper plain and
+    batched where it is installed and the model is a CTranslate2 directory (`model_dir`, else None)."""
     ours = [_ours(model), _ours(model, OURS_VAD, ("--vad", "True")),
             _ours(model, OURS_SEQUENTIAL, ("--batch-size", "1"), frozenset({CLIPS}))]
+    if native.AMX is not None:
+        ours += [_ours(model, OURS_BF16, ("--device", "cpu-bf16"), frozenset({VARIED, CLIPS})),
+                 _ours(model, OURS_VAD_BF16, ("--vad", "True", "--device", "cpu-bf16"), frozenset({VARIED, CLIPS}))]
     if model_dir is None or importlib.util.find_spec("faster_whisper") is None:
         return ours
     return ours + [_faster_whisper(model_dir, threads, b) for b in (0, *FW_BATCHES)]

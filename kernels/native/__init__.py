@@ -78,6 +78,32 @@ def bind(path: Path, level: int | None = None) -> Kernels:
 LIBRARY, UNAVAILABLE = _load()
 
 
+class Amx:
+    """The bf16 matrix product on AMX tiles (isa_amx.c) of a build."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.linear_bf16 = lib.linear_bf16
+        self.linear_bf16.argtypes = [_P, _L, _P, _L, _L, _L, _P, _P, _P, _L, _P, _L, _L]
+        self.linear_bf16.restype = ctypes.c_int
+
+
+def _load_amx() -> tuple[Amx | None, str | None]:
+    if LIBRARY is None:
+        return None, f"native kernels {UNAVAILABLE}"
+    try:
+        lib = ctypes.CDLL(str(_library_path()))
+        usable = lib.amx_usable()
+    except (OSError, AttributeError) as e:      # AttributeError: a build from before isa_amx.c
+        return None, f"not in this build of the native kernels ({e}); reinstall to rebuild them"
+    if not usable:
+        return None, ("this CPU lacks AMX-BF16 (Intel Xeon 4th generation and later have it), or Linux "
+                      "did not grant the tile state (5.16 and later do), or the kernels were built without it")
+    return Amx(lib), None
+
+
+AMX, AMX_UNAVAILABLE = _load_amx()
+
+
 def isa() -> str:
     """The instruction set of the copy in use, e.g. 'x86-64-v4 (AVX-512)'."""
     return LEVELS[LIBRARY.level][1]
@@ -173,3 +199,42 @@ def attention_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, ou
 def gelu_coefficients(p: tuple) -> np.ndarray:
     """The native GELU's form of its fit P (erf(x/√2) = tanh(x·P(x²))): −2·P, in fp32."""
     return np.array([-2.0 * c for c in p], np.float32)
+
+
+BF16_DEPTH = 32  # inputs per AMX tile product: linear_bf16's K is padded to a multiple of it
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """x's values rounded to bf16 (nearest, ties to even), as uint16 bit patterns (NaN stays NaN)."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
+
+
+def pack_bf16(w: np.ndarray) -> np.ndarray:
+    """W (K, N) rounded to bf16 in linear_bf16's layout: (N / 16, K_pad / 2, 16, 2) uint16, column block
+    j's consecutive pairs of inputs, K_pad = K rounded up to BF16_DEPTH, the rows past K zero."""
+    k, n = w.shape
+    assert n % 32 == 0, f"linear_bf16 needs a multiple of 32 columns, not {n}"
+    k_pad = -(-k // BF16_DEPTH) * BF16_DEPTH
+    bits = np.zeros((k_pad, n), np.uint16)
+    bits[:k] = to_bf16_bits(w)
+    return np.ascontiguousarray(bits.reshape(k_pad // 2, 2, n // 16, 16).transpose(2, 0, 3, 1))
+
+
+def linear_bf16(a: np.ndarray, packed: np.ndarray, k: int, b: np.ndarray, out: np.ndarray,
+                gelu_coeffs: np.ndarray | None = None, residual: np.ndarray | None = None) -> None:
+    """out ← act(bf16(a) · W + b) (+ residual) on AMX tiles, W as pack_bf16 lays it out (K = k); act =
+    GELU when gelu_coeffs is given. a (rows, k), its rows may overlap; out and residual (rows, N)."""
+    rows = a.shape[0]
+    n, k_pad = packed.shape[0] * 16, packed.shape[1] * 2
+    assert a.shape[1] == k and packed.dtype == np.uint16 and out.shape == (rows, n) and b.shape == (n,)
+    assert residual is None or residual.shape == out.shape
+    res, ld_res = (None, 0) if residual is None else (_ptr(residual), _ld(residual))
+    coeffs = None if gelu_coeffs is None else _ptr(gelu_coeffs)
+    status = AMX.linear_bf16(_ptr(a), _ld(a), packed.ctypes.data, k, k_pad, n, _ptr(b), coeffs, res, ld_res,
+                             _ptr(out), _ld(out), rows)
+    if status == -1:
+        raise MemoryError("native linear_bf16: no memory for its scratch rows")
+    if status:
+        raise RuntimeError("native linear_bf16: AMX tiles are not usable in this process")

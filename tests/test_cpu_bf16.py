@@ -1,0 +1,133 @@
+"""The `cpu-bf16` backend: bf16 matrix products on AMX tiles, checked against the reference on the
+same bf16-rounded inputs; its accuracy on speech; and a clear error where AMX is not usable."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import native, reference
+from kernels.errors import AmanuensisError
+
+needs_amx = pytest.mark.skipif(native.AMX is None, reason=f"AMX bf16 products: {native.AMX_UNAVAILABLE}")
+
+
+def bf16(x: np.ndarray) -> np.ndarray:
+    """x rounded to bf16, as fp32 values."""
+    return (native.to_bf16_bits(x).astype(np.uint32) << 16).view(np.float32)
+
+
+def test_bf16_rounding_is_nearest_ties_to_even():
+    from ml_dtypes import bfloat16
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(10000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 10000),
+                        np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, 1e-40, -1e-45], np.float32),
+                        # exact ties: bf16 keeps 8 significant bits, so 1 + 2^-8 lies halfway between two
+                        np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8)], np.float32)])
+    ours = native.to_bf16_bits(x)
+    assert np.array_equal(ours, x.astype(bfloat16).view(np.uint16))
+    assert native.to_bf16_bits(np.array([np.nan], np.float32))[0] & 0x7FFF > 0x7F80   # still a NaN
+
+
+@needs_amx
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 100), k=st.integers(1, 400), n=st.integers(1, 8).map(lambda m: 32 * m),
+       gelu=st.booleans(), residual=st.booleans(), seed=st.integers(0, 2**16))
+def test_linear_bf16_is_the_reference_on_bf16_inputs(rows, k, n, gelu, residual, seed):
+    """act(bf16(x) · bf16(W) + b) (+ r) with fp32 sums: within fp32 summation error of the float64
+    reference on the same rounded inputs, for any rows (partial 32-row passes), any K (padded to 32)."""
+    from kernels.cpu import _GELU_NATIVE
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, k), dtype=np.float32)
+    w = (rng.standard_normal((k, n)) / math.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    r = rng.standard_normal((rows, n), dtype=np.float32) if residual else None
+    out = native.empty_aligned((rows, n))
+    native.linear_bf16(x, native.pack_bf16(w), k, b, out, _GELU_NATIVE if gelu else None, r)
+    ref = reference.linear(bf16(x), bf16(w), b, gelu=gelu, residual=r)
+    assert np.abs(out - ref).max() <= 1e-5 * (1 + np.abs(ref).max())
+
+
+@needs_amx
+def test_convolutions_read_overlapping_rows_in_place():
+    """The stem's convolutions hand the AMX product overlapping patch rows (no im2col copy)."""
+    from kernels.backends import get_backend
+
+    be = get_backend("cpu-bf16")
+    rng = np.random.default_rng(1)
+    x, w, b = (rng.standard_normal((101, 80), dtype=np.float32), rng.standard_normal((240, 64), dtype=np.float32) / 16,
+               rng.standard_normal(64, dtype=np.float32))
+    for stride in (1, 2):
+        with be.session():
+            ours = be.conv1d_k3(x, be.prepare_weight("conv1d_k3", w), b, stride=stride)
+        ref = reference.conv1d_k3(bf16(x), bf16(w), b, stride=stride)
+        assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1e-5 * (1 + np.abs(ref).max())
+
+
+@needs_amx
+def test_it_names_itself_and_its_numerics():
+    from kernels.backends import get_backend
+
+    be = get_backend("cpu-bf16")
+    assert be.name == "cpu-bf16" and "bf16 on AMX tiles" in be.describe() and "fp32" in be.describe()
+    with pytest.raises(AmanuensisError, match="multiple of 32"):
+        be.prepare_weight("linear", np.ones((64, 48), np.float32))
+
+
+def test_without_amx_asking_for_it_is_an_error(monkeypatch):
+    from kernels import backends
+
+    monkeypatch.setattr(native, "AMX", None)
+    monkeypatch.setattr(native, "AMX_UNAVAILABLE", "this CPU lacks AMX-BF16 (a test says so)")
+    monkeypatch.setattr(backends, "_instances", {})
+    with pytest.raises(AmanuensisError, match="device cpu-bf16: bf16 matrix products on AMX: this CPU lacks"):
+        backends.get_backend("cpu-bf16")
+
+
+def test_the_cli_refuses_it_in_one_line_when_it_cannot_run(tmp_path):
+    """With the native kernels switched off there are no AMX products either: exit 2, one line."""
+    env = {**os.environ, "AMANUENSIS_CPU_NATIVE": "0"}
+    r = subprocess.run([sys.executable, "-m", "encoder.transcribe", "tests/data/hello.wav", "--device", "cpu-bf16",
+                        "-o", str(tmp_path)], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "device cpu-bf16" in r.stderr and "AMANUENSIS_CPU_NATIVE" in r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@needs_amx
+@pytest.mark.slow
+def test_encoder_parity_and_transcripts_on_real_speech(tiny, tiny_torch, speech):
+    """Every layer within the bf16 bound of PyTorch fp32 (as emu), and the 18 clips' word error
+    rate within half a point of the fp32 cpu backend's (measured equal, 4.9%)."""
+    from encoder.audio import load_audio
+    from encoder.evaluation import score
+    from encoder.layer_parity import MIN_COSINE_BF16, compare
+    from encoder.model import WhisperModel
+
+    model = WhisperModel(tiny.converted, "cpu-bf16", decoder_precision="fp32")
+    for clip in speech[:4]:
+        rows = compare(model, load_audio(clip.path), tiny_torch)
+        assert all(not r.fp32 and r.ok and r.diff.cosine >= MIN_COSINE_BF16 for r in rows), (clip.file, rows)
+    errors, words = [0, 0], 0
+    for clip in speech:
+        for i, m in enumerate((model, tiny)):
+            s = score(clip.text, m.transcribe(clip.path).text)
+            errors[i] += s.errors
+        words += s.words
+    assert errors[0] <= errors[1] + 0.005 * words, (errors, words)
+
+
+@needs_amx
+def test_a_transcription_reports_it_for_every_node(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "encoder.transcribe", "tests/data/hello.wav", "--device", "cpu-bf16",
+                        "-o", str(tmp_path), "-f", "json", "--verbose", "False"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "hello.json").read_text())
+    assert set(sum(result["provenance"]["encoder_nodes"].values(), [])) == {"cpu-bf16"}
