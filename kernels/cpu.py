@@ -321,7 +321,14 @@ class CpuBackend(Backend):
         spans = _blocks(t, self.threads // math.gcd(n_head, self.threads), min_rows=1)
         tasks = [(h, rows) for h in range(n_head) for rows in spans]
         columns = [[slice(i * d_model + h * d, i * d_model + (h + 1) * d) for i in range(3)] for h in range(n_head)]
-        if self.native and d == native.HEAD:
+        if self.bf16 and d == native.HEAD:
+            def amx_span(task):
+                h, rows = task
+                q, k, v = columns[h]
+                native.attention_bf16(qkv[rows, q], qkv[:, k], qkv[:, v], 1.0 / math.sqrt(d), out[rows, q])
+
+            self._run(amx_span, tasks)
+        elif self.native and d == native.HEAD:
             def span(task):
                 h, rows = task
                 q, k, v = columns[h]

@@ -85,6 +85,9 @@ class Amx:
         self.linear_bf16 = lib.linear_bf16
         self.linear_bf16.argtypes = [_P, _L, _P, _L, _L, _L, _P, _P, _P, _L, _P, _L, _L]
         self.linear_bf16.restype = ctypes.c_int
+        self.attention_bf16 = lib.attention_bf16
+        self.attention_bf16.argtypes = [_P, _P, _P, _L, _F, _L, _P, _L, _L]
+        self.attention_bf16.restype = ctypes.c_int
 
 
 def _load_amx() -> tuple[Amx | None, str | None]:
@@ -238,3 +241,18 @@ def linear_bf16(a: np.ndarray, packed: np.ndarray, k: int, b: np.ndarray, out: n
         raise MemoryError("native linear_bf16: no memory for its scratch rows")
     if status:
         raise RuntimeError("native linear_bf16: AMX tiles are not usable in this process")
+
+
+def attention_bf16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, out: np.ndarray) -> None:
+    """out ← softmax(bf16(q) · bf16(k · scale)ᵀ) · bf16(v) for a span of one head's query rows, on AMX
+    tiles: bf16 products, fp32 scores and sums, the probabilities rounded to bf16 for the product (and
+    their sums taken of what is rounded). q (rows, 64), k and v (t, 64): column slices of one QKV
+    matrix (one row stride); out (rows, 64)."""
+    t = k.shape[0]
+    assert q.shape[1] == k.shape[1] == v.shape[1] == HEAD and v.shape[0] == t and q.shape == out.shape
+    assert q.strides == k.strides == v.strides
+    status = AMX.attention_bf16(_ptr(q), _ptr(k), _ptr(v), _ld(q), scale, t, _ptr(out), _ld(out), q.shape[0])
+    if status == -1:
+        raise MemoryError("native attention_bf16: no memory for its scratch")
+    if status:
+        raise RuntimeError("native attention_bf16: AMX tiles are not usable in this process")

@@ -112,6 +112,127 @@ int linear_bf16(const float *a, long lda, const uint16_t *w, long k, long k_pad,
     return 0;
 }
 
+
+/* max_j<t p[j], in 16 lanes (one running maximum is a chain of dependent instructions: it took
+ * two thirds of this attention's time). */
+INLINE float row_max(const float *p, long t) {
+    float lanes[16], max = -__builtin_inff();
+    for (int l = 0; l < 16; l++) lanes[l] = -__builtin_inff();
+    long j;
+    for (j = 0; j + 16 <= t; j += 16)
+        for (int l = 0; l < 16; l++) lanes[l] = pick(p[j + l] > lanes[l], p[j + l], lanes[l]);
+    for (; j < t; j++) max = pick(p[j] > max, p[j], max);
+    for (int l = 0; l < 16; l++) max = pick(lanes[l] > max, lanes[l], max);
+    return max;
+}
+
+/* K (t x 64) times scale as the B operand of Q · Kᵀ: kp[j / 16][d / 2][j % 16][d % 2] = bf16(k[j][d] · scale),
+ * zero for t <= j < t_pad; V (t x 64) as the B operand of P · V: vp[c / 16][j / 2][c % 16][j % 2] = bf16(v[j][c]). */
+INLINE void pack_head_bf16(const float *k, const float *v, long ld, float scale, long t, long t_pad, uint16_t *kp,
+                           uint16_t *vp) {
+    float row[64] __attribute__((aligned(64)));
+    uint16_t bits[64] __attribute__((aligned(64)));
+    memset(kp, 0, (size_t)t_pad * 64 * sizeof(uint16_t));
+    memset(vp, 0, (size_t)t_pad * 64 * sizeof(uint16_t));
+    for (long j = 0; j < t; j++) {
+        for (int d = 0; d < 64; d++) row[d] = k[j * ld + d] * scale;
+        row_to_bf16(row, 64, 64, bits);
+        uint16_t *kb = kp + (j / 16) * 64 * 16 + (j % 16) * 2;
+        for (int d = 0; d < 64; d++) kb[(d / 2) * 32 + d % 2] = bits[d];
+        row_to_bf16(v + j * ld, 64, 64, bits);
+        uint16_t *vb = vp + (j / 2) * 32 + j % 2;
+        for (int c = 0; c < 64; c++) vb[(c / 16) * t_pad * 16 + (c % 16) * 2] = bits[c];
+    }
+}
+
+/* out[i, :] = Σ_j P[i, j] · bf16(v[j, :]) / Σ_j P[i, j], P[i, j] = bf16(e^(s_ij − max_j s_ij)),
+ * s_ij = bf16(q[i, :]) · bf16(k[j, :] · scale), for the query rows i < rows of one head of 64: the
+ * NPU kernels' numerics for attention (bf16 products, fp32 sums; the row sums add the bf16 P the
+ * products use). q, k, v: (rows or t, 64) with row stride ld (columns of one QKV matrix); out: (rows,
+ * 64), stride ld_out. Passes of 32 query rows: their scores (32 x t) in fp32, then P in bf16.
+ * Returns 0, -1 when its scratch cannot be allocated, -2 when the tiles are not usable. */
+int attention_bf16(const float *q, const float *k, const float *v, long ld, float scale, long t, float *out,
+                   long ld_out, long rows) {
+    if (!amx_usable()) return -2;
+    long t_pad = (t + 31) / 32 * 32;
+    size_t halves = (size_t)t_pad * 64 * 2 + (size_t)AM * t_pad + AM * 64, floats = (size_t)AM * t_pad + AM * 64;
+    uint16_t *kp = aligned_alloc(64, (halves * sizeof(uint16_t) + floats * sizeof(float) + 63) / 64 * 64);
+    if (!kp) return -1;
+    uint16_t *vp = kp + t_pad * 64, *p16 = vp + t_pad * 64, *q16 = p16 + AM * t_pad;
+    float *s = (float *)(q16 + AM * 64), *o = s + AM * t_pad;
+    pack_head_bf16(k, v, ld, scale, t, t_pad, kp, vp);
+    TileConfig cfg = {0};
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) cfg.rows[i] = 16, cfg.colsb[i] = 64;
+    _tile_loadconfig(&cfg);
+    for (long r0 = 0; r0 < rows; r0 += AM) {
+        long mr = rows - r0 < AM ? rows - r0 : AM;
+        for (long r = 0; r < AM; r++)
+            row_to_bf16(q + (r0 + (r < mr ? r : 0)) * ld, r < mr ? 64 : 0, 64, q16 + r * 64);
+        for (long j0 = 0; j0 < t_pad; j0 += 32) {             /* scores: 32 rows x 32 keys a pass */
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int d0 = 0; d0 < 64; d0 += 32) {
+                _tile_loadd(4, q16 + d0, 64 * sizeof(uint16_t));
+                _tile_loadd(5, q16 + 16 * 64 + d0, 64 * sizeof(uint16_t));
+                _tile_loadd(6, kp + (j0 / 16) * 64 * 16 + d0 * 16, 64);
+                _tile_loadd(7, kp + (j0 / 16 + 1) * 64 * 16 + d0 * 16, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, s + j0, t_pad * sizeof(float));
+            _tile_stored(1, s + j0 + 16, t_pad * sizeof(float));
+            _tile_stored(2, s + 16 * t_pad + j0, t_pad * sizeof(float));
+            _tile_stored(3, s + 16 * t_pad + j0 + 16, t_pad * sizeof(float));
+        }
+        float sums[AM];
+        for (long r = 0; r < AM; r++) {                       /* P in bf16, and the sums of what it holds */
+            float *sr = s + r * t_pad, max = row_max(sr, t);
+            for (long j = 0; j < t; j++) sr[j] -= max;
+            exp_row(sr, t, t_pad);
+            row_to_bf16(sr, t_pad, t_pad, p16 + r * t_pad);
+            __m512 acc = _mm512_setzero_ps();
+            for (long j = 0; j < t_pad; j += 16) {
+                __m256i h = _mm256_loadu_si256((const __m256i *)(p16 + r * t_pad + j));
+                acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+            }
+            sums[r] = _mm512_reduce_add_ps(acc);
+        }
+        for (int c0 = 0; c0 < 64; c0 += 32) {                 /* P · V: 32 rows x 32 of the 64 outputs a pass */
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            const uint16_t *v0 = vp + (c0 / 16) * t_pad * 16, *v1 = v0 + t_pad * 16;
+            for (long j0 = 0; j0 < t_pad; j0 += 32) {
+                _tile_loadd(4, p16 + j0, t_pad * sizeof(uint16_t));
+                _tile_loadd(5, p16 + 16 * t_pad + j0, t_pad * sizeof(uint16_t));
+                _tile_loadd(6, v0 + j0 * 16, 64);
+                _tile_loadd(7, v1 + j0 * 16, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, o + c0, 64 * sizeof(float));
+            _tile_stored(1, o + c0 + 16, 64 * sizeof(float));
+            _tile_stored(2, o + 16 * 64 + c0, 64 * sizeof(float));
+            _tile_stored(3, o + 16 * 64 + c0 + 16, 64 * sizeof(float));
+        }
+        for (long r = 0; r < mr; r++) {
+            float inv = 1.0f / sums[r];
+            for (int c = 0; c < 64; c++) out[(r0 + r) * ld_out + c] = o[r * 64 + c] * inv;
+        }
+    }
+    _tile_release();
+    free(kp);
+    return 0;
+}
+
 #else
 
 int amx_usable(void) { return 0; }
@@ -120,6 +241,12 @@ int linear_bf16(const float *a, long lda, const uint16_t *w, long k, long k_pad,
                 const float *coeffs, const float *res, long ld_res, float *c, long ldc, long rows) {
     (void)a, (void)lda, (void)w, (void)k, (void)k_pad, (void)n, (void)bias, (void)coeffs, (void)res;
     (void)ld_res, (void)c, (void)ldc, (void)rows;
+    return -2;
+}
+
+int attention_bf16(const float *q, const float *k, const float *v, long ld, float scale, long t, float *out,
+                   long ld_out, long rows) {
+    (void)q, (void)k, (void)v, (void)ld, (void)scale, (void)t, (void)out, (void)ld_out, (void)rows;
     return -2;
 }
 
