@@ -13,10 +13,11 @@ weights packed once per graph), used when they are built, and the numpy kernels 
 numpy's BLAS below, which are their fallback. The description names the variant in
 use, so the fallback is never silent.
 
-`cpu-bf16` runs the linear layers and convolutions as the NPU kernels compute a product: inputs
-and weights rounded to bf16, sums in fp32 (kernels/native/isa_amx.c, on Intel's AMX tiles, 5x the
-native fp32 product's speed on fc1's shape, one thread); attention, layernorm and every epilogue
-stay fp32 as in `cpu`. It exists only where AMX does: elsewhere asking for it is an error.
+`cpu-bf16` runs the linear layers, the convolutions and attention's two products as the NPU
+kernels compute a product: inputs rounded to bf16, sums in fp32 (kernels/native/isa_amx.c, on
+Intel's AMX tiles: fc1's shape 5x the native fp32 product's speed, one thread); the softmax,
+layernorm and every epilogue stay fp32 as in `cpu`. It exists only where AMX does: elsewhere asking
+for it is an error, and so is a shape its kernels do not take (no silent fp32 op).
 """
 from __future__ import annotations
 
@@ -172,8 +173,8 @@ class CpuBackend(Backend):
 
     def describe(self) -> str:
         if self.bf16:
-            return (f"cpu-bf16 (matrix products in bf16 on AMX tiles with fp32 sums; attention, norms and "
-                    f"epilogues fp32 in native kernels {native.isa()}; {self.threads} threads)")
+            return (f"cpu-bf16 (matrix products, attention's too, in bf16 on AMX tiles with fp32 sums; softmax, "
+                    f"norms and epilogues fp32 in native kernels {native.isa()}; {self.threads} threads)")
         if self.native_linear:
             return f"cpu (fp32, native kernels {native.isa()} with their own matmuls, {self.threads} threads)"
         if self.native:
@@ -321,7 +322,10 @@ class CpuBackend(Backend):
         spans = _blocks(t, self.threads // math.gcd(n_head, self.threads), min_rows=1)
         tasks = [(h, rows) for h in range(n_head) for rows in spans]
         columns = [[slice(i * d_model + h * d, i * d_model + (h + 1) * d) for i in range(3)] for h in range(n_head)]
-        if self.bf16 and d == native.HEAD:
+        if self.bf16:
+            if d != native.HEAD:
+                raise AmanuensisError(f"cpu-bf16 runs attention heads of {native.HEAD}, not {d}")
+
             def amx_span(task):
                 h, rows = task
                 q, k, v = columns[h]

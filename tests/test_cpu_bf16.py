@@ -107,13 +107,15 @@ def test_convolutions_read_overlapping_rows_in_place():
 
 
 @needs_amx
-def test_it_names_itself_and_its_numerics():
+def test_it_names_itself_and_refuses_what_it_cannot_run():
     from kernels.backends import get_backend
 
     be = get_backend("cpu-bf16")
     assert be.name == "cpu-bf16" and "bf16 on AMX tiles" in be.describe() and "fp32" in be.describe()
     with pytest.raises(AmanuensisError, match="multiple of 32"):
         be.prepare_weight("linear", np.ones((64, 48), np.float32))
+    with pytest.raises(AmanuensisError, match="heads of 64, not 32"):
+        be.attention(np.ones((10, 3 * 64), np.float32), 2)
 
 
 def test_without_amx_asking_for_it_is_an_error(monkeypatch):
