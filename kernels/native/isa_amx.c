@@ -58,6 +58,31 @@ INLINE void row_to_bf16(const float *src, long k, long k_pad, uint16_t *dst) {
     }
 }
 
+/* c[0:32, 0:32] = A · B over 32·steps inputs, on the four C tiles: A bf16 (32 rows, `lda` elements
+ * apart), B as two blocks of 16 columns (b0, b1) in pairs of consecutive inputs (64-byte tile rows);
+ * each step takes 32 inputs. Stored to c, rows ldc floats apart. */
+INLINE void tile_product(const uint16_t *a, long lda, const uint16_t *b0, const uint16_t *b1, long steps, float *c,
+                         long ldc) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (long i = 0; i < steps; i++) {
+        _tile_loadd(4, a + i * AK, lda * sizeof(uint16_t));
+        _tile_loadd(5, a + 16 * lda + i * AK, lda * sizeof(uint16_t));
+        _tile_loadd(6, b0 + i * AK * 16, 64);
+        _tile_loadd(7, b1 + i * AK * 16, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, c, ldc * sizeof(float));
+    _tile_stored(1, c + 16, ldc * sizeof(float));
+    _tile_stored(2, c + 16 * ldc, ldc * sizeof(float));
+    _tile_stored(3, c + 16 * ldc + 16, ldc * sizeof(float));
+}
+
 /* c[r, :] = act(bf16(a[r, :]) · W + bias) (+ res[r, :]) for r < rows; act = GELU when coeffs is not
  * NULL (cpu_kernels.h's gelu_one). a: (rows, k) fp32, row stride lda (rows may overlap); w: W (k, n)
  * in bf16, packed as (n / 16, k_pad / 2, 16, 2): column block j's pairs of consecutive inputs
@@ -79,27 +104,11 @@ int linear_bf16(const float *a, long lda, const uint16_t *w, long k, long k_pad,
             row_to_bf16(a + (m0 + (r < mr ? r : 0)) * lda, r < mr ? k : 0, k_pad, a16 + r * k_pad);
         for (long n0 = 0; n0 < n; n0 += AN) {
             const uint16_t *w0 = w + (n0 / 16) * k_pad * 16, *w1 = w0 + k_pad * 16;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (long kk = 0; kk < k_pad; kk += AK) {
-                _tile_loadd(4, a16 + kk, k_pad * sizeof(uint16_t));
-                _tile_loadd(5, a16 + 16 * k_pad + kk, k_pad * sizeof(uint16_t));
-                _tile_loadd(6, w0 + kk * 16, 64);
-                _tile_loadd(7, w1 + kk * 16, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
             /* a full pass straight into c; a short last one through `block`, its real rows copied */
-            float *dst = mr == AM ? c + m0 * ldc + n0 : block;
-            long ld = mr == AM ? ldc : AN;
-            _tile_stored(0, dst, ld * sizeof(float));
-            _tile_stored(1, dst + 16, ld * sizeof(float));
-            _tile_stored(2, dst + 16 * ld, ld * sizeof(float));
-            _tile_stored(3, dst + 16 * ld + 16, ld * sizeof(float));
+            if (mr == AM)
+                tile_product(a16, k_pad, w0, w1, k_pad / AK, c + m0 * ldc + n0, ldc);
+            else
+                tile_product(a16, k_pad, w0, w1, k_pad / AK, block, AN);
             if (mr < AM)
                 for (long r = 0; r < mr; r++) memcpy(c + (m0 + r) * ldc + n0, block + r * AN, AN * sizeof(float));
         }
@@ -169,26 +178,8 @@ int attention_bf16(const float *q, const float *k, const float *v, long ld, floa
         long mr = rows - r0 < AM ? rows - r0 : AM;
         for (long r = 0; r < AM; r++)
             row_to_bf16(q + (r0 + (r < mr ? r : 0)) * ld, r < mr ? 64 : 0, 64, q16 + r * 64);
-        for (long j0 = 0; j0 < t_pad; j0 += 32) {             /* scores: 32 rows x 32 keys a pass */
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int d0 = 0; d0 < 64; d0 += 32) {
-                _tile_loadd(4, q16 + d0, 64 * sizeof(uint16_t));
-                _tile_loadd(5, q16 + 16 * 64 + d0, 64 * sizeof(uint16_t));
-                _tile_loadd(6, kp + (j0 / 16) * 64 * 16 + d0 * 16, 64);
-                _tile_loadd(7, kp + (j0 / 16 + 1) * 64 * 16 + d0 * 16, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-            _tile_stored(0, s + j0, t_pad * sizeof(float));
-            _tile_stored(1, s + j0 + 16, t_pad * sizeof(float));
-            _tile_stored(2, s + 16 * t_pad + j0, t_pad * sizeof(float));
-            _tile_stored(3, s + 16 * t_pad + j0 + 16, t_pad * sizeof(float));
-        }
+        for (long j0 = 0; j0 < t_pad; j0 += 32)               /* scores: 32 rows x 32 keys a pass */
+            tile_product(q16, 64, kp + j0 * 64, kp + (j0 + 16) * 64, 64 / AK, s + j0, t_pad);
         float sums[AM];
         for (long r = 0; r < AM; r++) {                       /* P in bf16, and the sums of what it holds */
             float *sr = s + r * t_pad, max = row_max(sr, t);
@@ -202,27 +193,8 @@ int attention_bf16(const float *q, const float *k, const float *v, long ld, floa
             }
             sums[r] = _mm512_reduce_add_ps(acc);
         }
-        for (int c0 = 0; c0 < 64; c0 += 32) {                 /* P · V: 32 rows x 32 of the 64 outputs a pass */
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            const uint16_t *v0 = vp + (c0 / 16) * t_pad * 16, *v1 = v0 + t_pad * 16;
-            for (long j0 = 0; j0 < t_pad; j0 += 32) {
-                _tile_loadd(4, p16 + j0, t_pad * sizeof(uint16_t));
-                _tile_loadd(5, p16 + 16 * t_pad + j0, t_pad * sizeof(uint16_t));
-                _tile_loadd(6, v0 + j0 * 16, 64);
-                _tile_loadd(7, v1 + j0 * 16, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-            _tile_stored(0, o + c0, 64 * sizeof(float));
-            _tile_stored(1, o + c0 + 16, 64 * sizeof(float));
-            _tile_stored(2, o + 16 * 64 + c0, 64 * sizeof(float));
-            _tile_stored(3, o + 16 * 64 + c0 + 16, 64 * sizeof(float));
-        }
+        for (int c0 = 0; c0 < 64; c0 += 32)                   /* P · V: 32 rows x 32 of the 64 outputs a pass */
+            tile_product(p16, t_pad, vp + c0 * t_pad, vp + (c0 + 16) * t_pad, t_pad / AK, o + c0, 64);
         for (long r = 0; r < mr; r++) {
             float inv = 1.0f / sums[r];
             for (int c = 0; c < 64; c++) out[(r0 + r) * ld_out + c] = o[r * 64 + c] * inv;
