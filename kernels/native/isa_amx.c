@@ -37,6 +37,14 @@ typedef struct {
 
 static int usable = -1;
 
+/* Every tile 16 rows of 64 bytes: 16 x 32 bf16 (A), 16 pairs x 16 columns (B), 16 x 16 fp32 (C). */
+INLINE void load_tile_config(void) {
+    TileConfig cfg = {0};
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);
+}
+
 int amx_usable(void) {
     if (usable < 0) {
         unsigned a, b, c, d, a1, b1, c1, d1;
@@ -94,10 +102,7 @@ int linear_bf16(const float *a, long lda, const uint16_t *w, long k, long k_pad,
     uint16_t *a16 = aligned_alloc(64, (size_t)AM * k_pad * sizeof(uint16_t));
     if (!a16) return -1;
     float block[AM * AN] __attribute__((aligned(64)));
-    TileConfig cfg = {0};
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
-    _tile_loadconfig(&cfg);
+    load_tile_config();
     for (long m0 = 0; m0 < rows; m0 += AM) {
         long mr = rows - m0 < AM ? rows - m0 : AM;
         for (long r = 0; r < AM; r++)   /* a short last block gets zero rows, computed and dropped */
@@ -170,10 +175,7 @@ int attention_bf16(const float *q, const float *k, const float *v, long ld, floa
     uint16_t *vp = kp + t_pad * 64, *p16 = vp + t_pad * 64, *q16 = p16 + AM * t_pad;
     float *s = (float *)(q16 + AM * 64), *o = s + AM * t_pad;
     pack_head_bf16(k, v, ld, scale, t, t_pad, kp, vp);
-    TileConfig cfg = {0};
-    cfg.palette = 1;
-    for (int i = 0; i < 8; i++) cfg.rows[i] = 16, cfg.colsb[i] = 64;
-    _tile_loadconfig(&cfg);
+    load_tile_config();
     for (long r0 = 0; r0 < rows; r0 += AM) {
         long mr = rows - r0 < AM ? rows - r0 : AM;
         for (long r = 0; r < AM; r++)
