@@ -120,17 +120,29 @@ def _blocks(n: int, workers: int, min_rows: int = 32, align: int = 1) -> list[sl
 class PackedWeight:
     """A matrix product's W (K, N) in the native linear's layout (kernels.native.pack)."""
 
+    ROW_ALIGN = native.TILE_ROWS         # row blocks on multiples of the kernel's register tile
+
     def __init__(self, w: np.ndarray):
         self.panels = native.pack(w)                                    # (N/64, K, 64)
         self.shape = w.shape
+
+    def product(self, a, b, out, coeffs, residual) -> None:
+        """out ← act(a · W + b) (+ residual) for one row block (kernels.native.linear)."""
+        native.linear(a, self.panels, b, out, coeffs, residual)
 
 
 class PackedBf16Weight:
     """A matrix product's W (K, N) rounded to bf16 in the AMX linear's layout (kernels.native.pack_bf16)."""
 
+    ROW_ALIGN = 32                       # row blocks on multiples of the kernel's 32-row pass
+
     def __init__(self, w: np.ndarray):
         self.packed = native.pack_bf16(w)                               # (N/16, K_pad/2, 16, 2)
         self.shape = w.shape
+
+    def product(self, a, b, out, coeffs, residual) -> None:
+        """out ← act(bf16(a) · W + b) (+ residual) for one row block (kernels.native.linear_bf16)."""
+        native.linear_bf16(a, self.packed, self.shape[0], b, out, coeffs, residual)
 
 
 class CpuBackend(Backend):
@@ -234,30 +246,17 @@ class CpuBackend(Backend):
         return reference.log_mel(samples, n_mels)
 
     def linear(self, x, w, b, gelu=False, residual=None):
-        if isinstance(w, PackedBf16Weight):
-            if not self.bf16:
-                raise ValueError("a bf16 weight given to a backend without bf16 products: "
+        if isinstance(w, (PackedWeight, PackedBf16Weight)):
+            if not (self.bf16 if isinstance(w, PackedBf16Weight) else self.native_linear):
+                raise ValueError(f"a {type(w).__name__} given to a backend that does not run it ({self.describe()}): "
                                  "weights belong to the backend that prepared them")
             out = native.empty_aligned((x.shape[0], w.shape[1]))       # (T, N)
             coeffs = _GELU_NATIVE if gelu else None
 
-            def amx_block(rows):
-                native.linear_bf16(x[rows], w.packed, w.shape[0], b, out[rows], coeffs,
-                                   None if residual is None else residual[rows])
+            def packed_block(rows):
+                w.product(x[rows], b, out[rows], coeffs, None if residual is None else residual[rows])
 
-            self._run(amx_block, _blocks(x.shape[0], self.threads, align=32))
-            return out
-        if isinstance(w, PackedWeight):
-            if not self.native_linear:
-                raise ValueError("a packed weight given to a cpu backend without the native linear: "
-                                 "weights belong to the backend that prepared them")
-            out = native.empty_aligned((x.shape[0], w.shape[1]))       # (T, N)
-            coeffs = _GELU_NATIVE if gelu else None
-
-            def native_block(rows):
-                native.linear(x[rows], w.panels, b, out[rows], coeffs, None if residual is None else residual[rows])
-
-            self._run(native_block, _blocks(x.shape[0], self.threads, align=native.TILE_ROWS))
+            self._run(packed_block, _blocks(x.shape[0], self.threads, align=w.ROW_ALIGN))
             return out
         out = np.empty((x.shape[0], w.shape[1]), np.float32)          # (T, N)
 

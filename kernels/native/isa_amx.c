@@ -1,6 +1,7 @@
-/* The bf16 matrix product of the `cpu-bf16` backend, on AMX tiles (Intel Xeon 4th generation,
- * "Sapphire Rapids", and later), with cpu_kernels.h compiled once more for that CPU (its epilogue
- * and GELU are reused here; its exported copies carry the suffix _amx and go unused).
+/* The bf16 matrix products of the `cpu-bf16` backend, on AMX tiles (Intel Xeon 4th generation,
+ * "Sapphire Rapids", and later): linear_bf16 and attention_bf16, with cpu_kernels.h compiled once
+ * more for that CPU (its epilogue, exponentials and GELU are reused here; its exported copies carry
+ * the suffix _amx and go unused).
  *
  * linear_bf16: c = act(bf16(a) · W + bias) (+ res), W rounded to bf16 once when packed
  * (kernels.native.pack_bf16), each row of a rounded to bf16 (nearest, ties to even) as it is read,
@@ -11,7 +12,7 @@
  *
  * amx_usable: 1 when this CPU has AMX-BF16 and AVX512-BF16 and Linux granted this process the tile
  * state (arch_prctl ARCH_REQ_XCOMP_PERM, Linux 5.16 and later), else 0. Built only by GCC 11 and later
- * on x86-64; elsewhere both functions exist and say no. */
+ * on x86-64; elsewhere all three functions exist and say no. */
 #include <stdint.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
@@ -110,12 +111,12 @@ int linear_bf16(const float *a, long lda, const uint16_t *w, long k, long k_pad,
         for (long n0 = 0; n0 < n; n0 += AN) {
             const uint16_t *w0 = w + (n0 / 16) * k_pad * 16, *w1 = w0 + k_pad * 16;
             /* a full pass straight into c; a short last one through `block`, its real rows copied */
-            if (mr == AM)
+            if (mr == AM) {
                 tile_product(a16, k_pad, w0, w1, k_pad / AK, c + m0 * ldc + n0, ldc);
-            else
+            } else {
                 tile_product(a16, k_pad, w0, w1, k_pad / AK, block, AN);
-            if (mr < AM)
                 for (long r = 0; r < mr; r++) memcpy(c + (m0 + r) * ldc + n0, block + r * AN, AN * sizeof(float));
+            }
         }
         /* the epilogue on the pass's rows while they are in L2 (32 x n), in whole rows: it vectorises
          * better than on 32-column blocks (fc1 with GELU 3.3 -> 2.7 ms on one thread) */
