@@ -51,6 +51,20 @@ def test_log_mel_matches_transformers_on_real_speech(speech):
         assert np.abs(log_mel_spectrogram(samples, 80) - ref).max() < 1e-4, clip.file
 
 
+@pytest.mark.parametrize("n", [0, 1, 150, 7 * SAMPLE_RATE + 37, N_SAMPLES - 201, N_SAMPLES, N_SAMPLES + 999])
+def test_log_mel_skips_only_frames_of_padding(n):
+    """The frames past the samples are not transformed: the log-mel is the formula's over all 3000 frames
+    (bit for bit here; up to the float64 matrix product's summation order elsewhere)."""
+    from kernels.frontend import frames, hann_window
+
+    samples = (0.1 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
+    power = np.abs(np.fft.rfft(frames(samples) * hann_window(), axis=-1)) ** 2
+    log_spec = np.log10(np.maximum(mel_filters(80) @ power.T, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    np.testing.assert_allclose(log_mel_spectrogram(samples, 80), ((log_spec + 4.0) / 4.0).astype(np.float32),
+                               rtol=0, atol=1e-6)
+
+
 def test_mel_filters_are_slaney_normalised():
     filters = mel_filters(80)
     assert filters.shape == (80, 201)
