@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from decoder.batch import decode_batch
-from decoder.decoding import DecodingResult, WindowDecoder
+from decoder.decoding import DecodingResult, Prompts, WindowDecoder
 from decoder.options import DecodingOptions, TranscribeOptions
 from decoder.session import DecoderSession
 from kernels.errors import AmanuensisError
@@ -29,6 +29,10 @@ class DecodeAsk:
                                        # function computing it (run when bound: one window's outputs alive)
     options: DecodingOptions           # for every window of the ask (the initial tokens included)
     rules: TranscribeOptions           # fallback ladder and thresholds
+    prompts: Prompts = None            # each window's own prompt (None: options.prompt for every one)
+
+    def window_prompts(self) -> list[tuple[int, ...]]:
+        return list(self.prompts) if self.prompts is not None else [self.options.prompt] * len(self.kv)
 
 
 # What a loop is sent back: for each window of its ask, its result and its bound cross-attention inputs; or
@@ -83,7 +87,7 @@ def _answer(decoder: WindowDecoder, session: DecoderSession, asks: dict[int, Dec
         groups.setdefault((replace(ask.options, prompt=()), ask.rules), []).append(i)
     for (options, rules), members in groups.items():
         owners = [i for i in members for _ in asks[i].kv]
-        prompts = [asks[i].options.prompt for i in owners]
+        prompts = [p for i in members for p in asks[i].window_prompts()]
         windows = []
         for i in members:                           # the asks let go of their windows: freed once bound
             windows += asks[i].kv

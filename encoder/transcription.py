@@ -26,7 +26,7 @@ from encoder.audio import AudioStream, as_samples
 from encoder.batching import DecodeAsk, Reply, run_together
 from encoder.network import cross_kv_output
 from encoder.results import Provenance, Segment, Transcription, Word
-from encoder.vad import SileroVad, speech_chunks, speech_regions
+from encoder.vad import FRAME, SileroVad, VadOptions, speech_chunks, speech_regions
 from kernels.errors import AmanuensisError, BadAudio, BadOption
 from kernels.frontend import HOP_LENGTH, INPUT_STRIDE, N_FRAMES, N_SAMPLES, SAMPLE_RATE, TIME_PRECISION
 from kernels.runner import Profile, RunResult
@@ -327,12 +327,20 @@ class _SeekLoop(_Loop):
         return added
 
 
+class _Piece(NamedTuple):
+    """Audio of a VAD chunk still to decode: the chunk, or the rest of it after a decoding that stopped early."""
+    start: int                          # first sample, in the file
+    samples: np.ndarray
+    prompt: tuple[int, ...]             # the initial prompt; for a rest, its chunk's text so far too
+
+
 class _VadLoop(_Loop):
     """The speech that voice activity detection finds, in chunks of at most 30 s, decoded in batches.
 
     Chunks are independent: no chunk is prompted with another's text (the initial prompt, if any,
-    prompts every chunk). A chunk whose decoding stops before its end has the rest transcribed as
-    a window of its own, as the seek loop would."""
+    prompts every chunk). A chunk whose decoding stops before its end, or ends while the VAD hears
+    more speech (see _heard), has the rest transcribed as a window of its own, prompted with the
+    chunk's text so far, as the seek loop would."""
 
     def steps(self) -> Generator[DecodeAsk, Reply, Transcription]:
         """The loop, asking for each batch of chunks' decoding (see encoder.batching)."""
@@ -344,31 +352,56 @@ class _VadLoop(_Loop):
         window, size, rest, done = self.reader(), self.options.batch_size, [], 0
         while done < len(chunks) or rest:
             take = chunks[done:done + max(size - len(rest), 0)]              # rests go first, with new chunks
-            rest = yield from self._round(rest + [(a, window(a, b - a)) for a, b in take])
+            pieces = rest + [_Piece(a, window(a, b - a), self._prompt()) for a, b in take]
+            rest = yield from self._round(pieces, scores.probs)
             done += len(take)
             self.progress.update(chunks[done - 1][1] / SAMPLE_RATE if done else 0.0)
-            self._publish(min([a for a, _ in rest] + [a for a, _ in chunks[done:done + 1]], default=math.inf)
+            self._publish(min([p.start for p in rest] + [a for a, _ in chunks[done:done + 1]], default=math.inf)
                           / SAMPLE_RATE)
         self.segments.sort(key=lambda seg: seg.start)
         for i, seg in enumerate(self.segments):
             seg.id = i
         return self._result()
 
-    def _round(self, pending: list[tuple[int, np.ndarray]]):
-        """Decode the windows (start sample, samples) as one ask; returns the rests still to do."""
-        pending = [(a, x) for a, x in pending if len(x) >= MIN_SECONDS * SAMPLE_RATE and not _silent(x)]
+    def _round(self, pending: list[_Piece], probs: np.ndarray):
+        """Decode the pieces as one ask; returns the rests still to do. (probs: the VAD's, of the file)"""
+        pending = [p for p in pending if len(p.samples) >= MIN_SECONDS * SAMPLE_RATE and not _silent(p.samples)]
         if not pending:
             return []
-        kv = [self._window_kv(x) for _, x in pending]
-        decoding = replace(self.options.decoding, language=self.language, prompt=self._prompt(), draft=())
-        reply = yield DecodeAsk(kv, decoding, self.options)     # the scheduler empties kv as it binds
+        kv = [self._window_kv(p.samples) for p in pending]
+        decoding = replace(self.options.decoding, language=self.language, prompt=(), draft=())
+        reply = yield DecodeAsk(kv, decoding, self.options, [p.prompt for p in pending])  # kv emptied as bound
         rest = []
-        for (start, samples), (result, row) in zip(pending, reply):
-            seek, frames = start // HOP_LENGTH, -(-len(samples) // HOP_LENGTH)
-            consumed = self._transcribed(result, row, samples, seek, frames)
+        for piece, (result, row) in zip(pending, reply):
+            seek, frames = piece.start // HOP_LENGTH, -(-len(piece.samples) // HOP_LENGTH)
+            consumed = self._transcribed(result, row, piece.samples, seek, frames)
+            if consumed == frames and not is_silence(result, self.options):
+                consumed = self._heard(piece, result, frames, probs)
             if consumed < frames:
-                rest.append((start + consumed * HOP_LENGTH, samples[consumed * HOP_LENGTH:]))
+                rest.append(_Piece(piece.start + consumed * HOP_LENGTH, piece.samples[consumed * HOP_LENGTH:],
+                                   self._rest_prompt(piece, result)))
         return rest
+
+    def _heard(self, piece: _Piece, result: DecodingResult, frames: int, probs: np.ndarray) -> int:
+        """The mel frames of the piece that its decoding covers: all of them, unless the decoding ended
+        its last segment at least VadOptions.left_out seconds before the piece's end and the VAD hears as
+        much speech after it. Whisper sometimes ends a window early and calls the rest done (whole clips
+        of the real ones joined went missing); that rest is decoded as a window of its own, as the
+        rest of a decoding that stops short is."""
+        begin, left_out = self.tr.tokenizer.timestamp_begin, VadOptions.left_out
+        stamps = [t - begin for t in result.tokens if t >= begin]
+        last = stamps[-1] * INPUT_STRIDE if stamps else frames                   # mel frames
+        if not left_out * SAMPLE_RATE <= last * HOP_LENGTH <= (frames - 1) * HOP_LENGTH - left_out * SAMPLE_RATE:
+            return frames
+        after = probs[(piece.start + last * HOP_LENGTH) // FRAME:(piece.start + len(piece.samples)) // FRAME]
+        return last if np.count_nonzero(after >= VadOptions.threshold) * FRAME >= left_out * SAMPLE_RATE else frames
+
+    def _rest_prompt(self, piece: _Piece, result: DecodingResult) -> tuple[int, ...]:
+        """A rest's prompt, by the seek loop's rule: the chunk's text so far, unless conditioning is off
+        or the decoding needed a high temperature."""
+        if not self.options.condition_on_previous_text or result.temperature > 0.5:
+            return ()
+        return piece.prompt + tuple(result.tokens)
 
     def _prompt(self) -> tuple[int, ...]:
         text = self.options.initial_prompt
