@@ -5,7 +5,8 @@ memory is that system's own. The input is the project's own synthesised speech
 (encoder/benchmark/data), reordered into 30 s, 5 min, ... Whole processes, start-up included, run
 on five minutes of more varied speech, a short clip and twelve files (encoder.benchmark.whole),
 and, given real clips (--clips), on all of them in one command against the sequential path; the
-server then takes concurrent clients sending the clips (encoder.benchmark.server_load).
+server then takes concurrent clients sending the clips (encoder.benchmark.server_load). --vad's
+word errors are also scored over variants of the inputs (encoder.benchmark.vad_accuracy).
 Results: a table on stdout (or one JSON object with --json), bench.json and profile.png in --out-dir.
 """
 from __future__ import annotations
@@ -89,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clips", default=None, help="a manifest of real clips (JSON Lines, as "
                         f"../shared/speech/manifest.jsonl) for the many-files and server runs (default {DEFAULT_CLIPS} "
                         "when it exists; '' for none)")
+    parser.add_argument("--vad-variants", type=int, default=6, help="word errors of --vad, sequential and, with "
+                        "--peers, faster-whisper batched 8, over this many variants of the varied speech (pauses "
+                        "lengthened) and orders of the clips joined (default 6; 0 skips)")
     parser.add_argument("--server-clients", type=int, default=16, help="concurrent clients of the server run, "
                         f"each sending {SERVER_REQUESTS} of the clips (default 16; 0 skips)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
@@ -104,8 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise AmanuensisError("--repeats and --threads must be at least 1")
     if args.whole_repeats < 0:
         raise AmanuensisError("--whole-repeats must be 0 or more")
-    if args.server_clients < 0:
-        raise AmanuensisError("--server-clients must be 0 or more")
+    if args.server_clients < 0 or args.vad_variants < 0:
+        raise AmanuensisError("--server-clients and --vad-variants must be 0 or more")
     args.clips = _clips(args.clips)
     args.lengths = _numbers(args.lengths, "--lengths")
     args.memory_minutes = _numbers(args.memory_minutes, "--memory-minutes")

@@ -10,6 +10,7 @@ import soundfile
 
 from encoder.benchmark import peak_rss, report, speech
 from encoder.benchmark.suite import PEERS
+from weights_tools.resolve import bundled_tiny_en
 
 
 def test_speech_is_ours_seeded_and_streamed(tmp_path):
@@ -111,7 +112,8 @@ def test_shares_above_the_peak_are_marked_not_printed():
     (["--decoder-precisions", "fp32,fp16"], "--decoder-precisions fp16: choose from int8, fp32"),
     (["--whole-repeats", "-1"], "--whole-repeats must be 0 or more"),
     (["--clips", "/nonexistent/manifest.jsonl"], "--clips /nonexistent/manifest.jsonl: no such manifest"),
-    (["--server-clients", "-1"], "--server-clients must be 0 or more"),
+    (["--server-clients", "-1"], "--server-clients and --vad-variants must be 0 or more"),
+    (["--vad-variants", "-1"], "--server-clients and --vad-variants must be 0 or more"),
 ])
 def test_bad_options(args, message):
     r = subprocess.run([sys.executable, "-m", "encoder.bench", *args], capture_output=True, text=True)
@@ -122,8 +124,8 @@ def test_bad_options(args, message):
 def test_a_short_run_with_peers(tmp_path):
     """Every key the issue asks for, measured (positive, consistent), the files written, the peers run."""
     r = subprocess.run([sys.executable, "-m", "encoder.bench", "--backends", "cpu,cpu-numpy", "--lengths", "12",
-                        "--memory-minutes", "", "--repeats", "1", "--whole-repeats", "0", "--peers", "--json",
-                        "--out-dir", tmp_path],
+                        "--memory-minutes", "", "--repeats", "1", "--whole-repeats", "0", "--vad-variants", "0",
+                        "--peers", "--json", "--out-dir", tmp_path],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)
@@ -229,6 +231,52 @@ def test_noise_and_server_targets_are_judged_from_their_figures():
     assert rows["server, 16 clients x 4 requests: no failures"] is True
     assert rows["server, 16 clients x 4 requests: the one-client transcripts"] is False
     assert rows["server, 16 clients x 4 requests: throughput >= 1.5 x one client's"] is True
+
+
+def test_the_vad_wer_target_compares_with_faster_whisper_batched():
+    def met(ours: float, theirs: float) -> bool | None:
+        whole = {"varied 5 min": {"amanuensis --vad True": {"wall_s": 4.0, "wer": ours, "peak_rss_mb": 400},
+                                  "faster-whisper int8 batched 8": {"wall_s": 6.0, "wer": theirs}}}
+        rows = {what: m for what, _, m in report.targets({"encoder_ms_per_window": {}, "whole": whole})}
+        return rows["amanuensis --vad True, varied 5 min, whole process: WER <= faster-whisper int8 batched 8's "
+                    "+ 1 point"]
+
+    assert met(0.12, 0.113) is True and met(0.13, 0.113) is False
+
+
+def test_vad_accuracy_variants_keep_the_words_and_change_the_pauses(speech):
+    from encoder.benchmark import vad_accuracy
+
+    (original, text), (other, same_text) = vad_accuracy.varied_variant(0), vad_accuracy.varied_variant(1)
+    assert text == same_text and len(original) != len(other)
+    base, rate = soundfile.read(vad_accuracy.DATA / "varied.ogg", dtype="float32")
+    assert len(base) < len(original) < len(base) + 0.5 * rate * len(text.split())   # silence added in pauses
+    np.testing.assert_array_equal(np.sort(base[np.abs(base) > 1e-3]), np.sort(original[np.abs(original) > 1e-3]))
+    clips = [(str(c.path), c.text) for c in speech[:4]]
+    joined, reference = vad_accuracy.joined_clips(clips, 3)
+    assert sorted(reference.split()) == sorted(" ".join(t for _, t in clips).split())
+    assert set(vad_accuracy.inputs(2, clips)) == {"varied speech, pauses changed", "real clips joined, orders"}
+
+
+@pytest.mark.slow
+def test_vad_accuracy_jobs_score_ours_and_faster_whisper(speech):
+    from encoder.benchmark import jobs
+
+    clips = [(str(c.path), c.text) for c in speech[:3]]
+    ours = jobs.ours_vad_accuracy("tiny.en", "cpu", True, 1, clips)
+    assert set(ours) == {"varied speech, pauses changed", "real clips joined, orders"}
+    for figures in ours.values():
+        assert figures["inputs"] == 1 and figures["words"] > 0 and figures["wall_s"] > 0
+        assert figures["wer"] == round(figures["errors"] / figures["words"], 4) < 0.2
+    pytest.importorskip("faster_whisper")
+    theirs = jobs.faster_whisper_vad_accuracy(str(bundled_tiny_en()), 2, 8, 1, None)
+    assert set(theirs) == {"varied speech, pauses changed"} and theirs["varied speech, pauses changed"]["wer"] < 0.2
+    rows = [met for what, _, met in report.targets(
+        {"encoder_ms_per_window": {}, "vad_accuracy": {"amanuensis --vad True": ours,
+                                                       "faster-whisper int8 batched 8": theirs}}) if "WER" in what]
+    met, = rows
+    name = "varied speech, pauses changed"
+    assert met == (ours[name]["wer"] <= theirs[name]["wer"] + 0.01)
 
 
 @pytest.mark.slow

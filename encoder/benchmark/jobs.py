@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from decoder.options import DecodingOptions
 from decoder.tokenizer import WhisperTokenizer
 from encoder.audio import load_audio
-from encoder.benchmark import peak_rss, speech
+from encoder.benchmark import peak_rss, speech, vad_accuracy
 from encoder.cli import run
 from encoder.evaluation import score
 from encoder.model import load_model
@@ -192,6 +192,40 @@ def ours_noise(model: str, device: str, repeats: int) -> dict:
             "encoder_windows": len(results[-1].profile.runs)}
 
 
+def _word_errors(transcribe, sets: dict[str, list]) -> dict:
+    """{set: {errors, words, wer, wall_s}} of `transcribe` (samples -> text) over each set's inputs."""
+    out = {}
+    for name, items in sets.items():
+        errors = words = 0
+        start = time.perf_counter()
+        for samples, reference in items:
+            s = score(reference, transcribe(samples))
+            errors, words = errors + s.errors, words + s.words
+        out[name] = {"inputs": len(items), "errors": errors, "words": words, "wer": round(errors / words, 4),
+                     "wall_s": round(time.perf_counter() - start, 2)}
+    return out
+
+
+def ours_vad_accuracy(model: str, device: str, vad: bool, variants: int, clips: list | None) -> dict:
+    """Our word errors, with --vad or sequential, over the variants of encoder.benchmark.vad_accuracy."""
+    m = load_model(model, device=device)
+    return _word_errors(lambda samples: m.transcribe(samples, vad=vad).text, vad_accuracy.inputs(variants, clips))
+
+
+def faster_whisper_vad_accuracy(model_dir: str, threads: int, batch: int, variants: int, clips: list | None) -> dict:
+    """faster-whisper's BatchedInferencePipeline (int8, greedy) over the same variants."""
+    from faster_whisper import BatchedInferencePipeline  # a peer, from the bench extra
+
+    m, _ = _faster_whisper(model_dir, "int8", threads)
+    pipe = BatchedInferencePipeline(m)
+
+    def transcribe(samples):
+        segments, _ = pipe.transcribe(samples, beam_size=1, language="en", batch_size=batch)
+        return " ".join(s.text.strip() for s in segments)
+
+    return _word_errors(transcribe, vad_accuracy.inputs(variants, clips))
+
+
 def _warmup_file() -> str:
     """A 3 s clip, written once, to warm up runtimes before the timed run."""
     path = os.path.join(os.environ.get("AMANUENSIS_BENCH_TMP") or tempfile.gettempdir(), "amanuensis-bench-warmup.wav")
@@ -293,7 +327,7 @@ def onnxruntime_encoder(model: str, repeats: int, threads: int) -> dict:
 
 
 JOBS = {f.__name__: f for f in (gemm_peak, native_levels, ours_encoder, ours_batched, ours_decoder_steps, ours_e2e,
-                                ours_noise,
+                                ours_noise, ours_vad_accuracy, faster_whisper_vad_accuracy,
                                 faster_whisper_encoder,
                                 faster_whisper_e2e, transformers_encoder, transformers_e2e, onnxruntime_encoder)}
 

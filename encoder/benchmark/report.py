@@ -75,7 +75,7 @@ def targets(result: dict) -> list[tuple[str, str, bool | None]]:
              cpu / ort <= 0.85 if cpu and ort else None)]
     for figures in (result, *result.get("variants", {}).values()):
         rows += _e2e_targets(figures, peers.get("faster-whisper-int8", {}).get("rtf_5min"))
-    rows += _noise_targets(result.get("noise") or {})
+    rows += _noise_targets(result.get("noise") or {}) + _vad_accuracy_targets(result.get("vad_accuracy") or {})
     return rows + _whole_targets(result.get("whole", {}), result.get("whole_speedups", {})) + \
         _server_targets(result.get("server") or {})
 
@@ -85,6 +85,19 @@ def _noise_targets(noise: dict) -> list[tuple[str, str, bool | None]]:
         return []
     return [(f"--vad on {noise['seconds']:g} s of noise: no text, under 0.1 s of work",
              f"{noise['work_s']:.3f} s, text {noise['text']!r}", noise["work_s"] < 0.1 and not noise["text"])]
+
+
+def _vad_accuracy_targets(accuracy: dict) -> list[tuple[str, str, bool | None]]:
+    """--vad's WER no more than a point above faster-whisper batched 8's, on each set of variants."""
+    ours, theirs = accuracy.get(OURS_VAD, {}), accuracy.get(FW_BATCHED.format(8), {})
+    rows = []
+    for name, f in ours.items():
+        other = theirs.get(name) if isinstance(theirs, dict) else None
+        if not isinstance(f, dict) or not isinstance(other, dict):
+            continue
+        rows.append((f"{OURS_VAD}, {name} ({f['inputs']} inputs): WER <= {FW_BATCHED.format(8)}'s + 1 point",
+                     f"{100 * f['wer']:.2f}% vs {100 * other['wer']:.2f}%", f["wer"] <= other["wer"] + 0.01))
+    return rows
 
 
 def _server_targets(server: dict) -> list[tuple[str, str, bool | None]]:
@@ -110,9 +123,13 @@ def _whole_targets(whole_: dict, speedups: dict) -> list[tuple[str, str, bool | 
     if not whole_:
         return []
     rss = whole_.get(VARIED, {}).get(OURS_VAD, {}).get("peak_rss_mb")
+    wer, theirs = (whole_.get(VARIED, {}).get(s, {}).get("wer") for s in (OURS_VAD, FW_BATCHED.format(8)))
+    both = wer is not None and theirs is not None
     rows = [faster(VARIED, OURS, FW, 1.5), faster(VARIED, OURS_VAD, FW_BATCHED.format(8), 2.0),
             (f"{OURS_VAD}, {VARIED}: peak memory <= 500 MB", f"{rss:.0f} MB" if rss else "n/a",
              rss <= 500 if rss else None),
+            (f"{OURS_VAD}, {VARIED}, whole process: WER <= {FW_BATCHED.format(8)}'s + 1 point",
+             f"{100 * wer:.1f}% vs {100 * theirs:.1f}%" if both else "n/a", wer <= theirs + 0.01 if both else None),
             faster(SHORT, OURS, FW, 1.0)]
     clips = whole_.get(CLIPS, {}).get(OURS, {})
     if "same_texts_as_sequential" in clips:
@@ -194,6 +211,13 @@ def format_report(result: dict) -> str:
             lines.append(f"  {system:34} error: {f['error']}" if "error" in f else
                          f"  {system:34} {f['wall_s']:7.2f} s  {f'{speed:.2f} x' if speed else '':>7}  "
                          f"{f['peak_rss_mb']:6.0f} MB  WER {100 * f['wer']:5.1f}%  runs {f['runs_s']}")
+    accuracy = result.get("vad_accuracy") or {}
+    for system, sets in accuracy.items():
+        if system == next(iter(accuracy)):
+            lines.append("\nword errors over variants (in-process; encoder.benchmark.vad_accuracy):")
+        lines += [f"  {system:34} error: {sets['error']}"] if "error" in sets else [
+            f"  {system:34} {name}: {f['inputs']} inputs, WER {100 * f['wer']:5.2f}% ({f['errors']} of "
+            f"{f['words']} words), {f['wall_s']} s" for name, f in sets.items() if isinstance(f, dict)]
     noise = result.get("noise") or {}
     if "work_s" in noise:
         lines.append(f"\n--vad on {noise['seconds']:g} s of noise: {noise['work_s']:.3f} s of work, "

@@ -160,6 +160,24 @@ def bench_whole(args, tmp: Path) -> dict:
     return whole.measure(systems, inputs, args.whole_repeats, args.threads, tmp, say=_say)
 
 
+def bench_vad_accuracy(args) -> dict:
+    """{system: {set: word errors}}: ours with --vad and sequential, and faster-whisper batched 8 where
+    --peers asks and it can run, over the variants of encoder.benchmark.vad_accuracy."""
+    clips = [(str(c.path), c.text) for c in args.clips] if args.clips else None
+    spec = {"variants": args.vad_variants, "clips": clips}
+    out = {}
+    for name, vad in ((whole.OURS_VAD, True), (whole.OURS, False)):
+        _say(f"word errors over variants: {name} ...")
+        out[name] = run_job("ours_vad_accuracy", args.threads, args.backends[0], model=args.model, vad=vad, **spec)
+    why, _, _, fw = _peer_jobs("faster-whisper-int8", args) if args.peers else ("--peers not given", "", "", {})
+    if not why:
+        name = whole.FW_BATCHED.format(8)
+        _say(f"word errors over variants: {name} ...")
+        out[name] = run_job("faster_whisper_vad_accuracy", args.threads, model_dir=fw["model_dir"],
+                            threads=args.threads, batch=8, **spec)
+    return out
+
+
 def bench_server(args) -> dict:
     """The server under --server-clients concurrent clients sending the real clips."""
     if not args.clips:
@@ -200,6 +218,8 @@ def measure(args) -> dict:
         if args.whole_repeats:
             result["whole"] = bench_whole(args, Path(tmp))
             result["whole_speedups"] = whole.speedups(result["whole"])
+        if args.vad_variants:
+            result["vad_accuracy"] = bench_vad_accuracy(args)
         if args.server_clients:
             result["server"] = bench_server(args)
     _say("sgemm peak again ...")         # a busy moment lowers one measurement: the best of both counts
