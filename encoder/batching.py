@@ -31,6 +31,10 @@ class DecodeAsk:
     rules: TranscribeOptions           # fallback ladder and thresholds
     prompts: Prompts = None            # each window's own prompt (None: options.prompt for every one)
 
+    def __post_init__(self):
+        if self.prompts is not None and len(self.prompts) != len(self.kv):
+            raise ValueError(f"{len(self.prompts)} prompts for {len(self.kv)} windows")
+
     def window_prompts(self) -> list[tuple[int, ...]]:
         return list(self.prompts) if self.prompts is not None else [self.options.prompt] * len(self.kv)
 

@@ -108,8 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise AmanuensisError("--repeats and --threads must be at least 1")
     if args.whole_repeats < 0:
         raise AmanuensisError("--whole-repeats must be 0 or more")
-    if args.server_clients < 0 or args.vad_variants < 0:
-        raise AmanuensisError("--server-clients and --vad-variants must be 0 or more")
+    for option, value in (("--server-clients", args.server_clients), ("--vad-variants", args.vad_variants)):
+        if value < 0:
+            raise AmanuensisError(f"{option} must be 0 or more")
     args.clips = _clips(args.clips)
     args.lengths = _numbers(args.lengths, "--lengths")
     args.memory_minutes = _numbers(args.memory_minutes, "--memory-minutes")

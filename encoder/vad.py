@@ -27,7 +27,8 @@ class VadOptions:
     min_silence: float = 1.0           # seconds of silence that end a speech region
     pad: float = 0.4                   # seconds kept on each side of a region
     max_chunk: float = N_SAMPLES / SAMPLE_RATE   # seconds per chunk: one Whisper window
-    left_out: float = 1.0              # seconds of speech after the end of a chunk's decoding that are
+    left_out: float = 1.0              # seconds: a chunk's decoding that ends this far from both of the
+                                       # chunk's ends, with this much speech heard after it, has the rest
                                        # decoded again (encoder.transcription)
 
 

@@ -196,13 +196,13 @@ def _word_errors(transcribe, sets: dict[str, list]) -> dict:
     """{set: {errors, words, wer, wall_s}} of `transcribe` (samples -> text) over each set's inputs."""
     out = {}
     for name, items in sets.items():
-        errors = words = 0
+        errors = words = deletions = 0
         start = time.perf_counter()
         for samples, reference in items:
             s = score(reference, transcribe(samples))
-            errors, words = errors + s.errors, words + s.words
-        out[name] = {"inputs": len(items), "errors": errors, "words": words, "wer": round(errors / words, 4),
-                     "wall_s": round(time.perf_counter() - start, 2)}
+            errors, words, deletions = errors + s.errors, words + s.words, deletions + s.deletions
+        out[name] = {"inputs": len(items), "errors": errors, "deletions": deletions, "words": words,
+                     "wer": round(errors / words, 4), "wall_s": round(time.perf_counter() - start, 2)}
     return out
 
 

@@ -217,7 +217,8 @@ def format_report(result: dict) -> str:
             lines.append("\nword errors over variants (in-process; encoder.benchmark.vad_accuracy):")
         lines += [f"  {system:34} error: {sets['error']}"] if "error" in sets else [
             f"  {system:34} {name}: {f['inputs']} inputs, WER {100 * f['wer']:5.2f}% ({f['errors']} of "
-            f"{f['words']} words), {f['wall_s']} s" for name, f in sets.items() if isinstance(f, dict)]
+            f"{f['words']} words, {f.get('deletions', '?')} left out), {f['wall_s']} s"
+            for name, f in sets.items() if isinstance(f, dict)]
     noise = result.get("noise") or {}
     if "work_s" in noise:
         lines.append(f"\n--vad on {noise['seconds']:g} s of noise: {noise['work_s']:.3f} s of work, "

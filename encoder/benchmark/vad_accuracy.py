@@ -16,7 +16,7 @@ from encoder.audio import load_audio
 from encoder.benchmark.speech import DATA
 from kernels.frontend import SAMPLE_RATE
 
-FRAME = 512                     # samples per energy frame (32 ms)
+ENERGY_FRAME = 512              # samples per energy frame (32 ms)
 QUIET_RMS = 1e-3                # a frame this quiet is silence
 MIN_PAUSE = 0.2                 # seconds of silence that make a pause
 ADDED_SILENCE = (0.0, 0.5)      # seconds added in each pause of a variant
@@ -28,13 +28,13 @@ def varied_variant(seed: int) -> tuple[np.ndarray, str]:
     audio, rate = soundfile.read(DATA / "varied.ogg", dtype="float32")
     assert rate == SAMPLE_RATE, "bench speech must be 16 kHz"
     rng = np.random.default_rng(seed)
-    frames = audio[:len(audio) // FRAME * FRAME].reshape(-1, FRAME)                      # (n, 512)
+    frames = audio[:len(audio) // ENERGY_FRAME * ENERGY_FRAME].reshape(-1, ENERGY_FRAME)      # (n, 512)
     quiet = np.sqrt(np.mean(np.square(frames), axis=1)) < QUIET_RMS
     edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
     parts, last = [], 0
     for start, end in zip(edges[0::2], edges[1::2]):
-        if (end - start) * FRAME >= MIN_PAUSE * SAMPLE_RATE:
-            middle = (start + end) // 2 * FRAME
+        if (end - start) * ENERGY_FRAME >= MIN_PAUSE * SAMPLE_RATE:
+            middle = (start + end) // 2 * ENERGY_FRAME
             parts += [audio[last:middle], np.zeros(int(rng.uniform(*ADDED_SILENCE) * SAMPLE_RATE), np.float32)]
             last = middle
     parts.append(audio[last:])
