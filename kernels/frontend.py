@@ -78,8 +78,11 @@ def log_mel_spectrogram(samples: np.ndarray, n_mels: int) -> np.ndarray:
     Periodic Hann window, |STFT|² (the last frame dropped), Slaney mel filters, log10 with a
     1e-10 floor, clamped to max − 8, then (x + 4) / 4; in float64.
     """
-    # frames past the samples (and their N_FFT / 2 reach) hold only the zero padding: their power is 0
-    heard = min(N_FRAMES, -(-(min(len(samples), N_SAMPLES) + N_FFT // 2) // HOP_LENGTH))
+    # frames past the last non-zero sample (and its N_FFT / 2 reach) hold only zeros, as a window padded
+    # to 30 s does: their power is 0, so they need no transform
+    nonzero = np.asarray(samples[:N_SAMPLES]) != 0
+    n = len(nonzero) - int(np.argmax(nonzero[::-1])) if nonzero.any() else 0
+    heard = min(N_FRAMES, -(-(n + N_FFT // 2) // HOP_LENGTH))
     power = np.abs(np.fft.rfft(frames(samples)[:heard] * hann_window(), axis=-1)) ** 2   # (heard, 201)
     log_spec = np.full((n_mels, N_FRAMES), np.log10(1e-10))                              # (n_mels, 3000)
     log_spec[:, :heard] = np.log10(np.maximum(mel_filters(n_mels) @ power.T, 1e-10))

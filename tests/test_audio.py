@@ -58,11 +58,24 @@ def test_log_mel_skips_only_frames_of_padding(n):
     from kernels.frontend import frames, hann_window
 
     samples = (0.1 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
+    samples = np.concatenate([samples, np.zeros(N_SAMPLES // 3, np.float32)])[:max(n, N_SAMPLES)]  # padded
     power = np.abs(np.fft.rfft(frames(samples) * hann_window(), axis=-1)) ** 2
     log_spec = np.log10(np.maximum(mel_filters(80) @ power.T, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     np.testing.assert_allclose(log_mel_spectrogram(samples, 80), ((log_spec + 4.0) / 4.0).astype(np.float32),
                                rtol=0, atol=1e-6)
+
+
+def test_log_mel_transforms_no_frame_of_trailing_zeros(monkeypatch):
+    """A 5 s clip padded to 30 s (as a window is): only the frames that reach its samples are transformed."""
+    from kernels.frontend import pad_window
+
+    rfft, rows = np.fft.rfft, []
+    monkeypatch.setattr(np.fft, "rfft", lambda x, **kw: rows.append(len(x)) or rfft(x, **kw))
+    clip = (0.1 * np.random.default_rng(5).standard_normal(5 * SAMPLE_RATE)).astype(np.float32)
+    clip[SAMPLE_RATE:2 * SAMPLE_RATE] = 0.0                     # silence inside the clip is transformed
+    log_mel_spectrogram(pad_window(clip), 80)
+    assert rows == [-(-(5 * SAMPLE_RATE + 200) // 160)]
 
 
 def test_mel_filters_are_slaney_normalised():
