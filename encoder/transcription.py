@@ -351,9 +351,10 @@ class _VadLoop(_Loop):
         vad = VadOptions()
         chunks = speech_chunks(speech_regions(scores.probs, scores.n_samples, vad), scores.probs, vad)
         window, size, rest, done = self.reader(), self.options.batch_size, [], 0
+        initial = self._prompt()                                            # every chunk's, encoded once
         while done < len(chunks) or rest:
             take = chunks[done:done + max(size - len(rest), 0)]              # rests go first, with new chunks
-            pieces = rest + [_Piece(a, window(a, b - a), self._prompt()) for a, b in take]
+            pieces = rest + [_Piece(a, window(a, b - a), initial) for a, b in take]
             rest = yield from self._round(pieces, scores.probs, vad)
             done += len(take)
             self.progress.update(chunks[done - 1][1] / SAMPLE_RATE if done else 0.0)

@@ -92,7 +92,7 @@ def _vad_accuracy_targets(accuracy: dict) -> list[tuple[str, str, bool | None]]:
     ours, theirs = accuracy.get(OURS_VAD, {}), accuracy.get(FW_BATCHED.format(8), {})
     rows = []
     for name, f in ours.items():
-        other = theirs.get(name) if isinstance(theirs, dict) else None
+        other = theirs.get(name)
         if not isinstance(f, dict) or not isinstance(other, dict):
             continue
         rows.append((f"{OURS_VAD}, {name} ({f['inputs']} inputs): WER <= {FW_BATCHED.format(8)}'s + 1 point",
