@@ -72,10 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "per-node profile against the machine's sgemm peak), end-to-end speed and peak memory on synthesised "
         "speech, and, with --peers, faster-whisper, transformers and ONNX Runtime in the same run.")
     add_model(parser)
-    backends = "cpu,cpu-numpy,emu" + (",cpu-bf16" if native.AMX is not None else "")
+    backends = "cpu,cpu-numpy,emu" + (",cpu-bf16" if native.BF16 is not None else "")
     parser.add_argument("--backends", default=backends, help="encoder backends, the first also runs end "
                         "to end and gives the profile; cpu-numpy is the cpu backend with its native kernels switched "
-                        f"off (default {backends}: cpu-bf16 where AMX is usable; add npu on a machine with one)")
+                        f"off (default {backends}: cpu-bf16 where AMX or AVX512-BF16 is usable; add npu on a "
+                        "machine with one)")
     parser.add_argument("--lengths", default="30,300",
                         help="seconds of speech for the end-to-end runs (default 30,300)")
     parser.add_argument("--memory-minutes", default="30", help="extra, longer end-to-end runs of ours, for memory "

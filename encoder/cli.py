@@ -62,7 +62,8 @@ def add_device(parser: argparse.ArgumentParser, default: str = "auto", strict: b
     """--device, and --strict where a fallback can happen during the run."""
     parser.add_argument("--device", choices=DEVICES, default=default,
                         help=f"encoder backend (default {default}; auto: the NPU if present, else cpu; cpu-bf16: "
-                             "cpu with its matrix products in bf16 on AMX, Intel Xeon 4th generation and later)")
+                             "cpu with its matrix products in bf16, on AMX tiles (Intel Xeon 4th generation "
+                             "and later) or AVX512-BF16 (AMD Zen 4 and later))")
     if strict:
         parser.add_argument("--strict", action="store_true",
                             help="fail instead of letting any op fall back from the device")

@@ -1,9 +1,9 @@
 """The backends by name, and the choice `--device auto` makes.
 
 `cpu` is fp32 (native kernels, or numpy kernels on BLAS), `cpu-bf16` the same with its matrix
-products in bf16 on AMX tiles (an error that says why where AMX is not usable), `emu` the NPU
-kernels' bf16 numerics emulated on the CPU, `npu` the NPU through pyxrt: an error that says why
-when no NPU or no working kernel is present, never a silent CPU run.
+products in bf16 on AMX tiles or AVX512-BF16 (an error that says why where neither is usable),
+`emu` the NPU kernels' bf16 numerics emulated on the CPU, `npu` the NPU through pyxrt: an error that
+says why when no NPU or no working kernel is present, never a silent CPU run.
 """
 from __future__ import annotations
 

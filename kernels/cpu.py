@@ -1,5 +1,5 @@
 """The `cpu` backend: fp32 kernels, row-blocked and spread over all cores; and `cpu-bf16`, the same
-with its matrix products in bf16 on AMX tiles.
+with its matrix products in bf16 (AMX tiles, else AVX512-BF16).
 
 Each kernel splits its output rows into blocks and hands them to a thread pool
 (numpy, BLAS and the native kernels release the GIL). BLAS is pinned to one thread
@@ -14,10 +14,11 @@ numpy's BLAS below, which are their fallback. The description names the variant 
 use, so the fallback is never silent.
 
 `cpu-bf16` runs the linear layers, the convolutions and attention's two products as the NPU
-kernels compute a product: inputs rounded to bf16, sums in fp32 (kernels/native/isa_amx.c, on
-Intel's AMX tiles: fc1's shape 5x the native fp32 product's speed, one thread); the softmax,
-layernorm and every epilogue stay fp32 as in `cpu`. It exists only where AMX does: elsewhere asking
-for it is an error, and so is a shape its kernels do not take (no silent fp32 op).
+kernels compute a product: inputs rounded to bf16, sums in fp32 (kernels/native/isa_amx.c on
+Intel's AMX tiles: fc1's shape 5x the native fp32 product's speed, one thread; where there are none,
+isa_avx512bf16.c on AVX512-BF16's dot products, AMD Zen 4 and later); the softmax, layernorm and
+every epilogue stay fp32 as in `cpu`. It exists only where one of them does: elsewhere asking for it
+is an error, and so is a shape its kernels do not take (no silent fp32 op).
 """
 from __future__ import annotations
 
@@ -132,9 +133,9 @@ class PackedWeight:
 
 
 class PackedBf16Weight:
-    """A matrix product's W (K, N) rounded to bf16 in the AMX linear's layout (kernels.native.pack_bf16)."""
+    """A matrix product's W (K, N) rounded to bf16 in the bf16 linear's layout (kernels.native.pack_bf16)."""
 
-    ROW_ALIGN = 32                       # row blocks on multiples of the kernel's 32-row pass
+    ROW_ALIGN = 32                       # row blocks on multiples of the kernels' 32-row pass
 
     def __init__(self, w: np.ndarray):
         self.packed = native.pack_bf16(w)                               # (N/16, K_pad/2, 16, 2)
@@ -147,19 +148,19 @@ class PackedBf16Weight:
 
 class CpuBackend(Backend):
     """fp32 on the host CPU: the native kernels (their own matmuls on AVX-512, BLAS's elsewhere), or the
-    numpy kernels on numpy's BLAS; with bf16, the matrix products in bf16 on AMX tiles."""
+    numpy kernels on numpy's BLAS; with bf16, the matrix products in bf16 (native.BF16's kind)."""
 
     name = "cpu"
 
     def __init__(self, threads: int | None = None, native_kernels: bool | None = None, bf16: bool = False):
         """threads: the pool's size (default AMANUENSIS_THREADS, else every core); native_kernels:
         None uses them when built, False forces the numpy kernels, True insists on them; bf16: the
-        `cpu-bf16` backend (AmanuensisError where AMX is not usable)."""
+        `cpu-bf16` backend (AmanuensisError where neither AMX nor AVX512-BF16 is usable)."""
         self.threads = threads or settings.threads()
         if native_kernels and native.LIBRARY is None:
             raise RuntimeError(f"the cpu backend's native kernels are {native.UNAVAILABLE}")
-        if bf16 and (native.AMX is None or native_kernels is False):
-            raise AmanuensisError(f"bf16 matrix products on AMX: {native.AMX_UNAVAILABLE or 'native kernels off'}")
+        if bf16 and (native.BF16 is None or native_kernels is False):
+            raise AmanuensisError(f"bf16 matrix products: {native.BF16_UNAVAILABLE or 'native kernels off'}")
         self.bf16 = bf16
         self.name = "cpu-bf16" if bf16 else "cpu"
         self.native = native.LIBRARY is not None if native_kernels is None else native_kernels
@@ -185,8 +186,8 @@ class CpuBackend(Backend):
 
     def describe(self) -> str:
         if self.bf16:
-            return (f"cpu-bf16 (matrix products, attention's too, in bf16 on AMX tiles with fp32 sums; softmax, "
-                    f"norms and epilogues fp32 in native kernels {native.isa()}; {self.threads} threads)")
+            return (f"cpu-bf16 (matrix products, attention's too, in bf16 on {native.BF16.name} with fp32 sums; "
+                    f"softmax, norms and epilogues fp32 in native kernels {native.isa()}; {self.threads} threads)")
         if self.native_linear:
             return f"cpu (fp32, native kernels {native.isa()} with their own matmuls, {self.threads} threads)"
         if self.native:
@@ -229,7 +230,7 @@ class CpuBackend(Backend):
 
     def prepare_weight(self, kernel, w):
         """Matrices of linear and conv1d_k3 packed for the native linear (or rounded to bf16 and packed
-        for the AMX one), where it runs them."""
+        for the bf16 one), where it runs them."""
         if kernel not in ("linear", "conv1d_k3") or not isinstance(w, np.ndarray):
             return w
         if self.bf16:
@@ -325,12 +326,12 @@ class CpuBackend(Backend):
             if d != native.HEAD:
                 raise AmanuensisError(f"cpu-bf16 runs attention heads of {native.HEAD}, not {d}")
 
-            def amx_span(task):
+            def bf16_span(task):
                 h, rows = task
                 q, k, v = columns[h]
                 native.attention_bf16(qkv[rows, q], qkv[:, k], qkv[:, v], 1.0 / math.sqrt(d), out[rows, q])
 
-            self._run(amx_span, tasks)
+            self._run(bf16_span, tasks)
         elif self.native and d == native.HEAD:
             def span(task):
                 h, rows = task

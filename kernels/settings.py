@@ -6,6 +6,7 @@ Each is read when asked for, not at import, so a test or a server can change it 
     AMANUENSIS_CACHE          converted models and built kernels (default $XDG_CACHE_HOME/amanuensis,
                               else ~/.cache/amanuensis)
     AMANUENSIS_CPU_NATIVE     0 switches the cpu backend's native kernels off (its numpy kernels run)
+    AMANUENSIS_BF16_KERNELS   cpu-bf16's products: auto (default: AMX tiles, else AVX512-BF16), amx or avx512
     AMANUENSIS_NPU_KERNELS    directory of the NPU kernels' manifest.json (default <cache>/npu-kernels)
     AMANUENSIS_ACCEL_GLOB     where NPU device nodes are looked for (default /dev/accel/accel*)
     AMANUENSIS_API_KEY        the server's API key when --api-key is not given
@@ -54,6 +55,18 @@ def cpu_native() -> bool:
         return parse_bool(os.environ.get("AMANUENSIS_CPU_NATIVE", "1"))
     except ValueError as e:
         raise AmanuensisError(f"AMANUENSIS_CPU_NATIVE: {e}") from None
+
+
+BF16_KERNEL_CHOICES = ("auto", "amx", "avx512")
+
+
+def bf16_kernels() -> str:
+    """Which bf16 products cpu-bf16 runs (AMANUENSIS_BF16_KERNELS, one of BF16_KERNEL_CHOICES)."""
+    value = os.environ.get("AMANUENSIS_BF16_KERNELS", "auto").strip().lower() or "auto"
+    if value not in BF16_KERNEL_CHOICES:
+        raise AmanuensisError(f"AMANUENSIS_BF16_KERNELS must be one of {', '.join(BF16_KERNEL_CHOICES)}, "
+                              f"got {value!r}")
+    return value
 
 
 def npu_kernels_dir() -> Path:

@@ -120,6 +120,18 @@ def test_bad_options(args, message):
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("job, message", [
+    ("{", "the job is not JSON"),
+    ('{"job": "ours_gpu"}', 'a job is {"job": name, ...} with a name from: gemm_peak, native_levels'),
+    ('{"job": "native_levels", "repeats": 1, "threads": 2}', "native_levels: got an unexpected keyword argument "
+                                                             "'threads' (it takes (repeats: 'int')"),
+])
+def test_a_bad_job_is_named_not_a_traceback(job, message):
+    """python -m encoder.benchmark.jobs, which the docs give for timing the native kernels alone."""
+    r = subprocess.run([sys.executable, "-m", "encoder.benchmark.jobs", job], capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 @pytest.mark.slow
 def test_a_short_run_with_peers(tmp_path):
     """Every key the issue asks for, measured (positive, consistent), the files written, the peers run."""

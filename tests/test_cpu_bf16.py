@@ -1,11 +1,12 @@
-"""The `cpu-bf16` backend: bf16 matrix products on AMX tiles (linear layers, convolutions, attention),
-checked against their formulas on the same bf16-rounded inputs; its accuracy on speech; and a clear
-error where AMX is not usable."""
+"""The `cpu-bf16` backend: bf16 matrix products (linear layers, convolutions, attention) on AMX tiles
+and on AVX512-BF16, each kind checked against their formulas on the same bf16-rounded inputs; its
+accuracy on speech; and a clear error where neither is usable."""
 import json
 import math
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -15,7 +16,17 @@ from hypothesis import strategies as st
 from kernels import native, reference
 from kernels.errors import AmanuensisError
 
-needs_amx = pytest.mark.skipif(native.AMX is None, reason=f"AMX bf16 products: {native.AMX_UNAVAILABLE}")
+KINDS = list(native.BF16_KINDS)
+
+
+@contextmanager
+def products_of(kind: str):
+    """native.BF16 on `kind` for the block; the test skips, saying why, where this CPU cannot run it."""
+    kernels, why = native.load_bf16(kind)
+    if kernels is None:
+        pytest.skip(f"bf16 products on {native.BF16_KINDS[kind][0]}: {why}")
+    with native.bf16_of_kind(kind):
+        yield
 
 
 def bf16(x: np.ndarray) -> np.ndarray:
@@ -36,13 +47,14 @@ def test_bf16_rounding_is_nearest_ties_to_even():
     assert native.to_bf16_bits(np.array([np.nan], np.float32))[0] & 0x7FFF > 0x7F80   # still a NaN
 
 
-@needs_amx
+@pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=30, deadline=None)
 @given(rows=st.integers(1, 100), k=st.integers(1, 400), n=st.integers(1, 8).map(lambda m: 32 * m),
        gelu=st.booleans(), residual=st.booleans(), seed=st.integers(0, 2**16))
-def test_linear_bf16_is_the_reference_on_bf16_inputs(rows, k, n, gelu, residual, seed):
+def test_linear_bf16_is_the_reference_on_bf16_inputs(kind, rows, k, n, gelu, residual, seed):
     """act(bf16(x) · bf16(W) + b) (+ r) with fp32 sums: within fp32 summation error of the float64
-    reference on the same rounded inputs, for any rows (partial 32-row passes), any K (padded to 32)."""
+    reference on the same rounded inputs, for any rows (partial passes and register tiles), any K
+    (padded to 32), widths of 64-column tiles and of a last 32-column one."""
     from kernels.cpu import _GELU_NATIVE
 
     rng = np.random.default_rng(seed)
@@ -51,7 +63,8 @@ def test_linear_bf16_is_the_reference_on_bf16_inputs(rows, k, n, gelu, residual,
     b = rng.standard_normal(n, dtype=np.float32)
     r = rng.standard_normal((rows, n), dtype=np.float32) if residual else None
     out = native.empty_aligned((rows, n))
-    native.linear_bf16(x, native.pack_bf16(w), k, b, out, _GELU_NATIVE if gelu else None, r)
+    with products_of(kind):
+        native.linear_bf16(x, native.pack_bf16(w), k, b, out, _GELU_NATIVE if gelu else None, r)
     ref = reference.linear(bf16(x), bf16(w), b, gelu=gelu, residual=r)
     assert np.abs(out - ref).max() <= 1e-5 * (1 + np.abs(ref).max())
 
@@ -70,11 +83,11 @@ def attention_on_bf16(qkv: np.ndarray, n_head: int) -> np.ndarray:
     return out
 
 
-@needs_amx
+@pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=15, deadline=None)
 @given(t=st.integers(1, 400), heads=st.sampled_from([1, 2, 6]), scale=st.sampled_from([0.5, 2.0, 6.0]),
        seed=st.integers(0, 2**16))
-def test_attention_bf16_is_its_formula(t, heads, scale, seed):
+def test_attention_bf16_is_its_formula(kind, t, heads, scale, seed):
     """Every head, any length (partial 32-row and 32-key passes), spread-out and peaked scores. A bf16
     probability whose fp32 value lies within rounding of a bf16 boundary may round the other way here
     than in float64 (one step: 2^-8 of it), hence a bound of 1% of |V| on the worst element and a
@@ -83,16 +96,16 @@ def test_attention_bf16_is_its_formula(t, heads, scale, seed):
 
     be = get_backend("cpu-bf16")
     qkv = (scale * np.random.default_rng(seed).standard_normal((t, 3 * 64 * heads))).astype(np.float32)
-    with be.session():
+    with products_of(kind), be.session():
         ours = be.attention(qkv, heads)
     ref = attention_on_bf16(qkv, heads)
     err, size = np.abs(ours - ref), np.abs(qkv).max()
     assert err.max() <= 1e-2 * size and err.mean() <= 1e-5 * size, (err.max(), err.mean())
 
 
-@needs_amx
-def test_convolutions_read_overlapping_rows_in_place():
-    """The stem's convolutions hand the AMX product overlapping patch rows (no im2col copy)."""
+@pytest.mark.parametrize("kind", KINDS)
+def test_convolutions_read_overlapping_rows_in_place(kind):
+    """The stem's convolutions hand the bf16 product overlapping patch rows (no im2col copy)."""
     from kernels.backends import get_backend
 
     be = get_backend("cpu-bf16")
@@ -100,36 +113,62 @@ def test_convolutions_read_overlapping_rows_in_place():
     x, w, b = (rng.standard_normal((101, 80), dtype=np.float32), rng.standard_normal((240, 64), dtype=np.float32) / 16,
                rng.standard_normal(64, dtype=np.float32))
     for stride in (1, 2):
-        with be.session():
+        with products_of(kind), be.session():
             ours = be.conv1d_k3(x, be.prepare_weight("conv1d_k3", w), b, stride=stride)
         ref = reference.conv1d_k3(bf16(x), bf16(w), b, stride=stride)
         assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1e-5 * (1 + np.abs(ref).max())
 
 
-@needs_amx
-def test_it_names_itself_and_refuses_what_it_cannot_run():
+@pytest.mark.parametrize("kind", KINDS)
+def test_it_names_itself_and_refuses_what_it_cannot_run(kind):
     from kernels.backends import get_backend
 
     be = get_backend("cpu-bf16")
-    assert be.name == "cpu-bf16" and "bf16 on AMX tiles" in be.describe() and "fp32" in be.describe()
+    with products_of(kind):
+        assert be.name == "cpu-bf16" and f"bf16 on {native.BF16_KINDS[kind][0]}" in be.describe()
+        assert "fp32" in be.describe()
     with pytest.raises(AmanuensisError, match="multiple of 32"):
         be.prepare_weight("linear", np.ones((64, 48), np.float32))
     with pytest.raises(AmanuensisError, match="heads of 64, not 32"):
         be.attention(np.ones((10, 3 * 64), np.float32), 2)
 
 
-def test_without_amx_asking_for_it_is_an_error(monkeypatch):
+def test_without_bf16_products_asking_for_them_is_an_error(monkeypatch):
     from kernels import backends
 
-    monkeypatch.setattr(native, "AMX", None)
-    monkeypatch.setattr(native, "AMX_UNAVAILABLE", "this CPU lacks AMX-BF16 (a test says so)")
+    monkeypatch.setattr(native, "BF16", None)
+    monkeypatch.setattr(native, "BF16_UNAVAILABLE", "this CPU lacks AMX-BF16 (a test says so)")
     monkeypatch.setattr(backends, "_instances", {})
-    with pytest.raises(AmanuensisError, match="device cpu-bf16: bf16 matrix products on AMX: this CPU lacks"):
+    with pytest.raises(AmanuensisError, match="device cpu-bf16: bf16 matrix products: this CPU lacks"):
         backends.get_backend("cpu-bf16")
 
 
+def _bf16_kind_in_a_process(value: str) -> subprocess.CompletedProcess:
+    code = "from kernels import native; print(native.BF16 and native.BF16.kind, '|', native.BF16_UNAVAILABLE)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "AMANUENSIS_BF16_KERNELS": value})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_environment_picks_the_kind(kind):
+    """AMANUENSIS_BF16_KERNELS=amx|avx512 runs that kind or none (never the other one); a wrong value
+    is named in the reason cpu-bf16's error gives."""
+    usable = native.load_bf16(kind)[0] is not None
+    out = _bf16_kind_in_a_process(kind).stdout
+    assert out.startswith(f"{kind} |") if usable else out.startswith("None |") and "lacks" in out, out
+    wrong = _bf16_kind_in_a_process("tiles").stdout
+    assert wrong.startswith("None |") and "AMANUENSIS_BF16_KERNELS must be one of auto, amx, avx512" in wrong
+
+
+def test_auto_prefers_amx_tiles():
+    """auto takes AMX tiles where they are usable, else AVX512-BF16, else none."""
+    usable = [k for k in KINDS if native.load_bf16(k)[0] is not None]
+    auto, _ = native.load_bf16("auto")
+    assert KINDS[0] == "amx" and (auto.kind if auto else None) == (usable[0] if usable else None)
+
+
 def test_the_cli_refuses_it_in_one_line_when_it_cannot_run(tmp_path):
-    """With the native kernels switched off there are no AMX products either: exit 2, one line."""
+    """With the native kernels switched off there are no bf16 products either: exit 2, one line."""
     env = {**os.environ, "AMANUENSIS_CPU_NATIVE": "0"}
     r = subprocess.run([sys.executable, "-m", "encoder.transcribe", "tests/data/hello.wav", "--device", "cpu-bf16",
                         "-o", str(tmp_path)], capture_output=True, text=True, env=env)
@@ -138,33 +177,43 @@ def test_the_cli_refuses_it_in_one_line_when_it_cannot_run(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@needs_amx
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.slow
-def test_encoder_parity_and_transcripts_on_real_speech(tiny, tiny_torch, speech):
+def test_encoder_parity_and_transcripts_on_real_speech(kind, tiny, tiny_torch, speech):
     """Every layer within the bf16 bound of PyTorch fp32 (as emu), and the 18 clips' word error
-    rate within half a point of the fp32 cpu backend's (measured equal, 4.9%)."""
+    rate within half a point of the fp32 cpu backend's (measured equal, 4.9%), on each kind."""
+    from encoder.model import WhisperModel
+
+    with products_of(kind):
+        _parity_and_transcripts(WhisperModel(tiny.converted, "cpu-bf16", decoder_precision="fp32"), tiny,
+                                tiny_torch, speech)
+
+
+def _parity_and_transcripts(model, fp32_model, torch_model, speech) -> None:
     from encoder.audio import load_audio
     from encoder.evaluation import score
     from encoder.layer_parity import MIN_COSINE_BF16, compare
-    from encoder.model import WhisperModel
 
-    model = WhisperModel(tiny.converted, "cpu-bf16", decoder_precision="fp32")
     for clip in speech[:4]:
-        rows = compare(model, load_audio(clip.path), tiny_torch)
+        rows = compare(model, load_audio(clip.path), torch_model)
         assert all(not r.fp32 and r.ok and r.diff.cosine >= MIN_COSINE_BF16 for r in rows), (clip.file, rows)
     errors, words = [0, 0], 0
     for clip in speech:
-        for i, m in enumerate((model, tiny)):
+        for i, m in enumerate((model, fp32_model)):
             s = score(clip.text, m.transcribe(clip.path).text)
             errors[i] += s.errors
         words += s.words
     assert errors[0] <= errors[1] + 0.005 * words, (errors, words)
 
 
-@needs_amx
-def test_a_transcription_reports_it_for_every_node(tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_transcription_reports_it_for_every_node(kind, tmp_path):
+    if native.load_bf16(kind)[0] is None:
+        pytest.skip(f"bf16 products on {native.BF16_KINDS[kind][0]}: {native.load_bf16(kind)[1]}")
     r = subprocess.run([sys.executable, "-m", "encoder.transcribe", "tests/data/hello.wav", "--device", "cpu-bf16",
-                        "-o", str(tmp_path), "-f", "json", "--verbose", "False"], capture_output=True, text=True)
+                        "-o", str(tmp_path), "-f", "json", "--verbose", "False"], capture_output=True, text=True,
+                       env={**os.environ, "AMANUENSIS_BF16_KERNELS": kind})
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "hello.json").read_text())
     assert set(sum(result["provenance"]["encoder_nodes"].values(), [])) == {"cpu-bf16"}
+    assert f"in bf16 on {native.BF16_KINDS[kind][0]}" in r.stderr, r.stderr       # which products ran

@@ -8,6 +8,7 @@ and never counted as work.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import statistics
@@ -28,6 +29,7 @@ from encoder.evaluation import score
 from encoder.model import load_model
 from encoder.torch_reference import torch_whisper
 from kernels import native
+from kernels.errors import BadOption
 from kernels.frontend import SAMPLE_RATE, log_mel_spectrogram
 from weights_tools.layout import kernel_to_encoder
 from weights_tools.model_dir import DEFAULT_DECODER_PRECISION, ConvertedModel
@@ -142,9 +144,10 @@ def ours_decoder_steps(model: str, device: str, repeats: int) -> dict:
 
 
 def native_levels(repeats: int) -> dict:
-    """On one thread, each copy of the native kernels this CPU runs: one attention head (T = 1500)
-    and an fc1-shaped linear (750 x 384 x 1536), beside numpy's BLAS on the same product. A copy
-    that is far slower than the others shows here (the AVX2 copy once ran attention 34x slower)."""
+    """On one thread, each copy of the native kernels this CPU runs, and each kind of cpu-bf16's bf16
+    products: one attention head (T = 1500) and an fc1-shaped linear (750 x 384 x 1536), beside
+    numpy's BLAS on the same product. A copy that is far slower than the others shows here (the AVX2
+    copy once ran attention 34x slower)."""
     if native.LIBRARY is None:
         return {"error": f"native kernels {native.UNAVAILABLE}"}
     rng = np.random.default_rng(0)
@@ -166,7 +169,18 @@ def native_levels(repeats: int) -> dict:
                                                                            qkv[:, 768:832], 0.125, head, s), repeats)
             linear = _median_ms(lambda p=panels: native.linear(x, p, b, out), repeats)
         levels[name] = {"attention_head_ms": round(attention, 2), "linear_gflops": round(gflop / linear * 1e3, 1)}
-    return {**result, "levels": levels, "in_use": native.isa()}
+    bf16 = {}
+    for kind, (name, _, _) in native.BF16_KINDS.items():
+        if native.load_bf16(kind)[0] is None:
+            continue
+        with native.bf16_of_kind(kind):
+            packed = native.pack_bf16(w)
+            attention = _median_ms(lambda: native.attention_bf16(qkv[:, :64], qkv[:, 384:448], qkv[:, 768:832],
+                                                                 0.125, head), repeats)
+            linear = _median_ms(lambda p=packed: native.linear_bf16(x, p, 384, b, out), repeats)
+        bf16[f"bf16 on {name}"] = {"attention_head_ms": round(attention, 2),
+                                   "linear_gflops": round(gflop / linear * 1e3, 1)}
+    return {**result, "levels": {**levels, **bf16}, "in_use": native.isa()}
 
 
 def ours_e2e(model: str, device: str, audio: str, reference: str, threads: int,
@@ -332,10 +346,26 @@ JOBS = {f.__name__: f for f in (gemm_peak, native_levels, ours_encoder, ours_bat
                                 faster_whisper_e2e, transformers_encoder, transformers_e2e, onnxruntime_encoder)}
 
 
+def _parse(text: str):
+    """The job function and its arguments bound from `text` ('{"job": name, ...}'); BadOption naming
+    what is wrong with it."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadOption("job", f"the job is not JSON ({e})") from None
+    if not isinstance(spec, dict) or spec.get("job") not in JOBS:
+        raise BadOption("job", f"a job is {{\"job\": name, ...}} with a name from: {', '.join(JOBS)}")
+    job = JOBS[spec.pop("job")]
+    try:
+        return job, inspect.signature(job).bind(**spec)
+    except TypeError as e:
+        raise BadOption("job", f"{job.__name__}: {e} (it takes {inspect.signature(job)})") from None
+
+
 def main(argv=None) -> int:
     args = argv if argv is not None else sys.argv[1:]
-    spec = json.loads(args[0] if args else sys.stdin.read())
-    result = JOBS[spec.pop("job")](**spec)
+    job, bound = _parse(args[0] if args else sys.stdin.read())
+    result = job(*bound.args, **bound.kwargs)
     result["peak_rss_mb"] = round(peak_rss.own_mb(), 1)
     print(json.dumps(result))
     return 0

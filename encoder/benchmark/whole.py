@@ -87,12 +87,12 @@ def _faster_whisper(model_dir: str, threads: int, batch: int) -> System:
 
 
 def systems(model: str, model_dir: str | None, threads: int) -> list[System]:
-    """Ours on `model` (default options, --vad, and on the real clips --batch-size 1; where AMX is usable,
+    """Ours on `model` (default options, --vad, and on the real clips --batch-size 1; where cpu-bf16 runs,
     the first two with --device cpu-bf16 on the varied speech and the clips), and faster-whisper plain and
     batched where it is installed and the model is a CTranslate2 directory (`model_dir`, else None)."""
     ours = [_ours(model), _ours(model, OURS_VAD, ("--vad", "True")),
             _ours(model, OURS_SEQUENTIAL, ("--batch-size", "1"), frozenset({CLIPS}))]
-    if native.AMX is not None:
+    if native.BF16 is not None:
         ours += [_ours(model, OURS_BF16, ("--device", "cpu-bf16"), frozenset({VARIED, CLIPS})),
                  _ours(model, OURS_VAD_BF16, ("--vad", "True", "--device", "cpu-bf16"), frozenset({VARIED, CLIPS}))]
     if model_dir is None or importlib.util.find_spec("faster_whisper") is None:

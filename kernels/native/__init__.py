@@ -7,6 +7,9 @@ runs, or the level a test asks for.
 AMANUENSIS_CPU_NATIVE=0; `UNAVAILABLE` then says why, and the cpu backend names its numpy kernels
 in its description instead. ctypes drops the GIL for every call, so the backend's row blocks run
 these kernels on all cores at once.
+
+`BF16` holds the `cpu-bf16` backend's bf16 products on AMX tiles or, without them, on AVX512-BF16
+(AMANUENSIS_BF16_KERNELS picks one), or is None and `BF16_UNAVAILABLE` says why.
 """
 from __future__ import annotations
 
@@ -78,38 +81,79 @@ def bind(path: Path, level: int | None = None) -> Kernels:
 LIBRARY, UNAVAILABLE = _load()
 
 
-class Amx:
-    """The bf16 matrix product on AMX tiles (isa_amx.c) of a build."""
+BF16_KINDS = {    # kind: (what it runs on, exported suffix, its check) in the order `auto` tries them
+    "amx": ("AMX tiles", "", "amx_usable"),
+    "avx512": ("AVX512-BF16 dot products", "_avx512", "avx512bf16_usable"),
+}
 
-    def __init__(self, lib: ctypes.CDLL):
-        self.linear_bf16 = lib.linear_bf16
+
+class Bf16Kernels:
+    """The bf16 matrix products of a build on one kind of hardware (BF16_KINDS): AMX tiles
+    (isa_amx.c) or AVX512-BF16 dot products (isa_avx512bf16.c), the same functions and numerics."""
+
+    def __init__(self, lib: ctypes.CDLL, kind: str):
+        self.kind = kind
+        self.name, suffix, _ = BF16_KINDS[kind]
+        self.linear_bf16 = getattr(lib, "linear_bf16" + suffix)
         self.linear_bf16.argtypes = [_P, _L, _P, _L, _L, _L, _P, _P, _P, _L, _P, _L, _L]
         self.linear_bf16.restype = ctypes.c_int
-        self.attention_bf16 = lib.attention_bf16
+        self.attention_bf16 = getattr(lib, "attention_bf16" + suffix)
         self.attention_bf16.argtypes = [_P, _P, _P, _L, _F, _L, _P, _L, _L]
         self.attention_bf16.restype = ctypes.c_int
 
 
-def _load_amx() -> tuple[Amx | None, str | None]:
+_BF16_MISSING = {
+    "amx": "this CPU lacks AMX-BF16 (Intel Xeon 4th generation and later have it), or Linux did not grant "
+           "the tile state (5.16 and later do)",
+    "avx512": "this CPU lacks AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake and Xeon 4th generation "
+              "and later have it)",
+}
+
+
+def load_bf16(kind: str = "auto") -> tuple[Bf16Kernels | None, str | None]:
+    """The bf16 products of `kind` ("amx", "avx512", or "auto": the first of BF16_KINDS this CPU can
+    run), or None and why not."""
     if LIBRARY is None:
         return None, f"native kernels {UNAVAILABLE}"
+    kinds = list(BF16_KINDS) if kind == "auto" else [kind]
     try:
         lib = ctypes.CDLL(str(_library_path()))
-        usable = lib.amx_usable()
-    except (OSError, AttributeError) as e:      # AttributeError: a build from before isa_amx.c
+        for k in kinds:
+            if getattr(lib, BF16_KINDS[k][2])():
+                return Bf16Kernels(lib, k), None
+    except (OSError, AttributeError) as e:      # AttributeError: a build from before these sources
         return None, f"not in this build of the native kernels ({e}); reinstall to rebuild them"
-    if not usable:
-        return None, ("this CPU lacks AMX-BF16 (Intel Xeon 4th generation and later have it), or Linux "
-                      "did not grant the tile state (5.16 and later do), or the kernels were built without it")
-    return Amx(lib), None
+    return None, "; ".join(_BF16_MISSING[k] for k in kinds) + ", or the kernels were built without it"
 
 
-AMX, AMX_UNAVAILABLE = _load_amx()
+def _load_bf16_setting() -> tuple[Bf16Kernels | None, str | None]:
+    try:
+        return load_bf16(settings.bf16_kernels())
+    except AmanuensisError as e:
+        return None, f"not used: {e}"
+
+
+BF16, BF16_UNAVAILABLE = _load_bf16_setting()
 
 
 def isa() -> str:
     """The instruction set of the copy in use, e.g. 'x86-64-v4 (AVX-512)'."""
     return LEVELS[LIBRARY.level][1]
+
+
+@contextmanager
+def bf16_of_kind(kind: str):
+    """Run the bf16 products on `kind` (BF16_KINDS) for a while (tests and the bench check each kind
+    the CPU can run; not for use while other threads call the kernels). ValueError where it cannot."""
+    global BF16
+    kernels, why = load_bf16(kind)
+    if kernels is None:
+        raise ValueError(f"bf16 products on {BF16_KINDS[kind][0]}: {why}")
+    saved, BF16 = BF16, kernels
+    try:
+        yield
+    finally:
+        BF16 = saved
 
 
 @contextmanager
@@ -204,7 +248,7 @@ def gelu_coefficients(p: tuple) -> np.ndarray:
     return np.array([-2.0 * c for c in p], np.float32)
 
 
-BF16_DEPTH = 32  # inputs per AMX tile product: linear_bf16's K is padded to a multiple of it
+BF16_DEPTH = 32  # inputs per AMX tile product: linear_bf16's K is padded to a multiple of it (both kinds)
 
 
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -227,7 +271,7 @@ def pack_bf16(w: np.ndarray) -> np.ndarray:
 
 def linear_bf16(a: np.ndarray, packed: np.ndarray, k: int, b: np.ndarray, out: np.ndarray,
                 gelu_coeffs: np.ndarray | None = None, residual: np.ndarray | None = None) -> None:
-    """out ← act(bf16(a) · W + b) (+ residual) on AMX tiles, W as pack_bf16 lays it out (K = k); act =
+    """out ← act(bf16(a) · W + b) (+ residual) on BF16's kind, W as pack_bf16 lays it out (K = k); act =
     GELU when gelu_coeffs is given. a (rows, k), its rows may overlap; out and residual (rows, N)."""
     rows = a.shape[0]
     n, k_pad = packed.shape[0] * 16, packed.shape[1] * 2
@@ -235,24 +279,24 @@ def linear_bf16(a: np.ndarray, packed: np.ndarray, k: int, b: np.ndarray, out: n
     assert residual is None or residual.shape == out.shape
     res, ld_res = (None, 0) if residual is None else (_ptr(residual), _ld(residual))
     coeffs = None if gelu_coeffs is None else _ptr(gelu_coeffs)
-    status = AMX.linear_bf16(_ptr(a), _ld(a), packed.ctypes.data, k, k_pad, n, _ptr(b), coeffs, res, ld_res,
-                             _ptr(out), _ld(out), rows)
+    status = BF16.linear_bf16(_ptr(a), _ld(a), packed.ctypes.data, k, k_pad, n, _ptr(b), coeffs, res, ld_res,
+                              _ptr(out), _ld(out), rows)
     if status == -1:
         raise MemoryError("native linear_bf16: no memory for its scratch rows")
     if status:
-        raise RuntimeError("native linear_bf16: AMX tiles are not usable in this process")
+        raise RuntimeError(f"native linear_bf16: {BF16.name} are not usable in this process")
 
 
 def attention_bf16(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, out: np.ndarray) -> None:
-    """out ← softmax(bf16(q) · bf16(k · scale)ᵀ) · bf16(v) for a span of one head's query rows, on AMX
-    tiles: bf16 products, fp32 scores and sums, the probabilities rounded to bf16 for the product (and
+    """out ← softmax(bf16(q) · bf16(k · scale)ᵀ) · bf16(v) for a span of one head's query rows, on BF16's
+    kind: bf16 products, fp32 scores and sums, the probabilities rounded to bf16 for the product (and
     their sums taken of what is rounded). q (rows, 64), k and v (t, 64): column slices of one QKV
     matrix (one row stride); out (rows, 64)."""
     t = k.shape[0]
     assert q.shape[1] == k.shape[1] == v.shape[1] == HEAD and v.shape[0] == t and q.shape == out.shape
     assert q.strides == k.strides == v.strides
-    status = AMX.attention_bf16(_ptr(q), _ptr(k), _ptr(v), _ld(q), scale, t, _ptr(out), _ld(out), q.shape[0])
+    status = BF16.attention_bf16(_ptr(q), _ptr(k), _ptr(v), _ld(q), scale, t, _ptr(out), _ld(out), q.shape[0])
     if status == -1:
         raise MemoryError("native attention_bf16: no memory for its scratch")
     if status:
-        raise RuntimeError("native attention_bf16: AMX tiles are not usable in this process")
+        raise RuntimeError(f"native attention_bf16: {BF16.name} are not usable in this process")
