@@ -113,6 +113,8 @@ _BF16_MISSING = {
 def load_bf16(kind: str = "auto") -> tuple[Bf16Kernels | None, str | None]:
     """The bf16 products of `kind` ("amx", "avx512", or "auto": the first of BF16_KINDS this CPU can
     run), or None and why not."""
+    if kind != "auto" and kind not in BF16_KINDS:
+        return None, f"AMANUENSIS_BF16_KERNELS must be one of auto, {', '.join(BF16_KINDS)}, got {kind!r}"
     if LIBRARY is None:
         return None, f"native kernels {UNAVAILABLE}"
     kinds = list(BF16_KINDS) if kind == "auto" else [kind]
@@ -126,14 +128,7 @@ def load_bf16(kind: str = "auto") -> tuple[Bf16Kernels | None, str | None]:
     return None, "; ".join(_BF16_MISSING[k] for k in kinds) + ", or the kernels were built without it"
 
 
-def _load_bf16_setting() -> tuple[Bf16Kernels | None, str | None]:
-    try:
-        return load_bf16(settings.bf16_kernels())
-    except AmanuensisError as e:
-        return None, f"not used: {e}"
-
-
-BF16, BF16_UNAVAILABLE = _load_bf16_setting()
+BF16, BF16_UNAVAILABLE = load_bf16(settings.bf16_kernels())
 
 
 def isa() -> str:
@@ -148,7 +143,7 @@ def bf16_of_kind(kind: str):
     global BF16
     kernels, why = load_bf16(kind)
     if kernels is None:
-        raise ValueError(f"bf16 products on {BF16_KINDS[kind][0]}: {why}")
+        raise ValueError(f"bf16 products of kind {kind!r}: {why}")
     saved, BF16 = BF16, kernels
     try:
         yield

@@ -26,7 +26,8 @@
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
-#define AM 32          /* rows of a pass */
+#define AM 32          /* rows of a pass: two tiles of 16 */
+_Static_assert(AM == PASS_ROWS, "a pass of bf16_common.h is one pass of the tiles: the products ignore its rows");
 #define AN 32          /* columns of a pass */
 #define AK 32          /* inputs per tile product (pairs of bf16 in 64-byte tile rows) */
 
@@ -81,41 +82,31 @@ INLINE void tile_product(const uint16_t *a, long lda, const uint16_t *b0, const 
     _tile_stored(3, c + 16 * ldc + 16, ldc * sizeof(float));
 }
 
-/* c[r, :] = act(bf16(a[r, :]) · W + bias) (+ res[r, :]) for r < rows; act = GELU when coeffs is not
- * NULL (cpu_kernels.h's gelu_one). a: (rows, k) fp32, row stride lda (rows may overlap); w: W (k, n)
- * in bf16, packed as (n / 16, k_pad / 2, 16, 2): column block j's pairs of consecutive inputs
- * (kernels.native.pack_bf16), k_pad = k rounded up to 32, W's rows past k zero; n a multiple of 32.
- * Returns 0, -1 when its scratch cannot be allocated, -2 when the tiles are not usable. */
+/* A linear's pass (bf16_common.h) in 32-column passes on the four C tiles: a full pass straight into
+ * c; a short last one through a block, its real rows copied. */
+static void amx_linear_pass(const uint16_t *a16, long k_pad, const uint16_t *w, long n, float *c, long ldc, long mr) {
+    float block[AM * AN] __attribute__((aligned(64)));
+    for (long n0 = 0; n0 < n; n0 += AN) {
+        const uint16_t *w0 = w + (n0 / 16) * k_pad * 16, *w1 = w0 + k_pad * 16;
+        if (mr == AM) {
+            tile_product(a16, k_pad, w0, w1, k_pad / AK, c + n0, ldc);
+        } else {
+            tile_product(a16, k_pad, w0, w1, k_pad / AK, block, AN);
+            for (long r = 0; r < mr; r++) memcpy(c + r * ldc + n0, block + r * AN, AN * sizeof(float));
+        }
+    }
+}
+
+/* bf16_common.h's linear_passes on AMX tiles. Returns 0, -1 when its scratch cannot be allocated, -2
+ * when the tiles are not usable. */
 int linear_bf16(const float *a, long lda, const uint16_t *w, long k, long k_pad, long n, const float *bias,
                 const float *coeffs, const float *res, long ld_res, float *c, long ldc, long rows) {
     if (!amx_usable()) return -2;
-    uint16_t *a16 = aligned_alloc(64, (size_t)AM * k_pad * sizeof(uint16_t));
-    if (!a16) return -1;
-    float block[AM * AN] __attribute__((aligned(64)));
     load_tile_config();
-    for (long m0 = 0; m0 < rows; m0 += AM) {
-        long mr = rows - m0 < AM ? rows - m0 : AM;
-        for (long r = 0; r < AM; r++)   /* a short last block gets zero rows, computed and dropped */
-            row_to_bf16(a + (m0 + (r < mr ? r : 0)) * lda, r < mr ? k : 0, k_pad, a16 + r * k_pad);
-        for (long n0 = 0; n0 < n; n0 += AN) {
-            const uint16_t *w0 = w + (n0 / 16) * k_pad * 16, *w1 = w0 + k_pad * 16;
-            /* a full pass straight into c; a short last one through `block`, its real rows copied */
-            if (mr == AM) {
-                tile_product(a16, k_pad, w0, w1, k_pad / AK, c + m0 * ldc + n0, ldc);
-            } else {
-                tile_product(a16, k_pad, w0, w1, k_pad / AK, block, AN);
-                for (long r = 0; r < mr; r++) memcpy(c + (m0 + r) * ldc + n0, block + r * AN, AN * sizeof(float));
-            }
-        }
-        /* the epilogue on the pass's rows while they are in L2 (32 x n), in whole rows: it vectorises
-         * better than on 32-column blocks (fc1 with GELU 3.3 -> 2.7 ms on one thread) */
-        epilogue(c + m0 * ldc, ldc, bias, coeffs, res ? res + m0 * ld_res : NULL, ld_res, mr, n);
-    }
+    int status = linear_passes(a, lda, w, k, k_pad, n, bias, coeffs, res, ld_res, c, ldc, rows, amx_linear_pass);
     _tile_release();
-    free(a16);
-    return 0;
+    return status;
 }
-
 
 /* The two products of an attention pass (bf16_common.h), 32 rows at a time on the four C tiles. */
 static void amx_scores(const uint16_t *q16, const uint16_t *kp, long t_pad, float *s, long rows) {

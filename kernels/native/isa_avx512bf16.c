@@ -23,7 +23,7 @@
 
 #define DR 4           /* rows of a register tile */
 #define DB 4           /* blocks of 16 columns in a register tile: 64 columns */
-#define PASS 32        /* rows of a linear's pass: rounded to bf16 once, then every column block */
+_Static_assert(PASS_ROWS % DR == 0, "a tile reads DR rows: a pass's rows past the real ones must be in its buffer");
 
 int avx512bf16_usable(void) {
     __builtin_cpu_init();
@@ -75,23 +75,17 @@ INLINE void dot_rows(const uint16_t *a, long lda, const uint16_t *b, long bstrid
     }
 }
 
-/* c[r, :] = act(bf16(a[r, :]) · W + bias) (+ res[r, :]) for r < rows: isa_amx.c's linear_bf16 (the
- * same arguments, W packed alike by kernels.native.pack_bf16) with dot products for tiles. Returns 0,
- * -1 when its scratch cannot be allocated, -2 when this CPU lacks AVX512-BF16. */
+/* A linear's pass (bf16_common.h) on whole register tiles of rows. */
+static void dot_linear_pass(const uint16_t *a16, long k_pad, const uint16_t *w, long n, float *c, long ldc, long mr) {
+    dot_rows(a16, k_pad, w, k_pad * 16, k_pad / 2, n, c, ldc, mr);
+}
+
+/* bf16_common.h's linear_passes with dot products. Returns 0, -1 when its scratch cannot be allocated,
+ * -2 when this CPU lacks AVX512-BF16. */
 int linear_bf16_avx512(const float *a, long lda, const uint16_t *w, long k, long k_pad, long n, const float *bias,
                        const float *coeffs, const float *res, long ld_res, float *c, long ldc, long rows) {
     if (!avx512bf16_usable()) return -2;
-    uint16_t *a16 = aligned_alloc(64, (size_t)PASS * k_pad * sizeof(uint16_t));
-    if (!a16) return -1;
-    for (long m0 = 0; m0 < rows; m0 += PASS) {
-        long mr = rows - m0 < PASS ? rows - m0 : PASS;
-        for (long r = 0; r < PASS; r++)   /* a short last pass gets zero rows, read and dropped */
-            row_to_bf16(a + (m0 + (r < mr ? r : 0)) * lda, r < mr ? k : 0, k_pad, a16 + r * k_pad);
-        dot_rows(a16, k_pad, w, k_pad * 16, k_pad / 2, n, c + m0 * ldc, ldc, mr);
-        epilogue(c + m0 * ldc, ldc, bias, coeffs, res ? res + m0 * ld_res : NULL, ld_res, mr, n);
-    }
-    free(a16);
-    return 0;
+    return linear_passes(a, lda, w, k, k_pad, n, bias, coeffs, res, ld_res, c, ldc, rows, dot_linear_pass);
 }
 
 /* The two products of an attention pass (bf16_common.h), on whole register tiles of rows. */
