@@ -8,8 +8,9 @@
 # It creates a virtual environment in OUT_DIR, installs this checkout, the mlir-aie wheels (IRON,
 # aiecc.py) and Peano (llvm-aie) as mlir-aie's getting-started guide does, builds the kernels tiny.en
 # needs (python -m encoder.npu_build), then runs the start-up self-tests and a transcription, the
-# layer parity against PyTorch and the encoder bench with --device npu. Every step's output lands in
-# OUT_DIR; OUT_DIR/report.json gathers them. Send report.json (and build.json if the build failed).
+# layer parity against PyTorch and the encoder bench on the NPU and the CPU (cpu and cpu-bf16, and
+# each native kernel on one thread). Every step's output lands in OUT_DIR; OUT_DIR/report.json
+# gathers them. Send report.json (and build.json if the build failed).
 # Nobody has run this script on an NPU yet: expect the first run to find problems, and report them.
 set -uo pipefail
 
@@ -60,7 +61,8 @@ step pyxrt python -c "import pyxrt; print(pyxrt.__file__)"
 step build python -m encoder.npu_build --model tiny.en --device "$DEVICE" --out "$OUT/kernels"
 step transcribe python -m encoder.transcribe "$CLIP" --device npu --profile -f json -o "$OUT/transcripts"
 step parity python -m encoder.parity "$CLIP" --device npu --json
-step bench python -m encoder.bench --backends npu,cpu --lengths 30 --memory-minutes '' --repeats 3 --json
+# cpu-bf16 too: this CPU's AVX512-BF16 products (Zen 4 and later), which have run on a Xeon only
+step bench python -m encoder.bench --backends npu,cpu,cpu-bf16 --lengths 30 --memory-minutes '' --repeats 3 --json
 
 # ---- the report --------------------------------------------------------------------------------------
 python - "$OUT" "$DEVICE" <<'EOF'
