@@ -19,12 +19,17 @@ from kernels.errors import AmanuensisError
 KINDS = list(native.BF16_KINDS)
 
 
-@contextmanager
-def products_of(kind: str):
-    """native.BF16 on `kind` for the block; the test skips, saying why, where this CPU cannot run it."""
+def skip_unless_usable(kind: str) -> None:
+    """Skip the test, saying why, where this CPU cannot run `kind`."""
     kernels, why = native.load_bf16(kind)
     if kernels is None:
         pytest.skip(f"bf16 products on {native.BF16_KINDS[kind][0]}: {why}")
+
+
+@contextmanager
+def products_of(kind: str):
+    """native.BF16 on `kind` for the block (skipped where this CPU cannot run it)."""
+    skip_unless_usable(kind)
     with native.bf16_of_kind(kind):
         yield
 
@@ -210,8 +215,7 @@ def _parity_and_transcripts(model, fp32_model, torch_model, speech) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_transcription_reports_it_for_every_node(kind, tmp_path):
-    if native.load_bf16(kind)[0] is None:
-        pytest.skip(f"bf16 products on {native.BF16_KINDS[kind][0]}: {native.load_bf16(kind)[1]}")
+    skip_unless_usable(kind)
     r = subprocess.run([sys.executable, "-m", "encoder.transcribe", "tests/data/hello.wav", "--device", "cpu-bf16",
                         "-o", str(tmp_path), "-f", "json", "--verbose", "False"], capture_output=True, text=True,
                        env={**os.environ, "AMANUENSIS_BF16_KERNELS": kind})

@@ -158,6 +158,11 @@ def native_levels(repeats: int) -> dict:
     gflop = 2 * 750 * 384 * 1536 / 1e9
     with threadpool_limits(1, user_api="blas"):
         result = {"blas_linear_gflops": round(gflop / _median_ms(lambda: np.matmul(x, w, out=out), repeats) * 1e3, 1)}
+
+    def timed(attention, linear) -> dict:
+        return {"attention_head_ms": round(_median_ms(attention, repeats), 2),
+                "linear_gflops": round(gflop / _median_ms(linear, repeats) * 1e3, 1)}
+
     levels = {}
     for level, (_, name) in native.LEVELS.items():
         if level > native.LIBRARY.level:
@@ -165,22 +170,18 @@ def native_levels(repeats: int) -> dict:
         with native.copy_of_level(level):
             scratch = native.empty_aligned((native.attention_scratch(1500),))
             panels = native.pack(w)
-            attention = _median_ms(lambda s=scratch: native.attention_head(qkv[:, :64], qkv[:, 384:448],
-                                                                           qkv[:, 768:832], 0.125, head, s), repeats)
-            linear = _median_ms(lambda p=panels: native.linear(x, p, b, out), repeats)
-        levels[name] = {"attention_head_ms": round(attention, 2), "linear_gflops": round(gflop / linear * 1e3, 1)}
-    bf16 = {}
+            levels[name] = timed(lambda s=scratch: native.attention_head(qkv[:, :64], qkv[:, 384:448], qkv[:, 768:832],
+                                                                         0.125, head, s),
+                                 lambda p=panels: native.linear(x, p, b, out))
     for kind, (name, _, _) in native.BF16_KINDS.items():
         if native.load_bf16(kind)[0] is None:
             continue
         with native.bf16_of_kind(kind):
             packed = native.pack_bf16(w)
-            attention = _median_ms(lambda: native.attention_bf16(qkv[:, :64], qkv[:, 384:448], qkv[:, 768:832],
-                                                                 0.125, head), repeats)
-            linear = _median_ms(lambda p=packed: native.linear_bf16(x, p, 384, b, out), repeats)
-        bf16[f"bf16 on {name}"] = {"attention_head_ms": round(attention, 2),
-                                   "linear_gflops": round(gflop / linear * 1e3, 1)}
-    return {**result, "levels": {**levels, **bf16}, "in_use": native.isa()}
+            levels[f"bf16 on {name}"] = timed(lambda: native.attention_bf16(qkv[:, :64], qkv[:, 384:448],
+                                                                            qkv[:, 768:832], 0.125, head),
+                                              lambda p=packed: native.linear_bf16(x, p, 384, b, out))
+    return {**result, "levels": levels, "in_use": native.isa()}
 
 
 def ours_e2e(model: str, device: str, audio: str, reference: str, threads: int,
