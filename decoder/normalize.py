@@ -2,12 +2,14 @@
 
 Lower case; bracketed and parenthesised asides removed; numbers written in digits
 spelled out as words (years such as 1961 as "nineteen sixty one"); punctuation
-removed except apostrophes inside words; whitespace collapsed. British/American
-spelling variants are not unified.
+removed except apostrophes inside words; whitespace collapsed; each word in one spelling
+(decoder/spelling.py: British spellings as American, titles written out).
 """
 from __future__ import annotations
 
 import re
+
+from decoder.spelling import american
 
 _ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen " \
         "sixteen seventeen eighteen nineteen".split()
@@ -45,4 +47,4 @@ def normalize(text: str) -> str:
     text = re.sub(r"%", " percent", text)
     text = re.sub(r"[^\w\s']", " ", text)                                # punctuation, hyphens
     text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)                        # quotes, not contractions
-    return re.sub(r"\s+", " ", text).strip()
+    return " ".join(american(word) for word in text.split())

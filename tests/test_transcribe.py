@@ -10,6 +10,7 @@ import pytest
 import soundfile
 
 from decoder.normalize import normalize, number_words
+from decoder.spelling import AMERICAN
 from encoder.evaluation import score
 from kernels.errors import AmanuensisError
 
@@ -179,7 +180,7 @@ def test_evaluate_real_speech(speech):
     from encoder.model import load_model
 
     result = evaluate(load_model("tiny.en", "cpu"), read_manifest(speech[0].path.parent / "manifest.jsonl"))
-    assert len(result.clips) == 18 and result.wer < 0.08      # tiny.en: 4.9% measured 2026-11-24
+    assert len(result.clips) == 18 and result.wer < 0.08      # tiny.en: 4.1% (2026-12-04)
 
 
 def test_normalizer():
@@ -189,6 +190,20 @@ def test_normalizer():
     assert normalize("the 15th century") == "the fifteenth century"
     assert normalize("HE HOPED THERE WOULD BE STEW") == "he hoped there would be stew"
     assert score("a b c d", "a x c").wer == 0.5
+
+
+def test_normalizer_scores_british_and_american_spelling_alike():
+    """The bench's varied text is in British spelling and tiny.en writes American: the same words."""
+    british = "Dr. Okafor's harbour: 30 metres of grey fibre. Councillor Brandt travelled, organised, practising."
+    american = "Doctor Okafor's harbor: thirty meters of gray fiber. Councilor Brandt traveled, organized, practicing."
+    assert normalize(british) == normalize(american)
+    assert score(british, american).errors == 0
+    # words that only look like a family's: untouched
+    for word in "four hours your tour flour emphasis genre acre hollow controlled".split():
+        assert normalize(word) == word
+    # one spelling per word: no American form is itself rewritten, so normalising twice changes nothing
+    assert not set(AMERICAN.values()) & set(AMERICAN)
+    assert normalize(normalize(british)) == normalize(british)
 
 
 def test_cli_word_timestamps_in_json(tmp_path):
