@@ -7,13 +7,13 @@ import os
 
 from setuptools import Extension, setup
 
-# cpu_kernels.h once per x86-64 level (each isa_*.c sets its target), the level check, and the bf16
+# cpu_kernels.h and emu_kernels.h once per x86-64 level (each isa_*.c sets its target), the level check, and the bf16
 # products of the cpu-bf16 backend on AMX tiles and on AVX512-BF16 (isa_amx.c, isa_avx512bf16.c: built
 # by GCC 11 and later, stubs that say no elsewhere)
 SOURCES = [f"kernels/native/{name}.c" for name in ("isa_v4", "isa_v3", "isa_base", "dispatch", "isa_amx",
                                                    "isa_avx512bf16")]
 
-HEADERS = [f"kernels/native/{name}.h" for name in ("cpu_kernels", "bf16_common")]
+HEADERS = [f"kernels/native/{name}.h" for name in ("cpu_kernels", "emu_kernels", "bf16_common")]
 
 setup(ext_modules=[Extension("kernels.native._cpu_kernels", SOURCES, depends=HEADERS,
                              extra_compile_args=["-O3", "-Wno-psabi"], optional=True,

@@ -214,3 +214,52 @@ def test_a_runner_replaces_the_matrices_it_is_given(tiny):
     assert runner.weights is weights
     kinds = {type(w) for name, w in weights.items() if name.endswith("fc1.weight")}
     assert kinds == ({PackedWeight} if getattr(tiny.backend, "native_linear", False) else {np.ndarray})
+
+
+def _bf16_values(rng, shape, zeros: float = 0.1) -> np.ndarray:
+    """bf16 values of magnitude 2^-8 to 2^8, either sign, a share of them ±0: any 8 of their products
+    sum exactly in float64, where contract.matmul's order of summation is BLAS's."""
+    from kernels import contract
+
+    x = rng.choice([-1.0, 1.0], shape) * 2.0 ** rng.uniform(-8, 8, shape)
+    x[rng.random(shape) < zeros] = 0.0
+    x[rng.random(shape) < zeros / 2] = -0.0
+    return contract.bf16(x.astype(np.float32))
+
+
+@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("m, k, n, acc", [(130, 72, 96, False), (64, 64, 64, True), (7, 13, 5, True),
+                                          (65, 70, 33, False), (3, 1, 17, True), (9, 240, 384, True)])
+def test_the_emu_matrix_unit_equals_the_contract_bit_for_bit(level, m, k, n, acc):
+    """emu_kernels.h's mmul_steps is contract.matmul, the spec of the NPU's matrix unit: each 8-wide K
+    step's sum added to the fp32 accumulator with one rounding, whole blocks and edges alike."""
+    from kernels import contract
+    from kernels.emu import matrix_unit
+
+    rng = np.random.default_rng(m * k + n)
+    a, b = _bf16_values(rng, (m, k)), _bf16_values(rng, (k, n))
+    c = (rng.standard_normal((m, n)) * 100).astype(np.float32) if acc else None
+    want = contract.matmul(a, b, c)
+    with native.copy_of_level(level):
+        got = matrix_unit(a, b, c)
+    np.testing.assert_array_equal(got, want)
+    nonzero = want != 0
+    np.testing.assert_array_equal(got[nonzero].view(np.int32), want[nonzero].view(np.int32))
+
+
+@needs_native
+def test_the_emu_backend_says_where_its_matrix_unit_runs_and_computes_the_same_either_way(monkeypatch):
+    from kernels import contract
+    from kernels.emu import EmuBackend
+
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((300, 96)), rng.standard_normal((96, 128)) * 0.1, rng.standard_normal(128)
+    emu = EmuBackend()
+    assert "matrix unit in native kernels" in emu.describe()
+    fast = emu.linear(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), gelu=True)
+    monkeypatch.setattr(native, "LIBRARY", None)
+    monkeypatch.setattr(native, "UNAVAILABLE", "switched off by AMANUENSIS_CPU_NATIVE")
+    assert "matrix unit in numpy (native kernels switched off" in emu.describe()
+    slow = emu.linear(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), gelu=True)
+    np.testing.assert_array_equal(fast.view(np.int32), slow.view(np.int32))
+    assert contract.bf16(fast).tobytes() == fast.tobytes()          # bf16 values out, as the kernels write

@@ -34,6 +34,7 @@ _SIGNATURES = {                                    # name: (argument types, resu
     "layernorm": ([_P, _P, _P, _P, _L, _L, _L, _L, _F], None),
     "attention_scratch": ([_L], _L),
     "attention_head": ([_P, _P, _P, _L, _F, _L, _P, _L, _L, _P], None),
+    "mmul_steps": ([_P, _L, _P, _L, _P, _L, _L, _L, _L], ctypes.c_int),
 }
 
 
@@ -236,6 +237,15 @@ def attention_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, ou
     assert q.strides == k.strides == v.strides and scratch.size >= attention_scratch(t)
     LIBRARY.attention_head(_ptr(q), _ptr(k), _ptr(v), _ld(q), scale, t, _ptr(out), _ld(out), q.shape[0],
                            _ptr(scratch))
+
+
+def mmul_steps(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    """c ← kernels.contract.matmul(a, b, acc=c) before its flush (emu_kernels.h: the emu backend's
+    matrix unit), in place. a (m, k), b (k, n), c (m, n), fp32 with contiguous rows."""
+    (m, k), n = a.shape, b.shape[1]
+    assert b.shape[0] == k and c.shape == (m, n)
+    if LIBRARY.mmul_steps(_ptr(a), _ld(a), _ptr(b), _ld(b), _ptr(c), _ld(c), m, k, n):
+        raise MemoryError("native mmul_steps: no memory for its scratch")
 
 
 def gelu_coefficients(p: tuple) -> np.ndarray:

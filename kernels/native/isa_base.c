@@ -1,3 +1,4 @@
-/* cpu_kernels.h for the compiler's default target: any CPU, and the only copy off x86-64. */
+/* cpu_kernels.h and emu_kernels.h for the default target: any CPU, and the only copy off x86-64. */
 #define ISA _base
 #include "cpu_kernels.h"
+#include "emu_kernels.h"
