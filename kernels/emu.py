@@ -125,10 +125,10 @@ class EmuBackend(Backend):
 
 def matrix_unit(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) -> np.ndarray:
     """contract.matmul(a, b, acc) of a (M, K) and b (K, N): on the native kernels where they are built
-    (bit for bit the same: tests/test_emu.py), else contract.matmul itself."""
+    (bit for bit the same: tests/test_native.py), else contract.matmul itself."""
     if native.LIBRARY is None:
         return C.matmul(a, b, acc)
-    c = np.zeros((a.shape[0], b.shape[1]), np.float32) if acc is None else np.array(acc, np.float32)
+    c = np.zeros((a.shape[0], b.shape[1]), np.float32) if acc is None else np.array(acc, np.float32, order="C")
     native.mmul_steps(np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32), c)
     return C.flush(c)
 

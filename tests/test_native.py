@@ -263,3 +263,18 @@ def test_the_emu_backend_says_where_its_matrix_unit_runs_and_computes_the_same_e
     slow = emu.linear(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), gelu=True)
     np.testing.assert_array_equal(fast.view(np.int32), slow.view(np.int32))
     assert contract.bf16(fast).tobytes() == fast.tobytes()          # bf16 values out, as the kernels write
+
+
+@needs_native
+def test_the_emu_matrix_unit_takes_operands_in_any_layout():
+    """Attention hands it Kᵀ as a transposed view and accumulators of any layout."""
+    from kernels import contract
+    from kernels.emu import matrix_unit
+
+    rng = np.random.default_rng(7)
+    a, b_t = _bf16_values(rng, (96, 64)), _bf16_values(rng, (48, 64))
+    acc = np.asfortranarray(rng.standard_normal((96, 48)).astype(np.float32))
+    before = acc.copy()
+    want = contract.matmul(a, b_t.T, acc)
+    np.testing.assert_array_equal(matrix_unit(a, b_t.T, acc).view(np.int32), want.view(np.int32))
+    np.testing.assert_array_equal(acc, before)          # the accumulators are the caller's, untouched
