@@ -3,7 +3,8 @@
 "doctor"), as Whisper's English normaliser does.
 
 Both sides of a word error rate go through this (decoder/normalize.py), so a reference in British
-spelling does not count "harbor" as an error. The table holds stems in families that change alike,
+spelling does not count "harbor" as an error (and the live path, which compares words through
+normalize, takes the two spellings as one word). The table holds stems in families that change alike,
 and each family lists the endings its words take; a British form maps only when it is a listed stem
 with a listed ending, so words that merely look alike ("four", "your", "emphasis") stay as they are.
 """
@@ -21,14 +22,17 @@ _RE = ("calibre centimetre centre fibre kilometre litre lustre meagre metre mill
        "reconnoitre sabre sceptre sepulchre sombre spectre theatre").split()
 _RE_ENDINGS = {"re": "er", "res": "ers", "red": "ered", "ring": "ering"}
 
-# -ise -> -ize and -yse -> -yze, in every form: organise, organised, organisation, analyser
+# -ise -> -ize in every form: organise, organised, organisation, organiser
 _ISE = ("agonis apologis authoris baptis capitalis categoris centralis characteris civilis colonis "
         "criticis customis economis emphasis energis equalis familiaris fertilis finalis fossilis "
         "generalis globalis harmonis hospitalis humanis hypothesis idealis immunis industrialis itemis "
         "legalis localis maximis memoris minimis mobilis modernis monopolis neutralis normalis optimis "
         "organis patronis prioritis publicis realis recognis specialis stabilis standardis summaris "
-        "sympathis synchronis theoris utilis visualis analys catalys paralys").split()
+        "sympathis synchronis theoris utilis visualis").split()
 _ISE_ENDINGS = ("e", "es", "ed", "ing", "er", "ers", "ation", "ations", "able")
+# -yse -> -yze, but not "analyses": the plural of "analysis" in both spellings
+_YSE = "analys catalys paralys".split()
+_YSE_ENDINGS = ("e", "ed", "ing", "er", "ers")
 
 # a doubled l before an ending: travelled, travelling, traveller, counselled, councillor
 _LL = ("cancel channel counsel dial duel enamel equal fuel funnel grovel jewel label level libel "
@@ -65,8 +69,9 @@ def _table() -> dict[str, str]:
         table.update({stem + e: stem[:-2] + "r" + e for e in _OUR_ENDINGS})
     for stem in _RE:
         table.update({stem[:-2] + b: stem[:-2] + a for b, a in _RE_ENDINGS.items()})
-    for stem in _ISE:
-        table.update({stem[:-1] + "s" + e: stem[:-1] + "z" + e for e in _ISE_ENDINGS})
+    for stems, endings in ((_ISE, _ISE_ENDINGS), (_YSE, _YSE_ENDINGS)):
+        for stem in stems:
+            table.update({stem[:-1] + "s" + e: stem[:-1] + "z" + e for e in endings})
     for stem in _LL:
         table.update({stem + b: stem + a for b, a in _LL_ENDINGS.items()})
     table.update(_WORDS)
@@ -78,6 +83,6 @@ AMERICAN = _table()
 
 def american(word: str) -> str:
     """`word` (lower case, as normalize leaves it) in its American spelling; a possessive keeps its 's."""
-    if word.endswith("'s") and word not in AMERICAN:
+    if word.endswith("'s"):
         return AMERICAN.get(word[:-2], word[:-2]) + "'s"
     return AMERICAN.get(word, word)

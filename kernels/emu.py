@@ -124,13 +124,22 @@ class EmuBackend(Backend):
 
 
 def matrix_unit(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) -> np.ndarray:
-    """contract.matmul(a, b, acc) of a (M, K) and b (K, N): on the native kernels where they are built
-    (bit for bit the same: tests/test_native.py), else contract.matmul itself."""
+    """contract.matmul(a, b, acc) of fp32 a (M, K) and b (K, N), bf16 values as the emulator's are, and
+    acc broadcastable to (M, N): on the native kernels where they are built (bit for bit the same:
+    tests/test_native.py), else contract.matmul itself."""
     if native.LIBRARY is None:
         return C.matmul(a, b, acc)
-    c = np.zeros((a.shape[0], b.shape[1]), np.float32) if acc is None else np.array(acc, np.float32, order="C")
-    native.mmul_steps(np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32), c)
+    shape = (a.shape[0], b.shape[1])
+    c = np.zeros(shape, np.float32) if acc is None else np.array(np.broadcast_to(acc, shape), np.float32, order="C")
+    native.mmul_steps(_rows(a), _rows(b), c)
     return C.flush(c)
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """x as the native kernels read a matrix: fp32, each row contiguous (a transposed column is not)."""
+    if x.dtype == np.float32 and x.strides[-1] == 4:
+        return x
+    return np.array(x, np.float32, order="C")
 
 
 def _per_head(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) -> np.ndarray:
@@ -138,6 +147,7 @@ def _per_head(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) -> np
     head's tiles as one product of (tiles·M, K) rows."""
     h, tiles, m, k = a.shape
     n = b.shape[-1]
+    assert b.shape == (h, 1, k, n), f"one B per head, not {b.shape}"
     out = np.empty((h, tiles, m, n), np.float32)
     for i in range(h):
         own = None if acc is None else acc[i].reshape(tiles * m, n)

@@ -238,13 +238,27 @@ def test_the_emu_matrix_unit_equals_the_contract_bit_for_bit(level, m, k, n, acc
 
     rng = np.random.default_rng(m * k + n)
     a, b = _bf16_values(rng, (m, k)), _bf16_values(rng, (k, n))
-    c = (rng.standard_normal((m, n)) * 100).astype(np.float32) if acc else None
+    c = None
+    if acc:                       # some accumulators ±0, so that a step of zero products meets them
+        c = (rng.standard_normal((m, n)) * 100).astype(np.float32)
+        c[rng.random((m, n)) < 0.2] = rng.choice([-0.0, 0.0])
     want = contract.matmul(a, b, c)
     with native.copy_of_level(level):
         got = matrix_unit(a, b, c)
-    np.testing.assert_array_equal(got, want)
-    nonzero = want != 0
-    np.testing.assert_array_equal(got[nonzero].view(np.int32), want[nonzero].view(np.int32))
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))     # zeros' signs too
+
+
+@pytest.mark.parametrize("level", _levels())
+def test_a_step_of_zero_products_keeps_the_accumulators_sign_as_the_contract_does(level):
+    from kernels import contract
+    from kernels.emu import matrix_unit
+
+    a = np.ones((5, 8), np.float32)
+    b = np.full((8, 17), -0.0, np.float32)
+    for acc in (np.full((5, 17), -0.0, np.float32), np.zeros((5, 17), np.float32), None):
+        with native.copy_of_level(level):
+            got = matrix_unit(a, b, acc)
+        np.testing.assert_array_equal(got.view(np.int32), contract.matmul(a, b, acc).view(np.int32))
 
 
 @needs_native
@@ -278,3 +292,7 @@ def test_the_emu_matrix_unit_takes_operands_in_any_layout():
     want = contract.matmul(a, b_t.T, acc)
     np.testing.assert_array_equal(matrix_unit(a, b_t.T, acc).view(np.int32), want.view(np.int32))
     np.testing.assert_array_equal(acc, before)          # the accumulators are the caller's, untouched
+    row, column = _bf16_values(rng, (1, 64)), _bf16_values(rng, (64, 1))
+    for b, c in ((row.T, acc[:, :1]), (column, np.float32(2.5)), (column, np.ones(1, np.float32))):
+        want = contract.matmul(a, b, c)                 # a transposed row; accumulators broadcast
+        np.testing.assert_array_equal(matrix_unit(a, b, c).view(np.int32), want.view(np.int32))

@@ -6,10 +6,11 @@
  * its products: s = Σ a[i, κ]·b[κ, j] in float64, then c ← fl32(fl64(s + c)). The products of bf16
  * values are exact in float64 and so is their sum unless its terms span more than 2^53 of its
  * least unit: contract.matmul takes the same float64 sum (in BLAS's order, the same value wherever
- * the sum is exact) and the same two roundings, so the two agree bit for bit there (a test). The sum
- * starts from -0.0, so a step whose products are all -0.0 keeps a -0.0 accumulator, as IEEE
- * addition of the exact terms does. Subnormal results are the caller's to flush (contract.flush),
- * as contract.matmul flushes only its result.
+ * the sum is exact) and the same two roundings, so the two agree bit for bit there (a test), the
+ * sign of zero included: the sum starts from +0.0, as BLAS's does (a step of only zero products is
+ * +0.0, and +0.0 + -0.0 is +0.0). Where NaNs of different signs or payloads meet, which one comes out
+ * may differ; that it is a NaN does not. Subnormal results are the caller's to flush
+ * (contract.flush), as contract.matmul flushes only its result.
  *
  * The work is 4-row output blocks of 2 float64 vectors a row (4 x 16 on AVX-512, 4 x 8 on AVX2),
  * from A's rows and B's column strips widened to float64 in scratch (mmul_steps).
@@ -31,12 +32,11 @@ INLINE void mmul_block(const double *ad, const double *bd, float *c, long ldc, l
     dvec acc[EMU_MR][EMU_NV];
     for (int r = 0; r < EMU_MR; r++)
         for (int q = 0; q < EMU_NV; q++) acc[r][q] = __builtin_convertvector(*(const hvec *)(c + r * ldc + q * DVEC), dvec);
-    const dvec negative_zero = -(dvec){0};
     for (long s = 0; s < k; s += EMU_STEP) {
         long end = s + EMU_STEP < k ? s + EMU_STEP : k;
         dvec d[EMU_MR][EMU_NV];
         for (int r = 0; r < EMU_MR; r++)
-            for (int q = 0; q < EMU_NV; q++) d[r][q] = negative_zero;
+            for (int q = 0; q < EMU_NV; q++) d[r][q] = (dvec){0};
         for (long kk = s; kk < end; kk++) {
             dvec bv[EMU_NV];
             for (int q = 0; q < EMU_NV; q++) bv[q] = *(const dvec *)(bd + kk * EMU_NR + q * DVEC);
@@ -61,7 +61,7 @@ INLINE void mmul_edge(const float *a, long lda, const float *b, long ldb, float 
             float acc = c[r * ldc + l];
             for (long s = 0; s < k; s += EMU_STEP) {
                 long end = s + EMU_STEP < k ? s + EMU_STEP : k;
-                double d = -0.0;
+                double d = 0.0;
                 for (long kk = s; kk < end; kk++) d += (double)a[r * lda + kk] * (double)b[kk * ldb + l];
                 acc = (float)(d + (double)acc);
             }
