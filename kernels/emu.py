@@ -6,8 +6,8 @@ the matrix unit's fp32 accumulation, the contract's exp, reciprocal and GELU, an
 attention kernel runs it (for each 64-query tile a running max and sum over the 64-key tiles of the
 whole padded sequence), vectorised over heads and query tiles.
 
-The matrix unit (contract.matmul) runs on the native kernels where they are built
-(kernels/native/emu_kernels.h, the same bits, ~4x faster), else in numpy; `describe` says which.
+The matrix unit (contract.matmul) and attention run on the native kernels where they are built
+(kernels/native/emu_kernels.h, the same bits, 4-5x faster), else in numpy; `describe` says which.
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ class EmuBackend(Backend):
 
     def describe(self) -> str:
         unit = "native kernels" if native.LIBRARY else f"numpy (native kernels {native.UNAVAILABLE})"
-        return f"emu (NPU kernel numerics: bf16 in/out, fp32 accumulate, emulated on the CPU; matrix unit in {unit})"
+        return ("emu (NPU kernel numerics: bf16 in/out, fp32 accumulate, emulated on the CPU; "
+                f"matrix unit and attention in {unit})")
 
     def _bf16_weight(self, w: np.ndarray) -> np.ndarray:
         """Weights are stored bf16 on the device: round once and keep."""
@@ -88,11 +89,14 @@ class EmuBackend(Backend):
         d = d_model // n_head
         tiles = -(-t // C.TILE)
         padded = tiles * C.TILE                                              # 1500 -> 1536
-        x = np.zeros((padded, three_d), np.float32)
+        x = np.zeros((padded, three_d), np.float32)                          # (padded, 3·d_model): Q, K, V
         x[:t] = C.bf16(qkv)
-        # (3, H, tiles, 64, d): Q, K, V per head and 64-row tile
-        q, k, v = x.reshape(tiles, C.TILE, 3, n_head, d).transpose(2, 3, 0, 1, 4)
-        q = C.bf16(q * np.float32(1.0 / math.sqrt(d)))                       # 1/8: exact for d = 64
+        q = C.bf16(x[:, :d_model] * np.float32(1.0 / math.sqrt(d)))          # 1/8: exact for d = 64
+        if native.LIBRARY is not None and d % 16 == 0:
+            return self._attention_native(q, x, t, n_head)[:t]
+        # (H, tiles, 64, d): Q, K, V per head and 64-row tile
+        q = q.reshape(tiles, C.TILE, n_head, d).transpose(2, 0, 1, 3)
+        k, v = x[:, d_model:].reshape(tiles, C.TILE, 2, n_head, d).transpose(2, 3, 0, 1, 4)
         key_valid = np.arange(padded).reshape(tiles, C.TILE) < t
         out = np.empty((n_head, tiles, C.TILE, d), np.float32)
 
@@ -101,6 +105,20 @@ class EmuBackend(Backend):
 
         self._each(heads, [slice(h, h + 1) for h in range(n_head)])
         return np.ascontiguousarray(out.transpose(1, 2, 0, 3).reshape(padded, d_model)[:t])
+
+    def _attention_native(self, q: np.ndarray, x: np.ndarray, t: int, n_head: int) -> np.ndarray:
+        """_attention_tiles of every head on the native kernels (the same bits: tests/test_native.py)."""
+        padded, d_model = q.shape
+        d = d_model // n_head
+        out = np.empty((padded, d_model), np.float32)
+
+        def head(h):
+            cols = slice(h * d, (h + 1) * d)
+            k, v = x[:, d_model + h * d:d_model + (h + 1) * d], x[:, 2 * d_model + h * d:2 * d_model + (h + 1) * d]
+            native.emu_attention_head(q[:, cols], k, v, t, out[:, cols])
+
+        self._each(head, range(n_head))
+        return out
 
     def log_mel(self, samples, n_mels):
         """The mel kernels' log-mel of one window, (3000, n_mels) bf16 values (CONTRACT.md)."""
@@ -164,11 +182,23 @@ def _attention_tiles(q: np.ndarray, k: np.ndarray, v: np.ndarray, key_valid: np.
     o = np.zeros(q.shape, np.float32)
     for j in range(k.shape[1]):                                         # key tiles, in order
         s = _per_head(q, k[:, j:j + 1].transpose(0, 1, 3, 2))           # (H, tiles, 64, 64)
-        s = np.where(key_valid[j], s, np.float32(-np.inf))
-        m_new = np.maximum(m, s.max(axis=-1))
-        alpha = C.exp(m - m_new)                                        # 0 on the first tile (m = -inf)
-        p = C.exp(s - m_new[..., None])
-        row_sum = C.flush(row_sum * alpha + C.lane_sum(p))
-        o = _per_head(C.bf16(p), v[:, j:j + 1], acc=C.flush(o * alpha[..., None]))
-        m = m_new
+        p, m, row_sum, scaled = _softmax_step(s, key_valid[j], m, row_sum, o)
+        o = _per_head(p, v[:, j:j + 1], acc=scaled)
+    return _normalise(o, row_sum)
+
+
+def _softmax_step(s, valid, m, row_sum, o):
+    """One key tile's step for each query row: scores s (..., 64), valid (64,) its keys not masked, the
+    running max m (...), sum ℓ (...) and output O (..., d). m_new = max(m, max S), α = exp(m − m_new),
+    P = exp(S − m_new), ℓ ← flush(ℓ·α + lane_sum(P)); returns (bf16(P), m_new, ℓ, flush(O·α))."""
+    s = np.where(valid, s, np.float32(-np.inf))
+    m_new = np.maximum(m, s.max(axis=-1))
+    alpha = C.exp(m - m_new)                                            # 0 on the first tile (m = -inf)
+    p = C.exp(s - m_new[..., None])
+    row_sum = C.flush(row_sum * alpha + C.lane_sum(p))
+    return C.bf16(p), m_new, row_sum, C.flush(o * alpha[..., None])
+
+
+def _normalise(o, row_sum):
+    """The kernel's output: bf16(flush(O · recip(ℓ)))."""
     return C.bf16(C.flush(o * C.recip(row_sum)[..., None]))

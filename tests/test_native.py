@@ -269,11 +269,11 @@ def test_the_emu_backend_says_where_its_matrix_unit_runs_and_computes_the_same_e
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal((300, 96)), rng.standard_normal((96, 128)) * 0.1, rng.standard_normal(128)
     emu = EmuBackend()
-    assert "matrix unit in native kernels" in emu.describe()
+    assert "matrix unit and attention in native kernels" in emu.describe()
     fast = emu.linear(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), gelu=True)
     monkeypatch.setattr(native, "LIBRARY", None)
     monkeypatch.setattr(native, "UNAVAILABLE", "switched off by AMANUENSIS_CPU_NATIVE")
-    assert "matrix unit in numpy (native kernels switched off" in emu.describe()
+    assert "matrix unit and attention in numpy (native kernels switched off" in emu.describe()
     slow = emu.linear(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), gelu=True)
     np.testing.assert_array_equal(fast.view(np.int32), slow.view(np.int32))
     assert contract.bf16(fast).tobytes() == fast.tobytes()          # bf16 values out, as the kernels write
@@ -296,3 +296,100 @@ def test_the_emu_matrix_unit_takes_operands_in_any_layout():
     for b, c in ((row.T, acc[:, :1]), (column, np.float32(2.5)), (column, np.ones(1, np.float32))):
         want = contract.matmul(a, b, c)                 # a transposed row; accumulators broadcast
         np.testing.assert_array_equal(matrix_unit(a, b, c).view(np.int32), want.view(np.int32))
+
+
+def _emu_attention_both_ways(qkv: np.ndarray, n_head: int, level) -> tuple[np.ndarray, np.ndarray]:
+    """emu's attention of qkv on the native kernels (the copy of `level`) and on numpy's _attention_tiles."""
+    from kernels.emu import EmuBackend
+
+    emu = EmuBackend()
+    with native.copy_of_level(level):
+        fast = emu.attention(qkv, n_head)
+    saved = native.LIBRARY
+    native.LIBRARY = None
+    try:
+        slow = emu.attention(qkv, n_head)
+    finally:
+        native.LIBRARY = saved
+    return fast, slow
+
+
+@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("t, n_head, d, scale", [(200, 2, 64, 2.0), (64, 1, 64, 1.0), (1, 1, 64, 1.0),
+                                                 (65, 3, 16, 0.5), (130, 1, 48, 30.0), (90, 2, 64, 1e-19)])
+def test_the_emu_attention_kernel_equals_the_numpy_one_bit_for_bit(level, t, n_head, d, scale):
+    """emu_kernels.h's emu_attention_head is emu's _attention_tiles (the contract's exp, lane sums,
+    reciprocal and flushes around the matrix unit), whole tiles and a last tile mostly masked, scores
+    from tiny (subnormal products flushed) to large (exp's clamp at -80 taken)."""
+    rng = np.random.default_rng(t * d)
+    qkv = (rng.standard_normal((t, 3 * n_head * d)) * scale).astype(np.float32)
+    qkv[rng.random(qkv.shape) < 0.05] = 0.0
+    fast, slow = _emu_attention_both_ways(qkv, n_head, level)
+    assert fast.shape == (t, n_head * d)
+    np.testing.assert_array_equal(fast.view(np.int32), slow.view(np.int32))
+
+
+@needs_native
+def test_the_emu_attention_kernel_takes_only_head_sizes_of_whole_vectors():
+    """A head size that is not a multiple of 16 runs in numpy; the kernel itself refuses it."""
+    rng = np.random.default_rng(5)
+    qkv = rng.standard_normal((70, 3 * 2 * 40)).astype(np.float32)
+    fast, slow = _emu_attention_both_ways(qkv, 2, native.LIBRARY.level)
+    np.testing.assert_array_equal(fast.view(np.int32), slow.view(np.int32))
+    q = np.zeros((64, 40), np.float32)
+    with pytest.raises(AssertionError, match="multiple of 16"):
+        native.emu_attention_head(q, q, q, 64, q.copy())
+
+
+@pytest.mark.parametrize("level", _levels())
+def test_the_emu_attention_kernels_exp_equals_the_contracts_bit_for_bit(level):
+    """Every float of [-100, 100] on a fine grid, random ones and the edges: the clamp at 88, the zero
+    below -80, ±0, infinities and subnormals."""
+    from kernels import contract
+
+    rng = np.random.default_rng(11)
+    x = np.concatenate([np.linspace(-100, 100, 1_000_001, dtype=np.float32),
+                        (rng.standard_normal(200_000) * 10).astype(np.float32),
+                        np.array([-np.inf, np.inf, -80, np.nextafter(-80, -81), 88, np.nextafter(88, 89), 0.0, -0.0,
+                                  1e-40, -1e-40, 1e-30, -3e-39], np.float32)])
+    with native.copy_of_level(level):
+        got = native.emu_exp(x)
+    np.testing.assert_array_equal(got.view(np.int32), contract.exp(x).view(np.int32))
+
+
+@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("first, t, start", [(0, 64, False), (128, 150, True), (64, 65, True), (0, 40, False)])
+def test_the_emu_attention_kernels_softmax_step_equals_the_numpy_one_bit_for_bit(level, first, t, start):
+    """One key tile's running max, sum, bf16(P) and rescaled O (emu's _softmax_step), every fp32
+    result compared: the kernel's output is rounded to bf16, which hides most one-ulp slips in them.
+    start: the first key tile (m = -inf, ℓ = 0, O = 0); keys from t on are masked."""
+    from kernels import contract
+    from kernels.emu import _softmax_step
+
+    rng = np.random.default_rng(first + t)
+    rows, d = 37, 64
+    s = contract.flush((rng.standard_normal((rows, 64)) * 4).astype(np.float32))
+    m = np.full(rows, -np.inf, np.float32) if start else (rng.standard_normal(rows) * 4).astype(np.float32)
+    row_sum = np.zeros(rows, np.float32) if start else rng.uniform(1, 60, rows).astype(np.float32)
+    o = np.zeros((rows, d), np.float32) if start else rng.standard_normal((rows, d)).astype(np.float32)
+    o[rng.random(o.shape) < 0.1] = 2e-38             # O·α below the smallest normal: flushed
+    valid = first + np.arange(64) < t
+    want = _softmax_step(s, valid, m, row_sum, o)
+    got = [s.copy(), m.copy(), row_sum.copy(), o.copy()]
+    with native.copy_of_level(level):
+        native.emu_softmax_rows(got[0], first, t, got[1], got[2], got[3])
+    for name, g, w in zip(("bf16(P)", "max", "sum", "O·α"), got, want):
+        np.testing.assert_array_equal(g.view(np.int32), w.view(np.int32), err_msg=name)
+
+
+@pytest.mark.parametrize("level", _levels())
+def test_the_emu_attention_kernels_normalisation_equals_the_numpy_one_bit_for_bit(level):
+    """Enough rows (1.3M outputs) that a reciprocal one ulp off shows through the bf16 rounding."""
+    from kernels.emu import _normalise
+
+    rng = np.random.default_rng(13)
+    o = (rng.standard_normal((20_000, 64)) * 30).astype(np.float32)
+    row_sum = rng.uniform(1, 1500, 20_000).astype(np.float32)
+    with native.copy_of_level(level):
+        got = native.emu_normalise_rows(o, row_sum)
+    np.testing.assert_array_equal(got.view(np.int32), _normalise(o, row_sum).view(np.int32))

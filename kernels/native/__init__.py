@@ -35,6 +35,10 @@ _SIGNATURES = {                                    # name: (argument types, resu
     "attention_scratch": ([_L], _L),
     "attention_head": ([_P, _P, _P, _L, _F, _L, _P, _L, _L, _P], None),
     "mmul_steps": ([_P, _L, _P, _L, _P, _L, _L, _L, _L], ctypes.c_int),
+    "emu_attention_head": ([_P, _L, _P, _L, _P, _L, _L, _L, _L, _P, _L], ctypes.c_int),
+    "emu_exp_n": ([_P, _P, _L], None),
+    "emu_softmax_rows": ([_P, _L, _L, _L, _P, _P, _P, _L], None),
+    "emu_normalise_rows": ([_P, _P, _L, _L, _P], None),
 }
 
 
@@ -246,6 +250,43 @@ def mmul_steps(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
     assert b.shape[0] == k and c.shape == (m, n)
     if LIBRARY.mmul_steps(_ptr(a), _ld(a), _ptr(b), _ld(b), _ptr(c), _ld(c), m, k, n):
         raise MemoryError("native mmul_steps: no memory for its scratch")
+
+
+def emu_attention_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, t: int, out: np.ndarray) -> None:
+    """out ← kernels.emu's _attention_tiles for one head (emu_kernels.h): q, k, v and out (tiles·64, d)
+    fp32 with contiguous rows, bf16 values, q pre-scaled, keys from t on masked; d a multiple of 16."""
+    rows, d = q.shape
+    assert k.shape == v.shape == out.shape == q.shape and rows % 64 == 0 and 0 < t <= rows
+    code = LIBRARY.emu_attention_head(_ptr(q), _ld(q), _ptr(k), _ld(k), _ptr(v), _ld(v), rows // 64, t, d,
+                                      _ptr(out), _ld(out))
+    if code == -1:
+        raise MemoryError("native emu_attention_head: no memory for its scratch")
+    assert code == 0, f"native emu_attention_head takes a head size that is a multiple of 16, not {d}"
+
+
+def emu_exp(x: np.ndarray) -> np.ndarray:
+    """kernels.contract.exp of x as emu_attention_head computes it (for the tests)."""
+    x = np.ascontiguousarray(x, np.float32)
+    y = np.empty_like(x)
+    LIBRARY.emu_exp_n(_ptr(x), _ptr(y), x.size)
+    return y
+
+
+def emu_softmax_rows(s: np.ndarray, first: int, t: int, m: np.ndarray, row_sum: np.ndarray, o: np.ndarray) -> None:
+    """kernels.emu's _softmax_step as emu_attention_head takes it, in place (for the tests): s (rows, 64)
+    becomes bf16(P), m and row_sum (rows,) the new max and sum, o (rows, d) O·α."""
+    rows, d = o.shape
+    assert s.shape == (rows, 64) and m.shape == row_sum.shape == (rows,)
+    assert all(a.flags.c_contiguous and a.dtype == np.float32 for a in (s, m, row_sum, o))
+    LIBRARY.emu_softmax_rows(_ptr(s), rows, first, t, _ptr(m), _ptr(row_sum), _ptr(o), d)
+
+
+def emu_normalise_rows(o: np.ndarray, row_sum: np.ndarray) -> np.ndarray:
+    """kernels.emu's _normalise as emu_attention_head computes it (for the tests)."""
+    o, row_sum = np.ascontiguousarray(o, np.float32), np.ascontiguousarray(row_sum, np.float32)
+    out = np.empty_like(o)
+    LIBRARY.emu_normalise_rows(_ptr(o), _ptr(row_sum), o.shape[0], o.shape[1], _ptr(out))
+    return out
 
 
 def gelu_coefficients(p: tuple) -> np.ndarray:

@@ -1,5 +1,5 @@
-/* The `emu` backend's matrix unit: the NPU's mmul as kernels/contract.py's `matmul` specifies it,
- * natively, for kernels/emu.py. Included by isa_*.c after cpu_kernels.h (its EXPORT and INLINE), so
+/* The `emu` backend's matrix unit (the NPU's mmul as kernels/contract.py's `matmul` specifies it) and
+ * its attention kernel (emu.py's _attention_tiles), natively, for kernels/emu.py. Included by isa_*.c after cpu_kernels.h (its EXPORT and INLINE), so
  * it is built once per x86-64 level like the cpu backend's kernels.
  *
  * For every output, from its accumulator's value, each 8-wide step of K in order adds the sum of
@@ -15,6 +15,9 @@
  * The work is 4-row output blocks of 2 float64 vectors a row (4 x 16 on AVX-512, 4 x 8 on AVX2),
  * from A's rows and B's column strips widened to float64 in scratch (mmul_steps).
  */
+
+#include <math.h>
+#include <stdint.h>
 
 #define EMU_MR 4     /* rows of an output block */
 #define EMU_NV 2     /* double vectors per row of an output block */
@@ -103,3 +106,151 @@ int EXPORT(mmul_steps)(const float *a, long lda, const float *b, long ldb, float
     free(raw);
     return 0;
 }
+
+/* ---- attention: kernels/emu.py's _attention_tiles for one head ---------------------------------- */
+
+/* Every fp32 operation of the contract's softmax is its own rounding: no multiply may fuse with an add
+ * in the functions from here to pop_options (GCC contracts them by default where the target has FMA;
+ * the matrix products want that: products of bf16 values are exact in float64, and fused they ran
+ * 30% faster). */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+
+INLINE uint32_t emu_bits(float x) { uint32_t b; memcpy(&b, &x, sizeof b); return b; }
+INLINE float emu_float(uint32_t b) { float x; memcpy(&x, &b, sizeof x); return x; }
+
+/* contract.flush: zero (of x's sign) below the smallest normal float. */
+INLINE float emu_flush(float x) { return fabsf(x) < 0x1p-126f ? copysignf(0.0f, x) : x; }
+
+/* contract.bf16: flushed, then rounded to bf16, nearest even (a NaN stays a quiet NaN of its sign). */
+INLINE float emu_bf16(float x) {
+    uint32_t b = emu_bits(emu_flush(x));
+    if ((b & 0x7fffffffu) > 0x7f800000u) return emu_float((b & 0x80000000u) | 0x7fc00000u);
+    return emu_float((b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u);
+}
+
+/* contract.exp, operation for operation (its docstring has the formula). */
+INLINE float emu_exp(float x) {
+    float xc = x < -80.0f ? -80.0f : x;
+    xc = xc > 88.0f ? 88.0f : xc;
+    float xh = emu_bf16(xc), xl = emu_bf16(xc - xh);
+    float t = ((xh * 1.4453125f + xh * -0.00262451171875f) + xl * 1.4453125f) + 12582912.0f;
+    float k = t - 12582912.0f;
+    float r = ((xc - k * 0.69140625f) - k * 0.001739501953125f) - k * 1.430511474609375e-06f;
+    float rh = emu_bf16(r);
+    float p = (1.0f + r) + emu_bf16(rh * rh) * emu_bf16(0.5037f + 0.166015625f * rh);
+    uint32_t scaled = emu_bits(p) + ((emu_bits(t) - emu_bits(12582912.0f)) << 23);
+    return x < -80.0f ? 0.0f : emu_float(scaled);
+}
+
+/* contract.recip: three Newton steps from the bits 0x7EF311C3 − bits(q). */
+INLINE float emu_recip(float q) {
+    float y = emu_float(0x7ef311c3u - emu_bits(q));
+    for (int i = 0; i < 3; i++) y = y * (2.0f - q * y);
+    return y;
+}
+
+/* contract.lane_sum of 64 values: the four 16-lane vectors added in order, then the halving tree. */
+INLINE float emu_lane_sum64(const float *p) {
+    float acc[16];
+    for (int l = 0; l < 16; l++) acc[l] = ((p[l] + p[16 + l]) + p[32 + l]) + p[48 + l];
+    for (int width = 8; width; width /= 2)
+        for (int l = 0; l < width; l++) acc[l] = acc[l] + acc[l + width];
+    return acc[0];
+}
+
+/* One query row's step over a 64-key tile that begins at key `first` (emu.py's _softmax_step): row
+ * holds its scores S before the flush, keys from t on masked; updates its max *m and sum *sum, turns
+ * row into bf16(P) and scales its O by α (the accumulators the product with V adds to). */
+__attribute__((noinline)) static void emu_softmax_row(float *row, long first, long t, float *m, float *sum, float *o,
+                                                       long d) {
+    float top = *m;
+    for (long c = 0; c < 64; c++) {
+        row[c] = first + c < t ? emu_flush(row[c]) : -INFINITY;
+        top = row[c] > top ? row[c] : top;
+    }
+    float alpha = emu_exp(*m - top);                          /* 0 on the first tile (m = -inf) */
+    for (long c = 0; c < 64; c++) row[c] = emu_exp(row[c] - top);
+    *sum = emu_flush(*sum * alpha + emu_lane_sum64(row));
+    for (long c = 0; c < 64; c++) row[c] = emu_bf16(row[c]);
+    for (long c = 0; c < d; c++) o[c] = emu_flush(o[c] * alpha);
+    *m = top;
+}
+
+/* out ← bf16(flush(O · recip(ℓ))) for one query row (emu.py's _normalise). */
+__attribute__((noinline)) static void emu_normalise_row(const float *o, float sum, long d, float *out) {
+    float inv = emu_recip(sum);
+    for (long c = 0; c < d; c++) out[c] = emu_bf16(emu_flush(o[c] * inv));
+}
+
+/* The pieces of emu_attention_head on their own, for the tests: y ← contract.exp(x) of n values;
+ * emu_softmax_row on `rows` rows (s: rows x 64, o: rows x d); emu_normalise_row on `rows` rows. */
+void EXPORT(emu_exp_n)(const float *x, float *y, long n) {
+    for (long i = 0; i < n; i++) y[i] = emu_exp(x[i]);
+}
+
+void EXPORT(emu_softmax_rows)(float *s, long rows, long first, long t, float *m, float *sum, float *o, long d) {
+    for (long r = 0; r < rows; r++) emu_softmax_row(s + r * 64, first, t, m + r, sum + r, o + r * d, d);
+}
+
+void EXPORT(emu_normalise_rows)(const float *o, const float *sum, long rows, long d, float *out) {
+    for (long r = 0; r < rows; r++) emu_normalise_row(o + r * d, sum[r], d, out + r * d);
+}
+
+#pragma GCC pop_options
+
+/* dst's strips of EMU_NR columns, as mmul_block reads B, from an fp32 matrix b (k, n) given by its
+ * element strides: strip j holds b[0:k, j·EMU_NR : (j + 1)·EMU_NR] widened, k rows of EMU_NR. */
+INLINE void emu_strips(const float *b, long row_stride, long col_stride, long k, long n, double *dst) {
+    for (long j = 0; j < n; j += EMU_NR)
+        for (long kk = 0; kk < k; kk++)
+            for (int l = 0; l < EMU_NR; l++) dst[j * k + kk * EMU_NR + l] = b[kk * row_stride + (j + l) * col_stride];
+}
+
+/* c (64, n) ← acc + a·B (before the contract's flush) from a: 64 rows of k doubles, B: n / EMU_NR strips. */
+INLINE void emu_tile_product(const double *a, const double *strips, long k, long n, float *c) {
+    for (long j = 0; j < n; j += EMU_NR)
+        for (long i = 0; i < 64; i += EMU_MR) mmul_block(a + i * k, strips + j * k, c + i * n + j, n, k);
+}
+
+/* out ← emu.py's _attention_tiles for one head: q, k, v (tiles·64, d) bf16 values, q pre-scaled,
+ * rows lq, lk, lv and lo floats apart, keys from t on masked; out (tiles·64, d) bf16 values. For
+ * every 64-query tile, for each 64-key tile in order: S = flush(Q·Kᵀ) on the matrix unit, its
+ * running max m and sum ℓ (ℓ ← flush(ℓ·α + lane_sum(P)), α = exp(m − m_new), P = exp(S − m_new)),
+ * O ← flush(bf16(P)·V + flush(O·α)); then out = bf16(flush(O · recip(ℓ))). d a multiple of 16.
+ * Returns 0, -1 when its scratch cannot be allocated, -2 for a d it does not take. */
+int EXPORT(emu_attention_head)(const float *q, long lq, const float *k, long lk, const float *v, long lv, long tiles,
+                               long t, long d, float *out, long lo) {
+    if (d <= 0 || d % 16) return -2;
+    long padded = tiles * 64;
+    char *raw = malloc((2 * (size_t)padded * d + 64 * (size_t)d + 64 * 64) * sizeof(double) +
+                       (64 * 64 + 64 * (size_t)d + 64 * 2) * sizeof(float) + 64);
+    if (!raw) return -1;
+    double *kd = (double *)(raw + (64 - (size_t)raw % 64) % 64);   /* Kᵀ: per key tile, d rows of 64 */
+    double *vd = kd + padded * d, *qd = vd + padded * d, *pd = qd + 64 * d;
+    float *s = (float *)(pd + 64 * 64), *o = s + 64 * 64, *m = o + 64 * d, *sum = m + 64;
+    for (long j = 0; j < tiles; j++) {
+        emu_strips(k + j * 64 * lk, 1, lk, d, 64, kd + j * 64 * d);      /* B = K_jᵀ (d, 64) */
+        emu_strips(v + j * 64 * lv, lv, 1, 64, d, vd + j * 64 * d);      /* B = V_j (64, d) */
+    }
+    for (long i = 0; i < tiles; i++) {
+        for (long r = 0; r < 64; r++) {
+            for (long c = 0; c < d; c++) qd[r * d + c] = q[(i * 64 + r) * lq + c];
+            m[r] = -INFINITY;
+            sum[r] = 0.0f;
+        }
+        memset(o, 0, 64 * (size_t)d * sizeof(float));
+        for (long j = 0; j < tiles; j++) {
+            memset(s, 0, 64 * 64 * sizeof(float));
+            emu_tile_product(qd, kd + j * 64 * d, d, 64, s);
+            for (long r = 0; r < 64; r++) emu_softmax_row(s + r * 64, 64 * j, t, m + r, sum + r, o + r * d, d);
+            for (long c = 0; c < 64 * 64; c++) pd[c] = s[c];                /* bf16(P), widened */
+            emu_tile_product(pd, vd + j * 64 * d, 64, d, o);
+            for (long c = 0; c < 64 * d; c++) o[c] = emu_flush(o[c]);
+        }
+        for (long r = 0; r < 64; r++) emu_normalise_row(o + r * d, sum[r], d, out + (i * 64 + r) * lo);
+    }
+    free(raw);
+    return 0;
+}
+
