@@ -289,17 +289,18 @@ def dft_matrix(hann: np.ndarray) -> np.ndarray:
     return out.reshape(N_FFT, 2 * BINS_PADDED).astype(_F)
 
 
-def mel_power(frames: np.ndarray, dft: np.ndarray) -> np.ndarray:
-    """|DFT|² of frames (F, N_FFT): the windowed DFT as an fp32 matmul, then re·re + im·im, (F, BINS_PADDED)."""
-    spec = matmul_f32(np.asarray(frames, _F), dft).reshape(len(frames), -1, 2, BIN_TILE)
+def mel_power(frames: np.ndarray, dft: np.ndarray, matmul=matmul_f32) -> np.ndarray:
+    """|DFT|² of frames (F, N_FFT): the windowed DFT as an fp32 matmul, then re·re + im·im, (F, BINS_PADDED).
+    matmul: matmul_f32 or an implementation of it (the emulator's native one)."""
+    spec = matmul(np.asarray(frames, _F), dft).reshape(len(frames), -1, 2, BIN_TILE)
     re, im = spec[:, :, 0], spec[:, :, 1]
     return flush(flush(re * re) + flush(im * im)).reshape(len(frames), BINS_PADDED)
 
 
-def mel_log(power: np.ndarray, filters_t: np.ndarray) -> np.ndarray:
+def mel_log(power: np.ndarray, filters_t: np.ndarray, matmul=matmul_f32) -> np.ndarray:
     """log10 of the mel energies: power (F, BINS_PADDED) · filters (BINS_PADDED, n_mels) as an fp32
-    matmul, floored at 1e-10."""
-    return log10(np.maximum(matmul_f32(power, filters_t), _F(1e-10)))
+    matmul (matmul_f32 or an implementation of it), floored at 1e-10."""
+    return log10(np.maximum(matmul(power, filters_t), _F(1e-10)))
 
 
 def mel_finish(log_mel: np.ndarray, maximum) -> np.ndarray:

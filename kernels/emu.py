@@ -6,8 +6,9 @@ the matrix unit's fp32 accumulation, the contract's exp, reciprocal and GELU, an
 attention kernel runs it (for each 64-query tile a running max and sum over the 64-key tiles of the
 whole padded sequence), vectorised over heads and query tiles.
 
-The matrix unit (contract.matmul) and attention run on the native kernels where they are built
-(kernels/native/emu_kernels.h, the same bits, 4-5x faster), else in numpy; `describe` says which.
+The matrix unit (contract.matmul and the front end's matmul_f32) and attention run on the native
+kernels where they are built (kernels/native/emu_kernels.h, the same bits, 3-5x faster), else in
+numpy; `describe` says which.
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ class EmuBackend(Backend):
         log_mel = np.empty((len(window), n_mels), np.float32)
 
         def block(rows):
-            log_mel[rows] = C.mel_log(C.mel_power(window[rows], dft), filters)
+            log_mel[rows] = C.mel_log(C.mel_power(window[rows], dft, float_unit), filters, float_unit)
 
         self._each(block, [slice(start, start + ROW_BLOCK) for start in range(0, len(window), ROW_BLOCK)])
         return C.mel_finish(log_mel, log_mel.max())
@@ -151,6 +152,14 @@ def matrix_unit(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) -> 
     c = np.zeros(shape, np.float32) if acc is None else np.array(np.broadcast_to(acc, shape), np.float32, order="C")
     native.mmul_steps(_rows(a), _rows(b), c)
     return C.flush(c)
+
+
+def float_unit(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """contract.matmul_f32(a, b), fp32 products on the bf16 matrix unit: on the native kernels where they
+    are built (bit for bit the same: tests/test_native.py), else contract.matmul_f32 itself."""
+    if native.LIBRARY is None:
+        return C.matmul_f32(a, b)
+    return C.flush(native.emu_matmul_f32(_rows(a), _rows(b)))
 
 
 def _rows(x: np.ndarray) -> np.ndarray:

@@ -393,3 +393,62 @@ def test_the_emu_attention_kernels_normalisation_equals_the_numpy_one_bit_for_bi
     with native.copy_of_level(level):
         got = native.emu_normalise_rows(o, row_sum)
     np.testing.assert_array_equal(got.view(np.int32), _normalise(o, row_sum).view(np.int32))
+
+
+def _near_ties(rng, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums whose float64 value lies on an fp32 rounding midpoint or at zero while the exact sum does not,
+    or does too: a row [1, (2j + 1)·2^-24, ±2^-80, 2^-80, ...] times a column of ±1 (each step's
+    products: a tie, and terms float64 loses in it, which may cancel), so only the exact rounding
+    gets them right."""
+    a = np.zeros((m, k), np.float32)
+    a[:, 0::8] = 1.0
+    a[:, 1::8] = rng.integers(0, 4, (m, 1)) * 2 + 1
+    a[:, 1::8] *= np.float32(2.0 ** -24)
+    a[:, 2::8] = rng.choice([-1.0, 1.0], (m, 1)) * np.float32(2.0 ** -80)
+    a[:, 3::8] = np.float32(2.0 ** -80)       # with the term before it, ±2^-80 · 2 or an exact tie
+    a[::3, 1::8] = -1.0                       # 1 − 1 + tiny: a float64 sum of 0, an exact sum of ±2^-80
+    b = rng.choice([-1.0, 1.0], (k, 24)).astype(np.float32)
+    b[0::8], b[1::8] = 1.0, 1.0
+    return a, b
+
+
+@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("data", ["wide", "pcm", "ties", "edges"])
+def test_the_emu_fp32_matmul_equals_the_contract_bit_for_bit(level, data):
+    """emu_kernels.h's emu_matmul_f32 is contract.matmul_f32 (the mel front end's fp32 products on the
+    bf16 matrix unit: each step's six products of pieces, each sum rounded once from its exact value):
+    operands spanning 2^-40 to 2^8; 16-bit PCM frames and the DFT (sums of few bits: many ties, which
+    float64 gets right only when it sums exactly); sums float64 rounds onto a midpoint or to zero; and
+    shapes with edge rows, columns and K."""
+    from kernels import contract
+    from kernels.emu import float_unit
+    from kernels.frontend import hann_window
+
+    rng = np.random.default_rng(len(data))
+    if data == "wide":
+        a = (rng.standard_normal((36, 96)) * 2.0 ** rng.integers(-40, 8, (36, 96))).astype(np.float32)
+        b = (rng.standard_normal((96, 48)) * 2.0 ** rng.integers(-40, 8, (96, 48))).astype(np.float32)
+    elif data == "pcm":
+        a = (rng.integers(-3000, 3000, (40, 400)) / 32768).astype(np.float32)
+        b = contract.dft_matrix(hann_window())
+    elif data == "ties":
+        a, b = _near_ties(rng, 20, 64)
+    else:
+        a = rng.standard_normal((7, 13)).astype(np.float32)
+        b = rng.standard_normal((13, 21)).astype(np.float32)
+    want = contract.matmul_f32(a, b)
+    with native.copy_of_level(level):
+        got = float_unit(a, b)
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@needs_native
+def test_the_emu_log_mel_is_the_same_with_its_native_fp32_products(monkeypatch):
+    from kernels.emu import EmuBackend
+
+    rng = np.random.default_rng(2)
+    samples = (rng.integers(-8000, 8000, 16000 * 3) / 32768).astype(np.float32)
+    fast = EmuBackend().log_mel(samples, 80)
+    monkeypatch.setattr(native, "LIBRARY", None)
+    slow = EmuBackend().log_mel(samples, 80)
+    np.testing.assert_array_equal(fast.view(np.int32), slow.view(np.int32))

@@ -37,6 +37,7 @@ _SIGNATURES = {                                    # name: (argument types, resu
     "mmul_steps": ([_P, _L, _P, _L, _P, _L, _L, _L, _L], ctypes.c_int),
     "emu_attention_head": ([_P, _L, _P, _L, _P, _L, _L, _L, _L, _P, _L], ctypes.c_int),
     "emu_exp_n": ([_P, _P, _L], None),
+    "emu_matmul_f32": ([_P, _L, _P, _L, _P, _L, _L, _L, _L], ctypes.c_int),
     "emu_softmax_rows": ([_P, _L, _L, _L, _P, _P, _P, _L], None),
     "emu_normalise_rows": ([_P, _P, _L, _L, _P], None),
 }
@@ -262,6 +263,17 @@ def emu_attention_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, t: int, out:
     if code == -1:
         raise MemoryError("native emu_attention_head: no memory for its scratch")
     assert code == 0, f"native emu_attention_head takes a head size that is a multiple of 16, not {d}"
+
+
+def emu_matmul_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """kernels.contract.matmul_f32(a, b) before its flush (emu_kernels.h): a (m, k), b (k, n), fp32 with
+    contiguous rows."""
+    (m, k), n = a.shape, b.shape[1]
+    assert b.shape[0] == k
+    c = np.zeros((m, n), np.float32)
+    if LIBRARY.emu_matmul_f32(_ptr(a), _ld(a), _ptr(b), _ld(b), _ptr(c), _ld(c), m, k, n):
+        raise MemoryError("native emu_matmul_f32: no memory for its scratch")
+    return c
 
 
 def emu_exp(x: np.ndarray) -> np.ndarray:

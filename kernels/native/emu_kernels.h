@@ -254,3 +254,206 @@ int EXPORT(emu_attention_head)(const float *q, long lq, const float *k, long lk,
     return 0;
 }
 
+
+/* ---- the fp32 matmul of the mel front end: contract.matmul_f32 ---------------------------------- */
+
+/* contract.split3: x as hi + mid + lo, each bf16-valued, exactly. */
+INLINE void emu_split3(float x, float piece[3]) {
+    float hi = emu_float(emu_bits(x) & 0xffff0000u);
+    float rest = emu_flush(x - hi);
+    float mid = emu_float(emu_bits(rest) & 0xffff0000u);
+    piece[0] = hi;
+    piece[1] = mid;
+    piece[2] = emu_flush(rest - mid);
+}
+
+/* contract.SPLIT_PRODUCTS: which pieces of A and B each product of a step takes, in order. */
+static const int EMU_SPLIT[6][2] = {{0, 2}, {2, 0}, {1, 1}, {0, 1}, {1, 0}, {0, 0}};
+#define EMU_TERMS (EMU_STEP + 1)
+
+/* e ← the exact sum of e (n nonoverlapping components, increasing in magnitude) and x, as Shewchuk's
+ * GROW-EXPANSION builds it (each TwoSum's error kept, zeros dropped); returns the new length. */
+INLINE int emu_grow(double *e, int n, double x) {
+    int out = 0;
+    for (int i = 0; i < n; i++) {
+        double s = x + e[i], v = s - x, err = (x - (s - v)) + (e[i] - v);
+        if (err != 0.0) e[out++] = err;
+        x = s;
+    }
+    if (x != 0.0) e[out++] = x;
+    return out;
+}
+
+/* The sign (-1, 0, 1) of the exact value of the expansion e[0:n] − mid. */
+INLINE int emu_side(const double *e, int n, double mid) {
+    double copy[EMU_TERMS + 1];
+    memcpy(copy, e, (size_t)n * sizeof(double));
+    n = emu_grow(copy, n, -mid);
+    return n == 0 ? 0 : copy[n - 1] > 0 ? 1 : -1;              /* the largest component's sign */
+}
+
+/* fl32 of the exact sum of terms[0:n] (nearest even). Where the float64 sum is exact (no addition
+ * rounds: its fp32 rounding is the answer), that; else decided as exact_sum._round_sum decides it: the
+ * sum as an expansion (exact), its float64 value (its components added from the smallest: within an
+ * ulp of the exact sum, so its fp32 rounding r is the answer or next to it), then the exact side of the
+ * midpoints between r and its neighbours. */
+__attribute__((noinline)) static float emu_round_exactly(const double *terms, int n) {
+    double e[EMU_TERMS + 1], s = 0.0;
+    int len = 0, exact = 1;
+    for (int i = 0; i < n; i++) {                       /* most sums here are exact in float64: ties */
+        double t = s + terms[i], v = t - s;
+        exact &= (s - (t - v)) + (terms[i] - v) == 0.0;   /* TwoSum's error */
+        s = t;
+    }
+    if (exact) return (float)s;
+    s = 0.0;
+    for (int i = 0; i < n; i++) len = emu_grow(e, len, terms[i]);
+    for (int i = 0; i < len; i++) s += e[i];
+    float r = (float)s;
+    for (int direction = 1; direction >= -1; direction -= 2) {
+        float other = nextafterf(r, direction * INFINITY);
+        int side = emu_side(e, len, ((double)r + (double)other) * 0.5);   /* the midpoint is exact */
+        if (side == 0) return emu_bits(r) & 1u ? other : r;              /* a tie: the even one */
+        if (side == direction) return other;
+    }
+    return r;
+}
+
+/* One output of contract.matmul_f32 from the pieces of its row of A (piece p at ap + p·a_piece) and
+ * column of B (piece p at bp + p·b_piece, `stride` apart): each K step's six products of pieces, each
+ * step's sum added to the accumulator exactly and rounded once. The reference for the blocks below. */
+INLINE float emu_f32_output(const double *ap, long a_piece, const double *bp, long b_piece, long stride, long k) {
+    float acc = 0.0f;
+    for (long s = 0; s < k; s += EMU_STEP)
+        for (int p = 0; p < 6; p++) {
+            double terms[EMU_TERMS];
+            terms[0] = acc;
+            for (int kk = 0; kk < EMU_STEP; kk++)
+                terms[1 + kk] = ap[EMU_SPLIT[p][0] * a_piece + s + kk] * bp[EMU_SPLIT[p][1] * b_piece + (s + kk) * stride];
+            acc = emu_round_exactly(terms, EMU_TERMS);
+        }
+    return acc;
+}
+
+typedef long long lvec __attribute__((vector_size(VEC * 4), aligned(8), may_alias));
+typedef int ihvec __attribute__((vector_size(VEC * 2), aligned(4), may_alias));
+
+/* An EMU_MR x EMU_NR block of outputs: ad (3 pieces, each EMU_MR rows of k) and bd (3 pieces, each k
+ * rows of EMU_NR) widened. Each step's sum s = acc + Σ products is taken in float64 with TwoSum's
+ * exact error of every addition, E = Σ errors: the exact sum is s + E. Its fp32 rounding is s's
+ * rounding r, or r's neighbour, wherever s + E lies farther from the midpoint between them than the
+ * error of summing E (bounded by Σ|errors|·2^-49, 16 times the bound of 9 additions); where it does not
+ * (never, in the tests' real speech), the output is rounded exactly from its terms. */
+INLINE void emu_f32_block(const double *ad, const double *bd, float *c, long ldc, long k) {
+    dvec acc[EMU_MR][EMU_NV];
+    for (int r = 0; r < EMU_MR; r++)
+        for (int q = 0; q < EMU_NV; q++) acc[r][q] = (dvec){0};
+    const lvec magnitude_bits = (lvec){0} + 0x7fffffffffffffffLL, sign_bit = ~magnitude_bits;
+    for (long s = 0; s < k; s += EMU_STEP)
+        for (int p = 0; p < 6; p++) {
+            const double *a = ad + EMU_SPLIT[p][0] * EMU_MR * k, *b = bd + EMU_SPLIT[p][1] * k * EMU_NR;
+            dvec sum[EMU_MR][EMU_NV], error[EMU_MR][EMU_NV], spread[EMU_MR][EMU_NV];   /* Σ err, Σ|err| */
+            for (int r = 0; r < EMU_MR; r++)
+                for (int q = 0; q < EMU_NV; q++) sum[r][q] = error[r][q] = spread[r][q] = (dvec){0};
+            for (long kk = s; kk < s + EMU_STEP; kk++) {
+                dvec bv[EMU_NV];
+                for (int q = 0; q < EMU_NV; q++) bv[q] = *(const dvec *)(b + kk * EMU_NR + q * DVEC);
+                for (int r = 0; r < EMU_MR; r++) {
+                    double x = a[r * k + kk];
+                    for (int q = 0; q < EMU_NV; q++) {
+                        dvec product = x * bv[q];                           /* exact */
+                        dvec t = sum[r][q] + product, v = t - sum[r][q];
+                        dvec err = (sum[r][q] - (t - v)) + (product - v);   /* TwoSum: t + err = sum + product */
+                        sum[r][q] = t;
+                        error[r][q] += err;
+                        spread[r][q] += (dvec)((lvec)err & magnitude_bits);
+                    }
+                }
+            }
+            for (int r = 0; r < EMU_MR; r++)
+                for (int q = 0; q < EMU_NV; q++) {
+                    dvec before = acc[r][q], total = sum[r][q] + before, v = total - before;
+                    dvec err = (before - (total - v)) + (sum[r][q] - v);
+                    dvec rest = error[r][q] + err, bound = (spread[r][q] + (dvec)((lvec)err & magnitude_bits)) * 0x1p-49;
+                    hvec rounded = __builtin_convertvector(total, hvec);
+                    dvec back = __builtin_convertvector(rounded, dvec);
+                    hvec above = (hvec)((ihvec)rounded & 0x7fffffff);        /* |r| and its neighbours */
+                    hvec up = (hvec)((ihvec)above + 1), down = (hvec)((ihvec)above - 1);
+                    dvec away = __builtin_convertvector(up - above, dvec) * 0.5;     /* to the midpoints */
+                    dvec toward = __builtin_convertvector(above - down, dvec) * 0.5;
+                    /* in magnitudes: |s| − |r| (exact) and E with the sign it has against s */
+                    dvec delta = (dvec)((lvec)total & magnitude_bits) - (dvec)((lvec)back & magnitude_bits);
+                    dvec rest_m = (dvec)((lvec)rest ^ ((lvec)total & sign_bit));
+                    dvec past_away = (delta - away) + rest_m, past_toward = (delta + toward) + rest_m;
+                    lvec sure = (bound == 0.0) | ((past_away < -bound) & (past_toward > bound));
+                    acc[r][q] = back;
+                    lvec unsure = ~sure;
+                    long any = 0;
+                    for (int l = 0; l < DVEC; l++) any |= unsure[l];
+                    if (!any) continue;                                     /* the common case: one test */
+                    for (int l = 0; l < DVEC; l++) {
+                        if (sure[l]) continue;
+                        float r32 = rounded[l];
+                        if (r32 != 0.0f && past_away[l] > bound[l]) {
+                            acc[r][q][l] = nextafterf(r32, copysignf(INFINITY, r32));
+                        } else if (r32 != 0.0f && past_toward[l] < -bound[l]) {
+                            acc[r][q][l] = nextafterf(r32, 0.0f);
+                        } else {
+                            double terms[EMU_TERMS];
+                            terms[0] = before[l];
+                            for (int kk = 0; kk < EMU_STEP; kk++)
+                                terms[1 + kk] = a[r * k + s + kk] * b[(s + kk) * EMU_NR + q * DVEC + l];
+                            acc[r][q][l] = emu_round_exactly(terms, EMU_TERMS);
+                        }
+                    }
+                }
+        }
+    for (int r = 0; r < EMU_MR; r++)
+        for (int q = 0; q < EMU_NV; q++) *(hvec *)(c + r * ldc + q * DVEC) = __builtin_convertvector(acc[r][q], hvec);
+}
+
+/* dst[p·piece + kk] ← piece p of x[kk] widened, for kk < kp (zero from k on). */
+INLINE void emu_row_pieces(const float *x, long k, long kp, double *dst, long piece) {
+    for (long kk = 0; kk < kp; kk++) {
+        float pieces[3] = {0.0f, 0.0f, 0.0f};
+        if (kk < k) emu_split3(x[kk], pieces);
+        for (int p = 0; p < 3; p++) dst[p * piece + kk] = pieces[p];
+    }
+}
+
+/* c (m, n) ← contract.matmul_f32(a, b) before its flush: a (m, k), b (k, n), rows lda, ldb and ldc
+ * floats apart. B's pieces are widened once, row-major and as EMU_NR-column strips; A's, 4 rows at a
+ * time. Returns 0, or -1 when its scratch cannot be allocated. */
+int EXPORT(emu_matmul_f32)(const float *a, long lda, const float *b, long ldb, float *c, long ldc, long m, long k,
+                           long n) {
+    if (m <= 0 || n <= 0) return 0;
+    long kp = (k + EMU_STEP - 1) / EMU_STEP * EMU_STEP, full_n = n / EMU_NR * EMU_NR;
+    size_t b_size = 3 * (size_t)kp * n, strips_size = 3 * (size_t)kp * full_n;
+    char *raw = malloc((b_size + strips_size + 3 * EMU_MR * (size_t)kp) * sizeof(double) + 64);
+    if (!raw) return -1;
+    double *bw = (double *)(raw + (64 - (size_t)raw % 64) % 64);   /* [piece][kk][j] */
+    double *strips = bw + b_size, *ad = strips + strips_size;        /* [strip][piece][kk][l]; [piece][r][kk] */
+    for (long j = 0; j < n; j++)
+        for (long kk = 0; kk < kp; kk++) {
+            float pieces[3] = {0.0f, 0.0f, 0.0f};
+            if (kk < k) emu_split3(b[kk * ldb + j], pieces);
+            for (int p = 0; p < 3; p++) bw[(p * kp + kk) * n + j] = pieces[p];
+        }
+    for (long j = 0; j < full_n; j += EMU_NR)
+        for (int p = 0; p < 3; p++)
+            for (long kk = 0; kk < kp; kk++)
+                for (int l = 0; l < EMU_NR; l++)
+                    strips[((j / EMU_NR * 3 + p) * kp + kk) * EMU_NR + l] = bw[(p * kp + kk) * n + j + l];
+    for (long i = 0; i < m; i += EMU_MR) {
+        long rows = m - i < EMU_MR ? m - i : EMU_MR;
+        for (long r = 0; r < rows; r++) emu_row_pieces(a + (i + r) * lda, k, kp, ad + r * kp, EMU_MR * kp);
+        if (rows == EMU_MR)
+            for (long j = 0; j < full_n; j += EMU_NR)
+                emu_f32_block(ad, strips + j / EMU_NR * 3 * kp * EMU_NR, c + i * ldc + j, ldc, kp);
+        for (long r = 0; r < rows; r++)
+            for (long j = rows == EMU_MR ? full_n : 0; j < n; j++)
+                c[(i + r) * ldc + j] = emu_f32_output(ad + r * kp, EMU_MR * kp, bw + j, kp * n, n, kp);
+    }
+    free(raw);
+    return 0;
+}
