@@ -93,7 +93,7 @@ class EmuBackend(Backend):
         x = np.zeros((padded, three_d), np.float32)                          # (padded, 3·d_model): Q, K, V
         x[:t] = C.bf16(qkv)
         q = C.bf16(x[:, :d_model] * np.float32(1.0 / math.sqrt(d)))          # 1/8: exact for d = 64
-        if native.LIBRARY is not None and d % 16 == 0:
+        if native.LIBRARY is not None and d % 16 == 0 and t > 0:
             return self._attention_native(q, x, t, n_head)[:t]
         # (H, tiles, 64, d): Q, K, V per head and 64-row tile
         q = q.reshape(tiles, C.TILE, n_head, d).transpose(2, 0, 1, 3)

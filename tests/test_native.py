@@ -331,7 +331,8 @@ def test_the_emu_attention_kernel_equals_the_numpy_one_bit_for_bit(level, t, n_h
 
 @needs_native
 def test_the_emu_attention_kernel_takes_only_head_sizes_of_whole_vectors():
-    """A head size that is not a multiple of 16 runs in numpy; the kernel itself refuses it."""
+    """A head size that is not a multiple of 16 runs in numpy, as does an empty sequence; the kernel itself
+    refuses them."""
     rng = np.random.default_rng(5)
     qkv = rng.standard_normal((70, 3 * 2 * 40)).astype(np.float32)
     fast, slow = _emu_attention_both_ways(qkv, 2, native.LIBRARY.level)
@@ -339,6 +340,9 @@ def test_the_emu_attention_kernel_takes_only_head_sizes_of_whole_vectors():
     q = np.zeros((64, 40), np.float32)
     with pytest.raises(AssertionError, match="multiple of 16"):
         native.emu_attention_head(q, q, q, 64, q.copy())
+    from kernels.emu import EmuBackend
+
+    assert EmuBackend().attention(np.zeros((0, 3 * 64), np.float32), 1).shape == (0, 64)   # no rows: numpy's
 
 
 @pytest.mark.parametrize("level", _levels())
