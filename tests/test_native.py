@@ -410,7 +410,7 @@ def _near_ties(rng, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     a[:, 1::8] *= np.float32(2.0 ** -24)
     a[:, 2::8] = rng.choice([-1.0, 1.0], (m, 1)) * np.float32(2.0 ** -80)
     a[:, 3::8] = np.float32(2.0 ** -80)       # with the term before it, ±2^-80 · 2 or an exact tie
-    a[::3, 1::8] = -1.0                       # 1 − 1 + tiny: a float64 sum of 0, an exact sum of ±2^-80
+    a[::3, 1::8] = -1.0                       # 1 − 1 + tiny: a float64 sum of 0, an exact one of ±2^-79 or 0
     b = rng.choice([-1.0, 1.0], (k, 24)).astype(np.float32)
     b[0::8], b[1::8] = 1.0, 1.0
     return a, b
@@ -456,3 +456,71 @@ def test_the_emu_log_mel_is_the_same_with_its_native_fp32_products(monkeypatch):
     monkeypatch.setattr(native, "LIBRARY", None)
     slow = EmuBackend().log_mel(samples, 80)
     np.testing.assert_array_equal(fast.view(np.int32), slow.view(np.int32))
+
+
+def _fp32_of(value) -> np.float32:
+    """An exact rational rounded to fp32, nearest even; infinity from the overflow threshold on."""
+    from fractions import Fraction
+
+    top = np.finfo(np.float32).max
+    if abs(value) >= Fraction(float(top)) + Fraction(float(top - np.nextafter(top, np.float32(0)))) / 2:
+        return np.float32(np.inf if value > 0 else -np.inf)
+    r = np.float32(float(value))
+    candidates = [r, np.nextafter(r, np.float32(np.inf)), np.nextafter(r, np.float32(-np.inf))]
+    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - value), int(c.view(np.int32)) & 1))
+
+
+def _matmul_f32_exactly(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """contract.matmul_f32's specification in exact rationals: for each output, each 8-wide K step's six
+    products of bf16 pieces (contract.split3, contract.SPLIT_PRODUCTS), each sum with the accumulator
+    rounded to fp32 once; the result flushed (no subnormals out)."""
+    from fractions import Fraction
+
+    from kernels import contract
+
+    pa, pb = contract.split3(a), contract.split3(b)
+    out = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for i in range(a.shape[0]):
+        for j in range(b.shape[1]):
+            acc = np.float32(0)
+            for s in range(0, a.shape[1], contract.STEP):
+                for x, y in contract.SPLIT_PRODUCTS:
+                    if not np.isfinite(acc):
+                        continue
+                    terms = [Fraction(float(pa[x][i, k])) * Fraction(float(pb[y][k, j]))
+                             for k in range(s, min(s + contract.STEP, a.shape[1]))]
+                    acc = _fp32_of(Fraction(float(acc)) + sum(terms))
+            out[i, j] = acc
+    return contract.flush(out)
+
+
+@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("row, column", [
+    ([1024.0, 3 * 2.0 ** -45, -1024.0, 2.0 ** -22], None),        # cancellation: many fp32 steps in E
+    ([2.0 ** 60, 1.0, 2.0 ** -20, -2.0 ** 60, 256.0], None),
+    ([2.0 ** 64, 2.0 ** -60], [2.0 ** 64, 1.0]),                  # past the overflow threshold
+    ([2.0 ** 64] + [0.0] * 7 + [1.0, 2.0 ** -60], [2.0 ** 64]),   # an infinite accumulator, then a rounded sum
+    ([2.0 ** -70, 2.0 ** -80, 2.0 ** -110] + [0.0] * 5 + [2.0 ** -63],
+     [2.0 ** -70, 2.0 ** -70, 2.0 ** -110] + [0.0] * 5 + [2.0 ** -63]),   # subnormal accumulators
+])
+def test_the_fp32_matmul_rounds_each_step_from_its_exact_sum(level, row, column):
+    """Both the native emu_matmul_f32 and contract.matmul_f32 equal the specification in exact
+    rationals where float64 cannot decide: sums that cancel by far more than an fp32 step, that
+    overflow, that meet an infinite accumulator, and that stay below the smallest normal float."""
+    from kernels import contract
+    from kernels.emu import float_unit
+
+    a = np.zeros((4, 16), np.float32)
+    a[:, :len(row)] = row
+    a[1] = -a[0]
+    b = np.ones((16, 17), np.float32)
+    if column is not None:
+        b[:len(column)] = np.array(column, np.float32)[:, None]
+    b[:, 1::2] *= -1
+    want = _matmul_f32_exactly(a, b)
+    with np.errstate(over="ignore", invalid="ignore"):
+        spec = contract.matmul_f32(a, b)
+        with native.copy_of_level(level):
+            got = float_unit(a, b)
+    np.testing.assert_array_equal(spec.view(np.int32), want.view(np.int32))
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
