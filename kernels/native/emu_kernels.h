@@ -1,6 +1,8 @@
-/* The `emu` backend's matrix unit (the NPU's mmul as kernels/contract.py's `matmul` specifies it) and
- * its attention kernel (emu.py's _attention_tiles), natively, for kernels/emu.py. Included by isa_*.c after cpu_kernels.h (its EXPORT and INLINE), so
- * it is built once per x86-64 level like the cpu backend's kernels.
+/* The `emu` backend's kernels, natively, for kernels/emu.py: its matrix unit (the NPU's mmul as
+ * kernels/contract.py's `matmul` specifies it, first below), the front end's fp32 products
+ * (contract.matmul_f32) and the attention kernel (emu.py's _attention_tiles), each with its own
+ * comment. Included by isa_*.c after cpu_kernels.h (its EXPORT and INLINE), so it is built once per
+ * x86-64 level like the cpu backend's kernels.
  *
  * For every output, from its accumulator's value, each 8-wide step of K in order adds the sum of
  * its products: s = Σ a[i, κ]·b[κ, j] in float64, then c ← fl32(fl64(s + c)). The products of bf16
