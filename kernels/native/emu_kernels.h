@@ -75,6 +75,17 @@ INLINE void mmul_edge(const float *a, long lda, const float *b, long ldb, float 
         }
 }
 
+/* The first 64-byte line of scratch from malloc (which allocates 64 bytes more than it needs). */
+INLINE double *emu_line(char *raw) { return (double *)(raw + (64 - (size_t)raw % 64) % 64); }
+
+/* dst's strips of EMU_NR columns, as mmul_block reads B, from an fp32 matrix b (k, n) given by its
+ * element strides: strip j holds b[0:k, j·EMU_NR : (j + 1)·EMU_NR] widened, k rows of EMU_NR. */
+INLINE void emu_strips(const float *b, long row_stride, long col_stride, long k, long n, double *dst) {
+    for (long j = 0; j < n; j += EMU_NR)
+        for (long kk = 0; kk < k; kk++)
+            for (int l = 0; l < EMU_NR; l++) dst[j * k + kk * EMU_NR + l] = b[kk * row_stride + (j + l) * col_stride];
+}
+
 /* c (m, n) ← contract.matmul(a, b, acc=c) before its flush: a (m, k) with row stride lda, b (k, n)
  * with row stride ldb, c (m, n) with row stride ldc holding the accumulators (zeros for none).
  * Rows go in chunks of EMU_CHUNK, widened to doubles once, and each EMU_NR-column strip of B,
@@ -88,15 +99,14 @@ int EXPORT(mmul_steps)(const float *a, long lda, const float *b, long ldb, float
     /* on 64-byte lines: loads straddling two lines cost this loop ~10% (31-32 against 35-37 GFLOP/s) */
     char *raw = malloc((size_t)(EMU_CHUNK + EMU_NR) * k * sizeof(double) + 64);
     if (!raw) return -1;
-    double *ad = (double *)(raw + (64 - (size_t)raw % 64) % 64), *bd = ad + EMU_CHUNK * k;
+    double *ad = emu_line(raw), *bd = ad + EMU_CHUNK * k;
     for (long i0 = 0; i0 < m; i0 += EMU_CHUNK) {
         long rows = m - i0 < EMU_CHUNK ? m - i0 : EMU_CHUNK, full_rows = rows / EMU_MR * EMU_MR;
         for (long r = 0; r < rows; r++)
             for (long kk = 0; kk < k; kk++) ad[r * k + kk] = a[(i0 + r) * lda + kk];
         float *cc = c + i0 * ldc;
         for (long j = 0; j < full_n; j += EMU_NR) {
-            for (long kk = 0; kk < k; kk++)
-                for (int l = 0; l < EMU_NR; l++) bd[kk * EMU_NR + l] = b[kk * ldb + j + l];
+            emu_strips(b + j, ldb, 1, k, EMU_NR, bd);
             for (long i = 0; i < full_rows; i += EMU_MR)
                 mmul_block(ad + i * k, bd, cc + i * ldc + j, ldc, k);
             if (full_rows < rows)
@@ -202,14 +212,6 @@ void EXPORT(emu_normalise_rows)(const float *o, const float *sum, long rows, lon
 
 #pragma GCC pop_options
 
-/* dst's strips of EMU_NR columns, as mmul_block reads B, from an fp32 matrix b (k, n) given by its
- * element strides: strip j holds b[0:k, j·EMU_NR : (j + 1)·EMU_NR] widened, k rows of EMU_NR. */
-INLINE void emu_strips(const float *b, long row_stride, long col_stride, long k, long n, double *dst) {
-    for (long j = 0; j < n; j += EMU_NR)
-        for (long kk = 0; kk < k; kk++)
-            for (int l = 0; l < EMU_NR; l++) dst[j * k + kk * EMU_NR + l] = b[kk * row_stride + (j + l) * col_stride];
-}
-
 /* c (64, n) ← acc + a·B (before the contract's flush) from a: 64 rows of k doubles, B: n / EMU_NR strips. */
 INLINE void emu_tile_product(const double *a, const double *strips, long k, long n, float *c) {
     for (long j = 0; j < n; j += EMU_NR)
@@ -229,7 +231,7 @@ int EXPORT(emu_attention_head)(const float *q, long lq, const float *k, long lk,
     char *raw = malloc((2 * (size_t)padded * d + 64 * (size_t)d + 64 * 64) * sizeof(double) +
                        (64 * 64 + 64 * (size_t)d + 64 * 2) * sizeof(float) + 64);
     if (!raw) return -1;
-    double *kd = (double *)(raw + (64 - (size_t)raw % 64) % 64);   /* Kᵀ: per key tile, d rows of 64 */
+    double *kd = emu_line(raw);   /* Kᵀ: per key tile, d rows of 64 */
     double *vd = kd + padded * d, *qd = vd + padded * d, *pd = qd + 64 * d;
     float *s = (float *)(pd + 64 * 64), *o = s + 64 * 64, *m = o + 64 * d, *sum = m + 64;
     for (long j = 0; j < tiles; j++) {
@@ -431,12 +433,13 @@ INLINE void emu_f32_block(const double *ad, const double *bd, float *c, long ldc
         for (int q = 0; q < EMU_NV; q++) *(hvec *)(c + r * ldc + q * DVEC) = __builtin_convertvector(acc[r][q], hvec);
 }
 
-/* dst[p·piece + kk] ← piece p of x[kk] widened, for kk < kp (zero from k on). */
-INLINE void emu_row_pieces(const float *x, long k, long kp, double *dst, long piece) {
+/* dst[p·piece + kk·step] ← piece p of x[kk·stride] widened, for kk < kp (zero from k on): a row of A
+ * (stride 1) or a column of B (stride ldb). */
+INLINE void emu_pieces(const float *x, long stride, long k, long kp, double *dst, long step, long piece) {
     for (long kk = 0; kk < kp; kk++) {
         float pieces[3] = {0.0f, 0.0f, 0.0f};
-        if (kk < k) emu_split3(x[kk], pieces);
-        for (int p = 0; p < 3; p++) dst[p * piece + kk] = pieces[p];
+        if (kk < k) emu_split3(x[kk * stride], pieces);
+        for (int p = 0; p < 3; p++) dst[p * piece + kk * step] = pieces[p];
     }
 }
 
@@ -450,14 +453,9 @@ int EXPORT(emu_matmul_f32)(const float *a, long lda, const float *b, long ldb, f
     size_t b_size = 3 * (size_t)kp * n, strips_size = 3 * (size_t)kp * full_n;
     char *raw = malloc((b_size + strips_size + 3 * EMU_MR * (size_t)kp) * sizeof(double) + 64);
     if (!raw) return -1;
-    double *bw = (double *)(raw + (64 - (size_t)raw % 64) % 64);   /* [piece][kk][j] */
+    double *bw = emu_line(raw);   /* [piece][kk][j] */
     double *strips = bw + b_size, *ad = strips + strips_size;        /* [strip][piece][kk][l]; [piece][r][kk] */
-    for (long j = 0; j < n; j++)
-        for (long kk = 0; kk < kp; kk++) {
-            float pieces[3] = {0.0f, 0.0f, 0.0f};
-            if (kk < k) emu_split3(b[kk * ldb + j], pieces);
-            for (int p = 0; p < 3; p++) bw[(p * kp + kk) * n + j] = pieces[p];
-        }
+    for (long j = 0; j < n; j++) emu_pieces(b + j, ldb, k, kp, bw + j, n, kp * n);
     for (long j = 0; j < full_n; j += EMU_NR)
         for (int p = 0; p < 3; p++)
             for (long kk = 0; kk < kp; kk++)
@@ -465,7 +463,7 @@ int EXPORT(emu_matmul_f32)(const float *a, long lda, const float *b, long ldb, f
                     strips[((j / EMU_NR * 3 + p) * kp + kk) * EMU_NR + l] = bw[(p * kp + kk) * n + j + l];
     for (long i = 0; i < m; i += EMU_MR) {
         long rows = m - i < EMU_MR ? m - i : EMU_MR;
-        for (long r = 0; r < rows; r++) emu_row_pieces(a + (i + r) * lda, k, kp, ad + r * kp, EMU_MR * kp);
+        for (long r = 0; r < rows; r++) emu_pieces(a + (i + r) * lda, 1, k, kp, ad + r * kp, 1, EMU_MR * kp);
         if (rows == EMU_MR)
             for (long j = 0; j < full_n; j += EMU_NR)
                 emu_f32_block(ad, strips + j / EMU_NR * 3 * kp * EMU_NR, c + i * ldc + j, ldc, kp);
