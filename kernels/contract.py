@@ -224,8 +224,8 @@ def exp(x: np.ndarray) -> np.ndarray:
 # centred on 0 with no constant term, so that GELU(x) stays accurate relative to x near 0.
 GELU_BREAKS = (_F(0.625), _F(1.75), _F(3.25))                  # where pieces 1, 2 and 3 begin
 GELU_END = _F(5.5)                                             # k(5.5) = 1e-7: k is 0 from here
-_GELU_CENTRE = np.array([0.0, 1.1875, 2.5, 4.375], _F)
-_GELU_K = np.array([                                           # [piece, power of (t − centre)]
+GELU_CENTRES = np.array([0.0, 1.1875, 2.5, 4.375], _F)
+GELU_COEFFS = np.array([                                        # [piece, power of (t − centre)]
     [0.0, 0.4999999403953552, -0.3989352881908417, -0.00012574113497976214, 0.06730131059885025,
      -0.0022484140936285257, -0.0075361053459346294],
     [0.1395494043827057, -0.11654740571975708, -0.058137036859989166, 0.10103075206279755,
@@ -243,11 +243,11 @@ def gelu(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, _F)
     t = np.abs(x)
     piece = (t >= GELU_BREAKS[0]).astype(np.uint8) + (t >= GELU_BREAKS[1]) + (t >= GELU_BREAKS[2])
-    s = t - _GELU_CENTRE[piece]
-    k = _GELU_K[piece, -1]
-    for j in range(_GELU_K.shape[1] - 2, 0, -1):
-        k = k * s + _GELU_K[piece, j]          # a subnormal product is absorbed by a normal coefficient
-    k = flush(k * s) + _GELU_K[piece, 0]      # the first piece's constant is 0: nothing absorbs it there
+    s = t - GELU_CENTRES[piece]
+    k = GELU_COEFFS[piece, -1]
+    for j in range(GELU_COEFFS.shape[1] - 2, 0, -1):
+        k = k * s + GELU_COEFFS[piece, j]      # a subnormal product is absorbed by a normal coefficient
+    k = flush(k * s) + GELU_COEFFS[piece, 0]  # the first piece's constant is 0: nothing absorbs it there
     k = np.where(t < GELU_END, k, _F(0.0))
     return flush(np.where(x < 0, _F(0.0), t) - k)
 

@@ -6,9 +6,10 @@ the matrix unit's fp32 accumulation, the contract's exp, reciprocal and GELU, an
 attention kernel runs it (for each 64-query tile a running max and sum over the 64-key tiles of the
 whole padded sequence), vectorised over heads and query tiles.
 
-The matrix unit (contract.matmul and the front end's matmul_f32) and attention run on the native
-kernels where they are built (kernels/native/emu_kernels.h, the same bits, 3-5x faster), else in
-numpy; `describe` says which.
+The matrix unit (contract.matmul and the front end's matmul_f32), attention, the matmul epilogue
+(bias, GELU, residual), layernorm and the bf16 rounding of inputs run on the native kernels where
+they are built (kernels/native/emu_kernels.h, the same bits, 3-30x faster), else in numpy;
+`describe` says which.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from kernels.interface import Backend
 from kernels.reference import im2col_k3
 
 ROW_BLOCK = 256     # rows per block of the matmul (bounds its float64 temporaries)
+# contract.gelu's constants as the native emu_gelu reads them: breaks, end, centres, coefficients
+GELU_TABLE = np.concatenate([C.GELU_BREAKS, [C.GELU_END], C.GELU_CENTRES, C.GELU_COEFFS.ravel()]).astype(np.float32)
 
 
 class EmuBackend(Backend):
@@ -45,7 +48,7 @@ class EmuBackend(Backend):
     def describe(self) -> str:
         unit = "native kernels" if native.LIBRARY else f"numpy (native kernels {native.UNAVAILABLE})"
         return ("emu (NPU kernel numerics: bf16 in/out, fp32 accumulate, emulated on the CPU; "
-                f"matrix unit and attention in {unit})")
+                f"matrix unit, attention, GELU and layernorm in {unit})")
 
     def _bf16_weight(self, w: np.ndarray) -> np.ndarray:
         """Weights are stored bf16 on the device: round once and keep."""
@@ -57,32 +60,30 @@ class EmuBackend(Backend):
             return hit[1]
 
     def linear(self, x, w, b, gelu=False, residual=None):
-        xb, wb, bb = C.bf16(x), self._bf16_weight(w), self._bf16_weight(b)
-        rb = C.bf16(residual) if residual is not None else None
+        xb, wb, bb = bf16_unit(x), self._bf16_weight(w), self._bf16_weight(b)
+        rb = bf16_unit(residual) if residual is not None else None
         out = np.empty((x.shape[0], w.shape[1]), np.float32)                 # (T, N)
 
         def block(rows):
-            y = C.flush(matrix_unit(xb[rows], wb) + bb)
-            if gelu:
-                y = C.gelu(y)
-            if rb is not None:
-                y = C.flush(y + rb[rows])
-            out[rows] = C.bf16(y)
+            epilogue_unit(matrix_unit(xb[rows], wb), bb, gelu, None if rb is None else rb[rows], out[rows])
 
         self._each(block, [slice(start, start + ROW_BLOCK) for start in range(0, x.shape[0], ROW_BLOCK)])
         return out
 
     def conv1d_k3(self, x, w, b, residual=None, stride=1, gelu=True):
-        return self.linear(im2col_k3(C.bf16(x), stride), w, b, gelu=gelu, residual=residual)
+        return self.linear(im2col_k3(bf16_unit(x), stride), w, b, gelu=gelu, residual=residual)
 
     def layernorm(self, x, gamma, beta, eps=1e-5):
+        gamma, beta = self._bf16_weight(gamma), self._bf16_weight(beta)
+        if native.LIBRARY is not None and x.shape[-1] % C.LANES == 0:
+            return native.emu_layernorm(_rows(x), gamma, beta, eps)
         xb = C.bf16(x)
         inv_n = np.float32(1.0) / np.float32(x.shape[-1])
         mean = C.flush(C.lane_sum(xb) * inv_n)[:, None]
         d = C.flush(xb - mean)
         var = C.flush(C.lane_sum(C.flush(d * d)) * inv_n)
         rstd = C.rsqrt(C.flush(var + np.float32(eps)))[:, None]
-        return C.bf16(C.flush(C.flush(C.flush(d * rstd) * self._bf16_weight(gamma)) + self._bf16_weight(beta)))
+        return C.bf16(C.flush(C.flush(C.flush(d * rstd) * gamma) + beta))
 
     def attention(self, qkv, n_head):
         t, three_d = qkv.shape
@@ -91,8 +92,8 @@ class EmuBackend(Backend):
         tiles = -(-t // C.TILE)
         padded = tiles * C.TILE                                              # 1500 -> 1536
         x = np.zeros((padded, three_d), np.float32)                          # (padded, 3·d_model): Q, K, V
-        x[:t] = C.bf16(qkv)
-        q = C.bf16(x[:, :d_model] * np.float32(1.0 / math.sqrt(d)))          # 1/8: exact for d = 64
+        x[:t] = bf16_unit(qkv)
+        q = bf16_unit(x[:, :d_model] * np.float32(1.0 / math.sqrt(d)))          # 1/8: exact for d = 64
         if native.LIBRARY is not None and d % 16 == 0 and t > 0:
             return self._attention_native(q, x, t, n_head)[:t]
         # (H, tiles, 64, d): Q, K, V per head and 64-row tile
@@ -152,6 +153,32 @@ def matrix_unit(a: np.ndarray, b: np.ndarray, acc: np.ndarray | None = None) -> 
     c = np.zeros(shape, np.float32) if acc is None else np.array(np.broadcast_to(acc, shape), np.float32, order="C")
     native.mmul_steps(_rows(a), _rows(b), c)
     return C.flush(c)
+
+
+def bf16_unit(x: np.ndarray) -> np.ndarray:
+    """contract.bf16(x): on the native kernels where they are built (bit for bit the same:
+    tests/test_native.py), else contract.bf16 itself."""
+    return C.bf16(x) if native.LIBRARY is None else native.emu_bf16(x)
+
+
+def _epilogue(y: np.ndarray, b: np.ndarray, gelu: bool, r: np.ndarray | None) -> np.ndarray:
+    """The matmul kernel's epilogue after the matrix unit: bf16(act(flush(y + b)) (+ r, flushed)), act =
+    contract.gelu when gelu is set; r (a residual, bf16 values) may be None."""
+    y = C.flush(y + b)
+    if gelu:
+        y = C.gelu(y)
+    if r is not None:
+        y = C.flush(y + r)
+    return C.bf16(y)
+
+
+def epilogue_unit(y: np.ndarray, b: np.ndarray, gelu: bool, r: np.ndarray | None, out: np.ndarray) -> None:
+    """out ← _epilogue(y, b, gelu, r): on the native kernels where they are built (bit for bit the same:
+    tests/test_native.py), else in numpy."""
+    if native.LIBRARY is None:
+        out[...] = _epilogue(y, b, gelu, r)
+    else:
+        native.emu_epilogue(y, b, GELU_TABLE if gelu else None, r, out)
 
 
 def float_unit(a: np.ndarray, b: np.ndarray) -> np.ndarray:

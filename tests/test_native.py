@@ -269,14 +269,89 @@ def test_the_emu_backend_says_where_its_matrix_unit_runs_and_computes_the_same_e
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal((300, 96)), rng.standard_normal((96, 128)) * 0.1, rng.standard_normal(128)
     emu = EmuBackend()
-    assert "matrix unit and attention in native kernels" in emu.describe()
+    assert "matrix unit, attention, GELU and layernorm in native kernels" in emu.describe()
+    r = rng.standard_normal((300, 128)).astype(np.float32)
     fast = emu.linear(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), gelu=True)
+    fast_r = emu.linear(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), residual=r)
     monkeypatch.setattr(native, "LIBRARY", None)
     monkeypatch.setattr(native, "UNAVAILABLE", "switched off by AMANUENSIS_CPU_NATIVE")
-    assert "matrix unit and attention in numpy (native kernels switched off" in emu.describe()
+    assert "matrix unit, attention, GELU and layernorm in numpy (native kernels switched off" in emu.describe()
     slow = emu.linear(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), gelu=True)
+    slow_r = emu.linear(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), residual=r)
     np.testing.assert_array_equal(fast.view(np.int32), slow.view(np.int32))
+    np.testing.assert_array_equal(fast_r.view(np.int32), slow_r.view(np.int32))
     assert contract.bf16(fast).tobytes() == fast.tobytes()          # bf16 values out, as the kernels write
+
+
+@pytest.mark.parametrize("level", _levels())
+def test_the_emu_bf16_rounding_equals_the_contracts_bit_for_bit(level):
+    """Random bit patterns (NaNs, infinities and subnormals among them), every tie between two bf16
+    values around 1, and the edges."""
+    from kernels import contract
+
+    rng = np.random.default_rng(13)
+    ties = (np.arange(1 << 16, dtype=np.uint32) << 16 | 0x8000).view(np.float32)    # halfway between bf16s
+    x = np.concatenate([rng.integers(0, 1 << 32, 1_000_000, dtype=np.uint32).view(np.float32), ties,
+                        np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e-40, -1e-40, 3.4e38, -3.4e38,
+                                  np.finfo(np.float32).max, np.finfo(np.float32).tiny], np.float32)])
+    with native.copy_of_level(level):
+        got = native.emu_bf16(x)
+    with np.errstate(invalid="ignore"):                     # ml_dtypes casting NaNs
+        want = contract.bf16(x)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(np.signbit(got[nan]), np.signbit(want[nan]))      # a NaN keeps its sign
+    np.testing.assert_array_equal(got[~nan].view(np.int32), want[~nan].view(np.int32))
+
+
+@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("gelu, residual", [(False, False), (True, False), (False, True), (True, True)])
+def test_the_emu_epilogue_equals_the_numpy_one_bit_for_bit(level, gelu, residual):
+    """bias, GELU and the residual after the matrix unit, into rows of a wider output; a y + b below
+    the smallest normal float (flushed before the residual is added) and values at GELU's breaks."""
+    from kernels import contract
+    from kernels.emu import GELU_TABLE, _epilogue
+
+    rng = np.random.default_rng(int(gelu) * 2 + int(residual))
+    rows, n = 70, 48
+    y = contract.flush((rng.standard_normal((rows, n)) * 3).astype(np.float32))
+    b = contract.bf16(rng.standard_normal(n).astype(np.float32))
+    r = contract.bf16(rng.standard_normal((rows, n)).astype(np.float32)) if residual else None
+    y[0, :8], b[:8] = -1.5 * 2.0 ** -126, 2.0 ** -125      # y + b = 2^-127, flushed before the residual adds
+    if residual:
+        r[0, :8] = 2.0 ** -126
+    y[1, :4] = np.array([0.625, 1.75, 3.25, 5.5], np.float32) - b[:4]
+    if residual:
+        r[2] = -contract.bf16(contract.gelu(contract.flush(y[2] + b)) if gelu else contract.flush(y[2] + b))
+    out = np.full((rows, n + 16), 7.0, np.float32)[:, :n]
+    with native.copy_of_level(level):
+        native.emu_epilogue(y, b, GELU_TABLE if gelu else None, r, out)
+    np.testing.assert_array_equal(out.view(np.int32), _epilogue(y, b, gelu, r).view(np.int32))
+    assert (out.base[:, n:] == 7.0).all()                    # the rows' other columns untouched
+
+
+@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("n", [16, 384, 1280])
+def test_the_emu_layernorm_equals_the_numpy_one_bit_for_bit(level, n, monkeypatch):
+    """Rows of several scales and offsets, a constant row (variance 0: the eps alone), a row whose
+    squares lie mostly below the smallest normal (and a tiny eps, where flushing them shows), rows
+    read from a wider array; the numpy layernorm (native kernels off) is the reference."""
+    from kernels.emu import EmuBackend
+
+    rng = np.random.default_rng(n)
+    wide = np.empty((40, n + 32), np.float32)
+    x = wide[:, 5:5 + n]
+    x[:] = rng.standard_normal((40, n)) * rng.choice([1e-3, 1.0, 30.0, 1e4], (40, 1)) + rng.normal(0, 5, (40, 1))
+    x[0] = 2.5
+    x[1] = np.where(np.arange(n) % 2, 1e-19, -1e-19)        # d² below the smallest normal (flushed) ...
+    x[1, :2] = 2.1e-18, -2.1e-18                              # ... beside two that make the variance normal
+    gamma, beta = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    emu = EmuBackend()
+    with native.copy_of_level(level):
+        fast = [emu.layernorm(x, gamma, beta, eps) for eps in (1e-5, 1e-37)]   # 1e-37: the flushed d² show
+    monkeypatch.setattr(native, "LIBRARY", None)
+    for eps, got in zip((1e-5, 1e-37), fast):
+        np.testing.assert_array_equal(got.view(np.int32), emu.layernorm(x, gamma, beta, eps).view(np.int32))
 
 
 @needs_native
@@ -359,6 +434,29 @@ def test_the_emu_attention_kernels_exp_equals_the_contracts_bit_for_bit(level):
     with native.copy_of_level(level):
         got = native.emu_exp(x)
     np.testing.assert_array_equal(got.view(np.int32), contract.exp(x).view(np.int32))
+
+
+@pytest.mark.parametrize("level", _levels())
+def test_the_emu_gelu_equals_the_contracts_bit_for_bit(level):
+    """Every float of [-12, 12] on a fine grid, random ones at several scales, each piece's break and
+    the end with their neighbours, and the edges: ±0, infinities, NaN, subnormals, huge values."""
+    from kernels import contract
+    from kernels.emu import GELU_TABLE
+
+    rng = np.random.default_rng(12)
+    edges = [*contract.GELU_BREAKS, contract.GELU_END]
+    x = np.concatenate([np.linspace(-12, 12, 2_000_001, dtype=np.float32),
+                        *((rng.standard_normal(200_000) * scale).astype(np.float32) for scale in (1e-3, 1, 30)),
+                        np.array([e * sign for e in edges for sign in (1, -1)], np.float32),
+                        np.nextafter(np.array(edges + [-e for e in edges], np.float32), np.float32(0)),
+                        np.nextafter(np.array(edges + [-e for e in edges], np.float32), np.float32(np.inf)),
+                        np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40, 2e-38, -2e-38, 1e-30, -1e-30,
+                                  3e38, -3e38, 1e-7, -1e-7], np.float32)])
+    with np.errstate(over="ignore", invalid="ignore"):              # the polynomial of ±inf and 3e38
+        want = contract.gelu(x)
+    with native.copy_of_level(level):
+        got = native.emu_gelu(x.copy(), GELU_TABLE)
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
 
 
 @pytest.mark.parametrize("level", _levels())

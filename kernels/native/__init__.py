@@ -37,6 +37,10 @@ _SIGNATURES = {                                    # name: (argument types, resu
     "mmul_steps": ([_P, _L, _P, _L, _P, _L, _L, _L, _L], ctypes.c_int),
     "emu_attention_head": ([_P, _L, _P, _L, _P, _L, _L, _L, _L, _P, _L], ctypes.c_int),
     "emu_exp_n": ([_P, _P, _L], None),
+    "emu_gelu_n": ([_P, _P, _L, _P], None),
+    "emu_bf16_n": ([_P, _P, _L], None),
+    "emu_epilogue": ([_P, _L, _P, _P, _P, _L, _P, _L, _L, _L], None),
+    "emu_layernorm": ([_P, _L, _P, _P, _F, _P, _L, _L, _L], ctypes.c_int),
     "emu_matmul_f32": ([_P, _L, _P, _L, _P, _L, _L, _L, _L], ctypes.c_int),
     "emu_softmax_rows": ([_P, _L, _L, _L, _P, _P, _P, _L], None),
     "emu_normalise_rows": ([_P, _P, _L, _L, _P], None),
@@ -282,6 +286,50 @@ def emu_exp(x: np.ndarray) -> np.ndarray:
     y = np.empty_like(x)
     LIBRARY.emu_exp_n(_ptr(x), _ptr(y), x.size)
     return y
+
+
+def emu_gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """kernels.contract.gelu(x) (emu_kernels.h's emu_gelu), in place where x is fp32 and contiguous
+    (a copy otherwise); table: the contract's constants as kernels.emu's GELU_TABLE lays them out."""
+    x = np.ascontiguousarray(x, np.float32)
+    assert table.dtype == np.float32 and table.flags.c_contiguous and table.size == 36
+    LIBRARY.emu_gelu_n(_ptr(x), _ptr(x), x.size, _ptr(table))
+    return x
+
+
+def emu_bf16(x: np.ndarray) -> np.ndarray:
+    """kernels.contract.bf16(x) (emu_kernels.h's emu_bf16), as a new fp32 array of x's shape."""
+    x = np.ascontiguousarray(x, np.float32)
+    y = np.empty(x.shape, np.float32)
+    if x.size:                                                # (an empty array's strides may be anything)
+        LIBRARY.emu_bf16_n(_ptr(x), _ptr(y), x.size)
+    return y
+
+
+def emu_epilogue(c: np.ndarray, bias: np.ndarray, gelu_table: np.ndarray | None, res: np.ndarray | None,
+                 out: np.ndarray) -> None:
+    """out ← kernels.emu's _epilogue(c, bias, gelu, res) (emu_kernels.h): c, res and out (rows, n) fp32
+    with contiguous rows (out may be c), bias (n,); GELU where gelu_table (kernels.emu's GELU_TABLE)
+    is given."""
+    rows, n = c.shape
+    assert out.shape == c.shape and bias.shape == (n,) and bias.flags.c_contiguous and bias.dtype == np.float32
+    assert res is None or res.shape == c.shape
+    assert gelu_table is None or (gelu_table.dtype == np.float32 and gelu_table.size == 36)
+    LIBRARY.emu_epilogue(_ptr(c), _ld(c), _ptr(bias), None if gelu_table is None else _ptr(gelu_table),
+                         None if res is None else _ptr(res), 0 if res is None else _ld(res), _ptr(out), _ld(out),
+                         rows, n)
+
+
+def emu_layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
+    """kernels.emu's layernorm of x (rows, n), n a multiple of 16 (emu_kernels.h): x fp32 with
+    contiguous rows, gamma and beta (n,) bf16 values."""
+    rows, n = x.shape
+    assert n % 16 == 0 and gamma.shape == beta.shape == (n,)
+    gamma, beta = np.ascontiguousarray(gamma, np.float32), np.ascontiguousarray(beta, np.float32)
+    out = np.empty((rows, n), np.float32)
+    if LIBRARY.emu_layernorm(_ptr(x), _ld(x), _ptr(gamma), _ptr(beta), eps, _ptr(out), _ld(out), rows, n):
+        raise MemoryError("native emu_layernorm: no memory for its scratch")
+    return out
 
 
 def emu_softmax_rows(s: np.ndarray, first: int, t: int, m: np.ndarray, row_sum: np.ndarray, o: np.ndarray) -> None:

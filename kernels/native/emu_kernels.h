@@ -1,8 +1,8 @@
 /* The `emu` backend's kernels, natively, for kernels/emu.py: its matrix unit (the NPU's mmul as
  * kernels/contract.py's `matmul` specifies it, first below), the front end's fp32 products
- * (contract.matmul_f32) and the attention kernel (emu.py's _attention_tiles), each with its own
- * comment. Included by isa_*.c after cpu_kernels.h (its EXPORT and INLINE), so it is built once per
- * x86-64 level like the cpu backend's kernels.
+ * (contract.matmul_f32), the attention kernel (emu.py's _attention_tiles) and GELU, each with its
+ * own comment. Included by isa_*.c after cpu_kernels.h (its EXPORT and INLINE), so it is built once
+ * per x86-64 level like the cpu backend's kernels.
  *
  * For every output, from its accumulator's value, each 8-wide step of K in order adds the sum of
  * its products: s = Σ a[i, κ]·b[κ, j] in float64, then c ← fl32(fl64(s + c)). The products of bf16
@@ -122,8 +122,8 @@ int EXPORT(mmul_steps)(const float *a, long lda, const float *b, long ldb, float
 
 /* ---- attention: kernels/emu.py's _attention_tiles for one head ---------------------------------- */
 
-/* Every fp32 operation of the contract's softmax is its own rounding: no multiply may fuse with an add
- * in the functions from here to pop_options (GCC contracts them by default where the target has FMA;
+/* Every fp32 operation of the contract's softmax, GELU and layernorm is its own rounding: no multiply may fuse with
+ * an add in the functions from here to pop_options (GCC contracts them by default where the target has FMA;
  * the matrix products want that: products of bf16 values are exact in float64, and fused they ran
  * 30% faster). */
 #pragma GCC push_options
@@ -163,14 +163,41 @@ INLINE float emu_recip(float q) {
     return y;
 }
 
-/* contract.lane_sum of 64 values: the four 16-lane vectors added in order, then the halving tree. */
-INLINE float emu_lane_sum64(const float *p) {
+/* contract.gelu, operation for operation (its docstring has the formula): g holds its constants as
+ * emu.py's GELU_TABLE lays them out: the 3 breaks, the end, the 4 centres, then 4 pieces of 7
+ * coefficients, constant first. A NaN stays a NaN, as in numpy (k is 0 where t < end fails). */
+INLINE float emu_gelu(float x, const float *g) {
+    float t = fabsf(x);
+    int piece = (t >= g[0]) + (t >= g[1]) + (t >= g[2]);
+    const float *c = g + 8 + 7 * piece;
+    float s = t - g[4 + piece];
+    float k = c[6];
+    for (int j = 5; j > 0; j--) k = k * s + c[j];
+    k = emu_flush(k * s) + c[0];
+    k = t < g[3] ? k : 0.0f;
+    return emu_flush((x < 0.0f ? 0.0f : t) - k);
+}
+
+/* contract.rsqrt: three Newton steps from the bits 0x5F3759DF − bits(x)/2. */
+INLINE float emu_rsqrt(float x) {
+    float half_x = x * 0.5f, y = emu_float(0x5f3759dfu - (emu_bits(x) >> 1));
+    for (int i = 0; i < 3; i++) y = y * (1.5f - half_x * (y * y));
+    return y;
+}
+
+/* contract.lane_sum of n values (a multiple of 16): the 16-lane vectors added in order, then the
+ * halving tree. */
+INLINE float emu_lane_sum(const float *p, long n) {
     float acc[16];
-    for (int l = 0; l < 16; l++) acc[l] = ((p[l] + p[16 + l]) + p[32 + l]) + p[48 + l];
+    for (int l = 0; l < 16; l++) acc[l] = p[l];
+    for (long i = 16; i < n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] = acc[l] + p[i + l];
     for (int width = 8; width; width /= 2)
         for (int l = 0; l < width; l++) acc[l] = acc[l] + acc[l + width];
     return acc[0];
 }
+
+INLINE float emu_lane_sum64(const float *p) { return emu_lane_sum(p, 64); }
 
 /* One query row's step over a 64-key tile that begins at key `first` (emu.py's _softmax_step): row
  * holds its scores S before the flush, keys from t on masked; updates its max *m and sum *sum, turns
@@ -208,6 +235,57 @@ void EXPORT(emu_softmax_rows)(float *s, long rows, long first, long t, float *m,
 
 void EXPORT(emu_normalise_rows)(const float *o, const float *sum, long rows, long d, float *out) {
     for (long r = 0; r < rows; r++) emu_normalise_row(o + r * d, sum[r], d, out + r * d);
+}
+
+/* y ← contract.gelu(x) of n values (y may be x), g as emu_gelu takes it: the emu backend's GELU in
+ * the epilogue of its linears and convolutions. */
+void EXPORT(emu_gelu_n)(const float *x, float *y, long n, const float *g) {
+    for (long i = 0; i < n; i++) y[i] = emu_gelu(x[i], g);
+}
+
+/* y ← contract.bf16(x) of n values (y may be x). */
+void EXPORT(emu_bf16_n)(const float *x, float *y, long n) {
+    for (long i = 0; i < n; i++) y[i] = emu_bf16(x[i]);
+}
+
+/* emu.py's _epilogue, the matmul kernel's after the matrix unit: out[r, j] ← bf16(act(flush(c[r, j] +
+ * bias[j])) (+ res[r, j], flushed)) for r < rows, j < n; act = emu_gelu where g is not NULL (its
+ * table), else none; res may be NULL. Rows ldc, ldr and ldo floats apart; out may be c. */
+void EXPORT(emu_epilogue)(const float *c, long ldc, const float *bias, const float *g, const float *res, long ldr,
+                          float *out, long ldo, long rows, long n) {
+    for (long r = 0; r < rows; r++)
+        for (long j = 0; j < n; j++) {
+            float y = emu_flush(c[r * ldc + j] + bias[j]);
+            if (g) y = emu_gelu(y, g);
+            if (res) y = emu_flush(y + res[r * ldr + j]);
+            out[r * ldo + j] = emu_bf16(y);
+        }
+}
+
+/* emu.py's layernorm of each row of x (rows, n), n a multiple of 16, with bf16-valued gamma and beta:
+ * xb = bf16(x), mean = flush(lane_sum(xb)·(1/n)), d = flush(xb − mean), var = flush(lane_sum(flush(d²))
+ * ·(1/n)), out = bf16(flush(flush(flush(d·rsqrt(flush(var + eps)))·gamma) + beta)). Rows ldx and ldo
+ * floats apart. Returns 0, or -1 when its scratch cannot be allocated. */
+int EXPORT(emu_layernorm)(const float *x, long ldx, const float *gamma, const float *beta, float eps, float *out,
+                          long ldo, long rows, long n) {
+    float *d = malloc(2 * (size_t)n * sizeof(float));
+    if (!d) return -1;
+    float *sq = d + n;
+    float inv_n = 1.0f / (float)n;
+    for (long r = 0; r < rows; r++) {
+        const float *row = x + r * ldx;
+        for (long j = 0; j < n; j++) d[j] = emu_bf16(row[j]);
+        float mean = emu_flush(emu_lane_sum(d, n) * inv_n);
+        for (long j = 0; j < n; j++) {
+            d[j] = emu_flush(d[j] - mean);
+            sq[j] = emu_flush(d[j] * d[j]);
+        }
+        float rstd = emu_rsqrt(emu_flush(emu_flush(emu_lane_sum(sq, n) * inv_n) + eps));
+        for (long j = 0; j < n; j++)
+            out[r * ldo + j] = emu_bf16(emu_flush(emu_flush(emu_flush(d[j] * rstd) * gamma[j]) + beta[j]));
+    }
+    free(d);
+    return 0;
 }
 
 #pragma GCC pop_options
