@@ -7,10 +7,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -126,7 +128,9 @@ def test_progress_shows_inputs_rate_and_time_left(tmp_path, monkeypatch, capsys)
 
 class _FakeRay:
     """Enough of Ray for the scheduler: actors run their calls in order; one that runs an input named
-    "A" dies, and every call queued on it is lost too. Lost calls come back newest first."""
+    in `deadly` (every time) or in `once` (the first time) dies, and every call queued on it is lost
+    too. Lost calls come back newest first. Only the first `room` actors made ever start (the others
+    wait for room, as on a cluster that has lost a node)."""
 
     class exceptions:
         class RayError(Exception):
@@ -138,15 +142,28 @@ class _FakeRay:
         class RayActorError(RayError):
             pass
 
-    def __init__(self):
-        self.outcome = {}                       # call -> entries, or the error it raises
+    def __init__(self, deadly=("A",), once=(), room=None, start_error=None):
+        self.outcome = {}                       # call -> entries (or a worker's description), or its error
+        self.deadly, self.once, self.room, self.start_error = set(deadly), set(once), room, start_error
 
-    def wait(self, calls, num_returns):
+    def _kills(self, call) -> bool:
+        names = {item.name for item in call.items}
+        if names & self.once:
+            self.once -= names
+            return True
+        return bool(names & self.deadly)
+
+    def wait(self, calls, num_returns, timeout=None):
         for call in calls:
             actor = call.actor
             if call in self.outcome or actor.dead:
                 continue
-            if any(item.name == "A" for item in call.items):
+            if call.items is None:              # a worker's describe call: it starts, if there is room
+                if self.room is None or actor.number < self.room:
+                    self.outcome[call] = self.start_error or "fake backends"
+                    break
+                continue
+            if self._kills(call):
                 actor.dead = True
                 for other in actor.calls:
                     self.outcome.setdefault(other, self.exceptions.RayActorError("the actor died"))
@@ -154,7 +171,8 @@ class _FakeRay:
                 self.outcome[call] = [item.done([]) for item in call.items]
             break
         ready = [c for c in calls if c in self.outcome]
-        return [ready[-1]], []
+        assert ready or timeout is not None, "waiting forever"
+        return ready[-1:], []
 
     def get(self, call):
         result = self.outcome[call]
@@ -164,30 +182,81 @@ class _FakeRay:
 
 
 class _FakeActor:
+    made = 0
+
     def __init__(self):
-        self.dead, self.calls = False, []
+        self.dead, self.calls, self.number = False, [], _FakeActor.made
+        _FakeActor.made += 1
         self.run = self
+        self.describe = type("Describe", (), {"remote": lambda _: self._call(None)})()
+
+    def _call(self, items):
+        return type("Call", (), {"actor": self, "items": items})()
 
     def remote(self, items, audio):
-        call = type("Call", (), {"actor": self, "items": items})()
+        call = self._call(items)
         self.calls.append(call)
         return call
 
 
-def test_a_worker_death_is_charged_to_the_inputs_it_was_running_only():
+def _schedule(fake_ray, workers: int, names: str, group: int, said: list | None = None):
+    """Run inputs named by the letters of `names`, `group` to a call, on `workers` fake workers:
+    (each input's entry, what was said, also into `said`)."""
     from collections import deque
 
     from encoder.archive import pipeline
 
-    items = [Item(name, Path(name), name, 0.0) for name in "ABCDEF"]
+    _FakeActor.made = 0
+    items = [Item(name, Path(name), name, 0.0) for name in names]
     reader = type("Reader", (), {"read": type("R", (), {"remote": staticmethod(lambda paths: paths)})()})()
-    ended, said = [], []
-    scheduler = pipeline._Scheduler(_FakeRay(), [_FakeActor()], _FakeActor, [reader], ended.append, said.append)
-    scheduler.run(deque(pipeline._Group(tuple(items[i:i + 2])) for i in range(0, 6, 2)))
+    ended, said = [], [] if said is None else said
+    scheduler = pipeline._Scheduler(fake_ray, _FakeActor, [reader] * workers, ended.append, said.append, 1)
+    scheduler.run(deque(pipeline._Group(tuple(items[i:i + group])) for i in range(0, len(items), group)))
+    return ended, said
+
+
+def test_a_worker_death_is_charged_to_the_inputs_it_was_running_only():
+    from encoder.archive import pipeline
+
+    ended, said = _schedule(_FakeRay(), 1, "ABCDEF", 2)
     status = {e.name: e.status for e in ended}
     assert status == {"A": FAILED, "B": DONE, "C": DONE, "D": DONE, "E": DONE, "F": DONE}, status
-    assert len(ended) == 6 and len(said) == pipeline.RETRIES                  # one replacement per death
+    assert len(ended) == 6 and sum("died" in s for s in said) == pipeline.RETRIES   # one replacement per death
     assert "died 2 times" in next(e.reason for e in ended if e.name == "A")
+    assert said[0] == "worker 0: fake backends" and "worker 0 (a replacement): fake backends" in said
+
+
+def test_the_other_workers_finish_the_job_when_the_cluster_has_no_room_for_a_replacement():
+    """A node lost: its worker dies, and its replacement never starts; the job does not wait for it."""
+    ended, said = _schedule(_FakeRay(deadly=(), once={"C"}, room=2), 2, "ABCDEFGH", 1)
+    assert sorted(e.name for e in ended if e.status == DONE) == list("ABCDEFGH"), ended
+    assert any("died" in s for s in said) and re.fullmatch(r"worker \d had not started when the work ran out",
+                                                           said[-1]), said
+
+
+def test_a_job_whose_workers_cannot_start_says_it_waits_for_room():
+    from encoder.archive import pipeline
+
+    said = []
+    with pytest.raises(AssertionError, match="waiting forever"):      # the fake's stand-in for waiting
+        _schedule(_FakeRay(deadly=(), room=0), 1, "AB", 1, said)
+    assert said == [f"waiting for the cluster to start a worker: none has started in {pipeline.ROOM_WAIT_S:.0f} s "
+                    "(each needs 1 CPUs free on one node)"]
+
+
+def test_workers_that_fail_to_start_are_retried_then_given_up_and_a_model_that_cannot_load_ends_the_job():
+    from encoder.archive import pipeline
+
+    said = []
+    with pytest.raises(AmanuensisError, match="no worker is left to run the last 2 groups"):
+        _schedule(_FakeRay(deadly=(), start_error=_FakeRay.exceptions.RayActorError("its node died")), 1, "AB", 1,
+                  said)
+    assert sum("did not start" in s for s in said) == pipeline.RETRIES, said
+    assert said[-1] == "worker 0 did not start 2 times (its node died); the job goes on without it"
+    unloadable = _FakeRay.exceptions.RayTaskError("a task failed")
+    unloadable.cause = AmanuensisError("model.bin: not a CTranslate2 model")
+    with pytest.raises(AmanuensisError, match="a worker cannot load the model: model.bin: not a CTranslate2"):
+        _schedule(_FakeRay(deadly=(), start_error=unloadable), 2, "AB", 1)
 
 
 # ---- the worker, in this process ------------------------------------------------------------------
@@ -316,10 +385,11 @@ def _clips(archive: Path) -> list[Path]:
     return sorted(p for p in archive.iterdir() if p.name != "broken.wav")
 
 
-def _started(clips: list[Path], out: Path, batch_size: int) -> subprocess.Popen:
+def _started(clips: list[Path], out: Path, batch_size: int, *options: str, env=None) -> subprocess.Popen:
     """A job on `clips`, running, once it has written its first ledger line."""
     proc = subprocess.Popen([sys.executable, "-m", "encoder.batch", *clips, "--out", out, "--batch-size",
-                             str(batch_size), "--quiet"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                             str(batch_size), "--quiet", *options], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / LEDGER).exists() and (out / LEDGER).read_text().strip():
@@ -392,11 +462,23 @@ def test_two_jobs_in_one_directory_are_refused(tmp_path):
     assert second.returncode == 2 and "another archive job is running" in second.stderr, second.stderr
 
 
-@pytest.mark.slow
-@needs_ray
-def test_a_job_joins_a_running_cluster_and_leaves_it_running(archive, tmp_path):
-    """--ray-address: the job joins a Ray cluster started apart (here a head node on this machine),
-    runs its workers there, and leaves the cluster as it found it."""
+def _raylets() -> list[int]:
+    """Ray's node managers running on this machine (Linux): one per node."""
+    pids = []
+    for pid in _processes(b"raylet"):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/raylet"):
+                pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+@contextmanager
+def _cluster(nodes: int):
+    """A Ray cluster started apart on this machine: `nodes` nodes of 1 CPU each, each with its own
+    raylet and object store, as on separate machines. Yields (its address, the environment that joins
+    it, each node's raylet); stopped after."""
     import socket
 
     with socket.socket() as s:
@@ -405,14 +487,51 @@ def test_a_job_joins_a_running_cluster_and_leaves_it_running(archive, tmp_path):
     ray_cli = Path(sys.executable).with_name("ray")
     # token authentication is a property of the cluster, not of this job: off for this private one
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    started = subprocess.run([ray_cli, "start", "--head", "--port", str(port), "--num-cpus", "2",
-                              "--include-dashboard", "false"], capture_output=True, text=True, env=env, timeout=120)
-    assert started.returncode == 0, started.stderr
+    head = ["--head", "--port", str(port), "--include-dashboard", "false"]
+    raylets: list[int] = []
     try:
-        out, clips = tmp_path / "job", _clips(archive)[:2]
-        run = _batch(*clips, "--out", out, "--ray-address", f"127.0.0.1:{port}", "--threads", "1", env=env)
-        assert run.returncode == 0, run.stderr
-        assert "2 inputs: 2 done" in run.stderr
-        assert _processes(b"raylet"), "the cluster stopped with the job"
+        for node in range(nodes):
+            before = set(_raylets())
+            where = head if node == 0 else ["--address", f"127.0.0.1:{port}"]
+            started = subprocess.run([ray_cli, "start", *where, "--num-cpus", "1", "--object-store-memory",
+                                      str(200 << 20)], capture_output=True, text=True, env=env, timeout=120)
+            assert started.returncode == 0, started.stderr
+            (raylet,) = set(_raylets()) - before
+            raylets.append(raylet)
+        yield f"127.0.0.1:{port}", env, raylets
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's processes in /proc (Linux)")
+def test_a_job_joins_a_running_cluster_and_leaves_it_running(archive, tmp_path):
+    """--ray-address: the job joins a Ray cluster started apart (here two nodes on this machine), runs
+    a worker on each node, and leaves the cluster as it found it."""
+    with _cluster(2) as (address, env, _):
+        out, clips = tmp_path / "job", _clips(archive)[:2]
+        run = _batch(*clips, "--out", out, "--ray-address", address, "--workers", "2", "--threads", "1", env=env)
+        assert run.returncode == 0, run.stderr
+        assert "2 inputs: 2 done" in run.stderr
+        nodes = set(re.findall(r"worker \d: on [^,]+, Ray node (\w+):", run.stderr))
+        assert len(nodes) == 2, run.stderr                      # each worker on its own node, and says which
+        assert len(_raylets()) == 2, "the cluster stopped with the job"
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's processes in /proc (Linux)")
+def test_a_node_lost_mid_run_loses_nothing_and_the_nodes_left_finish_the_job(archive, tmp_path):
+    """Two nodes of 1 CPU, a worker on each; the second node's raylet is killed once the job has
+    written its first ledger line. Its worker dies, the cluster has no room for a replacement, and the
+    worker on the first node finishes the job: every input done, exactly once, and the loss said."""
+    with _cluster(2) as (address, env, raylets):
+        out, clips = tmp_path / "job", _clips(archive)
+        proc = _started(clips, out, 1, "--ray-address", address, "--workers", "2", "--threads", "1", env=env)
+        os.kill(raylets[1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "6 inputs: 6 done, 0 failed" in err, err
+    assert re.search(r"worker \d (died|did not start)", err), err           # said, not silent
+    _outputs_exactly_once(out, {c.stem for c in clips})

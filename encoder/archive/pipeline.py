@@ -5,7 +5,9 @@ inside this process and stops with it.
 
 A worker that dies (killed, out of memory, its node lost) is replaced. The group it was running runs
 again, one input at a time, and the group queued behind it runs again as it was: an input on which
-workers die RETRIES times fails alone, with that reason."""
+workers die RETRIES times fails alone, with that reason. A replacement takes groups once it has
+loaded the model, so where the cluster has no room left for it (a node lost), the other workers
+finish the job; a worker none of whose RETRIES replacements starts is given up."""
 from __future__ import annotations
 
 import logging
@@ -22,6 +24,7 @@ RETRIES = 2     # runs of an input whose worker died, before it fails
 # Calls queued on each worker: the next group waits in its queue (its audio read meanwhile), so a
 # worker never idles while the driver records a result and sends the next.
 DEPTH = 2
+ROOM_WAIT_S = 30.0   # with no worker started for this long, the job says it waits for the cluster's room
 
 
 @dataclass
@@ -31,21 +34,18 @@ class _Group:
 
 
 def run_job(job: Job, items: list[Item], workers: int, address: str | None, group_size: int,
-            on_entry: Callable[[Entry], None], on_start: Callable[[list[str]], None],
-            say: Callable[[str], None]) -> None:
+            on_entry: Callable[[Entry], None], say: Callable[[str], None]) -> None:
     """Run `items` on `workers` actors, `group_size` inputs to a call; on_entry(each input's entry) as
-    each ends, on_start(each worker's backends) once the workers have loaded the model, say(what
-    the user must know: a worker that died)."""
+    each ends, say(what the user must know: each worker's place and backends as it starts, a worker
+    that died, one the cluster has no room for)."""
     ray = _ray()
     _start(ray, address, workers * job.threads)
     try:
         actor = ray.remote(num_cpus=job.threads)(Worker)
-        actors = [actor.remote(job) for _ in range(workers)]
         # reading is light (no core of its own) and can be redone: a reader that dies is restarted
         reader = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Reader)
         readers = [reader.remote(READER_NICENESS) for _ in range(workers)]
-        on_start(_ready(ray, actors))
-        _Scheduler(ray, actors, lambda: actor.remote(job), readers, on_entry, say).run(
+        _Scheduler(ray, lambda: actor.remote(job), readers, on_entry, say, job.threads).run(
             deque(_Group(tuple(items[i:i + group_size])) for i in range(0, len(items), group_size)))
     finally:
         ray.shutdown()
@@ -70,33 +70,43 @@ def _start(ray, address: str | None, cpus: int) -> None:
         raise AmanuensisError(f"cannot start Ray{f' at {address}' if address else ''}: {e}") from None
 
 
-def _ready(ray, actors) -> list[str]:
-    """Each worker's backends, once it has loaded the model; a worker that cannot load it ends the job."""
-    try:
-        return ray.get([a.describe.remote() for a in actors])
-    except ray.exceptions.RayError as e:
-        cause = getattr(e, "cause", None) or getattr(getattr(e, "error", None), "cause", None)
-        if isinstance(cause, AmanuensisError):
-            raise AmanuensisError(f"a worker cannot load the model: {cause}") from None
-        raise AmanuensisError(f"a worker cannot start: {str(e).strip().splitlines()[0]}") from None
-
-
 class _Scheduler:
-    """Keeps DEPTH groups queued on every worker until no group is left."""
+    """Keeps DEPTH groups queued on every started worker until no group is left. Each worker takes
+    calls once it has loaded the model, so a job starts on the workers the cluster has room for."""
 
-    def __init__(self, ray, actors: list, new_actor, readers: list, on_entry, say):
-        self.ray, self.actors, self.new_actor, self.readers = ray, actors, new_actor, readers
-        self.on_entry, self.say = on_entry, say
+    def __init__(self, ray, new_actor, readers: list, on_entry, say, cpus: int):
+        self.ray, self.new_actor, self.readers = ray, new_actor, readers
+        self.on_entry, self.say, self.cpus = on_entry, say, cpus
         self.running: dict = {}                 # call -> (worker's index, the actor it went to, group, order sent)
         self.sent = 0
         self.charged: list = []                 # dead actors whose running call has been charged
+        self.starting: dict = {}                # a worker's describe call -> (worker's index, its starts failed)
+        self.given_up: set[int] = set()         # workers none of whose starts succeeded
+        self.replaced: set[int] = set()         # workers whose first actor died
+        self.actors: list = [None] * len(readers)
+        for k in range(len(readers)):
+            self._replace(k, 0)
 
     def run(self, todo: deque[_Group]) -> None:
         free = [k for _ in range(DEPTH) for k in range(len(self.actors))]     # a worker's index per free place
+        told = False
         while todo or self.running:
-            while free and todo:
-                self._submit(free.pop(0), todo.popleft())
-            (call,), _ = self.ray.wait(list(self.running), num_returns=1)
+            while todo and (k := self._next_free(free)) is not None:
+                self._submit(k, todo.popleft())
+            if not self.running and not self.starting:
+                raise AmanuensisError(f"no worker is left to run the last {len(todo)} groups of inputs: the "
+                                      "cluster started none in place of those that could not start")
+            ready, _ = self.ray.wait([*self.running, *self.starting], num_returns=1,
+                                     timeout=None if self.running or told else ROOM_WAIT_S)
+            if not ready:                       # nothing runs, and no worker has started in ROOM_WAIT_S
+                told = True
+                self.say(f"waiting for the cluster to start a worker: none has started in {ROOM_WAIT_S:.0f} s "
+                         f"(each needs {self.cpus} CPUs free on one node)")
+                continue
+            (call,) = ready
+            if call in self.starting:
+                self._started(call)
+                continue
             k, actor, group, order = self.running.pop(call)
             free.append(k)
             try:
@@ -111,6 +121,40 @@ class _Scheduler:
                 continue
             for entry in entries:
                 self.on_entry(entry)
+        for k, _ in self.starting.values():
+            self.say(f"worker {k} had not started when the work ran out")
+
+    def _next_free(self, free: list[int]) -> int | None:
+        """A free place on a worker that takes calls (not one still starting or given up), taken."""
+        starting = {k for k, _ in self.starting.values()}
+        for i, k in enumerate(free):
+            if k not in starting and k not in self.given_up:
+                return free.pop(i)
+        return None
+
+    def _replace(self, k: int, failed: int) -> None:
+        """A new actor for worker k, taking calls once its model is loaded (_started)."""
+        self.actors[k] = self.new_actor()
+        self.starting[self.actors[k].describe.remote()] = (k, failed)
+
+    def _started(self, call) -> None:
+        """A worker's describe call came back: it takes calls from now on, or it failed to start."""
+        k, failed = self.starting.pop(call)
+        name = f"worker {k}{' (a replacement)' if k in self.replaced else ''}"
+        try:
+            self.say(f"{name}: {self.ray.get(call)}")
+            return
+        except self.ray.exceptions.RayError as e:
+            cause = getattr(e, "cause", None) or getattr(getattr(e, "error", None), "cause", None)
+            if isinstance(cause, AmanuensisError):      # the model cannot load: no other worker will load it
+                raise AmanuensisError(f"a worker cannot load the model: {cause}") from None
+            why = _first_line(e)
+        if failed + 1 < RETRIES:
+            self.say(f"{name} did not start ({why}); another one is started")
+            self._replace(k, failed + 1)
+        else:
+            self.given_up.add(k)
+            self.say(f"{name} did not start {RETRIES} times ({why}); the job goes on without it")
 
     def _submit(self, k: int, group: _Group) -> None:
         """Queue `group` on worker k, its audio read by the worker's reader meanwhile."""
@@ -122,9 +166,10 @@ class _Scheduler:
         """What runs again after a call to worker k was lost. Only the oldest of the calls sent to that
         actor was running: it is charged with the death; the calls queued behind it run again as they were."""
         if self.actors[k] is actor:             # the first of its lost calls to come back: one replacement
-            self.say(f"worker {k} died ({why}); a new one takes its place, and the inputs it was running "
-                     "run again one by one")
-            self.actors[k] = self.new_actor()
+            self.say(f"worker {k} died ({why}); a new one takes its place once it has started, and the "
+                     "inputs it was running run again one by one")
+            self.replaced.add(k)
+            self._replace(k, 0)
         waiting = any(a is actor and sent < order for _, a, _, sent in self.running.values())
         if waiting or any(a is actor for a in self.charged):
             return [group]                      # it was queued behind the call that ran

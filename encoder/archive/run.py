@@ -70,7 +70,7 @@ def _run(job: Job, inputs: list[Input], dims, workers: int, address: str | None,
         ledger.record(entry)
         shown.say(f"failed {entry.name}: {entry.reason}")
     if todo:
-        run_job(job, todo, workers, address, job.options.batch_size, ended, shown.workers, shown.say)
+        run_job(job, todo, workers, address, job.options.batch_size, ended, shown.say)
     shown.close()
     if job.task == "embed":
         finish_embeddings(job, ledger, embedding_meta(job, dims.as_dict()), options_key(job.fingerprint()))
@@ -131,10 +131,6 @@ class _Progress:
         self.total, self.left = len(todo), sum(item.seconds for item in todo)
         self.ended, self.audio, self.started = 0, 0.0, time.perf_counter()
         self.expected = {item.name: item.seconds for item in todo}
-
-    def workers(self, described: list[str]) -> None:
-        for i, text in enumerate(described):
-            self.say(f"worker {i}: {text}")
 
     def update(self, entry: Entry) -> None:
         self.ended += 1

@@ -4,6 +4,8 @@ encoder.archive.pipeline runs these under Ray."""
 from __future__ import annotations
 
 import os
+import socket
+import sys
 
 import numpy as np
 
@@ -18,6 +20,13 @@ from kernels.errors import AmanuensisError
 READER_NICENESS = 10   # a reader reads the next call's audio while the worker computes on every core:
                        # at this niceness it takes ~5% of a busy core (a call's files need ~2%), so the
                        # worker's threads, which wait for each other at every operation, are not held up
+
+
+def _place() -> str:
+    """This host, and the Ray node where run under Ray (one host may hold several nodes)."""
+    ray = sys.modules.get("ray")                   # imported by Ray in its actors; not imported here
+    node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
+    return socket.gethostname() + (f", Ray node {node[:8]}" if node else "")
 
 
 class Reader:
@@ -49,8 +58,8 @@ class Worker:
         self.model = load_model(job.model, job.device, job.strict, job.decoder_precision)
 
     def describe(self) -> str:
-        """Which backend runs the encoder here, and the decoder."""
-        return f"{self.model.backend.describe()}; decoder {self.model.describe_decoder()}"
+        """Where this worker runs, which backend runs the encoder here, and the decoder."""
+        return f"on {_place()}: {self.model.backend.describe()}; decoder {self.model.describe_decoder()}"
 
     def run(self, items: list[Item], audio: list[np.ndarray | str]) -> list[Entry]:
         """The entries of `items`, each done with its outputs written, or failed with the reason.
