@@ -535,3 +535,14 @@ def test_a_node_lost_mid_run_loses_nothing_and_the_nodes_left_finish_the_job(arc
     assert "6 inputs: 6 done, 0 failed" in err, err
     assert re.search(r"worker \d (died|did not start)", err), err           # said, not silent
     _outputs_exactly_once(out, {c.stem for c in clips})
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's processes in /proc (Linux)")
+def test_a_job_asking_more_workers_than_the_cluster_has_room_for_runs_on_those_it_can_place(archive, tmp_path):
+    with _cluster(1) as (address, env, _):
+        out, clips = tmp_path / "job", _clips(archive)[:2]
+        run = _batch(*clips, "--out", out, "--ray-address", address, "--workers", "2", "--threads", "1", env=env)
+    assert run.returncode == 0, run.stderr
+    assert "2 inputs: 2 done" in run.stderr and "had not started when the work ran out" in run.stderr, run.stderr
