@@ -15,9 +15,21 @@ be = EmuBackend()
 
 def test_bf16_rounds_to_nearest_even_without_subnormals():
     x = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 3.14159, 65504.0], np.float32)
-    np.testing.assert_array_equal(C.bf16(x), x.astype(ml_dtypes.bfloat16).astype(np.float32))
     assert list(C.bf16(x[:3])) == [1.0, 1 + 4 * 2**-8, -1.0]
     assert C.bf16(np.float32([1e-40]))[0] == 0 and np.signbit(C.bf16(np.float32([-1e-40]))[0])
+    assert C.bf16(np.finfo(np.float32).max) == np.inf              # past bf16's largest value: infinity
+    # ml_dtypes' cast, an independent rounding: random bit patterns (NaNs and infinities among them),
+    # every tie between two bf16 values of one binade, the edges; subnormals flushed first
+    rng = np.random.default_rng(14)
+    ties = (np.uint32(0x3F80) + np.arange(1 << 7, dtype=np.uint32)) << 16 | 0x8000
+    x = np.concatenate([x, rng.integers(0, 1 << 32, 500_000, dtype=np.uint32).view(np.float32),
+                        ties.view(np.float32), np.float32([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan])])
+    with np.errstate(invalid="ignore"):
+        want = C.flush(x).astype(ml_dtypes.bfloat16).astype(np.float32)
+    got = C.bf16(x)
+    nan = np.isnan(want)
+    assert (np.isnan(got) == nan).all() and (np.signbit(got[nan]) == np.signbit(want[nan])).all()
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
 
 
 def test_exp_within_its_bound():
