@@ -15,7 +15,7 @@ LAYERS = ("kernels", "weights_tools", "decoder", "encoder")
 LAZY = {
     "onnxruntime": "the decoder's runtime: embedding, conversion and the kernels do without it",
     "onnx": "0.9 s to import: only to build graphs at conversion, and to read the VAD model once",
-    "ml_dtypes": "0.7 s to import: only for bf16 data (emu and npu backends, bf16 checkpoints)",
+    "ml_dtypes": "0.5 s to import: only for bf16 data (the npu backend and its designs, bf16 checkpoints)",
     "av": "PyAV loads libav (0.13 s): only for formats soundfile cannot read",
     "torch": "test-only: the reference of the parity checks",
     "transformers": "test-only: the reference of the parity checks",
