@@ -172,7 +172,12 @@ class _FakeRay:
             break
         ready = [c for c in calls if c in self.outcome]
         assert ready or timeout is not None, "waiting forever"
-        return ready[-1:], []
+        return ready[-num_returns:], []
+
+    def kill(self, actor, no_restart):
+        actor.dead = True
+        for call in actor.calls:
+            self.outcome.setdefault(call, self.exceptions.RayActorError("the actor was killed"))
 
     def get(self, call):
         result = self.outcome[call]
@@ -240,22 +245,26 @@ def test_a_job_whose_workers_cannot_start_says_it_waits_for_room():
     said = []
     with pytest.raises(AssertionError, match="waiting forever"):      # the fake's stand-in for waiting
         _schedule(_FakeRay(deadly=(), room=0), 1, "AB", 1, said)
-    assert said == [f"waiting for the cluster to start a worker: none has started in {pipeline.ROOM_WAIT_S:.0f} s "
-                    "(each needs 1 CPUs free on one node)"]
+    assert said == [f"no worker has started in {pipeline.ROOM_WAIT_S:.0f} s: each is still loading the model, or "
+                    "the cluster has no node with 1 CPU free for one; waiting"]
 
 
 def test_workers_that_fail_to_start_are_retried_then_given_up_and_a_model_that_cannot_load_ends_the_job():
     from encoder.archive import pipeline
 
     said = []
-    with pytest.raises(AmanuensisError, match="no worker is left to run the last 2 groups"):
+    with pytest.raises(AmanuensisError, match="no worker is left to run the last 2 inputs"):
         _schedule(_FakeRay(deadly=(), start_error=_FakeRay.exceptions.RayActorError("its node died")), 1, "AB", 1,
                   said)
     assert sum("did not start" in s for s in said) == pipeline.RETRIES, said
     assert said[-1] == "worker 0 did not start 2 times (its node died); the job goes on without it"
-    unloadable = _FakeRay.exceptions.RayTaskError("a task failed")
-    unloadable.cause = AmanuensisError("model.bin: not a CTranslate2 model")
-    with pytest.raises(AmanuensisError, match="a worker cannot load the model: model.bin: not a CTranslate2"):
+    # as Ray 2.60 reports an error raised by an actor's __init__
+    unloadable = _FakeRay.exceptions.RayActorError(
+        "The actor died because of an error raised in its creation task, \x1b[36mray::Worker.__init__()\x1b[39m "
+        "(pid=1)\n  File \"worker.py\", line 53, in __init__\nkernels.errors.AmanuensisError: model.bin: not a "
+        "CTranslate2 model")
+    unloadable.actor_init_failed = True
+    with pytest.raises(AmanuensisError, match="^a worker cannot load the model: model.bin: not a CTranslate2 model$"):
         _schedule(_FakeRay(deadly=(), start_error=unloadable), 2, "AB", 1)
 
 
@@ -546,3 +555,17 @@ def test_a_job_asking_more_workers_than_the_cluster_has_room_for_runs_on_those_i
         run = _batch(*clips, "--out", out, "--ray-address", address, "--workers", "2", "--threads", "1", env=env)
     assert run.returncode == 0, run.stderr
     assert "2 inputs: 2 done" in run.stderr and "had not started when the work ran out" in run.stderr, run.stderr
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_model_the_workers_cannot_load_ends_the_job_with_one_line(tmp_path):
+    """Under Ray an error raised while a worker starts arrives as the actor's death: the job still
+    names the error, once, and exits 2 (here: the npu device on a machine without an NPU)."""
+    if Path("/dev/accel").exists():
+        pytest.skip("this machine has an NPU device node")
+    run = _batch(ROOT / "tests" / "data" / "hello.wav", "--out", tmp_path / "job", "--device", "npu")
+    lines = [line for line in run.stderr.strip().splitlines() if not line.startswith("amanuensis: conver")]
+    assert run.returncode == 2, run.stderr                   # (the model's first conversion may be said first)
+    assert lines == ["error: a worker cannot load the model: device npu: no NPU device node (/dev/accel/accel*)"], \
+        run.stderr
