@@ -142,9 +142,10 @@ class _FakeRay:
         class RayActorError(RayError):
             pass
 
-    def __init__(self, deadly=("A",), once=(), room=None, start_error=None):
+    def __init__(self, deadly=("A",), once=(), room=None, start_error=None, all_at_once=False):
         self.outcome = {}                       # call -> entries (or a worker's description), or its error
         self.deadly, self.once, self.room, self.start_error = set(deadly), set(once), room, start_error
+        self.all_at_once = all_at_once          # every call runs before any comes back (newest first)
 
     def _kills(self, call) -> bool:
         names = {item.name for item in call.items}
@@ -169,7 +170,8 @@ class _FakeRay:
                     self.outcome.setdefault(other, self.exceptions.RayActorError("the actor died"))
             else:
                 self.outcome[call] = [item.done([]) for item in call.items]
-            break
+            if not self.all_at_once:
+                break
         ready = [c for c in calls if c in self.outcome]
         assert ready or timeout is not None, "waiting forever"
         return ready[-num_returns:], []
@@ -229,6 +231,16 @@ def test_a_worker_death_is_charged_to_the_inputs_it_was_running_only():
     assert len(ended) == 6 and sum("died" in s for s in said) == pipeline.RETRIES   # one replacement per death
     assert "died 2 times" in next(e.reason for e in ended if e.name == "A")
     assert said[0] == "worker 0: fake backends" and "worker 0 (a replacement): fake backends" in said
+
+
+def test_the_call_that_ran_is_charged_with_a_death_even_when_its_loss_is_seen_first():
+    """B finishes, then A kills the worker, and A's loss comes back before B's result: A is charged
+    (it ran), B's result is kept, and A fails after RETRIES deaths, no more."""
+    from encoder.archive import pipeline
+
+    ended, said = _schedule(_FakeRay(all_at_once=True), 1, "BA", 1)
+    assert {e.name: e.status for e in ended} == {"A": FAILED, "B": DONE}
+    assert sum(" died (" in s for s in said) == pipeline.RETRIES, said
 
 
 def test_the_other_workers_finish_the_job_when_the_cluster_has_no_room_for_a_replacement():
