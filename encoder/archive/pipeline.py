@@ -5,9 +5,9 @@ inside this process and stops with it.
 
 A worker that dies (killed, out of memory, its node lost) is replaced. The group it was running runs
 again, one input at a time, and the group queued behind it runs again as it was: an input on which
-workers die RETRIES times fails alone, with that reason. A replacement takes groups once it has
-loaded the model, so where the cluster has no room left for it (a node lost), the other workers
-finish the job; a worker none of whose RETRIES replacements starts is given up."""
+workers die RETRIES times fails alone, with that reason. Every worker, a replacement too, takes
+groups once it has loaded the model, so where the cluster has no room left for one (a node lost),
+the other workers finish the job; a worker that fails to start RETRIES times is given up."""
 from __future__ import annotations
 
 import logging
