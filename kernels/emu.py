@@ -8,8 +8,8 @@ whole padded sequence), vectorised over heads and query tiles.
 
 The matrix unit (contract.matmul and the front end's matmul_f32), attention, the matmul epilogue
 (bias, GELU, residual), layernorm and the bf16 rounding of inputs run on the native kernels where
-they are built (kernels/native/emu_kernels.h, the same bits, 3-30x faster), else in numpy;
-`describe` says which.
+they are built (kernels/native/emu_kernels.h, the same bits but for which NaN comes out where two
+meet, 3-30x faster), else in numpy; `describe` says which.
 """
 from __future__ import annotations
 

@@ -304,6 +304,33 @@ def test_the_emu_bf16_rounding_equals_the_contracts_bit_for_bit(level):
     np.testing.assert_array_equal(got[~nan].view(np.int32), want[~nan].view(np.int32))
 
 
+@needs_native
+def test_the_emu_elementwise_kernels_take_any_shape_and_layout():
+    """0-d, empty, one value with an odd stride, transposed: the shape of the input, the contract's values."""
+    from kernels import contract
+    from kernels.emu import GELU_TABLE
+
+    for x in (np.float32(1.00390625), np.zeros((0, 3), np.float32), np.ones((1, 4), np.float32).T,
+              (np.arange(300, dtype=np.float32) / 7)[::100][:1], np.arange(12, dtype=np.float32).reshape(3, 4).T / 3):
+        for got, want in ((native.emu_bf16(x), contract.bf16(x)), (native.emu_gelu(np.array(x), GELU_TABLE),
+                                                                   contract.gelu(x))):
+            assert got.shape == np.shape(x)
+            np.testing.assert_array_equal(np.asarray(got).view(np.int32), np.asarray(want).view(np.int32))
+
+
+@needs_native
+def test_the_emu_layernorm_refuses_rows_it_cannot_take_and_the_epilogue_takes_no_rows():
+    from kernels.emu import EmuBackend
+
+    with pytest.raises(ValueError, match="positive multiple of 16"):
+        native.emu_layernorm(np.zeros((2, 0), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), 1e-5)
+    with pytest.raises(ValueError, match="positive multiple of 16"):
+        native.emu_layernorm(np.zeros((2, 8), np.float32), np.zeros(8, np.float32), np.zeros(8, np.float32), 1e-5)
+    assert EmuBackend().layernorm(np.zeros((0, 32), np.float32), np.ones(32), np.zeros(32)).shape == (0, 32)
+    empty = np.zeros((0, 16), np.float32)
+    native.emu_epilogue(empty, np.zeros(16, np.float32), None, None, empty)
+
+
 @pytest.mark.parametrize("level", _levels())
 @pytest.mark.parametrize("gelu, residual", [(False, False), (True, False), (False, True), (True, True)])
 def test_the_emu_epilogue_equals_the_numpy_one_bit_for_bit(level, gelu, residual):

@@ -288,22 +288,29 @@ def emu_exp(x: np.ndarray) -> np.ndarray:
     return y
 
 
+def _flat(x) -> np.ndarray:
+    """x's values as a contiguous 1-D fp32 array (x itself where it already is one)."""
+    flat = np.ascontiguousarray(x, np.float32).reshape(-1)
+    return flat if flat.strides == (4,) else flat.copy()      # (one value may keep any stride)
+
+
 def emu_gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:
     """kernels.contract.gelu(x) (emu_kernels.h's emu_gelu), in place where x is fp32 and contiguous
     (a copy otherwise); table: the contract's constants as kernels.emu's GELU_TABLE lays them out."""
-    x = np.ascontiguousarray(x, np.float32)
     assert table.dtype == np.float32 and table.flags.c_contiguous and table.size == 36
-    LIBRARY.emu_gelu_n(_ptr(x), _ptr(x), x.size, _ptr(table))
-    return x
+    flat = _flat(x)
+    if flat.size:
+        LIBRARY.emu_gelu_n(_ptr(flat), _ptr(flat), flat.size, _ptr(table))
+    return flat.reshape(np.shape(x))
 
 
 def emu_bf16(x: np.ndarray) -> np.ndarray:
     """kernels.contract.bf16(x) (emu_kernels.h's emu_bf16), as a new fp32 array of x's shape."""
-    x = np.ascontiguousarray(x, np.float32)
-    y = np.empty(x.shape, np.float32)
-    if x.size:                                                # (an empty array's strides may be anything)
-        LIBRARY.emu_bf16_n(_ptr(x), _ptr(y), x.size)
-    return y
+    flat = _flat(x)
+    y = np.empty(flat.shape, np.float32)
+    if flat.size:
+        LIBRARY.emu_bf16_n(_ptr(flat), _ptr(y), flat.size)
+    return y.reshape(np.shape(x))
 
 
 def emu_epilogue(c: np.ndarray, bias: np.ndarray, gelu_table: np.ndarray | None, res: np.ndarray | None,
@@ -315,6 +322,8 @@ def emu_epilogue(c: np.ndarray, bias: np.ndarray, gelu_table: np.ndarray | None,
     assert out.shape == c.shape and bias.shape == (n,) and bias.flags.c_contiguous and bias.dtype == np.float32
     assert res is None or res.shape == c.shape
     assert gelu_table is None or (gelu_table.dtype == np.float32 and gelu_table.size == 36)
+    if not rows or not n:                                     # (an empty array's strides may be anything)
+        return
     LIBRARY.emu_epilogue(_ptr(c), _ld(c), _ptr(bias), None if gelu_table is None else _ptr(gelu_table),
                          None if res is None else _ptr(res), 0 if res is None else _ld(res), _ptr(out), _ld(out),
                          rows, n)
@@ -324,11 +333,16 @@ def emu_layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float
     """kernels.emu's layernorm of x (rows, n), n a multiple of 16 (emu_kernels.h): x fp32 with
     contiguous rows, gamma and beta (n,) bf16 values."""
     rows, n = x.shape
-    assert n % 16 == 0 and gamma.shape == beta.shape == (n,)
+    if n <= 0 or n % 16 or gamma.shape != (n,) or beta.shape != (n,):
+        raise ValueError(f"native emu_layernorm takes rows of a positive multiple of 16 values and gamma and "
+                         f"beta of their size, not {x.shape}, {gamma.shape} and {beta.shape}")
     gamma, beta = np.ascontiguousarray(gamma, np.float32), np.ascontiguousarray(beta, np.float32)
     out = np.empty((rows, n), np.float32)
-    if LIBRARY.emu_layernorm(_ptr(x), _ld(x), _ptr(gamma), _ptr(beta), eps, _ptr(out), _ld(out), rows, n):
+    code = LIBRARY.emu_layernorm(_ptr(x), _ld(x), _ptr(gamma), _ptr(beta), eps, _ptr(out), _ld(out), rows, n) \
+        if rows else 0
+    if code == -1:
         raise MemoryError("native emu_layernorm: no memory for its scratch")
+    assert code == 0, f"native emu_layernorm refused n = {n}"
     return out
 
 

@@ -248,7 +248,10 @@ void EXPORT(emu_bf16_n)(const float *x, float *y, long n) {
     for (long i = 0; i < n; i++) y[i] = emu_bf16(x[i]);
 }
 
-/* emu.py's _epilogue, the matmul kernel's after the matrix unit: out[r, j] ← bf16(act(flush(c[r, j] +
+/* Where two NaNs meet in these, which one comes out (its sign, its payload) may differ from numpy's
+ * choice, which itself depends on a value's place in numpy's vector loop; that it is a NaN does not.
+ *
+ * emu.py's _epilogue, the matmul kernel's after the matrix unit: out[r, j] ← bf16(act(flush(c[r, j] +
  * bias[j])) (+ res[r, j], flushed)) for r < rows, j < n; act = emu_gelu where g is not NULL (its
  * table), else none; res may be NULL. Rows ldc, ldr and ldo floats apart; out may be c. */
 void EXPORT(emu_epilogue)(const float *c, long ldc, const float *bias, const float *g, const float *res, long ldr,
@@ -265,9 +268,10 @@ void EXPORT(emu_epilogue)(const float *c, long ldc, const float *bias, const flo
 /* emu.py's layernorm of each row of x (rows, n), n a multiple of 16, with bf16-valued gamma and beta:
  * xb = bf16(x), mean = flush(lane_sum(xb)·(1/n)), d = flush(xb − mean), var = flush(lane_sum(flush(d²))
  * ·(1/n)), out = bf16(flush(flush(flush(d·rsqrt(flush(var + eps)))·gamma) + beta)). Rows ldx and ldo
- * floats apart. Returns 0, or -1 when its scratch cannot be allocated. */
+ * floats apart. Returns 0, -1 when its scratch cannot be allocated, -2 for an n it does not take. */
 int EXPORT(emu_layernorm)(const float *x, long ldx, const float *gamma, const float *beta, float eps, float *out,
                           long ldo, long rows, long n) {
+    if (n <= 0 || n % 16) return -2;
     float *d = malloc(2 * (size_t)n * sizeof(float));
     if (!d) return -1;
     float *sq = d + n;
