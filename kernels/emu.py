@@ -1,4 +1,4 @@
-"""The `emu` backend: the NPU kernels' exact numerics (kernels/contract.py) in vectorised numpy.
+"""The `emu` backend: the NPU kernels' exact numerics (kernels/contract.py) on the CPU.
 
 Slow next to `cpu` (every 8-wide K step of every matmul is its own rounding, bf16 at every kernel
 boundary), but it computes what the vectorised AIE kernels compute, bit for bit: bf16 in and out,
@@ -93,7 +93,7 @@ class EmuBackend(Backend):
         padded = tiles * C.TILE                                              # 1500 -> 1536
         x = np.zeros((padded, three_d), np.float32)                          # (padded, 3·d_model): Q, K, V
         x[:t] = bf16_unit(qkv)
-        q = bf16_unit(x[:, :d_model] * np.float32(1.0 / math.sqrt(d)))          # 1/8: exact for d = 64
+        q = bf16_unit(x[:, :d_model] * np.float32(1.0 / math.sqrt(d)))      # 1/8: exact for d = 64
         if native.LIBRARY is not None and d % 16 == 0 and t > 0:
             return self._attention_native(q, x, t, n_head)[:t]
         # (H, tiles, 64, d): Q, K, V per head and 64-row tile

@@ -1,8 +1,9 @@
 /* The `emu` backend's kernels, natively, for kernels/emu.py: its matrix unit (the NPU's mmul as
  * kernels/contract.py's `matmul` specifies it, first below), the front end's fp32 products
- * (contract.matmul_f32), the attention kernel (emu.py's _attention_tiles) and GELU, each with its
- * own comment. Included by isa_*.c after cpu_kernels.h (its EXPORT and INLINE), so it is built once
- * per x86-64 level like the cpu backend's kernels.
+ * (contract.matmul_f32), the attention kernel (emu.py's _attention_tiles), and the linears'
+ * epilogue (bias, GELU, residual), layernorm and bf16 rounding, each with its own comment. Included
+ * by isa_*.c after cpu_kernels.h (its EXPORT and INLINE), so it is built once per x86-64 level like
+ * the cpu backend's kernels.
  *
  * For every output, from its accumulator's value, each 8-wide step of K in order adds the sum of
  * its products: s = Σ a[i, κ]·b[κ, j] in float64, then c ← fl32(fl64(s + c)). The products of bf16
@@ -122,10 +123,10 @@ int EXPORT(mmul_steps)(const float *a, long lda, const float *b, long ldb, float
 
 /* ---- attention: kernels/emu.py's _attention_tiles for one head ---------------------------------- */
 
-/* Every fp32 operation of the contract's softmax, GELU and layernorm is its own rounding: no multiply may fuse with
- * an add in the functions from here to pop_options (GCC contracts them by default where the target has FMA;
- * the matrix products want that: products of bf16 values are exact in float64, and fused they ran
- * 30% faster). */
+/* Every fp32 operation of the contract's softmax, GELU and layernorm is its own rounding: no multiply
+ * may fuse with an add in the functions from here to pop_options (GCC contracts them by default where
+ * the target has FMA; the matrix products want that: products of bf16 values are exact in float64,
+ * and fused they ran 30% faster). */
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 
@@ -236,6 +237,8 @@ void EXPORT(emu_softmax_rows)(float *s, long rows, long first, long t, float *m,
 void EXPORT(emu_normalise_rows)(const float *o, const float *sum, long rows, long d, float *out) {
     for (long r = 0; r < rows; r++) emu_normalise_row(o + r * d, sum[r], d, out + r * d);
 }
+
+/* ---- the linears' epilogue, layernorm and bf16 rounding (emu.py) ------------------------------- */
 
 /* y ← contract.gelu(x) of n values (y may be x), g as emu_gelu takes it: the emu backend's GELU in
  * the epilogue of its linears and convolutions. */
