@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=1,
                    help="model instances (Ray actors), each taking --batch-size inputs at a time (default 1)")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="compute threads of each worker (default: this machine's cores shared among the workers)")
+                   help="compute threads of each worker, and the CPUs it asks Ray for (default: this machine's "
+                        "cores shared among the workers; with --ray-address, set it for the cluster's nodes)")
     p.add_argument("--ray-address", default=None,
                    help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting Ray here")
     p.add_argument("--output-format", "-f", choices=FORMATS + ("all",), default="json",
