@@ -185,15 +185,16 @@ class CpuBackend(Backend):
         return buf[:size]
 
     def describe(self) -> str:
+        threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
         if self.bf16:
             return (f"cpu-bf16 (matrix products, attention's too, in bf16 on {native.BF16.name} with fp32 sums; "
-                    f"softmax, norms and epilogues fp32 in native kernels {native.isa()}; {self.threads} threads)")
+                    f"softmax, norms and epilogues fp32 in native kernels {native.isa()}; {threads})")
         if self.native_linear:
-            return f"cpu (fp32, native kernels {native.isa()} with their own matmuls, {self.threads} threads)"
+            return f"cpu (fp32, native kernels {native.isa()} with their own matmuls, {threads})"
         if self.native:
-            return f"cpu (fp32, BLAS + native kernels {native.isa()}, {self.threads} threads)"
+            return f"cpu (fp32, BLAS + native kernels {native.isa()}, {threads})"
         why = native.UNAVAILABLE if native.LIBRARY is None else "not used"
-        return f"cpu (fp32, BLAS + numpy kernels: native kernels {why}, {self.threads} threads)"
+        return f"cpu (fp32, BLAS + numpy kernels: native kernels {why}, {threads})"
 
     @contextmanager
     def session(self):
