@@ -280,37 +280,36 @@ def emu_matmul_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return c
 
 
-def emu_exp(x: np.ndarray) -> np.ndarray:
-    """kernels.contract.exp of x as emu_attention_head computes it (for the tests)."""
-    x = np.ascontiguousarray(x, np.float32)
-    y = np.empty_like(x)
-    LIBRARY.emu_exp_n(_ptr(x), _ptr(y), x.size)
-    return y
-
-
 def _flat(x) -> np.ndarray:
     """x's values as a contiguous 1-D fp32 array (x itself where it already is one)."""
     flat = np.ascontiguousarray(x, np.float32).reshape(-1)
     return flat if flat.strides == (4,) else flat.copy()      # (one value may keep any stride)
 
 
-def emu_gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """kernels.contract.gelu(x) (emu_kernels.h's emu_gelu), in place where x is fp32 and contiguous
-    (a copy otherwise); table: the contract's constants as kernels.emu's GELU_TABLE lays them out."""
-    assert table.dtype == np.float32 and table.flags.c_contiguous and table.size == 36
+def _elementwise(kernel, x, *args) -> np.ndarray:
+    """kernel(x, y, n, *args) over x's values, into a new fp32 array y of x's shape."""
     flat = _flat(x)
+    y = np.empty(flat.shape, np.float32)
     if flat.size:
-        LIBRARY.emu_gelu_n(_ptr(flat), _ptr(flat), flat.size, _ptr(table))
-    return flat.reshape(np.shape(x))
+        kernel(_ptr(flat), _ptr(y), flat.size, *args)
+    return y.reshape(np.shape(x))
+
+
+def emu_exp(x: np.ndarray) -> np.ndarray:
+    """kernels.contract.exp of x as emu_attention_head computes it (for the tests)."""
+    return _elementwise(LIBRARY.emu_exp_n, x)
+
+
+def emu_gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """kernels.contract.gelu(x) as emu_epilogue computes it (for the tests); table: the contract's
+    constants as kernels.emu's GELU_TABLE lays them out."""
+    assert table.dtype == np.float32 and table.flags.c_contiguous and table.size == 36
+    return _elementwise(LIBRARY.emu_gelu_n, x, _ptr(table))
 
 
 def emu_bf16(x: np.ndarray) -> np.ndarray:
     """kernels.contract.bf16(x) (emu_kernels.h's emu_bf16), as a new fp32 array of x's shape."""
-    flat = _flat(x)
-    y = np.empty(flat.shape, np.float32)
-    if flat.size:
-        LIBRARY.emu_bf16_n(_ptr(flat), _ptr(y), flat.size)
-    return y.reshape(np.shape(x))
+    return _elementwise(LIBRARY.emu_bf16_n, x)
 
 
 def emu_epilogue(c: np.ndarray, bias: np.ndarray, gelu_table: np.ndarray | None, res: np.ndarray | None,

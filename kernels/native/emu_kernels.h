@@ -198,8 +198,6 @@ INLINE float emu_lane_sum(const float *p, long n) {
     return acc[0];
 }
 
-INLINE float emu_lane_sum64(const float *p) { return emu_lane_sum(p, 64); }
-
 /* One query row's step over a 64-key tile that begins at key `first` (emu.py's _softmax_step): row
  * holds its scores S before the flush, keys from t on masked; updates its max *m and sum *sum, turns
  * row into bf16(P) and scales its O by α (the accumulators the product with V adds to). */
@@ -212,7 +210,7 @@ __attribute__((noinline)) static void emu_softmax_row(float *row, long first, lo
     }
     float alpha = emu_exp(*m - top);                          /* 0 on the first tile (m = -inf) */
     for (long c = 0; c < 64; c++) row[c] = emu_exp(row[c] - top);
-    *sum = emu_flush(*sum * alpha + emu_lane_sum64(row));
+    *sum = emu_flush(*sum * alpha + emu_lane_sum(row, 64));
     for (long c = 0; c < 64; c++) row[c] = emu_bf16(row[c]);
     for (long c = 0; c < d; c++) o[c] = emu_flush(o[c] * alpha);
     *m = top;
